@@ -1,0 +1,1 @@
+"""FIRM bench stage."""

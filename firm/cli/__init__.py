@@ -1,0 +1,1 @@
+"""FIRM cli stage."""

@@ -1,0 +1,48 @@
+"""Helpers shared by `firmctl` subcommands: one-line errors and JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from firm.errors import FirmError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cli_errors(fn: F) -> F:
+    """Turn FIRM and validation errors into `error: ...` on stderr and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FirmError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first.get("loc", ()))
+            typer.echo(f"error: invalid input{f' at {loc}' if loc else ''}: {first.get('msg')}", err=True)
+            raise typer.Exit(1) from None
+        except FileNotFoundError as exc:
+            typer.echo(f"error: no such file: {exc.filename or exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def echo_json(obj: Any) -> None:
+    """Print a record or plain object as one JSON document on stdout."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    elif isinstance(obj, list):
+        obj = [o.model_dump(mode="json") if isinstance(o, BaseModel) else o for o in obj]
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()

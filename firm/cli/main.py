@@ -1,0 +1,58 @@
+"""`firmctl`: the thin Typer CLI over FIRM's Python API.
+
+Each command group lives in its own module (`firm/cli/<group>_cmd.py`) and only parses options and calls the
+library; heavy imports (torch, transformers) happen inside commands so `firmctl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from firm import __version__
+from firm.cli import (
+    bench_cmd,
+    critic_cmd,
+    critic_parse,  # noqa: F401  (registers `critic parse`)
+    critic_score,  # noqa: F401  (registers `critic score`)
+    critic_train,  # noqa: F401  (registers `critic train`)
+    doctor_cmd,
+    models_cmd,
+    recipes_cmd,
+    reward_cmd,
+    rl_cmd,
+    serve_cmd,
+    storage_cmd,
+)
+
+app = typer.Typer(
+    name="firmctl",
+    help="FIRM: trustworthy critics, rewards and RL for image editing and generation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the FIRM version."""
+    typer.echo(__version__)
+
+
+app.command(name="doctor")(doctor_cmd.doctor)
+app.add_typer(storage_cmd.app, name="storage")
+app.add_typer(reward_cmd.app, name="reward")
+app.add_typer(critic_cmd.app, name="critic")
+app.add_typer(models_cmd.app, name="models")
+app.add_typer(bench_cmd.app, name="bench")
+app.add_typer(serve_cmd.app, name="serve")
+app.add_typer(recipes_cmd.app, name="recipes")
+app.add_typer(rl_cmd.app, name="rl")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""FIRM launch stage."""

@@ -1,0 +1,1 @@
+"""FIRM models stage."""
