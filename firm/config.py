@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from firm.errors import ConfigError
@@ -26,7 +26,9 @@ def _default_home() -> Path:
 class _YamlSource(PydanticBaseSettingsSource):
     """Reads settings from the YAML file named by FIRM_CONFIG, else $FIRM_HOME/config.yaml when present."""
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+    def get_field_value(
+        self, field: Any, field_name: str
+    ) -> tuple[Any, str, bool]:  # pragma: no cover - unused
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
@@ -50,9 +52,15 @@ class FirmSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FIRM_", extra="forbid", validate_default=True)
 
-    home: Path = Field(default_factory=_default_home, description="FIRM's working directory (local store, caches).")
-    store_uri: str = Field(default="", description="Root of the object store: file:///abs/path or s3://bucket.")
-    s3_endpoint: str | None = Field(default=None, description="S3/MinIO endpoint, host:port or http(s)://host:port.")
+    home: Path = Field(
+        default_factory=_default_home, description="FIRM's working directory (local store, caches)."
+    )
+    store_uri: str = Field(
+        default="", description="Root of the object store: file:///abs/path or s3://bucket."
+    )
+    s3_endpoint: str | None = Field(
+        default=None, description="S3/MinIO endpoint, host:port or http(s)://host:port."
+    )
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
     s3_secure: bool = Field(default=True, description="Use TLS to reach the S3 endpoint.")
@@ -60,7 +68,9 @@ class FirmSettings(BaseSettings):
     datasets_bucket: str = "firm-datasets"
     checkpoints_bucket: str = "firm-checkpoints"
     models_bucket: str = "firm-models"
-    triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC endpoint of the reward service.")
+    triton_url: str = Field(
+        default="127.0.0.1:8001", description="Triton gRPC endpoint of the reward service."
+    )
     namespace: str = Field(default="firm", description="Kubernetes namespace for jobs and services.")
 
     @field_validator("home", mode="before")
@@ -101,18 +111,30 @@ class FirmSettings(BaseSettings):
         }
 
 
-@lru_cache(maxsize=1)
-def _cached() -> FirmSettings:
+def _env_snapshot() -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("FIRM_")))
+
+
+@lru_cache(maxsize=8)
+def _cached(env: tuple[tuple[str, str], ...]) -> FirmSettings:
     return FirmSettings()
 
 
 def get_settings(fresh: bool = False) -> FirmSettings:
-    """The process-wide settings (re-read from the environment when `fresh`)."""
+    """The process-wide settings. Cached per value of the `FIRM_*` environment, so a changed variable is seen at
+    once; `fresh` also re-reads the YAML file."""
     if fresh:
         _cached.cache_clear()
     try:
-        return _cached()
+        return _cached(_env_snapshot())
     except ConfigError:
         raise
-    except Exception as exc:  # pydantic ValidationError → one clear line
+    except ValidationError as exc:  # → one clear line naming the setting (never echoing a secret)
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err.get("loc", ())) or "?"
+        got = "" if "key" in field or "input" not in err else f" (got {err['input']!r})"
+        raise ConfigError(
+            f"invalid FIRM setting {field!r} (env FIRM_{field.upper()}): {err.get('msg')}{got}"
+        ) from exc
+    except Exception as exc:
         raise ConfigError(f"invalid FIRM settings: {exc}") from exc

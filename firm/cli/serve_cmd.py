@@ -2,6 +2,136 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
+from firm.cli._common import cli_errors, echo_json
+
 app = typer.Typer(help="Reward service on Triton: export, start, score.", no_args_is_help=True)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    from firm.errors import InputError
+
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+@app.command("export")
+@cli_errors
+def export(
+    critic: str = typer.Option(..., help="Critic: local dir, file:// or s3:// URI, or a Hugging Face id."),
+    task: str = typer.Option(..., help="edit | gen | all: which reward model(s) to export."),
+    out: str = typer.Option(..., help="Target: local directory, or file:// / s3:// URI (published atomically)."),
+    engine: str = typer.Option("python", help="python (transformers in the python backend) | vllm (GPU clusters)."),
+    device: str = typer.Option("cpu", help="cpu | gpu: instance_group KIND_CPU or KIND_GPU."),
+    instances: int = typer.Option(1, help="Model instances per model (instance_group count)."),
+    max_batch_size: int = typer.Option(32, help="max_batch_size of the reward models."),
+    preferred_batch_size: str = typer.Option("4,8,16", help="Preferred dynamic batch sizes, comma-separated."),
+    max_queue_delay_us: int = typer.Option(3000, help="Dynamic batching max queue delay (microseconds)."),
+    dynamic_batching: bool = typer.Option(True, "--dynamic-batching/--no-dynamic-batching"),
+    weights: str = typer.Option("copy", help="copy the weights into the repository, or reference the critic URI."),
+    critic_model: bool = typer.Option(True, "--critic-model/--no-critic-model", help="Also serve firm_critic."),
+    readout: str = typer.Option("text", help="text | expected."),
+    max_pixels: int = typer.Option(512 * 512, help="Per-image pixel budget of the critic."),
+    max_new_tokens: int = typer.Option(64, help="Critic answer length."),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16."),
+    edit_formulation: str = typer.Option("cme", help="cme | sum | guard."),
+    edit_w_base: float = typer.Option(0.6),
+    edit_w_bonus: float = typer.Option(0.4),
+    gen_w_base: float = typer.Option(0.4),
+    gen_w_bonus: float = typer.Option(0.6),
+    gen_quality: bool = typer.Option(True, "--gen-quality/--no-gen-quality", help="QMA (quality) or instruction only."),
+    policy: str = typer.Option("skip", help="Unparsed answers: skip (reward null) | min_reward (0 + status)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing local export."),
+) -> None:
+    """Write a Triton model repository (firm_critic + reward model(s)) for a critic."""
+    from firm.serving.export import BatchingConfig, ExportConfig, export_repository
+
+    cfg = ExportConfig(
+        critic=critic, task=task, engine=engine, device=device, instances=instances, weights=weights,
+        critic_model=critic_model, readout=readout, max_pixels=max_pixels, max_new_tokens=max_new_tokens,
+        dtype=dtype, edit_formulation=edit_formulation, edit_w_base=edit_w_base, edit_w_bonus=edit_w_bonus,
+        gen_w_base=gen_w_base, gen_w_bonus=gen_w_bonus, gen_quality=gen_quality, policy=policy,
+        batching=BatchingConfig(
+            enabled=dynamic_batching, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+            preferred_batch_sizes=_ints(preferred_batch_size, "--preferred-batch-size"),
+        ),
+    )
+    where = export_repository(cfg, out, overwrite=overwrite)
+    echo_json({"repository": where, "task": cfg.task, "engine": cfg.engine})
+
+
+@app.command("start")
+@cli_errors
+def start(
+    repository: str = typer.Option(..., help="Model repository: local dir, file:// or s3:// URI."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+    grpc_port: int = typer.Option(8001),
+    http_port: int = typer.Option(8000),
+    metrics_port: int = typer.Option(8002),
+    startup_timeout: float = typer.Option(300.0, help="Seconds to wait for every model to be ready."),
+    log_file: Path | None = typer.Option(None, help="tritonserver log (default: a temp file, printed)."),
+) -> None:
+    """Run the bundled tritonserver on a repository until SIGTERM/SIGINT; prints the endpoints when ready."""
+    import signal
+
+    from firm.serving.server import TritonServer
+
+    server = TritonServer(
+        repository, host=host, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
+        startup_timeout=startup_timeout, log_path=log_file,
+    )
+
+    def forward(signum: int, _frame: object) -> None:
+        server.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    server.start()
+    echo_json({**server.endpoints(), "log": str(server.log_path), "pid": server.process.pid if server.process else None})
+    rc = server.wait()
+    if rc != 0:
+        from firm.serving.server import triton_error_line
+
+        typer.echo(f"error: tritonserver exited with code {rc}: {triton_error_line(server.read_log())}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("score")
+@cli_errors
+def score(
+    endpoint: str = typer.Option("", help="Triton gRPC endpoint host:port (default: FIRM_TRITON_URL)."),
+    task: str = typer.Option(..., help="edit | gen."),
+    source: str | None = typer.Option(None, help="edit: source image (path or URI)."),
+    edited: str | None = typer.Option(None, help="edit: edited image (path or URI)."),
+    instruction: str | None = typer.Option(None, help="edit: the editing instruction."),
+    image: str | None = typer.Option(None, help="gen: the generated image (path or URI)."),
+    prompt: str | None = typer.Option(None, help="gen: the prompt."),
+    timeout: float = typer.Option(60.0, help="Per-request deadline in seconds."),
+) -> None:
+    """Score one edit or one generated image through the reward service; prints the RewardBreakdown as JSON."""
+    from firm.config import get_settings
+    from firm.errors import InputError
+    from firm.serving.client import RewardClient
+
+    url = endpoint or get_settings().triton_url
+    if task == "edit":
+        missing = [n for n, v in (("--source", source), ("--edited", edited), ("--instruction", instruction)) if not v]
+        if missing:
+            raise InputError(f"--task edit needs {', '.join(missing)}")
+    elif task == "gen":
+        missing = [n for n, v in (("--image", image), ("--prompt", prompt)) if not v]
+        if missing:
+            raise InputError(f"--task gen needs {', '.join(missing)}")
+    else:
+        raise InputError(f"--task must be edit or gen, got {task!r}")
+    with RewardClient(url, timeout=timeout, retries=2) as client:
+        if task == "edit":
+            result = client.score_edit([(source, edited, instruction)])[0]
+        else:
+            result = client.score_gen([(image, prompt)])[0]
+    echo_json(result)

@@ -2,6 +2,144 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import typer
 
-app = typer.Typer(help="Object store: list, copy, initialise buckets (file:// and s3://).", no_args_is_help=True)
+from firm.cli._common import cli_errors
+
+app = typer.Typer(
+    help="Object store: list, copy, initialise buckets (file:// and s3://).", no_args_is_help=True
+)
+
+
+@contextmanager
+def _byte_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A Rich progress bar on stderr (bytes, speed, ETA); yields the callback that advances it."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total or None)
+        yield lambda n: progress.advance(task, n)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@app.command("ls")
+@cli_errors
+def ls_cmd(
+    uri: str = typer.Argument(..., help="file:///path, s3://bucket/prefix or a local path"),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="list every object under the prefix"),
+) -> None:
+    """List objects (size and URI per line; `DIR` for sub-prefixes when not recursive)."""
+    from firm.errors import StorageError
+    from firm.storage import open_store
+    from firm.storage.base import dir_prefix
+
+    store, key = open_store(uri)
+    if key and not key.endswith("/") and store.exists(key):
+        info = store.stat(key)
+        typer.echo(f"{info.size:>12}  {store.uri(key)}")
+        return
+    found = False
+    for obj in store.list(dir_prefix(key), recursive=recursive):
+        found = True
+        typer.echo(
+            f"{'DIR':>12}  {store.uri(obj.key)}" if obj.is_dir else f"{obj.size:>12}  {store.uri(obj.key)}"
+        )
+    if not found and key.strip("/"):
+        raise StorageError(f"{uri}: no such object or prefix")
+
+
+@app.command("cp")
+@cli_errors
+def cp_cmd(
+    src: str = typer.Argument(..., help="source: local path, file:// or s3:// URI (object or prefix)"),
+    dst: str = typer.Argument(..., help="destination: local path, file:// or s3:// URI"),
+) -> None:
+    """Copy an object, or recursively a directory/prefix (manifests last), with a progress bar."""
+    from firm.storage import copy, plan_copy
+
+    plan = plan_copy(src, dst)
+    with _byte_progress(f"copying {len(plan.items)} file(s)", plan.total_bytes) as advance:
+        copy(src, dst, on_bytes=advance, plan=plan)
+    typer.echo(f"copied {len(plan.items)} file(s), {_size(plan.total_bytes)}: {src} -> {dst}")
+
+
+@app.command("init")
+@cli_errors
+def init_cmd() -> None:
+    """Create the configured datasets/checkpoints/models buckets (idempotent)."""
+    from firm.storage import init_buckets
+
+    for uri, created in init_buckets():
+        typer.echo(f"{'created' if created else 'exists':<8} {uri}")
+
+
+@app.command("publish")
+@cli_errors
+def publish_cmd(
+    local_dir: str = typer.Argument(..., help="local directory to publish"),
+    uri: str = typer.Argument(..., help="destination prefix (file:// or s3://)"),
+    producer: str = typer.Option(None, "--producer", help="who made it (recorded in MANIFEST.json)"),
+) -> None:
+    """Publish a directory atomically: every file, then MANIFEST.json (sizes, sha256) last."""
+    from pathlib import Path
+
+    from firm.storage import publish_dir
+
+    total = sum(p.stat().st_size for p in Path(local_dir).rglob("*") if p.is_file())
+    with _byte_progress("publishing", total) as advance:
+        manifest = publish_dir(local_dir, uri, producer=producer, on_bytes=advance)
+    typer.echo(f"published {len(manifest.files)} file(s), {_size(manifest.total_bytes)} at {uri}")
+
+
+@app.command("fetch")
+@cli_errors
+def fetch_cmd(
+    uri: str = typer.Argument(..., help="published directory (file:// or s3://)"),
+    local_dir: str = typer.Argument(..., help="local destination directory"),
+) -> None:
+    """Download a published directory, verifying every sha256 before anything lands in LOCAL_DIR."""
+    from firm.storage import fetch_dir, read_manifest
+
+    manifest = read_manifest(uri)
+    with _byte_progress("fetching", manifest.total_bytes) as advance:
+        fetch_dir(uri, local_dir, on_bytes=advance)
+    typer.echo(f"fetched {len(manifest.files)} file(s), {_size(manifest.total_bytes)} into {local_dir}")
+
+
+@app.command("latest")
+@cli_errors
+def latest_cmd(prefix: str = typer.Argument(..., help="prefix holding published directories")) -> None:
+    """Print the newest complete publication under PREFIX (e.g. the last complete checkpoint)."""
+    from firm.errors import StorageError
+    from firm.storage import latest
+
+    found = latest(prefix)
+    if found is None:
+        raise StorageError(f"{prefix}: no published directory (with MANIFEST.json) under this prefix")
+    typer.echo(found)

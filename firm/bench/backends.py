@@ -1,0 +1,309 @@
+"""Critic backends for FIRM-Bench: anything that turns bench items into `firm.schemas.Judgement`s.
+
+`CriticBackend` is the one interface the runner sees (`judge(items, bench) -> list[Judgement]`, same order, one per
+item, `sample_id` = item id, `raw_text` kept). Implementations:
+
+- `LocalCriticBackend` — the in-process `firm.critic.Critic` (HF id, local path, or `file://`/`s3://` URI).
+- `OpenAICompatibleBackend` — an OpenAI-compatible `/v1/chat/completions` endpoint (vLLM, SGLang, a commercial API)
+  over httpx: the same rubric prompt as the local critic (`firm.critic.messages.build_messages`), images sent as
+  base64 PNG data URLs, bounded concurrency, retries with exponential backoff on connection errors, 408/409/429 and
+  5xx; the answer is parsed with `firm.rewards.parsing.parse_answer`, so failures are `unparseable`, never a 0.
+  Configuration: base URL, model and key as arguments or from `FIRM_OPENAI_BASE_URL`, `FIRM_OPENAI_MODEL`,
+  `FIRM_OPENAI_API_KEY` (the key is only ever read from the environment or passed in; it is never logged).
+- `RandomBackend` — a seeded uniform-random critic: the chance-level baseline a trained critic must beat.
+- Triton (`triton://host:port`): the reward service answers per *sample* with a `RewardBreakdown` (both edit axes at
+  once), through `firm.serving.RewardClient`. The intended adapter groups bench items by (images, instruction) and
+  maps `raw_scores[axis]` / `reasoning[axis]` back to per-item judgements; it is not implemented until that client
+  exists, and `make_backend` says so instead of pretending.
+
+`make_backend(spec)` parses the `--critic` argument of `firmctl bench run` (see its docstring for the schemes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import os
+import random
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from firm.bench.loaders import Bench
+from firm.bench.records import BenchItem
+from firm.errors import ConfigError, FirmError, InputError
+from firm.schemas import Judgement, Readout
+
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+@runtime_checkable
+class CriticBackend(Protocol):
+    """Judges bench items; returns one `Judgement` per item, in order, with `sample_id` = item id."""
+
+    name: str
+
+    def judge(self, items: Sequence[BenchItem], bench: Bench) -> list[Judgement]: ...
+
+    def close(self) -> None: ...
+
+
+def _fields(item: BenchItem) -> dict[str, str | None]:
+    return {"instruction": item.instruction} if item.task == "edit" else {"prompt": item.prompt}
+
+
+# ------------------------------------------------------------------------------------------------------- random
+class RandomBackend:
+    """Uniform random scores 1..5, deterministic per (seed, item id) so reruns and resumes agree."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.name = f"random(seed={seed})"
+
+    def judge(self, items: Sequence[BenchItem], bench: Bench) -> list[Judgement]:
+        out = []
+        for it in items:
+            digest = hashlib.sha256(f"{self.seed}:{it.id}".encode()).digest()
+            k = random.Random(digest).randint(1, 5)
+            out.append(
+                Judgement(
+                    task=it.task,
+                    axis=it.axis,
+                    status="ok",
+                    score=k,
+                    raw_text=f"random score {k}",
+                    parsed_from="random",
+                    sample_id=it.id,
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        return None
+
+
+# -------------------------------------------------------------------------------------------------- local critic
+class LocalCriticBackend:
+    """The in-process FIRM critic (`firm.critic.Critic.from_pretrained`)."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        readout: Readout = "text",
+        batch_size: int = 8,
+        device: str | None = None,
+        max_new_tokens: int | None = None,
+        critic: Any | None = None,
+    ) -> None:
+        from firm.critic import Critic
+
+        kwargs: dict[str, Any] = {}
+        if device is not None:
+            kwargs["device"] = device
+        if max_new_tokens is not None:
+            kwargs["max_new_tokens"] = max_new_tokens
+        self.critic = critic if critic is not None else Critic.from_pretrained(model, **kwargs)
+        self.readout: Readout = readout
+        self.batch_size = batch_size
+        self.name = str(model)
+
+    def judge(self, items: Sequence[BenchItem], bench: Bench) -> list[Judgement]:
+        from firm.critic import CriticRequest
+
+        reqs = [
+            CriticRequest(
+                task=it.task, axis=it.axis, images=bench.open_images(it), sample_id=it.id, **_fields(it)
+            )
+            for it in items
+        ]
+        return list(self.critic.judge(reqs, readout=self.readout, batch_size=self.batch_size))
+
+    def close(self) -> None:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- OpenAI-compatible
+def image_data_url(img: Any) -> str:
+    """A PIL image as a `data:image/png;base64,...` URL (lossless, as OpenAI-compatible servers accept)."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def openai_messages(item: BenchItem, bench: Bench) -> tuple[list[dict[str, Any]], str]:
+    """The chat messages for one item (FIRM's student rubric, images first) and the rubric's answer format."""
+    from firm.critic.messages import build_messages
+    from firm.rewards.rubrics import get_rubric
+
+    rubric = get_rubric(item.task, item.axis)
+    msgs = build_messages(rubric, bench.open_images(item), **_fields(item))
+    wire: list[dict[str, Any]] = []
+    for m in msgs:
+        content = []
+        for part in m["content"]:
+            if part["type"] == "image":
+                content.append({"type": "image_url", "image_url": {"url": image_data_url(part["image"])}})
+            else:
+                content.append({"type": "text", "text": part["text"]})
+        wire.append({"role": m["role"], "content": content})
+    return wire, rubric.answer_format
+
+
+class OpenAICompatibleBackend:
+    """A critic behind an OpenAI-compatible chat-completions endpoint."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+        timeout_s: float = 120.0,
+        max_tokens: int = 512,
+        temperature: float = 0.0,
+    ) -> None:
+        base = base_url or os.environ.get("FIRM_OPENAI_BASE_URL")
+        if not base:
+            raise ConfigError("OpenAI-compatible critic: no base URL (pass one or set FIRM_OPENAI_BASE_URL)")
+        self.base_url = base.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        self.model = model or os.environ.get("FIRM_OPENAI_MODEL")
+        if not self.model:
+            raise ConfigError(
+                "OpenAI-compatible critic: no model name (pass --model or set FIRM_OPENAI_MODEL)"
+            )
+        self._api_key = api_key if api_key is not None else os.environ.get("FIRM_OPENAI_API_KEY")
+        if concurrency < 1 or max_retries < 0:
+            raise ConfigError("OpenAI-compatible critic: concurrency must be >= 1 and max_retries >= 0")
+        self.concurrency, self.max_retries, self.backoff_s = concurrency, max_retries, backoff_s
+        self.timeout_s, self.max_tokens, self.temperature = timeout_s, max_tokens, temperature
+        self.name = f"{self.model} @ {self.base_url}"
+        self.requests_sent = 0  # including retries (for tests and monitoring)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAICompatibleBackend(base_url={self.base_url!r}, model={self.model!r})"
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json"}
+        if self._api_key:
+            h["Authorization"] = f"Bearer {self._api_key}"
+        return h
+
+    async def _complete(self, client: Any, sem: asyncio.Semaphore, messages: list[dict[str, Any]]) -> str:
+        import httpx
+
+        payload = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
+        url = f"{self.base_url}/chat/completions"
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+            async with sem:
+                self.requests_sent += 1
+                try:
+                    resp = await client.post(url, json=payload, headers=self._headers())
+                except (httpx.TransportError, httpx.TimeoutException) as exc:
+                    last = f"{type(exc).__name__}: {exc}"
+                    continue
+            if resp.status_code in RETRY_STATUS:
+                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                continue
+            if resp.status_code != 200:
+                raise FirmError(f"critic endpoint {url}: HTTP {resp.status_code}: {resp.text[:300]}")
+            try:
+                content = resp.json()["choices"][0]["message"]["content"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise FirmError(
+                    f"critic endpoint {url}: not a chat-completions response: {resp.text[:300]}"
+                ) from None
+            if isinstance(content, list):  # some servers return content parts
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return str(content or "")
+        raise FirmError(f"critic endpoint {url}: gave up after {self.max_retries + 1} attempts ({last})")
+
+    async def ajudge(self, items: Sequence[BenchItem], bench: Bench) -> list[Judgement]:
+        import httpx
+
+        from firm.rewards.parsing import parse_answer
+
+        prepared = [openai_messages(it, bench) for it in items]
+        sem = asyncio.Semaphore(self.concurrency)
+        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+            texts = await asyncio.gather(*(self._complete(client, sem, msgs) for msgs, _ in prepared))
+        out = []
+        for it, (_, fmt), text in zip(items, prepared, texts, strict=True):
+            res = parse_answer(fmt, text)
+            out.append(
+                Judgement(
+                    task=it.task,
+                    axis=it.axis,
+                    status=res.status,
+                    score=res.score if res.ok else None,
+                    reasoning=res.reasoning,
+                    raw_text=text,
+                    parsed_from=res.parsed_from,
+                    sample_id=it.id,
+                )
+            )
+        return out
+
+    def judge(self, items: Sequence[BenchItem], bench: Bench) -> list[Judgement]:
+        return asyncio.run(self.ajudge(items, bench))
+
+    def close(self) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------- --critic
+def make_backend(
+    spec: str,
+    *,
+    model: str | None = None,
+    readout: Readout = "text",
+    batch_size: int = 8,
+    concurrency: int = 8,
+    device: str | None = None,
+) -> CriticBackend:
+    """Build a backend from `firmctl bench run --critic SPEC`:
+
+    - `random://SEED` (or `random://`) — the random baseline;
+    - `http://host:port[/v1]`, `https://...` — an OpenAI-compatible endpoint; `openai://host:port[/path]` is the same
+      over plain HTTP (`openai+https://...` for TLS); the model comes from `--model` or `FIRM_OPENAI_MODEL`,
+      the key from `FIRM_OPENAI_API_KEY`;
+    - `triton://host:port` — the FIRM reward service (needs `firm.serving.RewardClient`; not available yet);
+    - anything else — a critic checkpoint: HF id, local path, or `file://`/`s3://` URI (`LocalCriticBackend`).
+    """
+    s = spec.strip()
+    if not s:
+        raise InputError("--critic must not be empty")
+    if s.startswith("random://"):
+        rest = s[len("random://") :]
+        try:
+            return RandomBackend(int(rest) if rest else 0)
+        except ValueError:
+            raise InputError(f"--critic {spec}: random://SEED needs an integer seed") from None
+    if s.startswith(("openai://", "openai+https://", "http://", "https://")):
+        if s.startswith("openai+https://"):
+            base = "https://" + s[len("openai+https://") :]
+        elif s.startswith("openai://"):
+            base = "http://" + s[len("openai://") :]
+        else:
+            base = s
+        return OpenAICompatibleBackend(base, model, concurrency=concurrency)
+    if s.startswith("triton://"):
+        raise ConfigError(
+            f"--critic {spec}: the Triton backend needs firm.serving.RewardClient, which this build does not have yet; "
+            "serve the critic behind an OpenAI-compatible endpoint or pass a checkpoint"
+        )
+    return LocalCriticBackend(s, readout=readout, batch_size=batch_size, device=device)

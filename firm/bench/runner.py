@@ -1,0 +1,171 @@
+"""`firmctl bench run`: judge every bench item with a critic backend, then score and report.
+
+Output directory::
+
+    out/
+      predictions.jsonl   one `Prediction` per judged item (score, status, raw text, reasoning), appended line by line
+      human.jsonl         the human scores of the evaluated items
+      report.json, report.md, report.html, confusion.png, histograms.png
+
+Resumable: ids already in `predictions.jsonl` are skipped on rerun. Each line is appended with one `write` on an
+`O_APPEND` descriptor and the file is fsync'ed after every batch, so a crash leaves at most one incomplete last
+line; that line (no trailing newline and not valid JSON) is dropped on the next run and its item judged again. A
+malformed line anywhere else is an error naming file:line (nothing is silently rewritten).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from firm.bench.backends import CriticBackend
+from firm.bench.loaders import Bench, write_records
+from firm.bench.metrics import DEFAULT_BOOTSTRAP, BenchReport, ParseFailurePolicy, compute_report
+from firm.bench.records import BenchItem, Prediction
+from firm.bench.report import write_report
+from firm.errors import InputError
+from firm.schemas import Judgement
+
+PREDICTIONS_FILE = "predictions.jsonl"
+HUMAN_FILE = "human.jsonl"
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    judged: int
+    skipped: int
+    report: BenchReport
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _repair_tail(path: Path) -> None:
+    """Drop an incomplete last line left by a crash (no newline and not parseable JSON)."""
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1
+    tail = data[cut:]
+    try:
+        json.loads(tail)
+    except ValueError:
+        with path.open("r+b") as fh:
+            fh.truncate(cut)
+        return
+    with path.open("ab") as fh:  # a complete record that only lacks its newline
+        fh.write(b"\n")
+
+
+def load_predictions(path: str | Path) -> dict[str, Prediction]:
+    """Existing predictions by id (after repairing a torn last line); file:line errors otherwise."""
+    p = Path(path)
+    if not p.exists():
+        return {}
+    _repair_tail(p)
+    out: dict[str, Prediction] = {}
+    with p.open("r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                pred = Prediction.model_validate_json(line)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                loc = ".".join(str(x) for x in first.get("loc", ()))
+                raise InputError(f"{p}:{lineno}: {loc + ': ' if loc else ''}{first.get('msg')}") from None
+            if pred.id in out:
+                raise InputError(f"{p}:{lineno}: duplicate id {pred.id!r}")
+            out[pred.id] = pred
+    return out
+
+
+def to_prediction(j: Judgement, item: BenchItem, critic: str) -> Prediction:
+    score = j.score if j.ok and isinstance(j.score, int) else None
+    status = j.status if score is not None or j.status != "ok" else "unparseable"
+    return Prediction(
+        id=item.id,
+        score=score,
+        status=status,
+        expected_score=j.expected_score,
+        raw_text=j.raw_text,
+        reasoning=j.reasoning or None,
+        task=item.task,
+        axis=item.axis,
+        critic=critic,
+    )
+
+
+def _append(fd: int, preds: Sequence[Prediction]) -> None:
+    for p in preds:
+        os.write(fd, (p.model_dump_json(exclude_none=True) + "\n").encode("utf-8"))
+    os.fsync(fd)
+
+
+def run_bench(
+    backend: CriticBackend,
+    bench: Bench,
+    out_dir: str | Path,
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    policy: ParseFailurePolicy = "worst",
+    n_boot: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    progress: bool = True,
+) -> RunResult:
+    """Judge the (first `limit`) bench items not yet in `out_dir/predictions.jsonl`, then write the reports."""
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be >= 1, got {limit}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pred_path = out / PREDICTIONS_FILE
+    selected = bench.items[:limit] if limit else list(bench.items)
+    done = load_predictions(pred_path)
+    todo = [it for it in selected if it.id not in done]
+    skipped = len(selected) - len(todo)
+
+    fd = os.open(pred_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("[bold]bench[/bold] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            disable=not progress,
+            transient=True,
+        ) as bar:
+            task = bar.add_task(backend.name, total=len(todo))
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start : start + batch_size]
+                judgements = backend.judge(batch, bench)
+                if len(judgements) != len(batch):
+                    raise InputError(
+                        f"critic {backend.name} returned {len(judgements)} judgements for {len(batch)} items"
+                    )
+                preds = [to_prediction(j, it, backend.name) for j, it in zip(judgements, batch, strict=True)]
+                _append(fd, preds)
+                for p in preds:
+                    done[p.id] = p
+                bar.advance(task, len(batch))
+    finally:
+        os.close(fd)
+
+    humans = [it.human() for it in selected]
+    write_records(out / HUMAN_FILE, humans)
+    scores = {it.id: done[it.id].score for it in selected}
+    report = compute_report(humans, scores, policy=policy, n_boot=n_boot, seed=seed)
+    report.meta["judged_this_run"] = len(todo)
+    report.meta["resumed"] = skipped
+    files = write_report(report, out, critic=backend.name)
+    files["predictions.jsonl"] = pred_path
+    files["human.jsonl"] = out / HUMAN_FILE
+    return RunResult(out_dir=out, judged=len(todo), skipped=skipped, report=report, files=files)

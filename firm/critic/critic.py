@@ -1,0 +1,513 @@
+"""`Critic`: a Qwen-VL-family generative critic that turns (images, instruction/prompt) into `Judgement`s.
+
+Loading: `Critic.from_pretrained(src)` accepts a Hugging Face id, a local directory, or a `file://` / `s3://` URI of
+a published directory (fetched and verified by `firm.storage.resolve_local`). The model is loaded with
+`AutoModelForImageTextToText`, the processor with `AutoProcessor`; when the latter returns only a tokenizer (no
+torchvision on this machine) the image-only `firm.models.processors` subclass is built instead.
+
+Inference: requests are grouped into batches and run through ONE greedy `generate` call per batch (left padding).
+The chat messages come from `firm.critic.messages.build_messages` (shared with SFT), the rubric from
+`firm.rewards.rubrics.get_rubric(task, axis, "student")`, the score from `firm.rewards.parsing.parse_answer`.
+
+Readouts:
+- `text` (the paper's): the parsed score. A failed parse gives `status != "ok"` and `score=None`, never a number.
+- `expected`: additionally, the softmax over the digit tokens "1".."5" at the position where the model wrote the
+  score digit (found by mapping the parser's `score_spans` character offsets to generated tokens), and the
+  probability-weighted score `expected_score = Σ k·p(k)` ∈ [1, 5]. Tie-breaking continuous rewards for GRPO.
+  - quality (three sub-scores): `expected_score = E[min(s1, s2, s3)]`, treating the three digit distributions as
+    independent — `Σ_k P(s1≥k)·P(s2≥k)·P(s3≥k)` — the continuous counterpart of QMA's min.
+  - when the digit cannot be located in the generated tokens (the text did not parse, or the digit was merged
+    into another token, e.g. a full-width "４"), the critic *teacher-forces* the rubric's canonical answer
+    skeleton (`{"score": [` for edits and quality, `Final Alignment Rating: ` for gen) after the prompt and reads
+    the digit distribution there (for quality, three positions, appending the most likely digit each time).
+    `parsed_from` then says `teacher_forced` (or `<rule>+teacher_forced` when the text itself parsed).
+    The judgement keeps the text's `status` and `score`: an unparseable answer stays `unparseable` with
+    `score=None`, so reward functions still apply their `ParseFailurePolicy` to it; the teacher-forced
+    `expected_score` is there for monitoring and for callers that opt in explicitly.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from firm.critic.images import DEFAULT_MAX_DECODE_PIXELS, fit_pixels, load_image
+from firm.critic.messages import build_messages, render_prompt
+from firm.errors import ConfigError, InputError
+from firm.rewards.parsing import ParseResult, parse_answer
+from firm.rewards.rubrics import Rubric, get_rubric
+from firm.schemas import AXES_BY_TASK, EditSample, GenSample, Judgement, Readout, RewardBreakdown
+
+DIGITS = ("1", "2", "3", "4", "5")
+TEACHER_FORCED = "teacher_forced"
+# Canonical answer skeleton per answer format, forced after the prompt when the digit must be read there.
+CANONICAL_PREFIX = {"edit": '{"score": [', "gen": "Final Alignment Rating: ", "quality": '{"score": ['}
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+class CriticRequest(BaseModel):
+    """One thing to judge: a (task, axis) rubric, its images (edit: source then edited; gen: the image) and the
+    instruction (edit) or prompt (gen instruction axis). Images may be PIL images, bytes, paths or URIs."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    task: str
+    axis: str
+    images: list[Any] = Field(min_length=1)
+    instruction: str | None = None
+    prompt: str | None = None
+    sample_id: str | None = None
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> CriticRequest:
+        who = f" (sample {self.sample_id})" if self.sample_id else ""
+        if self.task not in AXES_BY_TASK:
+            raise InputError(f"unknown task {self.task!r}{who}; expected one of {', '.join(AXES_BY_TASK)}")
+        if self.axis not in AXES_BY_TASK[self.task]:
+            raise InputError(
+                f"unknown axis {self.axis!r} for task {self.task!r}{who}; "
+                f"expected one of {', '.join(AXES_BY_TASK[self.task])}"
+            )
+        rubric = self.rubric
+        if len(self.images) != rubric.n_images:
+            raise InputError(
+                f"{self.task}/{self.axis}{who} needs {rubric.n_images} image(s), got {len(self.images)}"
+            )
+        if self.task == "edit" and not (self.instruction and self.instruction.strip()):
+            raise InputError(f"edit/{self.axis}{who}: instruction must not be empty")
+        if self.task == "gen" and self.axis == "instruction" and not (self.prompt and self.prompt.strip()):
+            raise InputError(f"gen/instruction{who}: prompt must not be empty")
+        return self
+
+    @property
+    def rubric(self) -> Rubric:
+        return get_rubric(self.task, self.axis, "student")
+
+
+class EditInput(BaseModel):
+    """An edit to score on both axes: source image, edited image, instruction."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    source: Any
+    edited: Any
+    instruction: str
+    sample_id: str | None = None
+
+    @classmethod
+    def of(cls, item: EditInput | EditSample) -> EditInput:
+        if isinstance(item, EditSample):
+            return cls(
+                source=item.source_image, edited=item.edited_image, instruction=item.instruction, sample_id=item.id
+            )
+        return item
+
+
+class GenInput(BaseModel):
+    """A generated image to score against its prompt."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    image: Any
+    prompt: str
+    sample_id: str | None = None
+
+    @classmethod
+    def of(cls, item: GenInput | GenSample) -> GenInput:
+        if isinstance(item, GenSample):
+            return cls(image=item.image, prompt=item.prompt, sample_id=item.id)
+        return item
+
+
+def _is_local(src: str | Path) -> bool:
+    return not (isinstance(src, str) and "://" in src) and Path(src).expanduser().exists()
+
+
+def resolve_model_source(src: str | Path) -> str:
+    """A local directory for a path or `file://`/`s3://` URI (published directories are fetched and verified);
+    anything else is returned unchanged and treated as a Hugging Face hub id."""
+    text = str(src)
+    if "://" in text:
+        from firm.storage import resolve_local
+
+        return str(resolve_local(text))
+    if _is_local(text):
+        return str(Path(text).expanduser())
+    if text.startswith(("/", "./", "../", "~")):
+        raise InputError(f"critic model {text!r}: no such directory")
+    return text
+
+
+def load_processor(path: str, model_type: str) -> Any:
+    """`AutoProcessor`, or — when it degrades to a bare tokenizer (no torchvision) — FIRM's image-only subclass."""
+    from transformers import AutoProcessor
+
+    from firm.models.processors import PROCESSOR_FOR_MODEL_TYPE
+
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except (ImportError, ValueError, OSError, TypeError):
+        processor = None
+    if processor is not None and getattr(processor, "image_processor", None) is not None:
+        return processor
+    cls = PROCESSOR_FOR_MODEL_TYPE.get(model_type)
+    if cls is None:
+        raise ConfigError(
+            f"critic model {path}: cannot build an image processor for model type {model_type!r} "
+            f"(supported without torchvision: {', '.join(sorted(PROCESSOR_FOR_MODEL_TYPE))})"
+        )
+    return cls.from_pretrained(path)
+
+
+class Critic:
+    """A generative VLM critic. Build with `Critic.from_pretrained(...)` or wrap an already loaded model."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        max_pixels: int | None = None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS,
+        name: str = "critic",
+    ) -> None:
+        import torch
+
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.name = name
+        self.max_new_tokens = max_new_tokens
+        self.max_decode_pixels = max_decode_pixels
+        ip = processor.image_processor
+        self.factor = int(ip.patch_size) * int(ip.merge_size)
+        size = getattr(ip, "size", None) or {}
+        budget = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+        if max_pixels is not None:
+            if max_pixels < self.factor**2:
+                raise ConfigError(f"max_pixels={max_pixels} is below one {self.factor}x{self.factor} patch")
+            budget = max_pixels
+        self.max_pixels = int(budget) if budget else 1024 * self.factor**2
+        # passed on every processor call (the shared processor object is never modified)
+        self._size = {"shortest_edge": self.factor**2, "longest_edge": self.max_pixels}
+        self.digit_ids = self._digit_ids()
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.stop_ids = {i for i in [*eos_ids, im_end, self.tokenizer.pad_token_id] if isinstance(i, int)}
+        self.device = next(self.model.parameters()).device
+        self._torch = torch
+
+    # ------------------------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        src: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: Any = None,
+        max_pixels: int | None = None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    ) -> Critic:
+        """Load a critic from a HF id, a local directory or a `file://`/`s3://` URI of a published directory.
+
+        `dtype`: a torch dtype or its name ("bfloat16"); None keeps the checkpoint's. `max_pixels`: per-image
+        pixel budget (None: the processor's). The model is put in eval mode.
+        """
+        import torch
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        path = resolve_model_source(src)
+        if isinstance(dtype, str):
+            try:
+                dtype = getattr(torch, dtype)
+            except AttributeError:
+                raise ConfigError(f"unknown dtype {dtype!r}") from None
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except OSError as exc:
+            raise InputError(f"critic model {src}: cannot load its config ({exc})") from None
+        kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).to(device).eval()
+        processor = load_processor(path, config.model_type)
+        return cls(model, processor, max_pixels=max_pixels, max_new_tokens=max_new_tokens, name=str(src))
+
+    def _digit_ids(self) -> list[int]:
+        ids = []
+        for d in DIGITS:
+            enc = self.tokenizer.encode(d, add_special_tokens=False)
+            if len(enc) != 1:
+                raise ConfigError(f"critic tokenizer splits the digit {d!r} into {len(enc)} tokens")
+            ids.append(enc[0])
+        return ids
+
+    # ------------------------------------------------------------------------------------------------ judging
+
+    def judge(
+        self,
+        requests: Sequence[CriticRequest],
+        readout: Readout = "text",
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> list[Judgement]:
+        """Judge `requests` in batches of `batch_size` (one greedy generate call per batch, left padding).
+
+        All images are loaded and checked before anything runs, so bad input fails fast and loses nothing.
+        """
+        if readout not in ("text", "expected"):
+            raise InputError(f"unknown readout {readout!r}; expected 'text' or 'expected'")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        requests = [r if isinstance(r, CriticRequest) else CriticRequest.model_validate(r) for r in requests]
+        prepared = [self._prepare(r, i) for i, r in enumerate(requests)]
+        out: list[Judgement] = []
+        batches = [prepared[i : i + batch_size] for i in range(0, len(prepared), batch_size)]
+        with _maybe_progress(progress, len(prepared), f"judging with {self.name}") as advance:
+            for batch in batches:
+                out.extend(self._judge_batch(batch, readout))
+                advance(len(batch))
+        return out
+
+    def _prepare(self, req: CriticRequest, index: int) -> tuple[CriticRequest, str, list[Any]]:
+        who = req.sample_id or f"#{index}"
+        names = ("source image", "edited image") if req.task == "edit" else ("image",)
+        images = []
+        for name, src in zip(names, req.images, strict=True):
+            label = f"{name} of sample {who}" + (f" ({src})" if isinstance(src, str | Path) else "")
+            img = load_image(src, name=label, max_decode_pixels=self.max_decode_pixels)
+            images.append(fit_pixels(img, self.max_pixels, self.factor))
+        messages = build_messages(req.rubric, images, instruction=req.instruction, prompt=req.prompt)
+        return req, render_prompt(self.processor, messages), images
+
+    def _encode(self, prompts: list[str], images: list[Any]) -> Any:
+        enc = self.processor(text=prompts, images=images, padding=True, return_tensors="pt", size=self._size)
+        return enc.to(self.device)
+
+    def _generation_config(self, want_logits: bool) -> Any:
+        gc = copy.deepcopy(self.model.generation_config)
+        gc.do_sample = False
+        gc.temperature = None
+        gc.top_p = None
+        gc.top_k = None
+        gc.num_beams = 1
+        gc.max_new_tokens = self.max_new_tokens
+        gc.return_dict_in_generate = True
+        gc.output_logits = want_logits
+        gc.pad_token_id = self.tokenizer.pad_token_id
+        return gc
+
+    def _judge_batch(self, batch: list[tuple[CriticRequest, str, list[Any]]], readout: Readout) -> list[Judgement]:
+        torch = self._torch
+        want = readout == "expected"
+        prompts = [p for _, p, _ in batch]
+        images = [im for _, _, ims in batch for im in ims]
+        enc = self._encode(prompts, images)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, generation_config=self._generation_config(want))
+        new = out.sequences[:, enc["input_ids"].shape[1] :].tolist()
+        logits = torch.stack(out.logits, dim=1).float() if want else None  # (B, T, V)
+        results: list[Judgement] = []
+        forced: list[int] = []
+        for row, (req, _, _) in enumerate(batch):
+            ids = self._trim(new[row])
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            parsed = parse_answer(req.rubric.answer_format, text)
+            expected: float | None = None
+            parsed_from = parsed.parsed_from
+            if want:
+                assert logits is not None
+                expected = self._expected_from_generation(ids, text, parsed, logits[row])
+                if expected is None:
+                    forced.append(row)
+                    parsed_from = f"{parsed_from}+{TEACHER_FORCED}" if parsed.ok else TEACHER_FORCED
+            results.append(
+                Judgement(
+                    task=req.task,  # type: ignore[arg-type]
+                    axis=req.axis,  # type: ignore[arg-type]
+                    status=parsed.status,
+                    score=parsed.score if parsed.ok else None,
+                    expected_score=expected,
+                    reasoning=parsed.reasoning,
+                    raw_text=text,
+                    parsed_from=parsed_from,
+                    sample_id=req.sample_id,
+                )
+            )
+        if forced:
+            values = self._expected_teacher_forced([batch[r] for r in forced])
+            for row, value in zip(forced, values, strict=True):
+                results[row] = results[row].model_copy(update={"expected_score": value})
+        return results
+
+    def _trim(self, ids: list[int]) -> list[int]:
+        for i, t in enumerate(ids):
+            if t in self.stop_ids:
+                return ids[:i]
+        return ids
+
+    # ------------------------------------------------------------------------------------------------ expected
+
+    def _token_at(self, ids: list[int], text: str, char: int) -> int | None:
+        """Index of the generated token that produced `text[char]`, if that token is exactly one score digit."""
+        dec = self.tokenizer.decode
+        for t in range(len(ids)):
+            if len(dec(ids[: t + 1], skip_special_tokens=True)) > char:
+                before = dec(ids[:t], skip_special_tokens=True)
+                if before == text[:char] and ids[t] in self.digit_ids:
+                    return t
+                return None
+        return None
+
+    def _digit_probs(self, logits_row: Any) -> Any:
+        return self._torch.softmax(logits_row[self.digit_ids], dim=-1)
+
+    def _expected_from_generation(self, ids: list[int], text: str, parsed: ParseResult, logits: Any) -> float | None:
+        if not parsed.ok or not parsed.score_spans:
+            return None
+        probs = []
+        for start, end in parsed.score_spans:
+            if end - start != 1:
+                return None
+            t = self._token_at(ids, text, start)
+            if t is None:
+                return None
+            probs.append(self._digit_probs(logits[t]))
+        return _expected_min(probs)
+
+    def _expected_teacher_forced(self, batch: list[tuple[CriticRequest, str, list[Any]]]) -> list[float]:
+        """Force the canonical answer skeleton after each prompt and read the digit distribution(s) there."""
+        torch = self._torch
+        fmts = [req.rubric.answer_format for req, _, _ in batch]
+        prefixes = [CANONICAL_PREFIX[f] for f in fmts]
+        n_pos = [3 if f == "quality" else 1 for f in fmts]
+        images = [im for _, _, ims in batch for im in ims]
+        probs: list[list[Any]] = [[] for _ in batch]
+        for step in range(max(n_pos)):
+            prompts = [p + prefixes[i] for i, (_, p, _) in enumerate(batch)]
+            enc = self._encode(prompts, images)
+            with torch.inference_mode():
+                last = self.model(**enc).logits[:, -1, :].float()
+            for i in range(len(batch)):
+                if step < n_pos[i]:
+                    p = self._digit_probs(last[i])
+                    probs[i].append(p)
+                    prefixes[i] += DIGITS[int(p.argmax())] + ", "
+        return [_expected_min(p) for p in probs]
+
+    # ------------------------------------------------------------------------------------------------ tasks
+
+    def score_edit(
+        self,
+        items: Sequence[EditInput | EditSample],
+        readout: Readout = "text",
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> list[tuple[Judgement, Judgement]]:
+        """(execution, consistency) judgements per edit; both axes of all edits go through the same batched
+        generate calls (2 × len(items) requests)."""
+        edits = [EditInput.of(it) for it in items]
+        reqs = [
+            CriticRequest(
+                task="edit", axis=axis, images=[e.source, e.edited], instruction=e.instruction, sample_id=e.sample_id
+            )
+            for e in edits
+            for axis in ("execution", "consistency")
+        ]
+        js = self.judge(reqs, readout=readout, batch_size=batch_size, progress=progress)
+        return [(js[2 * i], js[2 * i + 1]) for i in range(len(edits))]
+
+    def score_gen(
+        self,
+        items: Sequence[GenInput | GenSample],
+        quality: bool = True,
+        readout: Readout = "text",
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> list[tuple[Judgement, Judgement | None]]:
+        """(instruction, quality-or-None) judgements per generated image, all in the same batched calls."""
+        gens = [GenInput.of(it) for it in items]
+        axes = ("instruction", "quality") if quality else ("instruction",)
+        reqs = [
+            CriticRequest(task="gen", axis=axis, images=[g.image], prompt=g.prompt, sample_id=g.sample_id)
+            for g in gens
+            for axis in axes
+        ]
+        js = self.judge(reqs, readout=readout, batch_size=batch_size, progress=progress)
+        k = len(axes)
+        return [(js[k * i], js[k * i + 1] if quality else None) for i in range(len(gens))]
+
+    def edit_rewards(
+        self,
+        items: Sequence[EditInput | EditSample],
+        config: Any = None,
+        policy: str = "skip",
+        batch_size: int = 16,
+    ) -> list[tuple[RewardBreakdown, tuple[Judgement, Judgement]]]:
+        """Score edits and combine each (execution, consistency) pair with `edit_reward` (CME by default).
+        The readout is `config.readout` (an `EditRewardConfig`)."""
+        from firm.rewards.formulas import EditRewardConfig, edit_reward
+
+        config = config or EditRewardConfig()
+        pairs = self.score_edit(items, readout=config.readout, batch_size=batch_size)
+        return [(edit_reward(e, c, config, policy), (e, c)) for e, c in pairs]
+
+    def gen_rewards(
+        self,
+        items: Sequence[GenInput | GenSample],
+        quality: bool = True,
+        config: Any = None,
+        policy: str = "skip",
+        batch_size: int = 16,
+    ) -> list[tuple[RewardBreakdown, tuple[Judgement, Judgement | None]]]:
+        """Score generated images and combine with `gen_reward` (QMA when `quality`, else instruction only)."""
+        from firm.rewards.formulas import GenRewardConfig, gen_reward
+
+        config = config or GenRewardConfig()
+        pairs = self.score_gen(items, quality=quality, readout=config.readout, batch_size=batch_size)
+        return [(gen_reward(i, q, config, policy), (i, q)) for i, q in pairs]
+
+
+def _expected_min(probs: list[Any]) -> float:
+    """E[min] of independent scores on 1..5 given their digit distributions (one distribution: its mean)."""
+    survival = None  # P(min >= k) for k = 1..5
+    for p in probs:
+        s = p.flip(0).cumsum(0).flip(0)  # P(s >= k)
+        survival = s if survival is None else survival * s
+    assert survival is not None
+    return float(survival.sum().clamp(1.0, 5.0))
+
+
+class _NoProgress:
+    def __enter__(self) -> Callable[[int], None]:
+        return lambda n: None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _maybe_progress(enabled: bool, total: int, label: str) -> Any:
+    if not enabled:
+        return _NoProgress()
+    from contextlib import contextmanager
+
+    from rich.progress import Progress
+
+    @contextmanager
+    def bar() -> Any:
+        with Progress(transient=True) as prog:
+            task = prog.add_task(label, total=total)
+            yield lambda n: prog.advance(task, n)
+
+    return bar()

@@ -1,0 +1,651 @@
+"""Critic SFT: teach a Qwen-VL critic to answer in the rubric's format with the right score.
+
+    python -m firm.critic.sft --config critic/tiny_cpu [--resume auto] [key=value ...]
+    torchrun --nproc_per_node 8 -m firm.critic.sft --config critic/qwen3vl_8b_edit_full
+
+One entrypoint for a laptop CPU, local torchrun and a PyTorchJob: rank, world size and master address come from the
+standard torch.distributed environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT). The loop:
+
+- next-token cross-entropy on the assistant response only (`firm.critic.collate`), micro-batches packed by image
+  count, a deterministic data order derived from (seed, epoch, step) so resumed runs see the same data;
+- DDP (gloo on CPU, nccl on GPU) or DeepSpeed ZeRO-2/3; full fine-tune or LoRA (peft); gradient accumulation,
+  clipping, cosine schedule with warmup ratio, bf16 autocast where supported;
+- eval on the val split every N steps: loss, and with the `Critic`'s batched generation the parse rate and the MAE
+  of the parsed score vs the target (next to the majority-class baseline's MAE);
+- checkpoints published atomically to `<checkpoints>/<run>/step-<n>/` (see `firm.critic.sft_checkpoint`), keep
+  last K, `--resume auto`; metrics JSONL + TensorBoard in the run dir; a Rich progress bar on rank 0;
+- export: a `save_pretrained` directory (LoRA merged) that `Critic.from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from firm.critic.sft_config import SFTConfig, load_sft_config
+from firm.errors import ConfigError, FirmError, InputError
+
+log = logging.getLogger("firm.critic.sft")
+
+
+@dataclass
+class DistEnv:
+    rank: int
+    world: int
+    local_rank: int
+    backend: str
+    device: torch.device
+    bf16: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+class TrainResult(BaseModel):
+    """What a finished run produced."""
+
+    run_dir: Path
+    steps: int
+    final_eval: dict[str, float]
+    export_dir: Path | None
+    checkpoints: list[str]
+    resumed_from: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------- distributed
+
+
+def dist_env(cfg: SFTConfig) -> DistEnv:
+    """Rank/world from the torch.distributed environment (torchrun / PyTorchJob); defaults to one process."""
+
+    def env_int(name: str, default: int) -> int:
+        value = os.environ.get(name, str(default))
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
+
+    world, rank, local = env_int("WORLD_SIZE", 1), env_int("RANK", 0), env_int("LOCAL_RANK", 0)
+    if not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    cuda = torch.cuda.is_available()
+    backend = cfg.dist.backend if cfg.dist.backend != "auto" else ("nccl" if cuda else "gloo")
+    if backend == "nccl" and not cuda:
+        raise ConfigError("dist.backend=nccl needs CUDA GPUs; use gloo on CPU")
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    return DistEnv(rank=rank, world=world, local_rank=local, backend=backend, device=device)
+
+
+def init_distributed(env: DistEnv, cfg: SFTConfig) -> bool:
+    """Initialise the process group when needed; True when this function created it."""
+    import torch.distributed as dist
+
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+    if cfg.dist.strategy == "deepspeed":
+        import deepspeed
+
+        if env.world == 1:  # plain `python -m` without torchrun: a one-process group on loopback
+            from firm.launch.local import free_port
+
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
+            os.environ.setdefault("RANK", "0")
+            os.environ.setdefault("LOCAL_RANK", "0")
+            os.environ.setdefault("WORLD_SIZE", "1")
+        deepspeed.init_distributed(dist_backend=env.backend)
+        return True
+    if env.world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=env.backend)
+        return True
+    return False
+
+
+def barrier(env: DistEnv) -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized() and env.world > 1:
+        dist.barrier()
+
+
+def all_mean(value: float, env: DistEnv) -> float:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or env.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=env.device if env.backend == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return float(t.item()) / env.world
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+def _use_bf16(cfg: SFTConfig, env: DistEnv) -> bool:
+    gpu_bf16 = env.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if cfg.precision == "bf16":
+        return True  # CUDA, or CPU autocast (slower on most CPUs, but supported)
+    return cfg.precision == "auto" and gpu_bf16
+
+
+def _param_dtype(cfg: SFTConfig, bf16: bool) -> torch.dtype:
+    if cfg.model.dtype == "bfloat16":
+        return torch.bfloat16
+    if cfg.model.dtype == "float32":
+        return torch.float32
+    return torch.bfloat16 if (bf16 and cfg.dist.strategy == "deepspeed") else torch.float32
+
+
+def load_model(cfg: SFTConfig, dtype: torch.dtype, resume_dir: Path | None) -> tuple[Any, Any]:
+    """The trainable model (full, or base + LoRA adapter) and its processor."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from firm.critic.critic import load_processor, resolve_model_source
+
+    base_path = resolve_model_source(cfg.model.path)
+    full_from = str(resume_dir) if (resume_dir is not None and cfg.finetune == "full") else base_path
+    try:
+        config = AutoConfig.from_pretrained(full_from)
+    except OSError as exc:
+        raise InputError(f"model.path {cfg.model.path}: cannot load a model config ({exc})") from None
+    model = AutoModelForImageTextToText.from_pretrained(full_from, dtype=dtype)
+    processor = load_processor(base_path, config.model_type)
+    if cfg.finetune == "lora":
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if resume_dir is not None:
+            model = PeftModel.from_pretrained(model, str(resume_dir), is_trainable=True)
+        else:
+            lc = cfg.lora
+            names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+            missing = [t for t in lc.target_modules if t not in names]
+            if missing:
+                raise ConfigError(f"lora.target_modules {missing} name no module of {cfg.model.path}")
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules
+                ),
+            )
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if cfg.finetune == "lora":
+            model.enable_input_require_grads()
+    model.train()
+    return model, processor
+
+
+def _unwrap(model: Any) -> Any:
+    return model.module if hasattr(model, "module") else model
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def load_rows(cfg: SFTConfig) -> tuple[Any, list[Any], list[Any]]:
+    from firm.curation.dataset import read_sft_dataset
+
+    ds = read_sft_dataset(
+        cfg.data.dataset, on_bad_row=cfg.data.on_bad_row, check_images=cfg.data.check_images
+    )
+    rows = [
+        r
+        for r in ds.rows
+        if (cfg.data.tasks is None or r.task in cfg.data.tasks)
+        and (cfg.data.axes is None or r.axis in cfg.data.axes)
+    ]
+    train = [r for r in rows if r.split == "train"]
+    val = [r for r in rows if r.split == "val"]
+    if cfg.eval.max_samples is not None:
+        val = val[: cfg.eval.max_samples]
+    if not train:
+        raise InputError(f"dataset {cfg.data.dataset}: no train rows (after the tasks/axes filter)")
+    return ds, train, val
+
+
+def step_micro_batches(
+    train: list[Any], cfg: SFTConfig, env: DistEnv, step: int, steps_per_epoch: int
+) -> tuple[int, list[list[int]]]:
+    """(epoch, this rank's grad_accum micro-batches) for optimizer step `step` (0-based)."""
+    from firm.critic.collate import pack_by_image_count
+
+    epoch, within = divmod(step, steps_per_epoch)
+    batches = pack_by_image_count(train, cfg.batch.per_device, seed=cfg.seed, epoch=epoch)
+    per_step = env.world * cfg.batch.grad_accum
+    mine = [batches[within * per_step + a * env.world + env.rank] for a in range(cfg.batch.grad_accum)]
+    return epoch, mine
+
+
+# ----------------------------------------------------------------------------------------------- eval
+
+
+def evaluate(
+    model: Any,
+    processor: Any,
+    collator: Any,
+    val: list[Any],
+    cfg: SFTConfig,
+    env: DistEnv,
+    train_scores: Counter,
+) -> dict[str, float]:
+    """Val loss, and (generation) parse rate, MAE of parsed vs target score, majority-class baseline MAE."""
+    from firm.critic.critic import Critic, CriticRequest
+
+    net = _unwrap(model)
+    was_training = net.training
+    net.eval()
+    metrics: dict[str, float] = {}
+    try:
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for k in range(0, len(val), cfg.eval.batch_size):
+                chunk = val[k : k + cfg.eval.batch_size]
+                batch = {n: t.to(env.device) for n, t in collator(chunk).items()}
+                with _autocast(cfg, env):
+                    loss = net(**batch).loss
+                total += float(loss) * len(chunk)
+                count += len(chunk)
+        metrics["val/loss"] = total / max(count, 1)
+        if cfg.eval.generate:
+            critic = Critic(
+                net, processor, max_pixels=cfg.model.max_pixels, max_new_tokens=cfg.eval.max_new_tokens
+            )
+            requests = [
+                CriticRequest(
+                    task=r.task,
+                    axis=r.axis,
+                    images=[collator.dataset.image_ref(i) for i in r.images],
+                    instruction=r.instruction,
+                    prompt=r.prompt,
+                    sample_id=r.id,
+                )
+                for r in val
+            ]
+            judgements = critic.judge(requests, batch_size=cfg.eval.batch_size)
+            ok = [(j, r) for j, r in zip(judgements, val, strict=True) if j.ok]
+            metrics["val/parse_rate"] = len(ok) / len(val)
+            errors = [_abs_err(j.score, r.score) for j, r in ok]
+            metrics["val/mae"] = sum(errors) / len(errors) if errors else float("nan")
+            majority = train_scores.most_common(1)[0][0]
+            metrics["val/baseline_mae"] = sum(_abs_err(_unkey(majority), r.score) for r in val) / len(val)
+    finally:
+        if was_training:
+            net.train()
+    return metrics
+
+
+def _key(score: Any) -> Any:
+    return tuple(score) if isinstance(score, list) else score
+
+
+def _unkey(score: Any) -> Any:
+    return list(score) if isinstance(score, tuple) else score
+
+
+def _abs_err(pred: Any, target: Any) -> float:
+    if isinstance(target, list):
+        return sum(abs(a - b) for a, b in zip(pred, target, strict=True)) / len(target)
+    return float(abs(pred - target))
+
+
+def _autocast(cfg: SFTConfig, env: DistEnv) -> Any:
+    if env.bf16:
+        return torch.autocast(device_type=env.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+class MetricLogger:
+    """metrics.jsonl + TensorBoard in the run dir (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        assert self.tb is not None
+        for k, v in values.items():
+            if isinstance(v, int | float) and math.isfinite(v):
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def _schedule(optimizer: Any, cfg: SFTConfig, total_steps: int) -> Any:
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    warmup = math.ceil(cfg.optim.warmup_ratio * total_steps)
+    if cfg.optim.scheduler == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+    return get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def _deepspeed_config(cfg: SFTConfig, env: DistEnv, bf16: bool) -> dict[str, Any]:
+    zero: dict[str, Any] = {"stage": cfg.dist.zero_stage}
+    if cfg.dist.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch.per_device,
+        "gradient_accumulation_steps": cfg.batch.grad_accum,
+        "train_batch_size": cfg.batch.per_device * cfg.batch.grad_accum * env.world,
+        "gradient_clipping": cfg.optim.max_grad_norm or 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]critic sft"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def train(cfg: SFTConfig) -> TrainResult:
+    """Run (or resume) a critic SFT run described by `cfg`; see the module docstring."""
+    from firm.config import get_settings
+    from firm.critic.collate import SFTCollator, pack_by_image_count
+    from firm.critic.sft_checkpoint import (
+        CheckpointWriter,
+        TrainerState,
+        check_compatible,
+        find_checkpoint,
+        gather_rng_states,
+        load_checkpoint,
+        restore_rng_state,
+    )
+
+    env = dist_env(cfg)
+    global_batch = cfg.global_batch(env.world)  # fails fast, before any process group or model
+    ckpt_root = cfg.checkpoint.uri or f"{get_settings().bucket_uris()['checkpoints']}/{cfg.run_name}"
+    run_dir = Path(cfg.output_dir).expanduser().resolve() / cfg.run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    ds, train_rows, val_rows = load_rows(cfg)
+    steps_per_epoch = len(pack_by_image_count(train_rows, cfg.batch.per_device, seed=cfg.seed, epoch=0)) // (
+        env.world * cfg.batch.grad_accum
+    )
+    if steps_per_epoch == 0:
+        raise InputError(
+            f"dataset {cfg.data.dataset}: {len(train_rows)} train rows do not fill one global batch of "
+            f"{global_batch} (micro-batches are grouped by image count)"
+        )
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+
+    resume_uri = find_checkpoint(cfg.resume, ckpt_root)
+    ckpt = load_checkpoint(resume_uri) if resume_uri else None
+    if ckpt is not None:
+        check_compatible(ckpt, world_size=env.world, global_batch=global_batch, finetune=cfg.finetune)
+
+    created_group = init_distributed(env, cfg)
+    logger: MetricLogger | None = None
+    try:
+        bf16 = env.bf16 = _use_bf16(cfg, env)
+        model, processor = load_model(cfg, _param_dtype(cfg, bf16), ckpt.model_dir if ckpt else None)
+        model.to(env.device)
+        collator = SFTCollator(processor, ds, max_pixels=cfg.model.max_pixels)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
+            eps=cfg.optim.eps,
+            weight_decay=cfg.optim.weight_decay,
+        )
+        scheduler = _schedule(optimizer, cfg, total_steps)
+        start_step = 0
+        if ckpt is not None:
+            opt_state, sched_state = ckpt.optimizer_state(), ckpt.scheduler_state()
+            if opt_state is None or sched_state is None:
+                raise InputError(f"{ckpt.uri}: checkpoint has no optimizer/scheduler state to resume from")
+            optimizer.load_state_dict(opt_state)
+            scheduler.load_state_dict(sched_state)
+            restore_rng_state(ckpt.rng_states(), env.rank)
+            start_step = ckpt.state.step
+
+        engine = None
+        if cfg.dist.strategy == "deepspeed":
+            import deepspeed
+
+            engine, optimizer, _, scheduler = deepspeed.initialize(
+                model=model,
+                optimizer=optimizer,
+                lr_scheduler=scheduler,
+                config=_deepspeed_config(cfg, env, bf16),
+            )
+            model = engine
+        elif env.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(
+                model, device_ids=[env.device.index] if env.device.type == "cuda" else None
+            )
+
+        writer = CheckpointWriter(ckpt_root, run_dir, cfg.checkpoint.keep_last)
+        logger = MetricLogger(run_dir, env.main)
+        train_scores = Counter(_key(r.score) for r in train_rows)
+        published: list[str] = []
+
+        def save_model(dest: Path) -> None:
+            net = _unwrap(model)
+            net.save_pretrained(dest)
+            processor.save_pretrained(dest)
+
+        def checkpoint(step: int, epoch: int) -> None:
+            rng = gather_rng_states(env.world)
+            if env.main:
+                state = TrainerState(
+                    step=step, epoch=epoch, world_size=env.world, global_batch=global_batch,
+                    steps_per_epoch=steps_per_epoch, total_steps=total_steps, run_name=cfg.run_name,
+                    finetune=cfg.finetune, seed=cfg.seed,
+                )  # fmt: skip
+                published.append(
+                    writer.publish(
+                        state,
+                        save_model=save_model,
+                        optimizer_state=None if engine is not None else optimizer.state_dict(),
+                        scheduler_state=None if engine is not None else scheduler.state_dict(),
+                        rng_states=rng,
+                    )
+                )
+            barrier(env)
+
+        def run_eval(step: int) -> dict[str, float]:
+            metrics: dict[str, float] = {}
+            everyone = engine is not None and cfg.dist.zero_stage == 3  # ZeRO-3 forwards are collective
+            if val_rows and (env.main or everyone):
+                metrics = evaluate(model, processor, collator, val_rows, cfg, env, train_scores)
+                if env.main:
+                    logger.log(step, metrics)
+            barrier(env)
+            return metrics
+
+        if env.main:
+            log.info(
+                "run %s: %d train / %d val rows, world %d, global batch %d, %d steps (%d per epoch), from step %d",
+                cfg.run_name, len(train_rows), len(val_rows), env.world, global_batch, total_steps,
+                steps_per_epoch, start_step,
+            )  # fmt: skip
+        final_eval: dict[str, float] = {}
+        step = start_step
+        epoch = step // steps_per_epoch
+        with _progress(env.main) as progress:
+            task = progress.add_task("train", total=total_steps, completed=start_step, info="")
+            while step < total_steps:
+                t0 = time.perf_counter()
+                epoch, micro = step_micro_batches(train_rows, cfg, env, step, steps_per_epoch)
+                loss_sum = 0.0
+                for a, idx in enumerate(micro):
+                    batch = {k: v.to(env.device) for k, v in collator([train_rows[i] for i in idx]).items()}
+                    last = a == len(micro) - 1
+                    if engine is not None:
+                        with _autocast(cfg, env):
+                            loss = engine(**batch).loss
+                        engine.backward(loss)
+                        engine.step()
+                    else:
+                        sync = contextlib.nullcontext() if (last or env.world == 1) else model.no_sync()
+                        with sync:
+                            with _autocast(cfg, env):
+                                loss = model(**batch).loss
+                            (loss / cfg.batch.grad_accum).backward()
+                    loss_sum += float(loss.detach())
+                grad_norm = float("nan")
+                lr = scheduler.get_last_lr()[0]
+                if engine is None:
+                    if cfg.optim.max_grad_norm:
+                        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                else:
+                    gn = engine.get_global_grad_norm()
+                    grad_norm = float(gn) if gn is not None else float("nan")
+                step += 1
+                loss_mean = all_mean(loss_sum / len(micro), env)
+                dt = time.perf_counter() - t0
+                rate = global_batch / dt
+                if env.main and (step % cfg.log_every == 0 or step == total_steps):
+                    logger.log(
+                        step,
+                        {"train/loss": loss_mean, "train/lr": lr, "train/grad_norm": grad_norm,
+                         "train/samples_per_s": rate, "train/epoch": epoch},
+                    )  # fmt: skip
+                progress.update(
+                    task, advance=1, info=f"loss {loss_mean:.4f} lr {lr:.2e} {rate:.1f} samples/s"
+                )
+                if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0 and step < total_steps:
+                    run_eval(step)
+                if (
+                    cfg.checkpoint.every_n_steps
+                    and step % cfg.checkpoint.every_n_steps == 0
+                    and step < total_steps
+                ):
+                    checkpoint(step, epoch)
+        final_eval = run_eval(step)
+        if not published or not published[-1].endswith(f"step-{step}"):
+            checkpoint(step, epoch)
+        export_dir = export_model(model, processor, cfg, run_dir, env) if cfg.export.enabled else None
+        barrier(env)
+        return TrainResult(
+            run_dir=run_dir,
+            steps=step,
+            final_eval=final_eval,
+            export_dir=export_dir,
+            checkpoints=published,
+            resumed_from=resume_uri,
+        )
+    finally:
+        if logger is not None:
+            logger.close()
+        if created_group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def export_model(model: Any, processor: Any, cfg: SFTConfig, run_dir: Path, env: DistEnv) -> Path:
+    """Write the final `save_pretrained` model (LoRA merged unless `lora.merge_on_export` is false) to
+    `<run_dir>/export` (rank 0) and publish it to `export.uri` when set."""
+    dest = run_dir / "export"
+    if env.main:
+        import shutil
+
+        net = _unwrap(model)
+        if cfg.finetune == "lora" and cfg.lora.merge_on_export:
+            net = net.merge_and_unload()
+        tmp = run_dir / ".export-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        net.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+        if cfg.export.uri:
+            from firm.storage import publish_dir
+
+            publish_dir(dest, cfg.export.uri, producer=f"firm.critic.sft {cfg.run_name}")
+    return dest
+
+
+# ----------------------------------------------------------------------------------------------- entrypoint
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[str, list[str]]:
+    p = argparse.ArgumentParser(
+        prog="python -m firm.critic.sft", description="Critic SFT (see module docstring)."
+    )
+    p.add_argument(
+        "--config", required=True, help="recipe YAML path or shipped recipe name (critic/tiny_cpu)"
+    )
+    p.add_argument("--resume", default=None, help="auto | none | checkpoint URI (same as resume=...)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. optim.lr=2e-5")
+    args = p.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        overrides.append(f"resume={args.resume}")
+    return args.config, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from pydantic import ValidationError
+
+    try:
+        config, overrides = parse_args(argv)
+        cfg = load_sft_config(config, overrides)
+        result = train(cfg)
+    except (FirmError, ValidationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(result.model_dump_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""`SFTConfig`: the pydantic config of a critic SFT run, loaded from a recipe YAML plus `key=value` overrides.
+
+Overrides use dotted keys into the config (`optim.lr=2e-5`, `batch.per_device=4`, `lora.target_modules=[q_proj]`);
+values are parsed as YAML scalars/lists. An unknown key is a `ConfigError` that names the key and lists the valid
+ones at that level, so a typo never silently trains with a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from firm.errors import ConfigError
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelCfg(_Cfg):
+    path: str = Field(
+        description="HF id, local save_pretrained dir, or file:// / s3:// URI of the base critic"
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="parameter dtype; auto = bfloat16 when precision is bf16 on GPU, else float32",
+    )
+    max_pixels: int | None = Field(default=None, description="cap on pixels per image (processor resize)")
+    gradient_checkpointing: bool = False
+
+
+class DataCfg(_Cfg):
+    dataset: str = Field(description="critic SFT dataset: local dir or published file:// / s3:// URI")
+    on_bad_row: Literal["reject", "skip"] = "reject"
+    check_images: bool = True
+    tasks: list[Literal["edit", "gen"]] | None = None
+    axes: list[Literal["execution", "consistency", "instruction", "quality"]] | None = None
+
+
+class LoraCfg(_Cfg):
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    merge_on_export: bool = True
+
+
+class BatchCfg(_Cfg):
+    per_device: int = Field(default=1, ge=1, description="micro-batch size per process")
+    grad_accum: int = Field(default=1, ge=1)
+    global_size: int | None = Field(
+        default=None, ge=1, description="expected per_device × grad_accum × world size; checked at start"
+    )
+
+
+class OptimCfg(_Cfg):
+    lr: float = Field(default=1e-5, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1)
+    max_grad_norm: float | None = Field(default=1.0, description="gradient clipping; null disables")
+
+
+class EvalCfg(_Cfg):
+    every_n_steps: int = Field(default=0, ge=0, description="0 = only at the end")
+    max_samples: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    generate: bool = Field(default=True, description="also generate and report parse rate and score MAE")
+    max_new_tokens: int = Field(default=128, ge=1)
+
+
+class CheckpointCfg(_Cfg):
+    uri: str | None = Field(
+        default=None, description="root of this run's checkpoints; default <checkpoints bucket>/<run_name>"
+    )
+    every_n_steps: int = Field(default=0, ge=0, description="0 = only at the end")
+    keep_last: int = Field(default=2, ge=1)
+
+
+class DistCfg(_Cfg):
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    zero_stage: Literal[2, 3] = 2
+    offload_optimizer: bool = False
+
+
+class ExportCfg(_Cfg):
+    enabled: bool = True
+    uri: str | None = Field(default=None, description="also publish the exported model here")
+
+
+class SFTConfig(_Cfg):
+    """A critic SFT run (see firm/recipes/critic/*.yaml for the shipped ones)."""
+
+    run_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    output_dir: str = Field(default="runs", description="local run dir parent: metrics, TensorBoard, export")
+    seed: int = 42
+    finetune: Literal["full", "lora"] = "full"
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto", description="bf16 autocast where supported (CUDA with bf16); auto = bf16 on such GPUs"
+    )
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
+    log_every: int = Field(default=1, ge=1)
+    resume: str = Field(
+        default="none", description="none | auto (newest complete checkpoint) | checkpoint URI"
+    )
+    model: ModelCfg
+    data: DataCfg
+    lora: LoraCfg = Field(default_factory=LoraCfg)
+    batch: BatchCfg = Field(default_factory=BatchCfg)
+    optim: OptimCfg = Field(default_factory=OptimCfg)
+    eval: EvalCfg = Field(default_factory=EvalCfg)
+    checkpoint: CheckpointCfg = Field(default_factory=CheckpointCfg)
+    dist: DistCfg = Field(default_factory=DistCfg)
+    export: ExportCfg = Field(default_factory=ExportCfg)
+
+    @model_validator(mode="after")
+    def _resume_supported(self) -> SFTConfig:
+        if self.dist.strategy == "deepspeed" and self.resume != "none":
+            raise ConfigError(
+                "resume is not supported with dist.strategy=deepspeed (DeepSpeed's checkpoint loader unpickles "
+                "optimizer state); use ddp to resume"
+            )
+        return self
+
+    def global_batch(self, world_size: int) -> int:
+        """Rows per optimizer step; raises `ConfigError` when it disagrees with `batch.global_size`."""
+        g = self.batch.per_device * self.batch.grad_accum * world_size
+        if self.batch.global_size is not None and g != self.batch.global_size:
+            raise ConfigError(
+                f"batch.global_size={self.batch.global_size} is not batch.per_device ({self.batch.per_device}) × "
+                f"batch.grad_accum ({self.batch.grad_accum}) × world size ({world_size}) = {g}; the world size "
+                f"must divide the global batch into per_device × grad_accum per process"
+            )
+        return g
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _model_for(cls: type[BaseModel], key: str) -> type[BaseModel] | None:
+    field = cls.model_fields.get(key)
+    if field is None:
+        return None
+    ann = field.annotation
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides to a raw config mapping, rejecting keys `SFTConfig` does not have."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        cls: type[BaseModel] | None = SFTConfig
+        node = data
+        for i, part in enumerate(parts):
+            assert cls is not None
+            if part not in cls.model_fields:
+                where = ".".join(parts[:i]) or "the top level"
+                known = ", ".join(sorted(cls.model_fields))
+                raise ConfigError(
+                    f"unknown config key {key!r}: {part!r} is not a key of {where} (known: {known})"
+                )
+            if i == len(parts) - 1:
+                node[part] = _parse_value(value)
+                break
+            sub = _model_for(cls, part)
+            if sub is None:
+                raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[: i + 1])} is not a section")
+            existing = node.get(part)
+            if not isinstance(existing, dict):
+                existing = {}
+                node[part] = existing
+            node, cls = existing, sub
+    return data
+
+
+def load_sft_config(config: str | Path, overrides: list[str] | None = None) -> SFTConfig:
+    """Load a recipe (a YAML path or a shipped recipe name like `critic/tiny_cpu`) and apply overrides."""
+    from firm.recipes import recipe_path
+
+    path = Path(config)
+    if not path.is_file():
+        path = recipe_path(str(config))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return SFTConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        if err.get("type") == "extra_forbidden":
+            raise ConfigError(f"{path}: unknown config key {loc!r}") from None
+        raise ConfigError(f"{path}: invalid config at {loc or '(top level)'}: {err.get('msg')}") from None

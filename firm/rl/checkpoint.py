@@ -1,0 +1,127 @@
+"""RL checkpoints: the LoRA in diffusers format plus everything needed to resume exactly.
+
+Layout of `<output_uri>/checkpoints/step-<N>/` (published atomically with firm.storage.publish_dir, MANIFEST last):
+  pytorch_lora_weights.safetensors   trainable LoRA, loadable with `pipe.load_lora_weights(dir)`
+  old_lora.safetensors               the EMA ("old") adapter
+  trainer_state.pt                   optimizer state, RNG states, step (torch.load(weights_only=True))
+  state.json                         step, algorithm, config
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from firm.errors import StorageError
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+OLD_FILE = "old_lora.safetensors"
+STATE_FILE = "trainer_state.pt"
+
+
+def checkpoints_prefix(output_uri: str) -> str:
+    return output_uri.rstrip("/") + "/checkpoints"
+
+
+def step_uri(output_uri: str, step: int) -> str:
+    return f"{checkpoints_prefix(output_uri)}/step-{step:08d}"
+
+
+@dataclass
+class Loaded:
+    step: int
+    lora: dict[str, torch.Tensor]
+    old_lora: dict[str, torch.Tensor]
+    trainer_state: dict[str, Any]
+    uri: str
+
+
+def rng_state() -> dict[str, Any]:
+    st: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save_checkpoint(
+    policy: Any,
+    output_uri: str,
+    step: int,
+    lora: dict[str, torch.Tensor],
+    old_lora: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+) -> str:
+    """Write and publish the checkpoint of `step`; returns its URI."""
+    from firm.storage import publish_dir
+
+    uri = step_uri(output_uri, step)
+    with tempfile.TemporaryDirectory(prefix="firm-rl-ckpt-") as tmp:
+        d = Path(tmp)
+        policy.save_lora(d, lora)
+        save_file(old_lora, str(d / OLD_FILE))
+        torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state(), "step": step}, d / STATE_FILE)
+        (d / "state.json").write_text(json.dumps({"step": step, **meta}, indent=2, default=str))
+        publish_dir(d, uri, producer="firm.rl")
+    return uri
+
+
+def find_resume(resume: str, output_uri: str) -> str | None:
+    """The checkpoint URI to resume from: 'auto' → latest under output_uri (None if there is none), 'none' → None."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        from firm.storage import latest
+
+        return latest(checkpoints_prefix(output_uri))
+    return resume
+
+
+def load_checkpoint(uri: str) -> Loaded:
+    from firm.storage import resolve_local
+
+    d = resolve_local(uri)
+    for f in (LORA_FILE, OLD_FILE, STATE_FILE):
+        if not (d / f).exists():
+            raise StorageError(f"{uri}: checkpoint is missing {f}")
+    state = torch.load(d / STATE_FILE, weights_only=True, map_location="cpu")
+    lora = _transformer_keys(load_file(str(d / LORA_FILE)))
+    return Loaded(int(state["step"]), lora, load_file(str(d / OLD_FILE)), state, uri)
+
+
+def _transformer_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers prefixes LoRA keys with 'transformer.'; peft's state dict has none."""
+    return {k.removeprefix("transformer."): v for k, v in state.items()}
+
+
+def export_final(policy: Any, output_uri: str, lora: dict[str, torch.Tensor], merged: bool) -> dict[str, str]:
+    """Publish the final LoRA (and optionally a merged pipeline) under `<output_uri>/final/`."""
+    from firm.storage import publish_dir
+
+    out: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="firm-rl-final-") as tmp:
+        d = Path(tmp) / "lora"
+        d.mkdir()
+        policy.save_lora(d, lora)
+        out["lora"] = output_uri.rstrip("/") + "/final/lora"
+        publish_dir(d, out["lora"], producer="firm.rl")
+        if merged:
+            m = Path(tmp) / "merged"
+            policy.save_merged(m)
+            out["merged"] = output_uri.rstrip("/") + "/final/merged"
+            publish_dir(m, out["merged"], producer="firm.rl")
+            shutil.rmtree(m, ignore_errors=True)
+    return out

@@ -1,0 +1,195 @@
+"""`RLConfig`: one documented config for FIRM's RL trainer (DiffusionNFT and Flow-GRPO, editing and generation).
+
+Recipes under `firm/recipes/rl/*.yaml` are YAML dumps of this model; `key.sub=value` overrides on the command line
+are applied on top (values parsed as YAML, so `training.steps=5` is an int and `reward.kind=redness` a string).
+Paper settings are the defaults where the paper gives one (LoRA r=32/α=64, β=1, advantage clip 5, KL 1e-4,
+AdamW wd 1e-4, grad-clip 1.0, EMA decay ramping up to 0.5, ~99% of rollout timesteps trained on).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from firm.errors import ConfigError
+from firm.schemas import Task
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PolicyConfig(_Section):
+    """Which diffusion policy to train and how to load it."""
+
+    kind: Literal["sd3", "qwen_edit"] = Field(description="sd3: StableDiffusion3Pipeline; qwen_edit: QwenImageEdit(Plus)")
+    uri: str = Field(description="HF id, local directory, or file:// / s3:// URI of a published pipeline directory")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    resolution: int = Field(512, ge=16, description="rollout image size (square), pixels")
+    max_sequence_length: int = Field(256, ge=8, description="text tokens for the T5 / VL text encoder")
+    gradient_checkpointing: bool = False
+    # Qwen-Image-Edit only. The diffusers pipeline resizes the condition image to ~1024² for the VL encoder and
+    # drops a fixed number of prompt-template tokens; both are settings here (tiny models need small values).
+    condition_pixels: int = Field(384 * 384, ge=16 * 16, description="VL-encoder pixel budget of the source image")
+    prompt_template_drop: int | None = Field(
+        None, ge=0, description="prompt-template tokens dropped from the VL encoder output (None = pipeline default)"
+    )
+
+
+class LoraSettings(_Section):
+    rank: int = Field(32, ge=1)
+    alpha: float = Field(64.0, gt=0)
+    init: Literal["gaussian", "default"] = "gaussian"
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+    )
+
+
+class SamplingConfig(_Section):
+    num_steps: int = Field(10, ge=1, description="rollout denoising steps")
+    group_size: int = Field(16, description="K rollouts per prompt (per-prompt group advantages need K ≥ 2)")
+    prompts_per_step: int = Field(48, ge=1, description="prompts per optimizer step, summed over all ranks")
+    eval_num_steps: int = Field(40, ge=1, description="steps for eval sample grids")
+    rollout_policy: Literal["old", "current"] = Field("old", description="NFT: collect rollouts with the EMA (old) policy")
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError(f"group_size must be ≥ 2 (got {v}): the group advantage needs a standard deviation")
+        return v
+
+
+class NFTConfig(_Section):
+    beta: float = Field(1.0, gt=0, description="implicit-policy step β: v± = v_old ± β(v_θ − v_old)")
+    adv_clip: float = Field(5.0, gt=0, description="advantages are clipped to ±adv_clip; r = A/(2·adv_clip) + 0.5")
+    kl_coef: float = Field(1e-4, ge=0, description="weight of MSE(v_θ, v_ref) with the LoRA disabled")
+    space: Literal["x0", "velocity"] = Field("x0", description="x0: reference code's adaptive x0-space weighting")
+    timestep_fraction: float = Field(0.99, gt=0, le=1, description="fraction of rollout timesteps trained on")
+    ema_max_decay: float = Field(0.5, ge=0, lt=1, description="old-policy EMA decay ramps up to this")
+    ema_ramp: float = Field(0.001, ge=0, description="decay grows by this per step")
+
+
+class GRPOConfig(_Section):
+    noise_level: float = Field(0.7, gt=0, description="SDE noise level a")
+    clip_range: float = Field(1e-4, gt=0)
+    kl_coef: float = Field(0.04, ge=0, description="KL to the reference policy on the SDE step means")
+    adv_clip: float = Field(5.0, gt=0)
+    timestep_fraction: float = Field(0.99, gt=0, le=1)
+    inner_epochs: int = Field(1, ge=1)
+
+
+class OptimConfig(_Section):
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class RewardConfig(_Section):
+    kind: Literal["triton", "critic", "brightness", "redness"] = "triton"
+    url: str | None = Field(None, description="Triton gRPC endpoint(s), comma separated (default: settings.triton_url)")
+    critic_uri: str | None = Field(None, description="in-process critic checkpoint (kind=critic)")
+    quality: bool = Field(True, description="gen: QMA uses the quality axis too")
+    retries: int = Field(3, ge=0, description="retries per reward call before the step fails")
+    retry_backoff_s: float = Field(1.0, ge=0)
+    async_overlap: bool = Field(True, description="score group i while rolling out group i+1")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the reward")
+
+
+class DataConfig(_Section):
+    prompts: str = Field(description="prompt file: .txt (one per line) or .jsonl ({prompt|instruction, image})")
+    eval_prompts: list[str] = Field(default_factory=list, description="fixed prompts for the periodic sample grid")
+    max_prompt_chars: int = Field(1000, ge=1)
+
+
+class CheckpointConfig(_Section):
+    every_steps: int = Field(50, ge=1)
+    resume: str = Field("none", description="'auto' (latest under output_uri), 'none', or a checkpoint URI")
+    export_merged: bool = Field(False, description="also save a merged full pipeline at the end")
+
+
+class MonitorConfig(_Section):
+    tensorboard: bool = True
+    eval_every: int = Field(0, ge=0, description="sample grid of eval_prompts every N steps (0 = never)")
+
+
+class RLConfig(_Section):
+    """A full RL run. `task` is edit (CME reward, Qwen-Image-Edit) or gen (QMA reward, SD3.5)."""
+
+    name: str = "rl"
+    task: Task
+    algorithm: Literal["nft", "grpo"] = "nft"
+    output_uri: str = Field(description="where checkpoints, metrics and the final LoRA go (path or URI)")
+    seed: int = 0
+    steps: int = Field(600, ge=1)
+    device: str = Field("auto", description="auto | cpu | cuda")
+    policy: PolicyConfig
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    nft: NFTConfig = Field(default_factory=NFTConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    data: DataConfig
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RLConfig:
+        want = {"sd3": "gen", "qwen_edit": "edit"}[self.policy.kind]
+        if self.task != want:
+            raise ValueError(f"policy.kind={self.policy.kind} trains task '{want}', but task='{self.task}'")
+        return self
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key}: '{p}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides (value parsed as YAML) to a nested dict, in place."""
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override '{ov}': expected key=value")
+        key, raw = ov.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{ov}': invalid value: {exc}") from exc
+        _set_dotted(data, key.strip(), value)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RLConfig:
+    """Read a recipe YAML, apply overrides, validate. Errors name the file and the offending key."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: config file does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping, got {type(data).__name__}")
+    return config_from_dict(apply_overrides(data, overrides or []), source=str(p))
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> RLConfig:
+    try:
+        return RLConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first.get("loc", ()))
+        raise ConfigError(f"{source}: {loc}: {first.get('msg')}") from exc

@@ -1,0 +1,115 @@
+"""LoRA management on the policy transformer (peft through diffusers' `add_adapter`).
+
+Two adapters live on the transformer: "default" (trainable, v_θ) and "old" (the EMA copy, v_old, which also collects
+the NFT rollouts). The reference policy is the base model: adapters disabled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from firm.errors import ConfigError
+
+TRAINABLE = "default"
+OLD = "old"
+
+
+def _lora_config(rank: int, alpha: float, init: str, targets: list[str]):  # noqa: ANN202
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=rank, lora_alpha=alpha, init_lora_weights=True if init == "default" else init, target_modules=targets
+    )
+
+
+def present_targets(transformer: torch.nn.Module, targets: list[str]) -> list[str]:
+    names = [n for n, _ in transformer.named_modules()]
+    found = [t for t in targets if any(n == t or n.endswith("." + t) for n in names)]
+    if not found:
+        raise ConfigError(f"lora.target_modules={targets}: none of them exist in {type(transformer).__name__}")
+    return found
+
+
+def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, init: str, targets: list[str]) -> None:
+    """Add the trainable and the old adapter (identical at start); only the trainable one requires grad."""
+    found = present_targets(transformer, targets)
+    transformer.add_adapter(_lora_config(rank, alpha, init, found), adapter_name=TRAINABLE)
+    transformer.add_adapter(_lora_config(rank, alpha, init, found), adapter_name=OLD)
+    with torch.no_grad():
+        for p_old, p in zip(adapter_params(transformer, OLD), adapter_params(transformer, TRAINABLE), strict=True):
+            p_old.copy_(p)
+    activate(transformer, TRAINABLE)
+
+
+def _key(name: str, adapter: str) -> bool:
+    return "lora_" in name and f".{adapter}." in name + "."
+
+
+def adapter_params(transformer: torch.nn.Module, adapter: str) -> list[torch.nn.Parameter]:
+    """The LoRA parameters of one adapter, in a stable order (module order)."""
+    return [p for n, p in transformer.named_parameters() if _key(n, adapter)]
+
+
+def trainable_params(transformer: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return adapter_params(transformer, TRAINABLE)
+
+
+def activate(transformer: torch.nn.Module, adapter: str) -> None:
+    """Make `adapter` the active one; the trainable adapter always keeps requires_grad, the old one never has it."""
+    transformer.set_adapter(adapter)
+    for p in adapter_params(transformer, TRAINABLE):
+        p.requires_grad_(True)
+    for p in adapter_params(transformer, OLD):
+        p.requires_grad_(False)
+
+
+@contextmanager
+def using(transformer: torch.nn.Module, adapter: str) -> Iterator[None]:
+    """Run the old policy (adapter="old") or the base reference (adapter=None) inside the block."""
+    if adapter is None:
+        transformer.disable_adapters()
+        try:
+            yield
+        finally:
+            transformer.enable_adapters()
+            activate(transformer, TRAINABLE)
+    else:
+        activate(transformer, adapter)
+        try:
+            yield
+        finally:
+            activate(transformer, TRAINABLE)
+
+
+@torch.no_grad()
+def ema_update(transformer: torch.nn.Module, decay: float) -> None:
+    """old ← decay·old + (1 − decay)·current."""
+    for p_old, p in zip(adapter_params(transformer, OLD), adapter_params(transformer, TRAINABLE), strict=True):
+        p_old.mul_(decay).add_(p.detach().to(p_old.dtype), alpha=1.0 - decay)
+
+
+def ema_decay(step: int, max_decay: float, ramp: float) -> float:
+    """DiffusionNFT's schedule: decay = min(ramp·step, max_decay)."""
+    return min(ramp * step, max_decay)
+
+
+def adapter_state(transformer: torch.nn.Module, adapter: str = TRAINABLE) -> dict[str, torch.Tensor]:
+    """The adapter's weights under peft's adapter-free key names (what diffusers' save_lora_weights expects)."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(transformer, adapter_name=adapter)
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+@torch.no_grad()
+def load_adapter_state(transformer: torch.nn.Module, state: dict[str, torch.Tensor], adapter: str) -> None:
+    from peft.utils import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(transformer, state, adapter_name=adapter)
+    unexpected = getattr(result, "unexpected_keys", []) or []
+    if unexpected:
+        raise ConfigError(f"LoRA state does not match the policy: unexpected keys {unexpected[:3]}")
+    activate(transformer, TRAINABLE)

@@ -1,0 +1,100 @@
+"""The policy interface the samplers, losses and trainer use: a flow-matching velocity model plus its codecs.
+
+A policy owns a diffusers pipeline. Everything outside `firm/rl/policies/` sees only: conditioning from prompts (and
+source images for editing), initial noise in the model's latent layout, the sigma schedule, the velocity
+v(x_σ, σ, cond) (convention x_σ = (1−σ)·x0 + σ·ε, v = ε − x0), and decoding to images in [0, 1].
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Conditioning:
+    """Per-sample conditioning tensors (batch first) plus non-tensor extras that are shared by the whole batch."""
+
+    tensors: dict[str, torch.Tensor]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def repeat(self, k: int) -> Conditioning:
+        """Each sample repeated k times in a row (a prompt's group)."""
+        return Conditioning({n: t.repeat_interleave(k, dim=0) for n, t in self.tensors.items()}, dict(self.extras))
+
+    def select(self, idx: torch.Tensor | list[int]) -> Conditioning:
+        index = torch.as_tensor(idx, dtype=torch.long)
+        return Conditioning(
+            {n: t.index_select(0, index.to(t.device)) for n, t in self.tensors.items()}, dict(self.extras)
+        )
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        names = parts[0].tensors.keys()
+        return Conditioning({n: torch.cat([p.tensors[n] for p in parts]) for n in names}, dict(parts[0].extras))
+
+
+class DiffusionPolicy(ABC):
+    """A diffusion policy with a LoRA-adaptable transformer (`self.transformer`)."""
+
+    task: str
+    pipeline: Any
+    transformer: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    resolution: int
+    source: str  # where the base pipeline was loaded from (local dir or HF id)
+    load_kwargs: dict[str, Any] = {}  # noqa: RUF012  (extra from_pretrained arguments, e.g. a processor)
+
+    @abstractmethod
+    def encode(self, prompts: list[str], sources: list[Any] | None = None) -> Conditioning:
+        """Conditioning for each prompt (and source image for editing); no gradients."""
+
+    @abstractmethod
+    def initial_noise(self, n: int, generator: torch.Generator, cond: Conditioning) -> torch.Tensor:
+        """ε ~ N(0, I) in the transformer's latent layout, drawn from `generator` on the CPU."""
+
+    @abstractmethod
+    def sigmas(self, num_steps: int, cond: Conditioning) -> torch.Tensor:
+        """The σ schedule of a `num_steps` rollout: float32, length num_steps + 1, decreasing from ~1 to 0."""
+
+    @abstractmethod
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Predicted velocity at noisy latents `x` and per-sample noise levels `sigma` ([B])."""
+
+    @abstractmethod
+    def decode(self, x0: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Clean latents → images [B, 3, H, W] in [0, 1] (float32, CPU); no gradients."""
+
+    def save_lora(self, out_dir: str | Path, lora_state: dict[str, torch.Tensor]) -> None:
+        """Write the LoRA in diffusers format (`pytorch_lora_weights.safetensors`, loadable with load_lora_weights)."""
+        type(self.pipeline).save_lora_weights(
+            save_directory=str(out_dir), transformer_lora_layers=lora_state, safe_serialization=True
+        )
+
+    def save_merged(self, out_dir: str | Path) -> None:
+        """Save a full pipeline with the trainable LoRA fused into the base weights (reloads the base: 2× memory)."""
+        import tempfile
+
+        from firm.rl.lora import adapter_state
+        from firm.rl.policies.loading import absent_components
+
+        with tempfile.TemporaryDirectory(prefix="firm-rl-merge-") as tmp:
+            self.save_lora(tmp, adapter_state(self.transformer))
+            pipe = type(self.pipeline).from_pretrained(
+                self.source, dtype=self.dtype, **absent_components(self.source), **self.load_kwargs
+            )
+            pipe.load_lora_weights(tmp)
+            pipe.fuse_lora()
+            pipe.unload_lora_weights()
+            pipe.save_pretrained(str(out_dir))
+
+    def eval_mode(self) -> None:
+        """Disable dropout everywhere (freshly built tiny models are in train mode)."""
+        for comp in self.pipeline.components.values():
+            if isinstance(comp, torch.nn.Module):
+                comp.eval()

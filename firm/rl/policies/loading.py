@@ -1,0 +1,59 @@
+"""Resolve a policy location (HF id, local directory, file:// or s3:// URI) and pick the adapter class."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from firm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from firm.rl.config import PolicyConfig
+    from firm.rl.policies.base import DiffusionPolicy
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_pretrained(uri: str) -> str:
+    """A local directory for file:// and s3:// URIs (fetched and verified via firm.storage), else the path or HF id."""
+    if uri.startswith(("s3://", "file://")):
+        from firm.storage import resolve_local
+
+        return str(resolve_local(uri))
+    p = Path(uri).expanduser()
+    if p.exists():
+        return str(p)
+    if uri.startswith(("/", "./", "../")):
+        raise ConfigError(f"policy.uri={uri}: local directory does not exist")
+    return uri  # a Hugging Face id
+
+
+def absent_components(path: str) -> dict[str, Any]:
+    """Components saved as null in model_index.json (e.g. SD3 without T5) must be passed as None explicitly."""
+    index = Path(path) / "model_index.json"
+    if not index.exists():
+        return {}
+    data = json.loads(index.read_text())
+    return {k: None for k, v in data.items() if isinstance(v, list) and v[:1] == [None]}
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def load_policy(cfg: PolicyConfig, device: torch.device) -> DiffusionPolicy:
+    """Load the policy named by `cfg` onto `device`, frozen, in eval mode (the LoRA is added by firm.rl.lora)."""
+    if cfg.kind == "sd3":
+        from firm.rl.policies.sd3 import SD3Policy
+
+        return SD3Policy.from_pretrained(cfg, device)
+    if cfg.kind == "qwen_edit":
+        from firm.rl.policies.qwen_edit import QwenEditPolicy
+
+        return QwenEditPolicy.from_pretrained(cfg, device)
+    raise ConfigError(f"policy.kind={cfg.kind}: unknown")

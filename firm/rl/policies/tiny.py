@@ -1,0 +1,108 @@
+"""Tiny random diffusion policies built from configs (tests, quickstart, benchmarks).
+
+They use the real diffusers/transformers classes at toy sizes and are saved with `save_pretrained`, so they load
+through exactly the same code as the real checkpoints (`StableDiffusion3Pipeline.from_pretrained(dir)`).
+Tokenizers are character-level so nothing has to be downloaded.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+
+_CHARS = string.ascii_lowercase + string.digits + " .,'-!?"
+
+
+def char_clip_tokenizer(max_length: int = 32) -> Any:
+    """A character-level CLIP tokenizer (no merges) over lowercase letters, digits and punctuation."""
+    from transformers import CLIPTokenizer
+
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in _CHARS:
+        # byte-level BPE marks the end of a word with </w>; keep both forms so every character maps to an id
+        for form in (ch, ch + "</w>"):
+            vocab.setdefault(form, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def build_tiny_sd3(out_dir: str | Path, *, seed: int = 0, sample_size: int = 8) -> Path:
+    """Build and save a tiny SD3.5-style `StableDiffusion3Pipeline` (64 px images ↔ 8×8×16 latents).
+
+    Transformer: 2 layers (SD3.5 dual attention in layer 0, RMS qk-norm), 4 heads × 8; two tiny CLIP text encoders
+    with projection; no T5 (`text_encoder_3=None`, which the pipeline supports); a 16-channel `AutoencoderKL` with a
+    downsampling factor of 8.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=sample_size,
+        patch_size=2,
+        in_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        caption_projection_dim=32,
+        pooled_projection_dim=64,
+        out_channels=16,
+        pos_embed_max_size=32,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=4,
+        sample_size=sample_size * 8,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    tok = char_clip_tokenizer()
+    enc_cfg = {
+        "vocab_size": len(tok),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 32,
+        "projection_dim": 32,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "pad_token_id": 1,
+        "hidden_act": "gelu",
+    }
+    # joint_attention_dim (64) = hidden_1 + hidden_2 (32 + 32); pooled (64) = proj_1 + proj_2
+    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**enc_cfg))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**enc_cfg))
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=char_clip_tokenizer(),
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out)
+    return out

@@ -1,0 +1,180 @@
+"""Rewards for RL through one interface: a `RewardFunction` maps rollout items to `RewardBreakdown`s.
+
+Implementations: `TritonReward` (the reward service through `firm.serving.RewardClient`, the default),
+`InProcessCriticReward` (a `firm.critic.Critic` in this process: tests and small runs), and cheap known rewards
+(`BrightnessReward`, `RednessReward`) whose optimum is obvious, for learning tests. A `RewardBreakdown.reward` of None
+means the critic's answer did not parse: the trainer drops that sample from its group.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from firm.errors import ConfigError, FirmError
+from firm.schemas import RewardBreakdown, Task
+
+log = logging.getLogger(__name__)
+
+
+class RewardServiceError(FirmError):
+    """The reward service failed for a whole batch after all retries: the step must not train on it."""
+
+
+@dataclass
+class RewardItem:
+    """One rollout to score. `image` is [3, H, W] in [0, 1]; `source` the pre-edit image (editing)."""
+
+    task: Task
+    prompt: str  # generation prompt or edit instruction
+    image: torch.Tensor
+    source: torch.Tensor | None = None
+    sample_id: str = ""
+
+
+@runtime_checkable
+class RewardFunction(Protocol):
+    task: Task
+
+    def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]: ...
+
+
+def to_pil(img: torch.Tensor) -> Any:
+    from PIL import Image
+
+    arr = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr)
+
+
+def png_bytes(img: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    to_pil(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class _Cheap:
+    formulation = "cheap"
+
+    def __init__(self, task: Task = "gen") -> None:
+        self.task = task
+
+    def score(self, img: torch.Tensor) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]:
+        out = []
+        for it in items:
+            s = float(self.score(it.image.float()))
+            out.append(
+                RewardBreakdown(
+                    task=self.task, formulation=self.formulation, reward=s, status="ok", raw_scores={self.formulation: s}
+                )
+            )
+        return out
+
+
+class BrightnessReward(_Cheap):
+    """Mean pixel value in [0, 1]."""
+
+    formulation = "brightness"
+
+    def score(self, img: torch.Tensor) -> float:
+        return float(img.mean())
+
+
+class RednessReward(_Cheap):
+    """Mean of R − (G + B)/2, in [−1, 1]."""
+
+    formulation = "redness"
+
+    def score(self, img: torch.Tensor) -> float:
+        return float((img[0] - 0.5 * (img[1] + img[2])).mean())
+
+
+class TritonReward:
+    """FIRM's reward service (critic behind Triton) through `firm.serving.RewardClient`."""
+
+    def __init__(self, task: Task, endpoints: list[str], **client_kwargs: Any) -> None:
+        from firm.serving import RewardClient
+
+        self.task = task
+        self.client = RewardClient(endpoints, **client_kwargs)
+
+    def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]:
+        if self.task == "edit":
+            reqs = [
+                {"source_image": png_bytes(it.source), "edited_image": png_bytes(it.image), "instruction": it.prompt}
+                for it in items
+                if it.source is not None
+            ]
+            if len(reqs) != len(items):
+                raise ConfigError("edit rewards need the source image of every rollout")
+            return list(self.client.score_edit(reqs))
+        return list(self.client.score_gen([{"prompt": it.prompt, "image": png_bytes(it.image)} for it in items]))
+
+
+class InProcessCriticReward:
+    """A `firm.critic.Critic` loaded in this process (tests and small runs)."""
+
+    def __init__(self, task: Task, critic_uri: str, *, quality: bool = True, **critic_kwargs: Any) -> None:
+        from firm.critic import Critic
+
+        self.task = task
+        self.quality = quality
+        self.critic = Critic.from_pretrained(critic_uri, **critic_kwargs)
+
+    def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]:
+        if self.task == "edit":
+            return list(
+                self.critic.score_edit(
+                    [to_pil(it.source) for it in items],  # type: ignore[arg-type]
+                    [to_pil(it.image) for it in items],
+                    [it.prompt for it in items],
+                )
+            )
+        return list(
+            self.critic.score_gen([to_pil(it.image) for it in items], [it.prompt for it in items], quality=self.quality)
+        )
+
+
+def with_retries(fn: RewardFunction, items: Sequence[RewardItem], retries: int, backoff_s: float) -> list[RewardBreakdown]:
+    """Call the reward, retrying transient failures; after the last one raise `RewardServiceError` (never fabricate)."""
+    last: Exception | None = None
+    for attempt in range(retries + 1):
+        try:
+            out = fn(items)
+            if len(out) != len(items):
+                raise RewardServiceError(f"reward returned {len(out)} results for {len(items)} items")
+            return out
+        except ConfigError:
+            raise
+        except Exception as exc:  # service down, timeouts, server errors
+            last = exc
+            log.warning("reward call failed (attempt %d/%d): %s", attempt + 1, retries + 1, exc)
+            if attempt < retries:
+                time.sleep(backoff_s * (2**attempt))
+    raise RewardServiceError(f"reward service failed after {retries + 1} attempts: {last}") from last
+
+
+def build_reward(cfg: Any, task: Task) -> RewardFunction:
+    """The reward named by an `RLConfig.reward` section."""
+    from firm.config import get_settings
+
+    if cfg.kind == "brightness":
+        return BrightnessReward(task)
+    if cfg.kind == "redness":
+        return RednessReward(task)
+    if cfg.kind == "triton":
+        url = cfg.url or get_settings().triton_url
+        return TritonReward(task, [u.strip() for u in url.split(",") if u.strip()], **cfg.options)
+    if cfg.kind == "critic":
+        if not cfg.critic_uri:
+            raise ConfigError("reward.kind=critic needs reward.critic_uri")
+        return InProcessCriticReward(task, cfg.critic_uri, quality=cfg.quality, **cfg.options)
+    raise ConfigError(f"reward.kind={cfg.kind}: unknown")

@@ -1,0 +1,458 @@
+"""One RL trainer loop for both algorithms (DiffusionNFT, Flow-GRPO) and both tasks (edit, gen).
+
+A step: each rank takes its share of the step's prompts; for each prompt it rolls out a group of K samples (ODE for
+NFT with the old/EMA policy, SDE with log-probs for GRPO with the current policy) and hands the decoded images to the
+reward (in a background thread when `reward.async_overlap`, so group i is scored while group i+1 rolls out); group
+advantages are computed per prompt (unparseable samples dropped); then the LoRA is updated with gradients averaged
+over ranks (data parallel over prompts), clipped, AdamW; NFT then moves the old adapter towards the new weights (EMA).
+All randomness of a step is drawn from generators seeded by (seed, step, rank), so a resumed run repeats exactly the
+steps an uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from firm.rl import lora as lora_mod
+from firm.rl.advantages import group_advantages, optimality_probability
+from firm.rl.checkpoint import export_final, find_resume, load_checkpoint, save_checkpoint, set_rng_state
+from firm.rl.config import RLConfig
+from firm.rl.data import PromptItem, load_prompts, load_source, step_prompts
+from firm.rl.losses import grpo_loss, nft_loss
+from firm.rl.monitor import IdentityCopyFlag, MetricLogger, detail, entropy, source_similarity
+from firm.rl.policies.base import Conditioning, DiffusionPolicy
+from firm.rl.policies.loading import load_policy, pick_device
+from firm.rl.rewards import RewardFunction, RewardItem, build_reward, with_retries
+from firm.rl.sampling import ode_rollout, sde_rollout, sde_step, train_timestep_indices
+from firm.schemas import RewardBreakdown
+
+log = logging.getLogger(__name__)
+
+SUB_SCORES = ("execution", "consistency", "instruction", "quality")
+
+
+@dataclass
+class Group:
+    """One prompt's K rollouts."""
+
+    prompt: str
+    cond: Conditioning  # repeated K times
+    final: torch.Tensor  # [K, ...] clean latents
+    images: torch.Tensor  # [K, 3, H, W]
+    source: torch.Tensor | None
+    states: torch.Tensor | None = None  # GRPO: [K, T+1, ...]
+    log_probs: torch.Tensor | None = None  # GRPO: [K, T]
+    rewards: list[RewardBreakdown] = field(default_factory=list)
+
+
+@dataclass
+class StepResult:
+    step: int
+    metrics: dict[str, Any]
+
+
+def _seed(*parts: int) -> int:
+    h = 0
+    for p in parts:
+        h = (h * 1_000_003 + int(p)) % (2**62)
+    return h
+
+
+def _gen(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_seed(*parts))
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RLConfig,
+        *,
+        reward: RewardFunction | None = None,
+        policy: DiffusionPolicy | None = None,
+        run_dir: str | Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        if cfg.sampling.prompts_per_step % self.world:
+            from firm.errors import ConfigError
+
+            raise ConfigError(
+                f"sampling.prompts_per_step={cfg.sampling.prompts_per_step} is not divisible by {self.world} ranks"
+            )
+        torch.manual_seed(_seed(cfg.seed, self.rank))
+        self.device = pick_device(cfg.device)
+        self.prompts: list[PromptItem] = load_prompts(cfg.data.prompts, cfg.task, cfg.data.max_prompt_chars)
+        self.policy = policy or load_policy(cfg.policy, self.device)
+        lc = cfg.lora
+        lora_mod.add_lora(self.policy.transformer, rank=lc.rank, alpha=lc.alpha, init=lc.init, targets=lc.target_modules)
+        self.params = lora_mod.trainable_params(self.policy.transformer)
+        oc = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay
+        )
+        self.reward = reward or build_reward(cfg.reward, cfg.task)
+        self.run_dir = Path(run_dir) if run_dir else _default_run_dir(cfg)
+        self.metrics = MetricLogger(self.run_dir, tensorboard=cfg.monitor.tensorboard, enabled=self.rank == 0)
+        self.identity_flag = IdentityCopyFlag()
+        self.step = 0
+        self._sources: dict[str, torch.Tensor] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firm-reward")
+
+    # ---------------------------------------------------------------- resume / checkpoints
+    def maybe_resume(self) -> str | None:
+        uri = find_resume(self.cfg.checkpoint.resume, self.cfg.output_uri)
+        if uri is None:
+            return None
+        ck = load_checkpoint(uri)
+        lora_mod.load_adapter_state(self.policy.transformer, ck.lora, lora_mod.TRAINABLE)
+        lora_mod.load_adapter_state(self.policy.transformer, ck.old_lora, lora_mod.OLD)
+        self.optimizer.load_state_dict(ck.trainer_state["optimizer"])
+        set_rng_state(ck.trainer_state["rng"])
+        self.step = ck.step
+        self.metrics.truncate_after(ck.step)
+        log.info("resumed from %s at step %d", uri, ck.step)
+        return uri
+
+    def checkpoint(self) -> str | None:
+        if self.rank != 0:
+            return None
+        t = self.policy.transformer
+        return save_checkpoint(
+            self.policy,
+            self.cfg.output_uri,
+            self.step,
+            lora_mod.adapter_state(t, lora_mod.TRAINABLE),
+            lora_mod.adapter_state(t, lora_mod.OLD),
+            self.optimizer,
+            {"algorithm": self.cfg.algorithm, "task": self.cfg.task, "config": self.cfg.model_dump(mode="json")},
+        )
+
+    # ---------------------------------------------------------------- rollouts
+    def _source(self, item: PromptItem) -> torch.Tensor | None:
+        if item.source is None:
+            return None
+        if item.source not in self._sources:
+            self._sources[item.source] = load_source(item.source, self.policy.resolution)
+        return self._sources[item.source]
+
+    def _rollout_group(self, item: PromptItem, step: int, gi: int) -> Group:
+        cfg, pol = self.cfg, self.policy
+        k = cfg.sampling.group_size
+        source = self._source(item)
+        cond1 = pol.encode([item.prompt], [source] if source is not None else None)
+        cond = cond1.repeat(k)
+        g = _gen(cfg.seed, step, self.rank, gi, 1)
+        noise = pol.initial_noise(k, g, cond)
+        sigmas = pol.sigmas(cfg.sampling.num_steps, cond)
+        if cfg.algorithm == "nft":
+            adapter = lora_mod.OLD if cfg.sampling.rollout_policy == "old" else lora_mod.TRAINABLE
+            with lora_mod.using(pol.transformer, adapter):
+                traj = ode_rollout(pol.velocity, noise, sigmas, cond)
+        else:
+            traj = sde_rollout(pol.velocity, noise, sigmas, cond, noise_level=cfg.grpo.noise_level, generator=g)
+        images = pol.decode(traj.final, cond)
+        return Group(item.prompt, cond, traj.final, images, source, traj.states, traj.log_probs)
+
+    def _score(self, group: Group) -> list[RewardBreakdown]:
+        rc = self.cfg.reward
+        items = [
+            RewardItem(self.cfg.task, group.prompt, img, group.source, sample_id=f"{self.step}-{i}")
+            for i, img in enumerate(group.images)
+        ]
+        return with_retries(self.reward, items, rc.retries, rc.retry_backoff_s)
+
+    def collect(self, step: int) -> tuple[list[Group], dict[str, float]]:
+        idx = step_prompts(len(self.prompts), step, self.cfg.seed, self.cfg.sampling.prompts_per_step, self.rank, self.world)
+        groups: list[Group] = []
+        futures: list[Future[list[RewardBreakdown]]] = []
+        t_roll = t_wait = 0.0
+        for gi, pi in enumerate(idx):
+            t0 = time.perf_counter()
+            grp = self._rollout_group(self.prompts[pi], step, gi)
+            t_roll += time.perf_counter() - t0
+            groups.append(grp)
+            if self.cfg.reward.async_overlap:
+                futures.append(self._pool.submit(self._score, grp))
+            else:
+                t0 = time.perf_counter()
+                grp.rewards = self._score(grp)
+                t_wait += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for grp, fut in zip(groups, futures, strict=False):
+            grp.rewards = fut.result()  # raises RewardServiceError: the step fails, nothing is trained on
+        t_wait += time.perf_counter() - t0
+        return groups, {"time/rollout": t_roll, "time/reward_wait": t_wait}
+
+    # ---------------------------------------------------------------- update
+    def _all_reduce_grads(self) -> None:
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        off = 0
+        for p, g in zip(self.params, grads, strict=True):
+            n = g.numel()
+            p.grad = flat[off : off + n].view_as(p).clone()
+            off += n
+
+    def _optimizer_step(self) -> float:
+        self._all_reduce_grads()
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def _batches(self, n_valid: int) -> list[torch.Tensor]:
+        """Index chunks for the micro-batches; their count is fixed by the config so all ranks step together."""
+        per_rank = self.cfg.sampling.prompts_per_step // self.world * self.cfg.sampling.group_size
+        n_micro = max(1, math.ceil(per_rank / self.cfg.sampling.group_size))
+        return list(torch.arange(n_valid).tensor_split(n_micro))
+
+    def update(self, step: int, groups: list[Group], adv: list[float | None]) -> dict[str, float]:
+        keep = [i for i, a in enumerate(adv) if a is not None]
+        k = self.cfg.sampling.group_size
+        cond = Conditioning.cat([g.cond for g in groups]).select(keep) if keep else None
+        advantages = torch.tensor([adv[i] for i in keep], dtype=torch.float32)
+        g = _gen(self.cfg.seed, step, self.rank, 2)
+        sigmas = self.policy.sigmas(self.cfg.sampling.num_steps, groups[0].cond)
+        if self.cfg.algorithm == "nft":
+            finals = torch.cat([gr.final for gr in groups])[keep] if keep else None
+            return self._update_nft(step, finals, cond, advantages, sigmas, g)
+        states = torch.cat([gr.states for gr in groups])[keep] if keep else None  # type: ignore[misc]
+        old_lp = torch.cat([gr.log_probs for gr in groups])[keep] if keep else None  # type: ignore[misc]
+        del k
+        return self._update_grpo(states, old_lp, cond, advantages, sigmas, g)
+
+    def _update_nft(
+        self,
+        step: int,
+        x0_all: torch.Tensor | None,
+        cond_all: Conditioning | None,
+        advantages: torch.Tensor,
+        sigmas: torch.Tensor,
+        g: torch.Generator,
+    ) -> dict[str, float]:
+        nc, pol, t = self.cfg.nft, self.policy, self.policy.transformer
+        r_all = optimality_probability(advantages, nc.adv_clip)
+        t_idx = train_timestep_indices(self.cfg.sampling.num_steps, nc.timestep_fraction, g)
+        n_valid = 0 if x0_all is None else x0_all.shape[0]
+        sums = {"loss/policy": 0.0, "loss/kl": 0.0}
+        count, norms = 0, []
+        for chunk in self._batches(n_valid):
+            if len(chunk) and x0_all is not None and cond_all is not None:
+                x0, cond, r = x0_all[chunk], cond_all.select(chunk), r_all[chunk]
+                for j in t_idx:
+                    s = torch.full((len(chunk),), float(sigmas[j]))
+                    eps = torch.randn(x0.shape, generator=g).to(x0.device, x0.dtype)
+                    sb = s.to(x0.device, x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
+                    xt = (1 - sb) * x0 + sb * eps
+                    with torch.no_grad(), lora_mod.using(t, lora_mod.OLD):
+                        v_old = pol.velocity(xt, s, cond)
+                    v_ref = None
+                    if nc.kl_coef > 0:
+                        with torch.no_grad(), lora_mod.using(t, None):
+                            v_ref = pol.velocity(xt, s, cond)
+                    v = pol.velocity(xt, s, cond)
+                    parts = nft_loss(
+                        v, v_old, v_ref, x0, eps, s, r, beta=nc.beta, kl_coef=nc.kl_coef, space=nc.space,
+                        scale=nc.adv_clip,
+                    )
+                    (parts.loss / len(t_idx)).backward()
+                    sums["loss/policy"] += float(parts.policy)
+                    sums["loss/kl"] += float(parts.kl)
+                    count += 1
+            norms.append(self._optimizer_step())
+        decay = lora_mod.ema_decay(step, nc.ema_max_decay, nc.ema_ramp)
+        lora_mod.ema_update(t, decay)
+        out = {k: v / max(count, 1) for k, v in sums.items()}
+        out.update({"grad_norm": sum(norms) / len(norms), "ema_decay": decay})
+        return out
+
+    def _update_grpo(
+        self,
+        states_all: torch.Tensor | None,
+        old_lp_all: torch.Tensor | None,
+        cond_all: Conditioning | None,
+        advantages: torch.Tensor,
+        sigmas: torch.Tensor,
+        g: torch.Generator,
+    ) -> dict[str, float]:
+        gc, pol, t = self.cfg.grpo, self.policy, self.policy.transformer
+        from firm.rl.sampling import sigma_max_of
+
+        smax = sigma_max_of(sigmas)
+        adv_all = advantages.clamp(-gc.adv_clip, gc.adv_clip)
+        n_valid = 0 if states_all is None else states_all.shape[0]
+        sums = {"loss/policy": 0.0, "loss/kl": 0.0, "clip_frac": 0.0}
+        count, norms = 0, []
+        for _ in range(gc.inner_epochs):
+            t_idx = train_timestep_indices(self.cfg.sampling.num_steps, gc.timestep_fraction, g)
+            for chunk in self._batches(n_valid):
+                if len(chunk) and states_all is not None and old_lp_all is not None and cond_all is not None:
+                    states, old_lp, cond, a = states_all[chunk], old_lp_all[chunk], cond_all.select(chunk), adv_all[chunk]
+                    for j in t_idx:
+                        s, s_next = float(sigmas[j]), float(sigmas[j + 1])
+                        x, x_next = states[:, j], states[:, j + 1]
+                        sv = torch.full((len(chunk),), s)
+                        xin = x.to(self.policy.dtype)
+                        v = pol.velocity(xin, sv, cond)
+                        st = sde_step(v, x, s, s_next, noise_level=gc.noise_level, sigma_max=smax, next_state=x_next)
+                        ref_mean = None
+                        if gc.kl_coef > 0:
+                            with torch.no_grad(), lora_mod.using(t, None):
+                                v_ref = pol.velocity(xin, sv, cond)
+                            ref_mean = sde_step(
+                                v_ref, x, s, s_next, noise_level=gc.noise_level, sigma_max=smax, next_state=x_next
+                            ).mean
+                        parts, cf = grpo_loss(
+                            st.log_prob, old_lp[:, j].to(st.log_prob.device), a, st.mean, ref_mean, st.std,
+                            clip_range=gc.clip_range, kl_coef=gc.kl_coef,
+                        )
+                        (parts.loss / len(t_idx)).backward()
+                        sums["loss/policy"] += float(parts.policy)
+                        sums["loss/kl"] += float(parts.kl)
+                        sums["clip_frac"] += float(cf)
+                        count += 1
+                norms.append(self._optimizer_step())
+        out = {k: v / max(count, 1) for k, v in sums.items()}
+        out["grad_norm"] = sum(norms) / len(norms)
+        return out
+
+    # ---------------------------------------------------------------- metrics
+    def _reward_metrics(self, groups: list[Group], stats: Any) -> dict[str, float]:
+        """Reward statistics over all ranks (sums all-reduced as one float64 vector)."""
+        rs = [b.reward for g in groups for b in g.rewards if b.reward is not None]
+        vec = [float(sum(rs)), float(sum(r * r for r in rs)), float(len(rs)), float(stats.dropped_samples)]
+        vec += [float(stats.zero_std_groups), float(stats.dropped_groups), float(stats.groups)]
+        for name in SUB_SCORES:
+            vals = [getattr(b, name) for g in groups for b in g.rewards if getattr(b, name) is not None]
+            vec += [float(sum(vals)), float(len(vals))]
+        images = torch.cat([g.images for g in groups])
+        if self.cfg.task == "edit":
+            srcs = torch.cat([g.source.unsqueeze(0).expand(len(g.images), -1, -1, -1) for g in groups])  # type: ignore[union-attr]
+            vec += [float(source_similarity(images, srcs).sum()), 0.0]
+        else:
+            vec += [float(detail(images).sum()), float(entropy(images).sum())]
+        vec.append(float(images.shape[0]))
+        t = torch.tensor(vec, dtype=torch.float64)
+        if self.world > 1:
+            dist.all_reduce(t)
+        v = t.tolist()
+        n = max(v[2], 1.0)
+        mean = v[0] / n
+        m: dict[str, float] = {
+            "reward/mean": mean,
+            "reward/std": math.sqrt(max(v[1] / n - mean * mean, 0.0)),
+            "reward/parse_failure_rate": v[3] / max(v[2] + v[3], 1.0),
+            "groups/zero_std_ratio": v[4] / max(v[6], 1.0),
+            "groups/dropped": v[5],
+        }
+        off = 7
+        for name in SUB_SCORES:
+            if v[off + 1] > 0:
+                m[f"reward/{name}"] = v[off] / v[off + 1]
+            off += 2
+        n_img = max(v[-1], 1.0)
+        if self.cfg.task == "edit":
+            m["hacking/source_similarity"] = v[off] / n_img
+        else:
+            m["hacking/detail"] = v[off] / n_img
+            m["hacking/entropy"] = v[off + 1] / n_img
+        return m
+
+    @torch.no_grad()
+    def eval_grid(self, step: int) -> Path | None:
+        prompts = self.cfg.data.eval_prompts
+        if self.rank != 0 or not prompts:
+            return None
+        items = [PromptItem(p) for p in prompts] if self.cfg.task == "gen" else self.prompts[: len(prompts)]
+        imgs = []
+        for i, it in enumerate(items):
+            source = self._source(it)
+            cond = self.policy.encode([it.prompt], [source] if source is not None else None)
+            noise = self.policy.initial_noise(1, _gen(self.cfg.seed, 7919, i), cond)
+            traj = ode_rollout(self.policy.velocity, noise, self.policy.sigmas(self.cfg.sampling.eval_num_steps, cond), cond)
+            imgs.append(self.policy.decode(traj.final, cond))
+        out = self.run_dir / "samples" / f"step-{step:08d}.png"
+        self.metrics.image_grid(step, torch.cat(imgs), out)
+        return out
+
+    # ---------------------------------------------------------------- loop
+    def train_step(self) -> StepResult:
+        step = self.step
+        t0 = time.perf_counter()
+        groups, times = self.collect(step)
+        stats = group_advantages([[b.reward for b in g.rewards] for g in groups], clip=self._adv_clip())
+        if stats.dropped_samples:
+            log.warning("step %d: dropped %d unparseable samples", step, stats.dropped_samples)
+        t1 = time.perf_counter()
+        upd = self.update(step, groups, stats.advantages)
+        times["time/update"] = time.perf_counter() - t1
+        times["time/step"] = time.perf_counter() - t0
+        metrics = {**self._reward_metrics(groups, stats), **upd, **times}
+        if self.cfg.task == "edit":
+            metrics["hacking/identity_copy_flag"] = float(self.identity_flag.update(metrics["hacking/source_similarity"]))
+        self.step = step + 1
+        return StepResult(step, metrics)
+
+    def _adv_clip(self) -> float:
+        return self.cfg.nft.adv_clip if self.cfg.algorithm == "nft" else self.cfg.grpo.adv_clip
+
+    def train(self, progress: bool = True) -> list[StepResult]:
+        cfg = self.cfg
+        self.maybe_resume()
+        results: list[StepResult] = []
+        from rich.progress import Progress
+
+        with Progress(disable=not progress or self.rank != 0, transient=True) as bar:
+            task = bar.add_task(f"{cfg.algorithm} {cfg.name}", total=cfg.steps, completed=self.step)
+            while self.step < cfg.steps:
+                res = self.train_step()
+                results.append(res)
+                self.metrics.log(res.step, res.metrics)
+                done = self.step
+                if cfg.monitor.eval_every and done % cfg.monitor.eval_every == 0:
+                    self.eval_grid(done)
+                if done % cfg.checkpoint.every_steps == 0 or done == cfg.steps:
+                    self.checkpoint()
+                if dist.is_initialized():
+                    dist.barrier()
+                bar.update(task, completed=done, description=f"{cfg.algorithm} r={res.metrics['reward/mean']:.3f}")
+        if self.rank == 0:
+            export_final(
+                self.policy,
+                cfg.output_uri,
+                lora_mod.adapter_state(self.policy.transformer),
+                cfg.checkpoint.export_merged,
+            )
+        self.metrics.close()
+        self._pool.shutdown(wait=True)
+        return results
+
+
+def _default_run_dir(cfg: RLConfig) -> Path:
+    """Local directory for metrics and sample grids: inside output_uri when it is local, else under FIRM_HOME."""
+    out = cfg.output_uri
+    if out.startswith("file://"):
+        return Path(out.removeprefix("file://")) / "run"
+    if "://" not in out:
+        return Path(out) / "run"
+    from firm.config import get_settings
+
+    return get_settings().home / "runs" / cfg.name / os.environ.get("FIRM_RUN_ID", "default")

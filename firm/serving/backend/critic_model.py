@@ -1,0 +1,83 @@
+"""`firm_critic`: one judgement per row — the rubric's images, its id (e.g. `edit.execution.student.v1`) and its text
+field (the instruction for edits, the prompt for gen/instruction, ignored for quality) → score, expected score,
+parse status, reasoning and the raw answer. Used by benchmarks, debugging and any caller that wants single axes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from firm.errors import InputError
+from firm.schemas import Judgement
+from firm.serving.backend.common import (
+    DEFAULT_MAX_DECODE_PIXELS,
+    Metrics,
+    bytes_col,
+    decode_image,
+    decode_text,
+    f32,
+    parse_args,
+    rows_of,
+    serve_batch,
+)
+from firm.serving.backend.critic_runtime import load_critic
+
+
+class CriticModel:
+    name = "firm_critic"
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        self.pb = pb_utils
+        _config, self.params = parse_args(args)
+        self.max_decode_pixels = self.params.get_int("max_decode_pixels", DEFAULT_MAX_DECODE_PIXELS)
+        self.readout = self.params.get("readout", "text")
+        self.critic = load_critic(self.params, args)
+        self.metrics = Metrics(pb_utils, self.name)
+
+    def _input(self, request: Any, name: str, cols: int | None = 1) -> Any:
+        t = self.pb.get_input_tensor_by_name(request, name)
+        return rows_of(name, None if t is None else t.as_numpy(), cols)
+
+    def _decode(self, request: Any) -> list[Any]:
+        from firm.critic.critic import CriticRequest
+        from firm.rewards.rubrics import rubric_by_id
+
+        images = self._input(request, "images", cols=None)
+        rubric_ids = self._input(request, "rubric_id")
+        texts = self._input(request, "text")
+        if not (images.shape[0] == rubric_ids.shape[0] == texts.shape[0]):
+            raise InputError("inputs images, rubric_id and text disagree on batch size")
+        out = []
+        for r in range(images.shape[0]):
+            rubric = rubric_by_id(decode_text(rubric_ids[r, 0], f"rubric_id[{r}]"))
+            if rubric.role != "student":
+                raise InputError(f"rubric_id[{r}]: {rubric.id} is a teacher rubric; the critic serves student rubrics")
+            if images.shape[1] != rubric.n_images:
+                raise InputError(f"rubric {rubric.id} needs {rubric.n_images} image(s) per row, got {images.shape[1]}")
+            imgs = [decode_image(images[r, j], f"images[{r}][{j}]", self.max_decode_pixels)
+                    for j in range(images.shape[1])]
+            text = decode_text(texts[r, 0], f"text[{r}]", allow_empty=rubric.axis == "quality")
+            field = "instruction" if rubric.task == "edit" else "prompt"
+            out.append(CriticRequest(task=rubric.task, axis=rubric.axis, images=imgs, **{field: text or None}))
+        return out
+
+    def _score(self, reqs: list[Any]) -> list[Judgement]:
+        js = self.critic.judge(reqs, readout=self.readout, batch_size=len(reqs))
+        for j in js:
+            self.metrics.judged(j.axis, j.status)
+        return js
+
+    def _encode(self, js: list[Judgement]) -> list[Any]:
+        pb = self.pb
+        scores = [j.score if isinstance(j.score, list) else (None if j.score is None else [j.score]) for j in js]
+        return [
+            pb.Tensor("score", f32(scores, cols=3)),
+            pb.Tensor("expected_score", f32([j.expected_score for j in js])),
+            pb.Tensor("status", bytes_col([j.status for j in js])),
+            pb.Tensor("reasoning", bytes_col([j.reasoning for j in js])),
+            pb.Tensor("raw_text", bytes_col([j.raw_text for j in js])),
+        ]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return serve_batch(self.pb, requests, self._decode, self._score, self._encode, self.metrics)

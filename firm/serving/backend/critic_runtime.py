@@ -1,0 +1,44 @@
+"""Load the `Critic` inside a python-backend model instance, as the model's config parameters say."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from firm.serving.backend.common import ModelParams
+
+
+def quiet_transformers() -> None:
+    """No weight-loading progress bars or advisory warnings in the server log."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def load_critic(params: ModelParams, args: dict[str, Any]) -> Any:
+    """`Critic.from_pretrained` on the repository's weights (or the referenced URI / HF id), on this instance's device.
+
+    KIND_GPU instances get `cuda:<model_instance_device_id>`; KIND_CPU instances run on the CPU.
+    """
+    quiet_transformers()
+    if params.get("engine", "python") == "vllm":  # firm_critic is a vLLM-backend model: call it through BLS
+        from firm.serving.backend.vllm_critic import VllmCritic
+
+        return VllmCritic(params.critic_location, max_pixels=params.get_int("max_pixels", 512 * 512),
+                          max_new_tokens=params.get_int("max_new_tokens", 64))
+    from firm.critic.critic import Critic
+
+    device = "cpu"
+    if args.get("model_instance_kind") == "GPU" or params.get("device", "cpu") == "gpu":
+        device = f"cuda:{int(args.get('model_instance_device_id', 0) or 0)}"
+    dtype = params.get("dtype", "auto")
+    return Critic.from_pretrained(
+        params.critic_location,
+        device=device,
+        dtype=None if dtype == "auto" else dtype,
+        max_pixels=params.get_int("max_pixels", 512 * 512),
+        max_new_tokens=params.get_int("max_new_tokens", 64),
+    )

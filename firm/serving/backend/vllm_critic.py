@@ -1,0 +1,128 @@
+"""The reward models' critic when `firm_critic` is a Triton vLLM-backend model (`firmctl serve export --engine vllm`).
+
+It mirrors the `Critic.edit_rewards` / `Critic.gen_rewards` calls the reward models make, but instead of running
+`generate` itself it renders the same chat prompt (`firm.critic.messages`, the critic's own processor and chat
+template), sends it with the base64 images to `firm_critic` through BLS (the vLLM backend is decoupled and batches
+continuously), parses the answer with `firm.rewards.parsing` and applies the same formulas. Only the `text`
+readout is available this way. It needs the NGC vLLM Triton image and a GPU, so it is not exercised on CPU CI;
+`render_request` (the part that decides what vLLM sees) is tested directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from firm.errors import ConfigError
+from firm.schemas import Judgement
+
+CRITIC_MODEL = "firm_critic"
+
+
+def _b64_png(img: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue())
+
+
+def render_request(processor: Any, req: Any, max_pixels: int, factor: int) -> tuple[str, list[bytes]]:
+    """(prompt text, base64 PNG images) for one `CriticRequest`, exactly as the in-process critic lays it out."""
+    from firm.critic.images import fit_pixels
+    from firm.critic.messages import build_messages, render_prompt
+
+    images = [fit_pixels(im, max_pixels, factor) for im in req.images]
+    messages = build_messages(req.rubric, images, instruction=req.instruction, prompt=req.prompt)
+    return render_prompt(processor, messages), [_b64_png(im) for im in images]
+
+
+class VllmCritic:
+    """Critic facade over BLS calls to a vLLM-backend `firm_critic`."""
+
+    def __init__(self, location: str, *, max_pixels: int, max_new_tokens: int) -> None:
+        from transformers import AutoConfig
+
+        from firm.critic.critic import load_processor, resolve_model_source
+
+        path = resolve_model_source(location)
+        self.processor = load_processor(path, AutoConfig.from_pretrained(path).model_type)
+        ip = self.processor.image_processor
+        self.factor = int(ip.patch_size) * int(ip.merge_size)
+        self.max_pixels = max_pixels
+        self.sampling = json.dumps({"temperature": 0.0, "max_tokens": max_new_tokens})
+
+    def _generate(self, prompt: str, images: list[bytes]) -> Any:
+        import triton_python_backend_utils as pb_utils
+
+        inputs = [
+            pb_utils.Tensor("text_input", np.array([prompt.encode("utf-8")], dtype=np.object_)),
+            pb_utils.Tensor("image", np.array(images, dtype=np.object_)),
+            pb_utils.Tensor("sampling_parameters", np.array([self.sampling.encode()], dtype=np.object_)),
+            pb_utils.Tensor("exclude_input_in_output", np.array([True], dtype=bool)),
+            pb_utils.Tensor("stream", np.array([False], dtype=bool)),
+        ]
+        request = pb_utils.InferenceRequest(
+            model_name=CRITIC_MODEL, inputs=inputs, requested_output_names=["text_output"]
+        )
+        return request.async_exec(decoupled=True)
+
+    async def _one(self, req: Any) -> Judgement:
+        import triton_python_backend_utils as pb_utils
+
+        from firm.rewards.parsing import parse_answer
+
+        prompt, images = render_request(self.processor, req, self.max_pixels, self.factor)
+        text = ""
+        async for resp in await self._generate(prompt, images):
+            if resp.has_error():
+                raise RuntimeError(f"{CRITIC_MODEL}: {resp.error().message()}")
+            out = pb_utils.get_output_tensor_by_name(resp, "text_output")
+            if out is not None:
+                text += b"".join(bytes(x) for x in out.as_numpy().reshape(-1)).decode("utf-8", "replace")
+        parsed = parse_answer(req.rubric.answer_format, text)
+        return Judgement(
+            task=req.task, axis=req.axis, status=parsed.status, score=parsed.score if parsed.ok else None,
+            reasoning=parsed.reasoning, raw_text=text, parsed_from=parsed.parsed_from, sample_id=req.sample_id,
+        )
+
+    def judge(self, requests: Sequence[Any], readout: str = "text", batch_size: int = 0) -> list[Judgement]:
+        import asyncio
+
+        if readout != "text":
+            raise ConfigError("the vLLM engine serves the 'text' readout only")
+
+        async def run() -> list[Judgement]:
+            return list(await asyncio.gather(*(self._one(r) for r in requests)))
+
+        return asyncio.run(run())
+
+    def edit_rewards(self, items: Sequence[Any], config: Any, policy: str, batch_size: int = 0) -> list[Any]:
+        from firm.critic.critic import CriticRequest
+        from firm.rewards.formulas import edit_reward
+
+        reqs = [
+            CriticRequest(task="edit", axis=axis, images=[e.source, e.edited], instruction=e.instruction)
+            for e in items
+            for axis in ("execution", "consistency")
+        ]
+        js = self.judge(reqs, config.readout)
+        return [(edit_reward(js[2 * i], js[2 * i + 1], config, policy), (js[2 * i], js[2 * i + 1]))
+                for i in range(len(items))]
+
+    def gen_rewards(self, items: Sequence[Any], quality: bool, config: Any, policy: str, batch_size: int = 0) -> list[Any]:
+        from firm.critic.critic import CriticRequest
+        from firm.rewards.formulas import gen_reward
+
+        axes = ("instruction", "quality") if quality else ("instruction",)
+        reqs = [CriticRequest(task="gen", axis=a, images=[g.image], prompt=g.prompt) for g in items for a in axes]
+        js = self.judge(reqs, config.readout)
+        k = len(axes)
+        out = []
+        for i in range(len(items)):
+            q = js[k * i + 1] if quality else None
+            out.append((gen_reward(js[k * i], q, config, policy), (js[k * i], q)))
+        return out

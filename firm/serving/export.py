@@ -1,0 +1,262 @@
+"""Export a FIRM critic as a Triton model repository (local directory, or published atomically to s3:// / file://).
+
+Layout (python engine, the default)::
+
+    <repo>/firm_critic/config.pbtxt          python backend: one judgement per row (images + rubric id + text)
+    <repo>/firm_critic/1/model.py            imports firm.serving.backend.critic_model
+    <repo>/firm_critic/1/critic/             the critic's weights + processor (weights="copy")
+    <repo>/firm_edit_reward/{config.pbtxt,1/model.py}   CME/… reward, both axes in one batched generate
+    <repo>/firm_gen_reward/{config.pbtxt,1/model.py}    QMA reward, instruction + quality
+
+With `engine="vllm"` the critic becomes a Triton vLLM-backend model (`firm_critic/1/model.json` holds the engine
+args, continuous batching on GPUs, `max_batch_size: 0` as that backend requires) and the reward models stay python
+models that call it through BLS. That variant needs the NGC `tritonserver:<xx.yy>-vllm-python-py3` image.
+
+The repository's model.py files are two-line shims: the code lives in `firm.serving.backend`, so the server's Python
+environment must have `firm` installed (true for `firmctl serve start` and the FIRM serving image).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from firm.errors import ConfigError, InputError
+from firm.schemas import Readout, Record
+from firm.serving.pbtxt import render_config
+from firm.serving.spec import CRITIC, EDIT_REWARD, GEN_REWARD, ModelSpec
+
+WEIGHTS_DIR = "critic"  # inside firm_critic/1/
+
+_SHIMS = {
+    CRITIC.name: "from firm.serving.backend.critic_model import CriticModel as TritonPythonModel",
+    EDIT_REWARD.name: "from firm.serving.backend.reward_models import EditRewardModel as TritonPythonModel",
+    GEN_REWARD.name: "from firm.serving.backend.reward_models import GenRewardModel as TritonPythonModel",
+}
+
+
+class BatchingConfig(Record):
+    """Triton dynamic batching. Set preferred sizes explicitly: Triton otherwise uses max_batch_size alone, so every
+    smaller batch waits the whole queue delay."""
+
+    enabled: bool = True
+    max_batch_size: int = Field(default=32, ge=1, le=1024)
+    preferred_batch_sizes: list[int] = Field(default_factory=lambda: [4, 8, 16])
+    max_queue_delay_us: int = Field(default=3000, ge=0, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> BatchingConfig:
+        bad = [b for b in self.preferred_batch_sizes if b < 1 or b > self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred_batch_sizes {bad} must lie in 1..max_batch_size={self.max_batch_size}")
+        return self
+
+
+class ExportConfig(Record):
+    """Everything `firmctl serve export` writes into the repository's config parameters."""
+
+    critic: str = Field(description="critic weights: local dir, file:// or s3:// URI, or a Hugging Face id")
+    task: Literal["edit", "gen", "all"] = Field(description="which reward model(s) to export next to firm_critic")
+    engine: Literal["python", "vllm"] = "python"
+    device: Literal["cpu", "gpu"] = "cpu"
+    instances: int = Field(default=1, ge=1, le=64)
+    critic_model: bool = Field(default=True, description="also serve the per-rubric firm_critic model")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    weights: Literal["copy", "reference"] = Field(
+        default="copy", description="copy the weights into the repository, or reference the critic URI/id"
+    )
+    readout: Readout = "text"
+    max_pixels: int = Field(default=512 * 512, ge=28 * 28)
+    max_new_tokens: int = Field(default=64, ge=1, le=8192)
+    dtype: str = Field(default="auto", description="torch dtype for the critic: auto, float32, bfloat16, float16")
+    edit_formulation: str = "cme"
+    edit_w_base: float = 0.6
+    edit_w_bonus: float = 0.4
+    edit_guard_threshold: float | None = Field(default=None, description="guard formulation: raw execution score")
+    gen_formulation: str = "qma"
+    gen_w_base: float = 0.4
+    gen_w_bonus: float = 0.6
+    gen_quality: bool = Field(default=True, description="score the quality rubric too (QMA); False = instruction only")
+    policy: Literal["min_reward", "skip"] = Field(
+        default="skip", description="unparsed answers: skip → reward NaN (client: None); min_reward → 0 + status"
+    )
+    vllm_engine_args: dict[str, object] = Field(default_factory=dict, description="extra vLLM engine args")
+    vllm_models_root: str = Field(default="/models", description="where the serving container mounts the repository")
+
+    @model_validator(mode="after")
+    def _engine(self) -> ExportConfig:
+        if self.engine == "vllm" and self.readout != "text":
+            raise ValueError("engine 'vllm' serves the 'text' readout only")
+        return self
+
+    @property
+    def tasks(self) -> list[str]:
+        return ["edit", "gen"] if self.task == "all" else [self.task]
+
+
+def _critic_source_dir(critic: str) -> Path | None:
+    """A local directory holding the critic (fetched from file:// or s3:// first); None for a Hugging Face id."""
+    if "://" in critic:
+        from firm.storage import resolve_local
+
+        return Path(resolve_local(critic))
+    p = Path(critic).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise InputError(f"critic {critic}: expected a directory saved with save_pretrained")
+        if not (p / "config.json").exists():
+            raise InputError(f"critic {critic}: no config.json inside (not a save_pretrained directory)")
+        return p.resolve()
+    if critic.count("/") == 1 and not critic.startswith((".", "/")):
+        return None  # looks like a Hugging Face id: always referenced, fetched by the server
+    raise InputError(f"critic {critic}: no such directory, and not a URI or a Hugging Face id")
+
+
+def _model_params(cfg: ExportConfig, critic_ref: str, model: str) -> dict[str, str]:
+    params = {
+        "critic": critic_ref,
+        "engine": cfg.engine,
+        "device": cfg.device,
+        "dtype": cfg.dtype,
+        "readout": cfg.readout,
+        "max_pixels": str(cfg.max_pixels),
+        "max_new_tokens": str(cfg.max_new_tokens),
+        "policy": cfg.policy,
+    }
+    if model == EDIT_REWARD.name:
+        params |= {"formulation": cfg.edit_formulation, "w_base": str(cfg.edit_w_base),
+                   "w_bonus": str(cfg.edit_w_bonus)}
+        if cfg.edit_guard_threshold is not None:
+            params["guard_threshold"] = str(cfg.edit_guard_threshold)
+    elif model == GEN_REWARD.name:
+        params |= {"formulation": cfg.gen_formulation, "w_base": str(cfg.gen_w_base),
+                   "w_bonus": str(cfg.gen_w_bonus), "quality": str(cfg.gen_quality).lower()}
+    return params
+
+
+def _write_python_model(root: Path, spec: ModelSpec, cfg: ExportConfig, critic_ref: str, reward_max_batch: int) -> None:
+    d = root / spec.name
+    (d / "1").mkdir(parents=True, exist_ok=True)
+    b = cfg.batching
+    # The critic judges two rows (both axes) per edit: give it room for a full reward batch.
+    max_batch = 2 * reward_max_batch if spec.name == CRITIC.name else b.max_batch_size
+    (d / "config.pbtxt").write_text(
+        render_config(
+            spec,
+            max_batch_size=max_batch,
+            preferred_batch_sizes=b.preferred_batch_sizes,
+            max_queue_delay_us=b.max_queue_delay_us,
+            dynamic_batching=b.enabled,
+            instances=cfg.instances,
+            kind="KIND_GPU" if cfg.device == "gpu" else "KIND_CPU",
+            parameters=_model_params(cfg, critic_ref, spec.name),
+        )
+    )
+    (d / "1" / "model.py").write_text(
+        f'"""Triton python-backend entry for {spec.name}; the code lives in firm.serving.backend."""\n\n'
+        f"{_SHIMS[spec.name]}  # noqa: F401\n"
+    )
+
+
+def vllm_engine_args(cfg: ExportConfig, model_path: str) -> dict[str, object]:
+    """Engine args for Triton's vLLM backend (model.json): the critic judges one image pair per prompt."""
+    args: dict[str, object] = {
+        "model": model_path,
+        "dtype": "bfloat16" if cfg.dtype == "auto" else cfg.dtype,
+        "disable_log_requests": True,
+        "gpu_memory_utilization": 0.85,
+        "max_model_len": 8192,
+        "limit_mm_per_prompt": {"image": 2},
+        "mm_processor_kwargs": {"max_pixels": cfg.max_pixels},
+        "enforce_eager": False,
+        "trust_remote_code": False,
+    }
+    args.update(cfg.vllm_engine_args)
+    return args
+
+
+def _write_vllm_critic(root: Path, cfg: ExportConfig, model_path: str) -> None:
+    d = root / CRITIC.name
+    (d / "1").mkdir(parents=True, exist_ok=True)
+    # The vLLM backend declares its own tensors (text_input, image, sampling_parameters, … → text_output), is
+    # decoupled, and batches continuously inside the engine: Triton requires max_batch_size 0 for it.
+    (d / "config.pbtxt").write_text(
+        render_config(
+            CRITIC, backend="vllm", max_batch_size=0, preferred_batch_sizes=None, max_queue_delay_us=0,
+            dynamic_batching=False, instances=cfg.instances, kind="KIND_MODEL",
+            parameters={"REPORT_CUSTOM_METRICS": "true"}, declare_io=False, decoupled=True,
+        )
+    )
+    (d / "1" / "model.json").write_text(json.dumps(vllm_engine_args(cfg, model_path), indent=2) + "\n")
+
+
+def build_repository(cfg: ExportConfig, out_dir: Path) -> Path:
+    """Write the complete model repository into `out_dir` (which must be empty or absent)."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise InputError(f"export target {out_dir} is not empty")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = _critic_source_dir(cfg.critic)
+    reward_models = [EDIT_REWARD if t == "edit" else GEN_REWARD for t in cfg.tasks]
+    # Copied weights live inside a model's version directory (a top-level folder would be taken for a model).
+    holder = CRITIC.name if (cfg.critic_model or cfg.engine == "vllm") else reward_models[0].name
+    weights_ref = f"{holder}/1/{WEIGHTS_DIR}"
+    if cfg.weights == "copy" and src is not None:
+        shutil.copytree(src, out_dir / weights_ref, ignore=shutil.ignore_patterns("MANIFEST.json", ".*"))
+        critic_ref = weights_ref  # relative to the repository root
+    else:
+        critic_ref = str(src) if (src is not None and "://" not in cfg.critic) else cfg.critic
+
+    if cfg.engine == "vllm":
+        # vLLM reads a path inside the serving container; a copied critic lives next to model.json.
+        model_path = f"{cfg.vllm_models_root.rstrip('/')}/{weights_ref}" if critic_ref == weights_ref else critic_ref
+        _write_vllm_critic(out_dir, cfg, model_path)
+    elif cfg.critic_model:
+        _write_python_model(out_dir, CRITIC, cfg, critic_ref, cfg.batching.max_batch_size)
+    for spec in reward_models:
+        _write_python_model(out_dir, spec, cfg, critic_ref, cfg.batching.max_batch_size)
+    (out_dir / "firm_export.json").write_text(cfg.model_dump_json(indent=2) + "\n")
+    return out_dir
+
+
+def export_repository(cfg: ExportConfig, out: str | Path, *, overwrite: bool = False) -> str:
+    """Export to a local directory (built aside, then renamed into place) or publish to a file:// / s3:// URI
+    (files first, MANIFEST.json last, via `firm.storage.publish_dir`). Returns where it went."""
+    out_s = str(out)
+    if "://" in out_s:
+        from firm.storage import publish_dir
+
+        with tempfile.TemporaryDirectory(prefix="firm-export-") as tmp:
+            build_repository(cfg, Path(tmp) / "repo")
+            publish_dir(Path(tmp) / "repo", out_s, producer="firm.serving.export")
+        return out_s
+    target = Path(out_s).expanduser().resolve()
+    if target.exists() and any(target.iterdir()):
+        if not overwrite:
+            raise InputError(f"export target {target} exists and is not empty (pass overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        build_repository(cfg, tmp / "repo")
+        if target.exists():
+            old = tmp / "old"
+            os.rename(target, old)
+        os.rename(tmp / "repo", target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def read_export_config(repository: str | Path) -> ExportConfig:
+    """The ExportConfig a repository was written with (firm_export.json at its root)."""
+    p = Path(repository) / "firm_export.json"
+    if not p.exists():
+        raise ConfigError(f"{repository}: no firm_export.json (not written by `firmctl serve export`)")
+    return ExportConfig.model_validate_json(p.read_text())

@@ -1,0 +1,68 @@
+"""Render Triton `config.pbtxt` (protobuf text format) for FIRM's models — no templating engine, no surprises."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+from firm.serving.spec import ModelSpec, TensorSpec
+
+
+def _q(s: str) -> str:
+    return json.dumps(s)  # protobuf text format accepts JSON-style double-quoted strings
+
+
+def _tensor(t: TensorSpec) -> str:
+    dims = ", ".join(str(d) for d in t.dims)
+    return f"  {{\n    name: {_q(t.name)}\n    data_type: {t.config_dtype}\n    dims: [ {dims} ]\n  }}"
+
+
+def _tensors(kind: str, tensors: Iterable[TensorSpec]) -> str:
+    return f"{kind} [\n" + ",\n".join(_tensor(t) for t in tensors) + "\n]"
+
+
+def render_config(
+    spec: ModelSpec,
+    *,
+    backend: str = "python",
+    max_batch_size: int,
+    preferred_batch_sizes: list[int] | None,
+    max_queue_delay_us: int,
+    dynamic_batching: bool,
+    instances: int,
+    kind: str,
+    parameters: Mapping[str, str],
+    declare_io: bool = True,
+    decoupled: bool = False,
+) -> str:
+    """A complete config.pbtxt. `kind` is KIND_CPU, KIND_GPU or KIND_MODEL; parameters become string_value entries."""
+    parts = [
+        f"# Written by `firmctl serve export`; see docs/serving.md. Model: {spec.name}.",
+        f"name: {_q(spec.name)}",
+        f"backend: {_q(backend)}",
+        f"max_batch_size: {max_batch_size}",
+    ]
+    if declare_io:
+        parts += [_tensors("input", spec.inputs), _tensors("output", spec.outputs)]
+    if dynamic_batching:
+        body = []
+        if preferred_batch_sizes:
+            body.append("  preferred_batch_size: [ " + ", ".join(str(b) for b in preferred_batch_sizes) + " ]")
+        body.append(f"  max_queue_delay_microseconds: {max_queue_delay_us}")
+        parts.append("dynamic_batching {\n" + "\n".join(body) + "\n}")
+    parts.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]")
+    if decoupled:
+        parts.append("model_transaction_policy {\n  decoupled: true\n}")
+    for key, value in parameters.items():
+        parts.append(f"parameters {{\n  key: {_q(key)}\n  value: {{ string_value: {_q(str(value))} }}\n}}")
+    return "\n".join(parts) + "\n"
+
+
+def read_parameters(model_config: Mapping[str, object]) -> dict[str, str]:
+    """`parameters` of a model config as Triton hands it to a python backend (JSON dict) → plain str dict."""
+    params = model_config.get("parameters") or {}
+    out: dict[str, str] = {}
+    if isinstance(params, Mapping):
+        for k, v in params.items():
+            out[str(k)] = str(v.get("string_value", "")) if isinstance(v, Mapping) else str(v)
+    return out

@@ -1,0 +1,258 @@
+"""Run the real `tritonserver` binary (bundled in nvidia-pytriton) on a FIRM model repository.
+
+`TritonServer` is a context manager used by `firmctl serve start`, the tests, the benchmarks and the RL trainer:
+
+    with TritonServer("/path/or/s3://bucket/repo") as srv:
+        client = RewardClient([srv.grpc_url])
+
+It binds 127.0.0.1 by default, picks free ports when none are given, waits for readiness, and raises
+`ServerStartError` carrying Triton's own error line when a model fails to load. Repositories on s3:// (or file://)
+are fetched and verified against their manifest into the local cache first (`firm.storage.resolve_local`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from firm.errors import FirmError, InputError
+from firm.serving.runtime import backend_dir, find_runtime, server_env
+
+
+class ServerStartError(FirmError):
+    """tritonserver exited or never became ready; the message carries Triton's own error line."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A currently free TCP port on `host`."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+_LOG_PREFIX = re.compile(r"^[EIW]\d{4} [\d:.]+ +\d+ \S+\] ")
+
+
+def _clean(line: str) -> str:
+    line = _LOG_PREFIX.sub("", line).strip().strip('"')
+    return line.split("\\n")[0].strip()  # Triton escapes newlines; keep the first line of a traceback message
+
+
+def triton_error_line(log: str) -> str:
+    """The most telling error line from a tritonserver log (model load failures first)."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    for ln in lines:
+        if "failed to load" in ln:
+            return _clean(ln)
+    for ln in lines:
+        if re.match(r"^E\d{4} ", ln) and not any(k in ln for k in ("CUDA", "NVML", "GPU", "cuda")):
+            return _clean(ln)
+    for ln in reversed(lines):
+        if "error" in ln.lower():
+            return _clean(ln)
+    return lines[-1] if lines else "tritonserver produced no output"
+
+
+def resolve_repository(repository: str | Path) -> Path:
+    """A local model repository directory; file:// and s3:// repositories are fetched (manifest-verified)."""
+    text = str(repository)
+    if "://" in text:
+        from firm.storage import resolve_local
+
+        path = Path(resolve_local(text))
+    else:
+        path = Path(text).expanduser().resolve()
+    if not path.is_dir():
+        raise InputError(f"model repository {text}: not a directory")
+    if not any((p / "config.pbtxt").exists() for p in path.iterdir() if p.is_dir()):
+        raise InputError(f"model repository {text}: no <model>/config.pbtxt inside")
+    return path
+
+
+class TritonServer:
+    """A tritonserver process serving `repository` on loopback ports (free ones unless given)."""
+
+    def __init__(
+        self,
+        repository: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+        metrics_port: int | None = None,
+        startup_timeout: float = 180.0,
+        log_path: str | Path | None = None,
+        log_verbose: int = 0,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.repository_uri = str(repository)
+        self.host = host
+        self.grpc_port = grpc_port or free_port(host)
+        self.http_port = http_port or free_port(host)
+        self.metrics_port = metrics_port or free_port(host)
+        self.startup_timeout = startup_timeout
+        self.log_verbose = log_verbose
+        self.extra_args = list(extra_args or [])
+        self._workdir = Path(tempfile.mkdtemp(prefix="firm-triton-"))
+        self.log_path = Path(log_path) if log_path else self._workdir / "tritonserver.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.repository: Path | None = None
+
+    # -- endpoints ---------------------------------------------------------------------------------------------
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    def endpoints(self) -> dict[str, str]:
+        return {"grpc": self.grpc_url, "http": f"http://{self.http_url}", "metrics": self.metrics_url}
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        rt = find_runtime()
+        from firm.config import get_settings
+
+        backends = backend_dir(rt, get_settings().home / "triton")
+        assert self.repository is not None
+        return [
+            str(rt.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backends}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--exit-on-error=true",
+            f"--log-verbose={self.log_verbose}",
+            *self.extra_args,
+        ]
+
+    def start(self) -> TritonServer:
+        """Start tritonserver and block until every model is ready (or raise `ServerStartError`)."""
+        self.repository = resolve_repository(self.repository_uri)
+        cmd = self.command()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        try:
+            # A neutral cwd: the python-backend stub puts its cwd first on sys.path.
+            self.process = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self._workdir,
+                env=server_env(find_runtime()), start_new_session=True,
+            )
+        finally:
+            log.close()
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.startup_timeout
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            rc = self.process.poll()
+            if rc is not None:
+                raise ServerStartError(
+                    f"tritonserver exited with code {rc}: {triton_error_line(self.read_log())} (log: {self.log_path})"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise ServerStartError(
+            f"tritonserver not ready after {self.startup_timeout:.0f}s: {triton_error_line(self.read_log())}"
+        )
+
+    def read_log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def send_signal(self, sig: int) -> None:
+        if self.is_running():
+            assert self.process is not None
+            self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait for a clean shutdown (Triton drains in-flight requests), SIGKILL the group if it hangs."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+    def wait(self) -> int:
+        assert self.process is not None
+        return self.process.wait()
+
+    def rss_bytes(self) -> int:
+        """Resident memory of tritonserver plus its backend stub processes (Linux /proc)."""
+        if not self.is_running():
+            return 0
+        assert self.process is not None
+        pids = [self.process.pid, *_descendants(self.process.pid)]
+        total = 0
+        for pid in pids:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        return total
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d.name))
+    out: list[int] = []
+    stack = [pid]
+    while stack:
+        for c in children.get(stack.pop(), []):
+            out.append(c)
+            stack.append(c)
+    return out

@@ -1,0 +1,300 @@
+"""Atomic publication of directories (checkpoints, dataset shard sets, Triton model repositories).
+
+`publish_dir` uploads every file, then writes `MANIFEST.json` last; a directory without a manifest does not exist
+for readers. `fetch_dir` verifies sizes and sha256 before anything becomes visible in the destination, `latest`
+finds the newest complete publication under a prefix, `resolve_local` turns a URI into a verified local directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from firm.config import FirmSettings, get_settings
+from firm.errors import StorageError
+from firm.storage.base import (
+    MANIFEST_NAME,
+    TMP_MARKER,
+    ByteCallback,
+    ObjectStore,
+    dir_prefix,
+    run_parallel,
+    sha256_file,
+)
+from firm.storage.manifest import Manifest, ManifestFile, now_utc
+from firm.storage.stores import open_store, store_for
+from firm.storage.uris import StoreURI, is_uri, parse_uri
+
+WORKERS = 4
+
+
+def default_producer() -> str:
+    from firm import __version__
+
+    return f"firm {__version__} on {socket.gethostname()}"
+
+
+def _local_files(local_dir: Path) -> list[str]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(local_dir, followlinks=True):
+        dirnames.sort()
+        for name in sorted(filenames):
+            rel = (Path(dirpath) / name).relative_to(local_dir).as_posix()
+            if rel == MANIFEST_NAME or TMP_MARKER in name:
+                continue
+            files.append(rel)
+    return sorted(files)
+
+
+def read_manifest(uri: str, settings: FirmSettings | None = None) -> Manifest:
+    """The manifest of a published directory; `StorageError` if it has none (not published, or unfinished)."""
+    store, key = open_store(uri, settings)
+    mkey = dir_prefix(key) + MANIFEST_NAME
+    if not store.exists(mkey):
+        raise StorageError(
+            f"{uri}: no {MANIFEST_NAME} here: not a published directory (or its publish did not finish)"
+        )
+    return Manifest.from_bytes(store.get_bytes(mkey), store.uri(mkey))
+
+
+def publish_dir(
+    local_dir: str | Path,
+    uri: str,
+    producer: str | None = None,
+    *,
+    workers: int = WORKERS,
+    on_bytes: ByteCallback | None = None,
+    settings: FirmSettings | None = None,
+) -> Manifest:
+    """Publish `local_dir` at `uri`: upload every file (in parallel), then write `MANIFEST.json` last.
+
+    Re-publishing to the same URI first removes the old manifest, so readers never mix old and new files.
+    """
+    src = Path(local_dir)
+    if not src.is_dir():
+        raise StorageError(f"{src}: not a local directory, nothing to publish")
+    store, key = open_store(uri, settings)
+    prefix = dir_prefix(key)
+    mkey = prefix + MANIFEST_NAME
+    if store.exists(mkey):
+        store.delete([mkey])
+
+    def upload(rel: str) -> ManifestFile:
+        path = src / rel
+        try:
+            before = path.stat()
+            digest = sha256_file(path)
+        except OSError as exc:
+            raise StorageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        store.put_file(prefix + rel, path, on_bytes)
+        after = path.stat()
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise StorageError(f"{path}: file changed while being published")
+        return ManifestFile(path=rel, size=before.st_size, sha256=digest)
+
+    entries = run_parallel(_local_files(src), upload, workers)
+    manifest = Manifest(created_at=now_utc(), producer=producer or default_producer(), files=entries)
+    store.put_bytes(mkey, manifest.to_bytes())
+    return manifest
+
+
+def _download_verified(
+    store: ObjectStore,
+    prefix: str,
+    manifest: Manifest,
+    dest: Path,
+    workers: int,
+    on_bytes: ByteCallback | None,
+) -> None:
+    def download(entry: ManifestFile) -> None:
+        target = dest / entry.path
+        store.get_file(prefix + entry.path, target, on_bytes)
+        size = target.stat().st_size
+        where = store.uri(prefix + entry.path)
+        if size != entry.size:
+            raise StorageError(f"{where}: size mismatch (manifest says {entry.size} bytes, got {size})")
+        digest = sha256_file(target)
+        if digest != entry.sha256:
+            raise StorageError(
+                f"{where}: checksum mismatch (manifest sha256 {entry.sha256[:16]}…, downloaded {digest[:16]}…)"
+            )
+
+    run_parallel(manifest.files, download, workers)
+    (dest / MANIFEST_NAME).write_bytes(manifest.to_bytes())
+
+
+@contextlib.contextmanager
+def _staging(next_to: Path) -> Iterator[Path]:
+    next_to.parent.mkdir(parents=True, exist_ok=True)
+    tmp = next_to.parent / f".{next_to.name}{TMP_MARKER}{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fetch_dir(
+    uri: str,
+    local_dir: str | Path,
+    *,
+    workers: int = WORKERS,
+    on_bytes: ByteCallback | None = None,
+    settings: FirmSettings | None = None,
+) -> Manifest:
+    """Download the published directory at `uri` into `local_dir`, verifying every size and sha256.
+
+    Files are staged next to `local_dir` and moved into place only after all of them verified, so a failure
+    (missing manifest, checksum mismatch, network) leaves `local_dir` as it was.
+    """
+    dest = Path(local_dir)
+    manifest = read_manifest(uri, settings)
+    store, key = open_store(uri, settings)
+    with _staging(dest) as stage:
+        _download_verified(store, dir_prefix(key), manifest, stage, workers, on_bytes)
+        if not dest.exists():
+            os.rename(stage, dest)
+            stage.mkdir()  # so the staging cleanup has something to remove
+        else:
+            for rel in [f.path for f in manifest.files] + [MANIFEST_NAME]:
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(stage / rel, dest / rel)
+    return manifest
+
+
+def _natural(name: str) -> list[object]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def latest(prefix_uri: str, settings: FirmSettings | None = None) -> str | None:
+    """URI of the newest complete publication under the directory `prefix_uri` (None if there is none).
+
+    Only directories with a `MANIFEST.json` count; newest by the manifest's `created_at`, then by name
+    (natural order: step-9 < step-10).
+    """
+    store, key = open_store(prefix_uri, settings)
+    prefix = dir_prefix(key)
+    best: tuple[object, ...] | None = None
+    best_uri: str | None = None
+    for obj in store.list(prefix):
+        if obj.key != prefix + MANIFEST_NAME and not obj.key.endswith("/" + MANIFEST_NAME):
+            continue
+        manifest = Manifest.from_bytes(store.get_bytes(obj.key), store.uri(obj.key))
+        dir_key = obj.key[: -len(MANIFEST_NAME)].rstrip("/")
+        rank = (manifest.created_at, _natural(dir_key))
+        if best is None or rank > best:
+            best, best_uri = rank, store.uri(dir_key)
+    return best_uri
+
+
+def _cache_root(settings: FirmSettings) -> Path:
+    return settings.home / "cache"
+
+
+def _cache_dir(settings: FirmSettings, uri: StoreURI) -> Path:
+    digest = hashlib.sha256(str(uri.as_prefix()).encode()).hexdigest()[:24]
+    return _cache_root(settings) / digest
+
+
+def _cache_valid(cache: Path, manifest_bytes: bytes) -> bool:
+    try:
+        if (cache / MANIFEST_NAME).read_bytes() != manifest_bytes:
+            return False
+    except OSError:
+        return False
+    cached = Manifest.from_bytes(manifest_bytes, str(cache))
+    return all((cache / f.path).is_file() and (cache / f.path).stat().st_size == f.size for f in cached.files)
+
+
+def _install_dir(stage: Path, dest: Path) -> None:
+    """Swap a fully verified staging directory onto `dest` (replacing an outdated one)."""
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}{TMP_MARKER}old-{uuid.uuid4().hex[:8]}"
+        os.rename(dest, old)
+    try:
+        os.rename(stage, dest)
+    except OSError:
+        if not dest.exists():
+            raise
+        # another process installed the same cache entry first: keep theirs
+    finally:
+        stage.mkdir(exist_ok=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_local(
+    uri_or_path: str | Path,
+    *,
+    settings: FirmSettings | None = None,
+    on_bytes: ByteCallback | None = None,
+) -> Path:
+    """A local path for a path or URI.
+
+    - a plain local path is returned as is;
+    - a published directory (`file://` or `s3://`, with `MANIFEST.json`) is fetched and verified into
+      `$FIRM_HOME/cache/<hash>`; a cache whose manifest matches the published one is reused;
+    - a single `s3://` object is downloaded into the cache (re-downloaded when its ETag or size changes),
+      a `file://` object or unpublished local directory is used in place.
+    """
+    if not isinstance(uri_or_path, str) or not is_uri(uri_or_path):
+        return Path(uri_or_path).expanduser()
+    settings = settings or get_settings()
+    parsed = parse_uri(uri_or_path)
+    store = store_for(parsed, settings)
+    prefix = dir_prefix(parsed.key)
+    mkey = prefix + MANIFEST_NAME
+    if store.exists(mkey):
+        manifest_bytes = store.get_bytes(mkey)
+        manifest = Manifest.from_bytes(manifest_bytes, store.uri(mkey))
+        cache = _cache_dir(settings, parsed)
+        if _cache_valid(cache, manifest_bytes):
+            return cache
+        with _staging(cache) as stage:
+            _download_verified(store, prefix, manifest, stage, WORKERS, on_bytes)
+            _install_dir(stage, cache)
+        return cache
+    if parsed.scheme == "file":
+        path = parsed.local_path
+        if path.exists():
+            return path
+        raise StorageError(f"{uri_or_path}: no such file or directory")
+    if parsed.key and not parsed.key.endswith("/") and store.exists(parsed.key):
+        info = store.stat(parsed.key)
+        cache = _cache_dir(settings, parsed)
+        target, stamp = cache / parsed.name, cache / ".source.json"
+        want = json.dumps({"uri": str(parsed), "etag": info.etag, "size": info.size})
+        with contextlib.suppress(OSError):
+            if stamp.read_text() == want and target.is_file() and target.stat().st_size == info.size:
+                return target
+        store.get_file(parsed.key, target, on_bytes)
+        stamp.write_text(want)
+        return target
+    raise StorageError(
+        f"{uri_or_path}: no {MANIFEST_NAME} (not a published directory, or its publish did not finish) "
+        "and no object with this key"
+    )
+
+
+def read_bytes(uri: str | Path, settings: FirmSettings | None = None) -> bytes:
+    """The bytes of one object (e.g. an image URI) or local file."""
+    store, key = open_store(uri, settings)
+    return store.get_bytes(key)
+
+
+def write_bytes(uri: str | Path, data: bytes, settings: FirmSettings | None = None) -> str:
+    """Write one object atomically; returns its URI."""
+    store, key = open_store(uri, settings)
+    if not key or key.endswith("/"):
+        raise StorageError(f"{uri}: names a directory, not an object")
+    store.put_bytes(key, data)
+    return store.uri(key)

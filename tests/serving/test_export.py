@@ -1,0 +1,109 @@
+"""Model repository export: config.pbtxt contents, weights, the vLLM variant (structural), bad input. No server."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from firm.errors import InputError
+from firm.serving.export import BatchingConfig, ExportConfig, export_repository
+from firm.serving.spec import SPECS
+
+
+def _params(text: str) -> dict[str, str]:
+    return dict(re.findall(r'key: "([^"]+)"\s*value: \{ string_value: "([^"]*)" \}', text))
+
+
+def test_python_export_writes_three_batched_models(tmp_path: Path, tiny_critic_dir: Path) -> None:
+    cfg = ExportConfig(
+        critic=str(tiny_critic_dir), task="all", device="gpu", instances=2, readout="expected",
+        edit_formulation="guard", edit_w_base=0.5, edit_w_bonus=0.5, edit_guard_threshold=3,
+        batching=BatchingConfig(max_batch_size=24, preferred_batch_sizes=[6, 12], max_queue_delay_us=1500),
+    )
+    repo = Path(export_repository(cfg, tmp_path / "repo"))
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["firm_critic", "firm_edit_reward", "firm_gen_reward"]
+    for name, spec in SPECS.items():
+        text = (repo / name / "config.pbtxt").read_text()
+        assert f'name: "{name}"' in text and 'backend: "python"' in text
+        mbs = int(re.search(r"max_batch_size: (\d+)", text).group(1))
+        assert mbs == (48 if name == "firm_critic" else 24)
+        assert "preferred_batch_size: [ 6, 12 ]" in text and "max_queue_delay_microseconds: 1500" in text
+        assert "count: 2" in text and "kind: KIND_GPU" in text
+        for t in (*spec.inputs, *spec.outputs):
+            assert re.search(rf'name: "{t.name}"\s*data_type: {t.config_dtype}', text), (name, t.name)
+        assert (repo / name / "1" / "model.py").read_text().count("TritonPythonModel") == 1
+        p = _params(text)
+        assert p["critic"] == "firm_critic/1/critic" and p["readout"] == "expected" and p["device"] == "gpu"
+    edit = _params((repo / "firm_edit_reward" / "config.pbtxt").read_text())
+    assert (edit["formulation"], edit["w_base"], edit["w_bonus"], edit["guard_threshold"]) == ("guard", "0.5", "0.5", "3.0")
+    gen = _params((repo / "firm_gen_reward" / "config.pbtxt").read_text())
+    assert (gen["w_base"], gen["w_bonus"], gen["quality"]) == ("0.4", "0.6", "true")
+    weights = repo / "firm_critic" / "1" / "critic"
+    assert (weights / "config.json").read_bytes() == (tiny_critic_dir / "config.json").read_bytes()
+    assert json.loads((repo / "firm_export.json").read_text())["task"] == "all"
+
+
+def test_no_dynamic_batching_and_single_task(tmp_path: Path, tiny_critic_dir: Path) -> None:
+    cfg = ExportConfig(
+        critic=str(tiny_critic_dir), task="edit", critic_model=False, weights="reference",
+        batching=BatchingConfig(enabled=False),
+    )
+    repo = Path(export_repository(cfg, tmp_path / "repo"))
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["firm_edit_reward"]
+    text = (repo / "firm_edit_reward" / "config.pbtxt").read_text()
+    assert "dynamic_batching" not in text and "kind: KIND_CPU" in text
+    assert _params(text)["critic"] == str(tiny_critic_dir.resolve())  # referenced, not copied
+    assert not (repo / "firm_edit_reward" / "1" / "critic").exists()
+
+
+def test_vllm_variant_is_structurally_valid(tmp_path: Path, tiny_critic_dir: Path) -> None:
+    cfg = ExportConfig(critic=str(tiny_critic_dir), task="all", engine="vllm", device="gpu",
+                       vllm_engine_args={"tensor_parallel_size": 2})
+    repo = Path(export_repository(cfg, tmp_path / "repo"))
+    critic_cfg = (repo / "firm_critic" / "config.pbtxt").read_text()
+    assert 'backend: "vllm"' in critic_cfg and "max_batch_size: 0" in critic_cfg
+    assert "decoupled: true" in critic_cfg and "kind: KIND_MODEL" in critic_cfg
+    assert "input [" not in critic_cfg  # the vLLM backend declares text_input/image/... itself
+    engine = json.loads((repo / "firm_critic" / "1" / "model.json").read_text())
+    assert engine["model"] == "/models/firm_critic/1/critic" and engine["tensor_parallel_size"] == 2
+    assert engine["limit_mm_per_prompt"] == {"image": 2} and engine["dtype"] == "bfloat16"
+    assert (repo / "firm_critic" / "1" / "critic" / "config.json").exists()
+    assert not (repo / "firm_critic" / "1" / "model.py").exists()
+    for name in ("firm_edit_reward", "firm_gen_reward"):
+        text = (repo / name / "config.pbtxt").read_text()
+        assert 'backend: "python"' in text and int(re.search(r"max_batch_size: (\d+)", text).group(1)) > 0
+        assert _params(text)["engine"] == "vllm"
+    with pytest.raises(ValidationError, match="text"):
+        ExportConfig(critic=str(tiny_critic_dir), task="edit", engine="vllm", readout="expected")
+
+
+def test_vllm_prompt_matches_in_process_layout(tiny_critic_dir: Path) -> None:
+    """What the vLLM critic would receive is the in-process critic's own prompt and image count."""
+    from firm.critic.critic import Critic, CriticRequest
+    from firm.models.images import edit_pair
+    from firm.serving.backend.vllm_critic import render_request
+
+    critic = Critic.from_pretrained(tiny_critic_dir, max_pixels=64 * 64)
+    src, dst, ins = edit_pair()
+    req = CriticRequest(task="edit", axis="execution", images=[src, dst], instruction=ins)
+    prompt, images = render_request(critic.processor, req, critic.max_pixels, critic.factor)
+    _, expected_prompt, _ = critic._prepare(req, 0)
+    assert prompt == expected_prompt and len(images) == 2 and ins in prompt
+
+
+def test_export_bad_input(tmp_path: Path, tiny_critic_dir: Path) -> None:
+    with pytest.raises(InputError, match="no such directory"):
+        export_repository(ExportConfig(critic=str(tmp_path / "nope"), task="edit"), tmp_path / "r1")
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r2" / "x").write_text("keep")
+    with pytest.raises(InputError, match="not empty"):
+        export_repository(ExportConfig(critic=str(tiny_critic_dir), task="edit"), tmp_path / "r2")
+    assert (tmp_path / "r2" / "x").read_text() == "keep"
+    with pytest.raises(ValidationError, match="preferred_batch_sizes"):
+        BatchingConfig(max_batch_size=8, preferred_batch_sizes=[16])
+    with pytest.raises(ValidationError):
+        ExportConfig(critic=str(tiny_critic_dir), task="video")
