@@ -11,10 +11,13 @@ item, `sample_id` = item id, `raw_text` kept). Implementations:
   Configuration: base URL, model and key as arguments or from `FIRM_OPENAI_BASE_URL`, `FIRM_OPENAI_MODEL`,
   `FIRM_OPENAI_API_KEY` (the key is only ever read from the environment or passed in; it is never logged).
 - `RandomBackend` — a seeded uniform-random critic: the chance-level baseline a trained critic must beat.
-- Triton (`triton://host:port`): the reward service answers per *sample* with a `RewardBreakdown` (both edit axes at
-  once), through `firm.serving.RewardClient`. The intended adapter groups bench items by (images, instruction) and
-  maps `raw_scores[axis]` / `reasoning[axis]` back to per-item judgements; it is not implemented until that client
-  exists, and `make_backend` says so instead of pretending.
+- `TritonBackend` — the FIRM reward service (`triton://host:port[,host:port...]`) through
+  `firm.serving.RewardClient`. The service answers per *sample* with a `RewardBreakdown` (both edit axes at once),
+  so items are grouped by their inputs (images + instruction/prompt): each distinct edit is scored once and serves
+  its execution and consistency items. Per item: `raw_scores[axis]` → `score` (the text readout's integer; an
+  expected-readout float is rounded and kept as `expected_score`), a failed axis → its status from the breakdown
+  (`unparseable:execution` → `unparseable`), `reasoning[axis]` → reasoning. The service does not return the
+  critic's full text, so `raw_text` holds the breakdown's JSON.
 
 `make_backend(spec)` parses the `--critic` argument of `firmctl bench run` (see its docstring for the schemes).
 """
@@ -265,6 +268,72 @@ class OpenAICompatibleBackend:
         return None
 
 
+# ------------------------------------------------------------------------------------------------------ triton
+def _axis_status(status: str, axis: str) -> str:
+    for part in status.split(","):
+        name, _, ax = part.partition(":")
+        if ax == axis and name in ("unparseable", "out_of_range"):
+            return name
+    return "unparseable"
+
+
+class TritonBackend:
+    """Items judged by the FIRM reward service (Triton) through `firm.serving.RewardClient`."""
+
+    def __init__(
+        self, endpoints: str | Sequence[str], *, client: Any | None = None, **client_kwargs: Any
+    ) -> None:
+        if client is None:
+            from firm.serving.client import RewardClient
+
+            client = RewardClient(endpoints, **client_kwargs)
+        self.client = client
+        eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        self.name = "triton://" + ",".join(eps)
+        self.samples_scored = 0  # distinct samples sent (an edit serves both of its axes)
+
+    def judge(self, items: Sequence[BenchItem], bench: Bench) -> list[Judgement]:
+        groups: dict[tuple[str, tuple[str, ...], str], list[int]] = {}
+        for i, it in enumerate(items):
+            text = (it.instruction if it.task == "edit" else it.prompt) or ""
+            groups.setdefault((it.task, tuple(it.images), text), []).append(i)
+        keys = list(groups)
+        edit_keys = [k for k in keys if k[0] == "edit"]
+        gen_keys = [k for k in keys if k[0] == "gen"]
+        first = {k: items[groups[k][0]] for k in keys}
+        edit_in = [(*bench.open_images(first[k]), k[2]) for k in edit_keys]
+        gen_in = [(bench.open_images(first[k])[0], k[2]) for k in gen_keys]
+        breakdowns = dict(zip(edit_keys, self.client.score_edit(edit_in) if edit_in else [], strict=True))
+        breakdowns.update(zip(gen_keys, self.client.score_gen(gen_in) if gen_in else [], strict=True))
+        self.samples_scored += len(keys)
+        out: list[Judgement | None] = [None] * len(items)
+        for k, idxs in groups.items():
+            b = breakdowns[k]
+            for i in idxs:
+                it = items[i]
+                raw = b.raw_scores.get(it.axis)
+                if isinstance(raw, int | float) and not isinstance(raw, bool):
+                    score, expected = round(raw), (None if float(raw).is_integer() else float(raw))
+                    status = "ok" if 1 <= score <= 5 else "out_of_range"
+                else:
+                    score, expected, status = None, None, _axis_status(b.status, it.axis)
+                out[i] = Judgement(
+                    task=it.task,
+                    axis=it.axis,
+                    status=status,
+                    score=score if status == "ok" else None,  # type: ignore[arg-type]
+                    expected_score=expected,
+                    reasoning=b.reasoning.get(it.axis, ""),
+                    raw_text=b.model_dump_json(),
+                    parsed_from="reward-service",
+                    sample_id=it.id,
+                )
+        return [j for j in out if j is not None]
+
+    def close(self) -> None:
+        self.client.close()
+
+
 # ---------------------------------------------------------------------------------------------------- --critic
 def make_backend(
     spec: str,
@@ -274,6 +343,7 @@ def make_backend(
     batch_size: int = 8,
     concurrency: int = 8,
     device: str | None = None,
+    max_new_tokens: int | None = None,
 ) -> CriticBackend:
     """Build a backend from `firmctl bench run --critic SPEC`:
 
@@ -281,7 +351,7 @@ def make_backend(
     - `http://host:port[/v1]`, `https://...` — an OpenAI-compatible endpoint; `openai://host:port[/path]` is the same
       over plain HTTP (`openai+https://...` for TLS); the model comes from `--model` or `FIRM_OPENAI_MODEL`,
       the key from `FIRM_OPENAI_API_KEY`;
-    - `triton://host:port` — the FIRM reward service (needs `firm.serving.RewardClient`; not available yet);
+    - `triton://host:port[,host:port...]` — the FIRM reward service (gRPC endpoints of Triton);
     - anything else — a critic checkpoint: HF id, local path, or `file://`/`s3://` URI (`LocalCriticBackend`).
     """
     s = spec.strip()
@@ -300,10 +370,13 @@ def make_backend(
             base = "http://" + s[len("openai://") :]
         else:
             base = s
-        return OpenAICompatibleBackend(base, model, concurrency=concurrency)
+        kw = {"max_tokens": max_new_tokens} if max_new_tokens else {}
+        return OpenAICompatibleBackend(base, model, concurrency=concurrency, **kw)
     if s.startswith("triton://"):
-        raise ConfigError(
-            f"--critic {spec}: the Triton backend needs firm.serving.RewardClient, which this build does not have yet; "
-            "serve the critic behind an OpenAI-compatible endpoint or pass a checkpoint"
-        )
-    return LocalCriticBackend(s, readout=readout, batch_size=batch_size, device=device)
+        eps = [e.strip() for e in s[len("triton://") :].split(",") if e.strip()]
+        if not eps:
+            raise InputError(f"--critic {spec}: triton:// needs host:port (comma-separated for several)")
+        return TritonBackend(eps)
+    return LocalCriticBackend(
+        s, readout=readout, batch_size=batch_size, device=device, max_new_tokens=max_new_tokens
+    )

@@ -54,7 +54,7 @@ def run_cmd(
         "--critic",
         help="checkpoint (HF id, path, file:// or s3:// URI) | http(s)://host:port[/v1] or openai://host:port "
         "(OpenAI-compatible; model via --model or FIRM_OPENAI_MODEL, key via FIRM_OPENAI_API_KEY) | "
-        "random://SEED (chance baseline) | triton://host:port (not available yet)",
+        "random://SEED (chance baseline) | triton://host:port[,host:port] (FIRM reward service, gRPC)",
     ),
     bench: str = typer.Option(
         ..., "--bench", help="bench directory, or a published file:// / s3:// dataset URI"
@@ -68,6 +68,9 @@ def run_cmd(
     ),
     readout: str = typer.Option("text", "--readout", help="local critic readout: text | expected"),
     device: str | None = typer.Option(None, "--device", help="local critic device (default: the critic's)"),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", help="answer length cap (local critic; max_tokens for endpoints)"
+    ),
     parse_failure: str = typer.Option("worst", "--parse-failure", help=_POLICY_HELP),
 ) -> None:
     """Judge the bench with a critic, then write predictions.jsonl and the reports into --out."""
@@ -83,10 +86,11 @@ def run_cmd(
     backend = make_backend(
         critic,
         model=model,
-        readout=readout,
+        readout=readout,  # type: ignore[arg-type]
         batch_size=batch_size,
         concurrency=concurrency,
-        device=device,  # type: ignore[arg-type]
+        device=device,
+        max_new_tokens=max_new_tokens,
     )
     try:
         result = run_bench(backend, the_bench, out, limit=limit, batch_size=batch_size, policy=policy)  # type: ignore[arg-type]

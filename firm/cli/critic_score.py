@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import typer
@@ -54,20 +56,23 @@ def score_cmd(
         if value and "://" not in value and not Path(value).expanduser().is_file():
             raise InputError(f"{name} {value}: no such file")
 
-    from firm.critic import Critic, EditInput, GenInput
-    from firm.rewards.formulas import EditRewardConfig, GenRewardConfig
+    # library chatter on stdout (e.g. DeepSpeed's accelerator logger, imported by transformers) must not mix
+    # with the JSON document: send it to stderr while the model loads and runs
+    with contextlib.redirect_stdout(sys.stderr):
+        from firm.critic import Critic, EditInput, GenInput
+        from firm.rewards.formulas import EditRewardConfig, GenRewardConfig
 
-    critic = Critic.from_pretrained(
-        model, device=device, dtype=dtype, max_pixels=max_pixels, max_new_tokens=max_new_tokens
-    )
-    if task == "edit":
-        item = EditInput(source=source, edited=edited, instruction=instruction or "", sample_id="cli")
-        [(reward, judgements)] = critic.edit_rewards([item], EditRewardConfig(readout=readout), policy=policy)
-    else:
-        gen = GenInput(image=image, prompt=prompt or "", sample_id="cli")
-        [(reward, judgements)] = critic.gen_rewards(
-            [gen], quality=quality, config=GenRewardConfig(readout=readout), policy=policy
+        critic = Critic.from_pretrained(
+            model, device=device, dtype=dtype, max_pixels=max_pixels, max_new_tokens=max_new_tokens
         )
+        if task == "edit":
+            item = EditInput(source=source, edited=edited, instruction=instruction or "", sample_id="cli")
+            [(reward, judgements)] = critic.edit_rewards([item], EditRewardConfig(readout=readout), policy=policy)
+        else:
+            gen = GenInput(image=image, prompt=prompt or "", sample_id="cli")
+            [(reward, judgements)] = critic.gen_rewards(
+                [gen], quality=quality, config=GenRewardConfig(readout=readout), policy=policy
+            )
     echo_json(
         {
             "judgements": [j.model_dump(mode="json") for j in judgements if j is not None],

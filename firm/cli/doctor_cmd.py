@@ -86,9 +86,14 @@ def check_helm() -> Check:
 
 def check_object_store() -> Check:
     from firm.config import get_settings
+    from firm.errors import ConfigError
     from firm.storage.health import check_store
 
-    status, detail = check_store(get_settings())
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        return ("FAIL", "object store", str(exc))
+    status, detail = check_store(settings)
     return (status, "object store", detail)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import typer
@@ -33,5 +35,6 @@ def tiny_critic(
         raise InputError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
         raise InputError(f"--out {out}: directory is not empty")
-    path = build_tiny_critic(out, size=size, seed=seed, format_steps=format_steps)  # type: ignore[arg-type]
+    with contextlib.redirect_stdout(sys.stderr):  # library chatter (e.g. DeepSpeed's logger) must not mix with JSON
+        path = build_tiny_critic(out, size=size, seed=seed, format_steps=format_steps)  # type: ignore[arg-type]
     echo_json({"path": str(path.resolve()), "size": size, "format_steps": format_steps})

@@ -28,8 +28,13 @@ class LocalStore(ObjectStore):
             rel += "/"
         return str(StoreURI("file", "", rel))
 
-    def _path(self, key: str) -> Path:
+    def path(self, key: str) -> Path:
+        """The filesystem path of `key`; keys with `..` segments (e.g. from a hostile bucket listing) are refused."""
+        if ".." in key.split("/"):
+            raise StorageError(f"{self.uri(key)}: refusing a key with '..' segments")
         return self.root / key
+
+    _path = path
 
     def _file(self, key: str) -> Path:
         path = self._path(key)

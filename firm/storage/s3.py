@@ -191,6 +191,9 @@ class S3Store(ObjectStore):
             except _SDK_ERRORS as exc:
                 if not self._transient(exc) or attempt == self.retry.attempts - 1:
                     raise self._error(exc, key) from exc
+            except ValueError as exc:  # the SDK's own argument checks (e.g. a '..' segment in a key)
+                where = self.uri(key) if key is not None else f"s3://{self.bucket}"
+                raise StorageError(f"{where}: {exc}") from exc
             time.sleep(min(self.retry.max_delay, self.retry.base_delay * 2**attempt))
         raise AssertionError("unreachable")
 

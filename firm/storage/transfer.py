@@ -66,9 +66,9 @@ def plan_copy(src: str, dst: str, settings: FirmSettings | None = None) -> CopyP
 def _copy_one(plan: CopyPlan, item: CopyItem, on_bytes: ByteCallback | None) -> None:
     src, dst = plan.src, plan.dst
     if isinstance(src, LocalStore):  # local → local or local → S3
-        dst.put_file(item.dst_key, src.root / item.src_key, on_bytes)
+        dst.put_file(item.dst_key, src.path(item.src_key), on_bytes)
     elif isinstance(dst, LocalStore):  # S3 → local
-        src.get_file(item.src_key, dst.root / item.dst_key, on_bytes)
+        src.get_file(item.src_key, dst.path(item.dst_key), on_bytes)
     elif isinstance(src, S3Store) and isinstance(dst, S3Store) and src.client is dst.client:
         dst.copy_from(src.bucket, item.src_key, item.dst_key)  # server-side copy on one endpoint
         if on_bytes:

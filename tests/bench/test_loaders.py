@@ -24,18 +24,30 @@ def test_import_firm_release_maps_fields(tmp_path: Path) -> None:
     e1 = by_id["e1:execution"]
     assert (e1.task, e1.axis, e1.human_score, e1.difficulty) == ("edit", "execution", 4, None)
     assert e1.instruction == "Make the sky orange."
-    assert e1.images == ["images/edit/gedit_bench/src_1.png", "images/edit/edited_images_step1x_en_2gpu/edit_1.png"]
+    assert e1.images == [
+        "images/edit/gedit_bench/src_1.png",
+        "images/edit/edited_images_step1x_en_2gpu/edit_1.png",
+    ]
     assert by_id["e2:consistency"].human_score == 2
     assert (by_id["e3:execution"].human_score, by_id["e3:consistency"].human_score) == (5, 3)
     # gen: instruction_following.score[0]; en/ = easy, en_long/ = hard
     g1, g2 = by_id["g1"], by_id["g2"]
-    assert (g1.axis, g1.difficulty, g1.human_score, g1.prompt) == ("instruction", "easy", 3, "A red cube on a table.")
+    assert (g1.axis, g1.difficulty, g1.human_score, g1.prompt) == (
+        "instruction",
+        "easy",
+        3,
+        "A red cube on a table.",
+    )
     assert (g2.difficulty, g2.human_score) == ("hard", 5)
     # images were copied and open as RGB; the written layout reloads identically
     reloaded = load_bench(tmp_path / "bench")
     assert [it.model_dump() for it in reloaded.items] == [it.model_dump() for it in bench.items]
     src, edited = reloaded.open_images(e1)
-    assert src.size == (8, 8) and src.getpixel((0, 0)) == (200, 0, 0) and edited.getpixel((0, 0)) == (55, 255, 255)
+    assert (
+        src.size == (8, 8)
+        and src.getpixel((0, 0)) == (200, 0, 0)
+        and edited.getpixel((0, 0)) == (55, 255, 255)
+    )
     human_rows = [json.loads(x) for x in (tmp_path / "bench" / "human.jsonl").read_text().splitlines()]
     assert {r["id"]: r["human_score"] for r in human_rows}["g2"] == 5
 
@@ -64,7 +76,9 @@ def test_synthetic_bench_has_known_answers(tmp_path: Path) -> None:
     edit = [it for it in bench.items if it.task == "edit"]
     assert [it.axis for it in edit] == ["execution", "consistency", "execution", "consistency"]
     truth = synthetic_edit_items(4, seed=3, size=32)
-    assert [it.human_score for it in edit] == [t.score(a) for t, a in zip(truth, [it.axis for it in edit], strict=True)]
+    assert [it.human_score for it in edit] == [
+        t.score(a) for t, a in zip(truth, [it.axis for it in edit], strict=True)
+    ]
     gen = [it for it in bench.items if it.task == "gen"]
     assert [it.human_score for it in gen] == [t.instruction for t in synthetic_gen_items(4, seed=3, size=32)]
     assert {it.difficulty for it in gen} == {"easy", "hard"}
@@ -83,8 +97,15 @@ def test_publish_and_load_from_uri(tmp_path: Path) -> None:
 
 def test_bad_bench_rows(tmp_path: Path) -> None:
     p = tmp_path / "bench.jsonl"
-    good = {"id": "a", "task": "gen", "axis": "instruction", "difficulty": "easy", "images": ["x.png"],
-            "prompt": "p", "human_score": 3}
+    good = {
+        "id": "a",
+        "task": "gen",
+        "axis": "instruction",
+        "difficulty": "easy",
+        "images": ["x.png"],
+        "prompt": "p",
+        "human_score": 3,
+    }
     p.write_text(json.dumps(good) + "\n{not json\n")
     with pytest.raises(InputError, match=r"bench.jsonl:2: malformed JSON"):
         read_records(p, BenchItem)
@@ -97,5 +118,5 @@ def test_bad_bench_rows(tmp_path: Path) -> None:
     p.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n")
     with pytest.raises(InputError, match="duplicate id 'a'"):
         read_records(p, BenchItem)
-    with pytest.raises(InputError, match="no bench.jsonl"):
+    with pytest.raises(InputError, match=r"no bench\.jsonl"):
         load_bench(tmp_path / "empty")

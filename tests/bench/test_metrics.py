@@ -34,7 +34,12 @@ def test_mae_accuracy_within1_bias_confusion_by_hand() -> None:
     assert g.bias == pytest.approx(0.5)
     assert g.n == 4 and g.parse_failures == 0
     # confusion[human-1][critic-1]
-    assert g.confusion[2][2] == 1 and g.confusion[3][4] == 1 and g.confusion[4][2] == 1 and g.confusion[0][3] == 1
+    assert (
+        g.confusion[2][2] == 1
+        and g.confusion[3][4] == 1
+        and g.confusion[4][2] == 1
+        and g.confusion[0][3] == 1
+    )
     assert sum(map(sum, g.confusion)) == 4
 
 
@@ -50,14 +55,19 @@ def test_pooled_overall_is_sample_weighted_not_mean_of_axes() -> None:
     assert rep.mae("edit", "execution") == pytest.approx(2 / 3, abs=1e-6)
     assert rep.mae("edit", "consistency") == pytest.approx(2.0)
     assert rep.mae("edit", "overall") == pytest.approx(1.0)  # (0+0+2+2)/4
-    assert rep.mae("edit", "overall") != pytest.approx((2 / 3 + 2.0) / 2)  # the mean of axis MAEs would be 1.333
+    assert rep.mae("edit", "overall") != pytest.approx(
+        (2 / 3 + 2.0) / 2
+    )  # the mean of axis MAEs would be 1.333
     assert rep.edit["overall"].n == 4
     assert rep.gen == {"easy": None, "hard": None, "overall": None}  # no gen items → null groups
 
 
 def test_gen_easy_hard_overall() -> None:
-    humans = [H("e1", "gen", "instruction", 5, "easy"), H("h1", "gen", "instruction", 2, "hard"),
-              H("h2", "gen", "instruction", 4, "hard")]
+    humans = [
+        H("e1", "gen", "instruction", 5, "easy"),
+        H("h1", "gen", "instruction", 2, "hard"),
+        H("h2", "gen", "instruction", 4, "hard"),
+    ]
     rep = compute_report(humans, {"e1": 4, "h1": 5, "h2": 4}, n_boot=100)
     assert rep.mae("gen", "easy") == pytest.approx(1.0)
     assert rep.mae("gen", "hard") == pytest.approx(1.5)

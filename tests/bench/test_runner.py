@@ -60,7 +60,8 @@ def test_run_batches_resumes_and_reports(syn_bench: Bench, tmp_path: Path) -> No
     # the report agrees with `bench score` on the written files
     doc = json.loads((out / "report.json").read_text())
     res = CliRunner().invoke(
-        app, ["bench", "score", "--predictions", str(out / PREDICTIONS_FILE), "--human", str(out / "human.jsonl")]
+        app,
+        ["bench", "score", "--predictions", str(out / PREDICTIONS_FILE), "--human", str(out / "human.jsonl")],
     )
     assert res.exit_code == 0, res.output
     scored = json.loads(res.stdout)
@@ -107,7 +108,13 @@ def test_parse_failures_are_recorded_not_zero(syn_bench: Bench, tmp_path: Path) 
     class Refuser(RandomBackend):
         def judge(self, items, bench):  # type: ignore[no-untyped-def]
             return [
-                Judgement(task=it.task, axis=it.axis, status="unparseable", raw_text="I cannot judge.", sample_id=it.id)
+                Judgement(
+                    task=it.task,
+                    axis=it.axis,
+                    status="unparseable",
+                    raw_text="I cannot judge.",
+                    sample_id=it.id,
+                )
                 for it in items
             ]
 
@@ -115,7 +122,9 @@ def test_parse_failures_are_recorded_not_zero(syn_bench: Bench, tmp_path: Path) 
     preds = _lines(tmp_path / "ref" / PREDICTIONS_FILE)
     assert all(p.get("score") is None and p["status"] == "unparseable" for p in preds)
     assert r.report.edit["overall"].parse_failures == 6
-    worst = [abs((1 if it.human_score >= 3 else 5) - it.human_score) for it in syn_bench.items if it.task == "edit"]
+    worst = [
+        abs((1 if it.human_score >= 3 else 5) - it.human_score) for it in syn_bench.items if it.task == "edit"
+    ]
     assert r.report.edit["overall"].mae == pytest.approx(sum(worst) / len(worst), abs=1e-6)
 
 
@@ -137,7 +146,16 @@ def test_cli_make_synthetic_and_run_resume(tmp_path: Path) -> None:
     res = runner.invoke(app, ["bench", "make-synthetic", "--out", str(tmp_path / "b"), "--n", "3"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["items"] == 6
-    args = ["bench", "run", "--critic", "random://2", "--bench", str(tmp_path / "b"), "--out", str(tmp_path / "o")]
+    args = [
+        "bench",
+        "run",
+        "--critic",
+        "random://2",
+        "--bench",
+        str(tmp_path / "b"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     res = runner.invoke(app, [*args, "--limit", "4"])
     assert res.exit_code == 0, res.output
     assert "judged 4 item(s), skipped 0" in res.stderr
@@ -146,14 +164,28 @@ def test_cli_make_synthetic_and_run_resume(tmp_path: Path) -> None:
     assert "judged 0 item(s), skipped 4" in res.stderr
     res = runner.invoke(app, [*args, "--limit", "0"])
     assert res.exit_code == 1 and "--limit" in res.stderr
-    res = runner.invoke(app, ["bench", "run", "--critic", "random://1", "--bench", str(tmp_path / "nob"), "--out", "x"])
+    res = runner.invoke(
+        app, ["bench", "run", "--critic", "random://1", "--bench", str(tmp_path / "nob"), "--out", "x"]
+    )
     assert res.exit_code == 1 and "no bench.jsonl" in res.stderr
 
 
 # ------------------------------------------------------------------------------------------------ tiny critic
-def test_bench_run_end_to_end_with_tiny_critic(tiny_critic_dir: Path, syn_bench: Bench, tmp_path: Path) -> None:
+def test_bench_run_end_to_end_with_tiny_critic(
+    tiny_critic_dir: Path, syn_bench: Bench, tmp_path: Path
+) -> None:
     out = tmp_path / "critic_run"
-    args = ["bench", "run", "--critic", str(tiny_critic_dir), "--bench", str(syn_bench.root), "--out", str(out)]
+    args = [
+        "bench",
+        "run",
+        "--critic",
+        str(tiny_critic_dir),
+        "--bench",
+        str(syn_bench.root),
+        "--out",
+        str(out),
+    ]
+    args += ["--max-new-tokens", "12"]
     res = CliRunner().invoke(app, [*args, "--limit", "4", "--batch-size", "2"])
     assert res.exit_code == 0, res.output
     preds = _lines(out / PREDICTIONS_FILE)
@@ -173,13 +205,19 @@ def test_local_backend_matches_critic_directly(tiny_critic_dir: Path, syn_bench:
     from firm.bench.backends import LocalCriticBackend
     from firm.critic import Critic, CriticRequest
 
-    critic = Critic.from_pretrained(tiny_critic_dir)
+    critic = Critic.from_pretrained(tiny_critic_dir, max_new_tokens=12)
     backend = LocalCriticBackend(str(tiny_critic_dir), critic=critic, batch_size=3)
     items: list[BenchItem] = [syn_bench.items[0], syn_bench.items[-1]]
     got = backend.judge(items, syn_bench)
     reqs = [
-        CriticRequest(task=it.task, axis=it.axis, images=[str(syn_bench.image_path(r)) for r in it.images],
-                      instruction=it.instruction, prompt=it.prompt, sample_id=it.id)
+        CriticRequest(
+            task=it.task,
+            axis=it.axis,
+            images=[str(syn_bench.image_path(r)) for r in it.images],
+            instruction=it.instruction,
+            prompt=it.prompt,
+            sample_id=it.id,
+        )
         for it in items
     ]
     want = critic.judge(reqs)

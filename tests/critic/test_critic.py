@@ -203,7 +203,9 @@ def test_huge_image_is_resized_to_the_pixel_budget(tiny_critic: Critic) -> None:
     _, _, images = custom._prepare(req, 0)
     assert images[0].size[0] * images[0].size[1] <= 56 * 56
     enc = custom._encode([prompt], images)
-    assert int((enc["input_ids"] == custom.processor.image_token_id).sum()) == 4  # 56² → 2×2 merged patches
+    w, h = images[0].size
+    assert (w, h) == (56, 28)  # 4:3 kept as closely as 28-pixel steps allow
+    assert int((enc["input_ids"] == custom.processor.image_token_id).sum()) == (w // 28) * (h // 28)
     assert tiny_critic.max_pixels == 112 * 112  # the shared processor was not changed
 
 

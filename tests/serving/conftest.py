@@ -46,6 +46,10 @@ def serving_env(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> I
 @pytest.fixture(scope="session")
 def repo_uri(serving_env: dict[str, str], formatted_critic_dir: Path) -> str:
     from firm.serving.export import BatchingConfig, ExportConfig, export_repository
+    from firm.storage.stores import open_store
+
+    store, _ = open_store(serving_env["FIRM_STORE_URI"] + "/reward-service")
+    store.ensure_bucket()
 
     cfg = ExportConfig(
         critic=str(formatted_critic_dir), task="all", max_new_tokens=MAX_NEW_TOKENS, max_pixels=MAX_PIXELS,

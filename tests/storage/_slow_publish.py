@@ -15,7 +15,7 @@ def _slow(cls: type) -> None:
     def put_file(self, key, path, on_bytes=None):  # type: ignore[no-untyped-def]
         original(self, key, path, on_bytes)
         print(f"uploaded {key}", flush=True)
-        time.sleep(0.2)
+        time.sleep(0.5)  # leaves the parent seconds of slack to kill us half-way
 
     cls.put_file = put_file
 

@@ -177,7 +177,7 @@ def test_killed_publish_leaves_previous_version_latest(root: str, tmp_path: Path
     ckpts = root + "checkpoints/run-k"
     good = make_dir(tmp_path / "good", {"w.bin": b"good weights"})
     publish_dir(good, f"{ckpts}/step-1")
-    files = {f"shard-{i:02d}.bin": os.urandom(2048) for i in range(12)}
+    files = {f"shard-{i:02d}.bin": os.urandom(2048) for i in range(16)}
     doomed = make_dir(tmp_path / "doomed", files)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.storage._slow_publish", str(doomed), f"{ckpts}/step-2"],

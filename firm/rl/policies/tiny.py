@@ -27,12 +27,53 @@ def char_clip_tokenizer(max_length: int = 32) -> Any:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
-def build_tiny_sd3(out_dir: str | Path, *, seed: int = 0, sample_size: int = 8) -> Path:
+def colour_decoder(vae: Any) -> None:
+    """Re-initialise a tiny `AutoencoderKL` decoder so that latents carry colour, without any training.
+
+    A random tiny decoder maps every latent to nearly the same mean colour (its last GroupNorm removes the scale and
+    offset of random features), so no reward on image colour could ever be learned through it. Here residual branches
+    are zeroed and the remaining convolutions are identities, the first conv writes (z_k, −z_k) channel pairs, and the
+    output conv reads each pair's difference: pixel colour c = z_c / rms(z_c) after the GroupNorm, for latent channels
+    0, 1, 2 → R, G, B. It is still a plain `AutoencoderKL` (saved and loaded normally).
+    """
+    import torch
+
+    dec = vae.decoder
+    with torch.no_grad():
+        for name, mod in dec.named_modules():
+            if not isinstance(mod, torch.nn.Conv2d | torch.nn.Linear):
+                continue
+            if name.endswith("conv2") or name.endswith("to_out.0"):
+                mod.weight.zero_()
+            elif name.endswith("conv_shortcut") or name.endswith("upsamplers.0.conv"):
+                torch.nn.init.dirac_(mod.weight)
+            else:
+                continue
+            if mod.bias is not None:
+                mod.bias.zero_()
+        w = dec.conv_in.weight
+        w.zero_()
+        dec.conv_in.bias.zero_()
+        for k in range(min(w.shape[0] // 2, w.shape[1])):
+            w[2 * k, k, 1, 1] = 1.0
+            w[2 * k + 1, k, 1, 1] = -1.0
+        o = dec.conv_out.weight
+        o.zero_()
+        dec.conv_out.bias.zero_()
+        for c in range(3):
+            o[c, 2 * c, 1, 1] = 1.0
+            o[c, 2 * c + 1, 1, 1] = -1.0
+
+
+def build_tiny_sd3(
+    out_dir: str | Path, *, seed: int = 0, sample_size: int = 8, colour_vae: bool = True
+) -> Path:
     """Build and save a tiny SD3.5-style `StableDiffusion3Pipeline` (64 px images ↔ 8×8×16 latents).
 
     Transformer: 2 layers (SD3.5 dual attention in layer 0, RMS qk-norm), 4 heads × 8; two tiny CLIP text encoders
     with projection; no T5 (`text_encoder_3=None`, which the pipeline supports); a 16-channel `AutoencoderKL` with a
-    downsampling factor of 8.
+    downsampling factor of 8 whose decoder carries colour (`colour_vae`, see `colour_decoder`), so cheap colour
+    rewards are learnable. `sample_size` is the latent side (8 → 64 px, 4 → 32 px).
     """
     import torch
     from diffusers import (
@@ -75,6 +116,8 @@ def build_tiny_sd3(out_dir: str | Path, *, seed: int = 0, sample_size: int = 8) 
         shift_factor=0.0609,
         scaling_factor=1.5035,
     )
+    if colour_vae:
+        colour_decoder(vae)
     tok = char_clip_tokenizer()
     enc_cfg = {
         "vocab_size": len(tok),

@@ -1,0 +1,297 @@
+"""The reward service on a real tritonserver (bundled binary + python backend), served from an s3:// repository."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+import tritonclient.http as httpclient
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from firm.models.images import edit_pair, png_bytes, shapes_image
+from firm.serving.client import RewardClient
+from firm.serving.spec import SPECS
+from tests.serving.conftest import MAX_NEW_TOKENS, MAX_PIXELS
+
+pytestmark = pytest.mark.slow
+
+
+def _inp(name: str, values: list[bytes], mod=grpcclient) -> object:
+    arr = np.array([[v] for v in values], dtype=np.object_)
+    i = mod.InferInput(name, list(arr.shape), "BYTES")
+    i.set_data_from_numpy(arr)
+    return i
+
+
+def _edits(n: int) -> list[tuple[Image.Image, Image.Image, str]]:
+    colours = ["red", "green", "blue", "yellow", "purple", "orange"]
+    out = []
+    for k in range(n):
+        src = shapes_image([("square", colours[k % 6])] * (1 + k % 3))
+        dst = shapes_image([("circle", colours[(k + 1) % 6])] * (1 + (k + 1) % 4))
+        out.append((src, dst, f"Turn the {colours[k % 6]} squares into {colours[(k + 1) % 6]} circles."))
+    return out
+
+
+@pytest.fixture(scope="module")
+def grpc(server) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(server.grpc_url)
+
+
+@pytest.fixture(scope="module")
+def local_critic(server):
+    """The same critic in-process, loaded from the repository the server fetched (same weights, same settings)."""
+    from firm.critic.critic import Critic
+
+    return Critic.from_pretrained(server.repository / "firm_critic" / "1" / "critic", max_pixels=MAX_PIXELS,
+                                  max_new_tokens=MAX_NEW_TOKENS)
+
+
+def test_live_ready_metadata_and_config(server, grpc) -> None:
+    http = httpclient.InferenceServerClient(server.http_url)
+    assert grpc.is_server_live() and grpc.is_server_ready() and http.is_server_ready()
+    for name, spec in SPECS.items():
+        assert grpc.is_model_ready(name)
+        meta = grpc.get_model_metadata(name, as_json=True)
+        assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [(t.name, t.dtype) for t in spec.inputs]
+        assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [(t.name, t.dtype) for t in spec.outputs]
+        cfg = http.get_model_config(name)
+        assert cfg["max_batch_size"] > 0 and cfg["dynamic_batching"]["preferred_batch_size"] == [4, 8, 16]
+        assert cfg["parameters"]["critic"]["string_value"] == "firm_critic/1/critic"
+    # Served from the s3:// repository, fetched into the local cache with its manifest.
+    assert server.repository_uri.startswith("s3://") and (server.repository / "MANIFEST.json").exists()
+
+
+def test_edit_reward_equals_in_process(grpc, local_critic) -> None:
+    from firm.rewards.formulas import EditRewardConfig
+
+    items = _edits(4)
+    res = grpc.infer("firm_edit_reward", [
+        _inp("source_image", [png_bytes(s) for s, _, _ in items]),
+        _inp("edited_image", [png_bytes(d) for _, d, _ in items]),
+        _inp("instruction", [t.encode() for _, _, t in items]),
+    ])
+    from firm.critic.critic import EditInput
+
+    want = local_critic.edit_rewards([EditInput(source=s, edited=d, instruction=t) for s, d, t in items],
+                                     EditRewardConfig(), "skip", batch_size=8)
+    reward, status = res.as_numpy("reward")[:, 0], res.as_numpy("status")[:, 0]
+    assert any(b.status == "ok" for b, _ in want)
+    for k, (b, (e, c)) in enumerate(want):
+        assert status[k].decode() == b.status
+        assert (math.isnan(reward[k]) and b.reward is None) or reward[k] == pytest.approx(b.reward, abs=1e-6)
+        assert res.as_numpy("execution")[k, 0] == pytest.approx(e.score[0] if isinstance(e.score, list) else e.score)
+        assert res.as_numpy("consistency")[k, 0] == pytest.approx(c.score[0] if isinstance(c.score, list) else c.score)
+
+
+def test_gen_reward_and_critic_equal_in_process(server, grpc, local_critic) -> None:
+    from firm.critic.critic import CriticRequest, GenInput
+    from firm.rewards.formulas import GenRewardConfig
+
+    imgs = [shapes_image([("circle", "blue")] * k) for k in (1, 2, 3)]
+    prompts = ["one blue circle", "two blue circles", "three blue circles"]
+    with RewardClient(server.grpc_url, max_batch=3) as client:
+        got = client.score_gen(list(zip(imgs, prompts, strict=True)))
+    want = local_critic.gen_rewards([GenInput(image=i, prompt=p) for i, p in zip(imgs, prompts, strict=True)],
+                                    True, GenRewardConfig(), "skip", batch_size=6)
+    assert [g.model_dump() for g in got] == [w.model_dump() for w, _ in want]
+    assert all(g.reward is not None and 0.0 <= g.reward <= 1.0 for g in got if g.status == "ok")
+    assert any(g.status == "ok" for g in got)
+    # firm_critic: one quality judgement per row, same as Critic.judge
+    res = grpc.infer("firm_critic", [
+        _inp("images", [png_bytes(i) for i in imgs]),
+        _inp("rubric_id", [b"gen.quality.student.v1"] * 3),
+        _inp("text", [b""] * 3),
+    ])
+    js = local_critic.judge([CriticRequest(task="gen", axis="quality", images=[i]) for i in imgs], batch_size=3)
+    for k, j in enumerate(js):
+        assert res.as_numpy("status")[k, 0].decode() == j.status
+        if j.ok:
+            assert res.as_numpy("score")[k].tolist() == [float(s) for s in j.score]
+        assert res.as_numpy("raw_text")[k, 0].decode() == j.raw_text
+
+
+def test_dynamic_batching_merges_concurrent_requests(server) -> None:
+    src, dst, ins = edit_pair()
+    payload = [png_bytes(src), png_bytes(dst), ins.encode()]
+
+    async def fire(n: int) -> None:
+        c = aioclient.InferenceServerClient(server.grpc_url)
+        try:
+            reqs = []
+            for _ in range(n):
+                inputs = [_inp(nm, [v], aioclient) for nm, v in zip(("source_image", "edited_image", "instruction"),
+                                                                    payload, strict=True)]
+                reqs.append(c.infer("firm_edit_reward", inputs))
+            await asyncio.gather(*reqs)
+        finally:
+            await c.close()
+
+    def counts() -> tuple[int, int]:
+        st = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics("firm_edit_reward", as_json=True)
+        s = st["model_stats"][0]
+        return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
+
+    inf0, exe0 = counts()
+    asyncio.run(fire(16))
+    inf1, exe1 = counts()
+    assert inf1 - inf0 == 16
+    assert exe1 - exe0 < 16, f"16 concurrent requests ran in {exe1 - exe0} executions"
+
+
+def _bad_requests(good: list[bytes]) -> list[tuple[str, list]]:
+    src, dst, ins = good
+    big = io.BytesIO()
+    Image.new("RGB", (5000, 4000)).save(big, format="PNG")  # 20 Mpx > the 16 Mpx decode budget
+    zero = bytearray(png_bytes(Image.new("RGB", (1, 1))))
+    zero[16:24] = (0).to_bytes(4, "big") * 2  # IHDR width = height = 0
+    names = ("source_image", "edited_image", "instruction")
+
+    def req(s: bytes, d: bytes, t: bytes) -> list:
+        return [_inp(n, [v]) for n, v in zip(names, (s, d, t), strict=True)]
+
+    return [
+        ("corrupt", req(src[:40] + b"\x00" * 50 + src[90:], dst, ins)),
+        ("truncated", req(src[: len(src) // 2], dst, ins)),
+        ("not an image", req(b"%PDF-1.4 hello", dst, ins)),
+        ("empty bytes", req(b"", dst, ins)),
+        ("zero-size", req(bytes(zero), dst, ins)),
+        ("gigantic", req(big.getvalue(), dst, ins)),
+        ("empty instruction", req(src, dst, b"   ")),
+        ("non-utf8 instruction", req(src, dst, b"\xff\xfe\xfa")),
+        ("missing input", req(src, dst, ins)[:2]),
+        ("wrong dtype", [*req(src, dst, ins)[:2], _fp32("instruction")]),
+        ("wrong shape", [*req(src, dst, ins)[:2], _two_cols("instruction", ins)]),
+        ("batch too large", [_inp(n, [v] * 17) for n, v in zip(names, (src, dst, ins), strict=True)]),
+    ]
+
+
+def _fp32(name: str) -> object:
+    i = grpcclient.InferInput(name, [1, 1], "FP32")
+    i.set_data_from_numpy(np.zeros((1, 1), dtype=np.float32))
+    return i
+
+
+def _two_cols(name: str, v: bytes) -> object:
+    i = grpcclient.InferInput(name, [1, 2], "BYTES")
+    i.set_data_from_numpy(np.array([[v, v]], dtype=np.object_))
+    return i
+
+
+def test_bad_input_battery_keeps_serving(server, grpc) -> None:
+    src, dst, ins = edit_pair()
+    good = [png_bytes(src), png_bytes(dst), ins.encode()]
+    battery = _bad_requests(good)
+    rss = []
+    for _round in range(3):
+        for what, inputs in battery:
+            with pytest.raises(InferenceServerException) as exc:
+                grpc.infer("firm_edit_reward", inputs)
+            assert "INVALID_ARG" in str(exc.value.status()), (what, exc.value)
+            assert exc.value.message(), what
+        rss.append(server.rss_bytes())
+    # a per-request error names the input
+    with pytest.raises(InferenceServerException, match=r"source_image\[0\]"):
+        grpc.infer("firm_edit_reward", battery[2][1])
+    # good requests still succeed afterwards, also when batched with a bad one
+    ok = grpc.infer("firm_edit_reward", [_inp(n, [v]) for n, v in zip(
+        ("source_image", "edited_image", "instruction"), good, strict=True)])
+    assert ok.as_numpy("status")[0, 0] in (b"ok",) or ok.as_numpy("status")[0, 0].startswith(b"unparseable")
+    assert rss[-1] - rss[0] < 40 * 2**20, f"server RSS grew {(rss[-1] - rss[0]) / 2**20:.1f} MiB over bad requests"
+    metrics = urllib.request.urlopen(server.metrics_url).read().decode()
+    invalid = [ln for ln in metrics.splitlines() if ln.startswith('firm_invalid_requests_total{model="firm_edit_reward"')]
+    assert invalid and float(invalid[0].split()[-1]) >= 3 * 8  # the decode-level rejections counted by the backend
+    assert "firm_reward_bucket" in metrics and "firm_judgements_total" in metrics
+
+
+def test_failover_and_serve_start_cli(server, tmp_path: Path, tiny_critic_dir: Path) -> None:
+    """`firmctl serve start` on a second repository; SIGTERM it mid-run and the client fails over to the first."""
+    import signal
+
+    from firm.serving.export import ExportConfig, export_repository
+    from firm.serving.server import free_port
+
+    repo = export_repository(ExportConfig(critic=str(tiny_critic_dir), task="edit", critic_model=False,
+                                          max_new_tokens=8, max_pixels=MAX_PIXELS), tmp_path / "repo_b")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firm.cli.main", "serve", "start", "--repository", repo, "--grpc-port", str(port),
+         "--http-port", str(free_port()), "--metrics-port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # printed once ready
+        assert f'"grpc": "127.0.0.1:{port}"' in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        b = f"127.0.0.1:{port}"
+        items = _edits(4)
+        with RewardClient([b, server.grpc_url], max_batch=1, retries=3, backoff=0.05) as client:
+            assert client.health() == {b: True, server.grpc_url: True}
+            first = client.score_edit(items)
+            assert all(v > 0 for v in client.stats().values()), client.stats()  # both endpoints used
+            proc.send_signal(signal.SIGTERM)  # forwarded to tritonserver
+            assert proc.wait(timeout=60) == 0
+            assert client.health()[b] is False
+            served_before = client.stats()[server.grpc_url]
+            second = client.score_edit(items)
+            assert len(first) == len(second) == 4
+            assert client.stats()[server.grpc_url] - served_before == 4
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_start_reports_model_load_failure(tmp_path: Path, tiny_critic_dir: Path) -> None:
+    from firm.serving.export import ExportConfig, export_repository
+
+    repo = Path(export_repository(ExportConfig(critic=str(tiny_critic_dir), task="gen", critic_model=False,
+                                               weights="reference"), tmp_path / "repo"))
+    cfg = repo / "firm_gen_reward" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace(str(tiny_critic_dir.resolve()), str(tmp_path / "missing-critic")))
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "firm.cli.main", "serve", "start", "--repository", str(repo),
+                        "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("error: tritonserver exited") and "failed to load 'firm_gen_reward'" in r.stderr
+    assert "missing-critic" in r.stderr and time.monotonic() - t < 120
+
+
+def test_serve_score_cli(server, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from firm.cli.main import app
+
+    src, dst, ins = edit_pair()
+    src.save(tmp_path / "a.png")
+    dst.save(tmp_path / "b.jpg", quality=95)
+    r = CliRunner().invoke(app, ["serve", "score", "--endpoint", server.grpc_url, "--task", "edit",
+                                 "--source", str(tmp_path / "a.png"), "--edited", str(tmp_path / "b.jpg"),
+                                 "--instruction", ins])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["task"] == "edit" and out["formulation"] == "cme" and set(out["raw_scores"]) == {"execution", "consistency"}
+    assert (out["reward"] is None) == (out["status"] != "ok")
+    r = CliRunner().invoke(app, ["serve", "score", "--endpoint", server.grpc_url, "--task", "gen",
+                                 "--image", str(tmp_path / "a.png"), "--prompt", "a red square"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["task"] == "gen"
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    r = CliRunner().invoke(app, ["serve", "score", "--endpoint", server.grpc_url, "--task", "gen",
+                                 "--image", str(tmp_path / "bad.png"), "--prompt", "x"])
+    assert r.exit_code == 1 and r.stderr.startswith("error:") and "not an image" in r.stderr
+    r = CliRunner().invoke(app, ["serve", "score", "--endpoint", server.grpc_url, "--task", "edit",
+                                 "--source", str(tmp_path / "a.png")])
+    assert r.exit_code == 1 and "--edited" in r.stderr
