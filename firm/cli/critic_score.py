@@ -30,12 +30,16 @@ def score_cmd(
     image: str | None = typer.Option(None, "--image", help="gen: the generated image (path or URI)"),
     prompt: str | None = typer.Option(None, "--prompt", help="gen: the generation prompt"),
     quality: bool = typer.Option(False, "--quality", help="gen: also judge quality and report QMA"),
-    readout: str = typer.Option("text", "--readout", help="text (parsed score) | expected (digit-probability mean)"),
+    readout: str = typer.Option(
+        "text", "--readout", help="text (parsed score) | expected (digit-probability mean)"
+    ),
     policy: str = typer.Option("skip", "--policy", help="on a parse failure: skip | min_reward | raise"),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda"),
     dtype: str | None = typer.Option(None, "--dtype", help="e.g. bfloat16 (default: the checkpoint's)"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="generation budget per answer"),
-    max_pixels: int | None = typer.Option(None, "--max-pixels", help="per-image pixel budget (default: processor's)"),
+    max_pixels: int | None = typer.Option(
+        None, "--max-pixels", help="per-image pixel budget (default: processor's)"
+    ),
 ) -> None:
     """Print {"judgements": [...], "reward": {...}} for one edit or one generated image."""
     if task not in ("edit", "gen"):
@@ -46,7 +50,11 @@ def score_cmd(
         raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if task == "edit":
         _reject(task, image=image, prompt=prompt, quality=quality)
-        missing = [n for n, v in (("--source", source), ("--edited", edited), ("--instruction", instruction)) if not v]
+        missing = [
+            n
+            for n, v in (("--source", source), ("--edited", edited), ("--instruction", instruction))
+            if not v
+        ]
     else:
         _reject(task, source=source, edited=edited, instruction=instruction)
         missing = [n for n, v in (("--image", image), ("--prompt", prompt)) if not v]
@@ -59,7 +67,12 @@ def score_cmd(
     # library chatter on stdout (e.g. DeepSpeed's accelerator logger, imported by transformers) must not mix
     # with the JSON document: send it to stderr while the model loads and runs
     with contextlib.redirect_stdout(sys.stderr):
+        from transformers.utils import logging as hf_logging
+
         from firm.critic import Critic, EditInput, GenInput
+
+        hf_logging.disable_progress_bar()  # one JSON document or one error line, nothing else
+        hf_logging.set_verbosity_error()
         from firm.rewards.formulas import EditRewardConfig, GenRewardConfig
 
         critic = Critic.from_pretrained(
@@ -67,7 +80,9 @@ def score_cmd(
         )
         if task == "edit":
             item = EditInput(source=source, edited=edited, instruction=instruction or "", sample_id="cli")
-            [(reward, judgements)] = critic.edit_rewards([item], EditRewardConfig(readout=readout), policy=policy)
+            [(reward, judgements)] = critic.edit_rewards(
+                [item], EditRewardConfig(readout=readout), policy=policy
+            )
         else:
             gen = GenInput(image=image, prompt=prompt or "", sample_id="cli")
             [(reward, judgements)] = critic.gen_rewards(

@@ -1,5 +1,36 @@
-"""`firmctl critic train`."""
+"""`firmctl critic train`: run critic SFT locally under torchrun (`--nproc N` processes)."""
 
 from __future__ import annotations
 
-from firm.cli.critic_cmd import app  # noqa: F401  (commands register on the critic group)
+import typer
+
+from firm.cli._common import cli_errors
+from firm.cli.critic_cmd import app
+
+
+@app.command(
+    "train",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+@cli_errors
+def train_cmd(
+    ctx: typer.Context,
+    config: str = typer.Option(..., "--config", help="recipe YAML path or shipped recipe (firmctl recipes ls)"),
+    nproc: int = typer.Option(1, "--nproc", help="local processes (torchrun --nproc_per_node)"),
+    resume: str | None = typer.Option(None, "--resume", help="auto | none | checkpoint URI"),
+) -> None:
+    """Train a critic: `firmctl critic train --config critic/tiny_cpu [--nproc N] [key=value ...]`.
+
+    The config and the world size are checked here first, so mistakes fail before any process starts.
+    """
+    from firm.critic.sft_config import load_sft_config
+    from firm.launch.local import run_local
+
+    overrides = list(ctx.args)
+    if resume is not None:
+        overrides.append(f"resume={resume}")
+    cfg = load_sft_config(config, overrides)
+    cfg.global_batch(nproc)
+    code = run_local("firm.critic.sft", ["--config", config, *overrides], nproc)
+    if code != 0:
+        raise typer.Exit(code)

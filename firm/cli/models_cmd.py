@@ -18,9 +18,13 @@ app = typer.Typer(help="Build tiny models for tests and the local quickstart.", 
 @cli_errors
 def tiny_critic(
     out: Path = typer.Option(..., "--out", help="directory to write the critic into (created if missing)"),
-    size: str = typer.Option("tiny", "--size", help="tiny (hidden 64, 2 layers) | small (hidden 384, 6 layers)"),
+    size: str = typer.Option(
+        "tiny", "--size", help="tiny (hidden 64, 2 layers) | small (hidden 384, 6 layers)"
+    ),
     format_steps: int = typer.Option(
-        0, "--format-steps", help="teach FIRM's answer formats for this many steps so answers parse (0: untrained)"
+        0,
+        "--format-steps",
+        help="teach FIRM's answer formats for this many steps so answers parse (0: untrained)",
     ),
     seed: int = typer.Option(0, "--seed", help="random seed of the weights"),
 ) -> None:
@@ -35,6 +39,12 @@ def tiny_critic(
         raise InputError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
         raise InputError(f"--out {out}: directory is not empty")
-    with contextlib.redirect_stdout(sys.stderr):  # library chatter (e.g. DeepSpeed's logger) must not mix with JSON
+    with contextlib.redirect_stdout(
+        sys.stderr
+    ):  # library chatter (e.g. DeepSpeed's logger) must not mix with JSON
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one JSON document or one error line, nothing else
+        hf_logging.set_verbosity_error()
         path = build_tiny_critic(out, size=size, seed=seed, format_steps=format_steps)  # type: ignore[arg-type]
     echo_json({"path": str(path.resolve()), "size": size, "format_steps": format_steps})

@@ -2,6 +2,72 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
+from firm.cli._common import cli_errors, echo_json
+
 app = typer.Typer(help="RL on diffusion policies with FIRM rewards.", no_args_is_help=True)
+
+
+@app.command(
+    "train",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+@cli_errors
+def train(
+    ctx: typer.Context,
+    config: str = typer.Option(..., "--config", help="recipe YAML path or shipped name (e.g. rl/tiny_sd3_nft)"),
+    nproc: int = typer.Option(1, "--nproc", help="local processes (torchrun, DDP over prompts)"),
+    resume: str | None = typer.Option(None, "--resume", help="auto | none | checkpoint URI"),
+) -> None:
+    """Train a policy with DiffusionNFT or Flow-GRPO. Extra `key=value` arguments override the config."""
+    from firm.launch.local import run_local
+    from firm.rl.config import load_config
+    from firm.rl.train import _config_path
+
+    overrides = list(ctx.args)
+    path = _config_path(config)
+    load_config(path, overrides)  # validate here: bad configs fail before any process starts
+    args = ["--config", str(path), *(["--resume", resume] if resume else []), *overrides]
+    if nproc == 1:
+        from firm.rl.train import main
+
+        code = main(args)
+    else:
+        code = run_local("firm.rl.train", args, nproc)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("sample")
+@cli_errors
+def sample(
+    policy: str = typer.Option(..., "--policy", help="pipeline: HF id, local dir or file:// / s3:// URI"),
+    prompt: list[str] = typer.Option(..., "--prompt", help="prompt (or edit instruction); repeatable"),
+    out: Path = typer.Option(..., "--out", help="directory for the PNGs"),
+    lora: str | None = typer.Option(None, "--lora", help="LoRA dir or URI (diffusers format)"),
+    image: str | None = typer.Option(None, "--image", help="source image (editing policies)"),
+    kind: str = typer.Option("sd3", "--kind", help="sd3 | qwen_edit"),
+    steps: int = typer.Option(40, "--steps"),
+    resolution: int = typer.Option(512, "--resolution"),
+    seed: int = typer.Option(0, "--seed"),
+    max_sequence_length: int = typer.Option(256, "--max-sequence-length"),
+) -> None:
+    """Sample images from a policy (optionally with a trained LoRA) and write them as PNGs."""
+    from firm.rl.sample import sample_images
+
+    paths = sample_images(
+        policy_uri=policy,
+        prompts=prompt,
+        out_dir=out,
+        lora_uri=lora,
+        image=image,
+        kind=kind,
+        steps=steps,
+        resolution=resolution,
+        seed=seed,
+        max_sequence_length=max_sequence_length,
+    )
+    echo_json({"images": [str(p) for p in paths]})

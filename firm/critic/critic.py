@@ -107,7 +107,10 @@ class EditInput(BaseModel):
     def of(cls, item: EditInput | EditSample) -> EditInput:
         if isinstance(item, EditSample):
             return cls(
-                source=item.source_image, edited=item.edited_image, instruction=item.instruction, sample_id=item.id
+                source=item.source_image,
+                edited=item.edited_image,
+                instruction=item.instruction,
+                sample_id=item.id,
             )
         return item
 
@@ -230,17 +233,21 @@ class Critic:
         from transformers import AutoConfig, AutoModelForImageTextToText
 
         path = resolve_model_source(src)
-        if isinstance(dtype, str):
-            try:
-                dtype = getattr(torch, dtype)
-            except AttributeError:
-                raise ConfigError(f"unknown dtype {dtype!r}") from None
+        if isinstance(dtype, str) and dtype != "auto":
+            resolved = getattr(torch, dtype, None)
+            if not isinstance(resolved, torch.dtype):
+                raise ConfigError(f"unknown dtype {dtype!r}; e.g. float32, bfloat16, float16")
+            dtype = resolved
         try:
             config = AutoConfig.from_pretrained(path)
         except OSError as exc:
             raise InputError(f"critic model {src}: cannot load its config ({exc})") from None
         kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
-        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).to(device).eval()
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        except ValueError as exc:  # e.g. a text-only or unknown architecture
+            raise ConfigError(f"critic model {src}: not an image-text-to-text model ({exc})") from None
+        model = model.to(device).eval()
         processor = load_processor(path, config.model_type)
         return cls(model, processor, max_pixels=max_pixels, max_new_tokens=max_new_tokens, name=str(src))
 
@@ -308,7 +315,9 @@ class Critic:
         gc.pad_token_id = self.tokenizer.pad_token_id
         return gc
 
-    def _judge_batch(self, batch: list[tuple[CriticRequest, str, list[Any]]], readout: Readout) -> list[Judgement]:
+    def _judge_batch(
+        self, batch: list[tuple[CriticRequest, str, list[Any]]], readout: Readout
+    ) -> list[Judgement]:
         torch = self._torch
         want = readout == "expected"
         prompts = [p for _, p, _ in batch]
@@ -373,7 +382,9 @@ class Critic:
     def _digit_probs(self, logits_row: Any) -> Any:
         return self._torch.softmax(logits_row[self.digit_ids], dim=-1)
 
-    def _expected_from_generation(self, ids: list[int], text: str, parsed: ParseResult, logits: Any) -> float | None:
+    def _expected_from_generation(
+        self, ids: list[int], text: str, parsed: ParseResult, logits: Any
+    ) -> float | None:
         if not parsed.ok or not parsed.score_spans:
             return None
         probs = []
@@ -420,7 +431,11 @@ class Critic:
         edits = [EditInput.of(it) for it in items]
         reqs = [
             CriticRequest(
-                task="edit", axis=axis, images=[e.source, e.edited], instruction=e.instruction, sample_id=e.sample_id
+                task="edit",
+                axis=axis,
+                images=[e.source, e.edited],
+                instruction=e.instruction,
+                sample_id=e.sample_id,
             )
             for e in edits
             for axis in ("execution", "consistency")

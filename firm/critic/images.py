@@ -46,7 +46,9 @@ def _read_source(src: str | Path, label: str) -> bytes:
             except FirmError as exc:
                 raise InputError(f"{label}: {exc}") from exc
         if not text.startswith("file://"):
-            raise InputError(f"{label}: cannot read {text.split('://')[0]}:// URIs (object store unavailable)")
+            raise InputError(
+                f"{label}: cannot read {text.split('://')[0]}:// URIs (object store unavailable)"
+            )
         from urllib.parse import unquote, urlsplit
 
         text = unquote(urlsplit(text).path)
@@ -103,7 +105,9 @@ def load_image(
         raise InputError(f"{label}: unreadable image data: {exc}") from None
 
 
-def fit_pixels(img: Image.Image, max_pixels: int, factor: int = 28, min_pixels: int | None = None) -> Image.Image:
+def fit_pixels(
+    img: Image.Image, max_pixels: int, factor: int = 28, min_pixels: int | None = None
+) -> Image.Image:
     """Resize `img` so that width×height ≤ `max_pixels` and both sides are multiples of `factor`, keeping the aspect
     ratio as closely as possible (Qwen-VL's `smart_resize` rule). Images already within budget with aligned sides
     are returned unchanged; `min_pixels` (default factor²) enlarges tiny images."""

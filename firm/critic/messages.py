@@ -40,6 +40,10 @@ def build_messages(
     return messages
 
 
-def render_prompt(processor: Any, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+def render_prompt(
+    processor: Any, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True
+) -> str:
     """The chat-templated prompt string (image placeholders not yet expanded; the processor does that)."""
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return processor.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )

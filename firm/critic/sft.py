@@ -403,6 +403,8 @@ def train(cfg: SFTConfig) -> TrainResult:
     run_dir = Path(cfg.output_dir).expanduser().resolve() / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
 
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     ds, train_rows, val_rows = load_rows(cfg)

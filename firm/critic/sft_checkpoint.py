@@ -81,6 +81,7 @@ class CheckpointWriter:
         self.root_uri = root_uri.rstrip("/")
         self.run_dir = run_dir
         self.keep_last = keep_last
+        self._bucket_checked = False
 
     def publish(
         self,
@@ -92,8 +93,14 @@ class CheckpointWriter:
         rng_states: list[torch.Tensor],
     ) -> str:
         """Write and publish `step-<n>`; `save_model(dir)` writes the model/adapter + processor. Returns the URI."""
-        from firm.storage import publish_dir
+        from firm.storage import open_store, publish_dir
 
+        if not self._bucket_checked:
+            store, _ = open_store(self.root_uri)
+            ensure_bucket = getattr(store, "ensure_bucket", None)  # S3: create the checkpoints bucket if missing
+            if ensure_bucket is not None:
+                ensure_bucket()
+            self._bucket_checked = True
         stage = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=self.run_dir))
         try:
             save_model(stage / "model")

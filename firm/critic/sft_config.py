@@ -109,6 +109,11 @@ class SFTConfig(_Cfg):
     epochs: float = Field(default=1.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
     log_every: int = Field(default=1, ge=1)
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU intra-op threads per process (torch.set_num_threads); null = default",
+    )
     resume: str = Field(
         default="none", description="none | auto (newest complete checkpoint) | checkpoint URI"
     )

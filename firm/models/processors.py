@@ -33,7 +33,9 @@ QWEN_VL_CHAT_TEMPLATE = (
 class FirmQwen3VLProcessor(Qwen3VLProcessor):
     """`Qwen3VLProcessor` for images only (no video processor, so no torchvision)."""
 
-    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kw: Any):
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kw: Any
+    ):
         kw.pop("video_processor", None)
         super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kw)
 
@@ -41,7 +43,9 @@ class FirmQwen3VLProcessor(Qwen3VLProcessor):
 class FirmQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
     """`Qwen2_5_VLProcessor` for images only (no video processor, so no torchvision)."""
 
-    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kw: Any):
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kw: Any
+    ):
         kw.pop("video_processor", None)
         super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kw)
 

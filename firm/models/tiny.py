@@ -38,9 +38,7 @@ SPECIAL_TOKENS = [
     "<|box_end|>",
 ]
 # Qwen2/3 pre-tokenizer split: contractions, letters, single digits, punctuation runs, newlines, spaces.
-QWEN_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+QWEN_SPLIT_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 
 class TinyCriticSpec(BaseModel):
@@ -67,14 +65,33 @@ class TinyCriticSpec(BaseModel):
 
 SPECS: dict[str, TinyCriticSpec] = {
     "tiny": TinyCriticSpec(
-        name="tiny", text_hidden=64, text_layers=2, text_heads=4, text_kv_heads=2, head_dim=16,
-        mrope_section=[2, 3, 3], intermediate=128, vision_hidden=32, vision_depth=2, vision_heads=2,
+        name="tiny",
+        text_hidden=64,
+        text_layers=2,
+        text_heads=4,
+        text_kv_heads=2,
+        head_dim=16,
+        mrope_section=[2, 3, 3],
+        intermediate=128,
+        vision_hidden=32,
+        vision_depth=2,
+        vision_heads=2,
         vision_intermediate=64,
     ),
     "small": TinyCriticSpec(
-        name="small", text_hidden=384, text_layers=6, text_heads=6, text_kv_heads=2, head_dim=64,
-        mrope_section=[12, 10, 10], intermediate=1024, vision_hidden=128, vision_depth=4, vision_heads=4,
-        vision_intermediate=256, vocab_size=1024,
+        name="small",
+        text_hidden=384,
+        text_layers=6,
+        text_heads=6,
+        text_kv_heads=2,
+        head_dim=64,
+        mrope_section=[12, 10, 10],
+        intermediate=1024,
+        vision_hidden=128,
+        vision_depth=4,
+        vision_heads=4,
+        vision_intermediate=256,
+        vocab_size=1024,
     ),
 }
 
@@ -95,7 +112,9 @@ def _corpus() -> list[str]:
         k = i % 5 + 1
         lines.append(f"{v} a {c} {s} to the picture.")
         lines.append(f"A photo of {k} {c} {s}s on a table.")
-        lines.append(f'{{"reasoning": "The {c} {s} is {"present" if k > 2 else "missing"}.", "score": [{k}]}}')
+        lines.append(
+            f'{{"reasoning": "The {c} {s} is {"present" if k > 2 else "missing"}.", "score": [{k}]}}'
+        )
         lines.append(f"Final Alignment Rating: {k}\n\\boxed{{{k}}}")
         lines.append(f'{{"score": [{k}, {(k % 5) + 1}, {((k + 2) % 5) + 1}], "reasoning": "Sharp {c} {s}."}}')
     return lines
@@ -138,7 +157,9 @@ def train_tokenizer(vocab_size: int = 640) -> Any:
     return hf_tok
 
 
-def build_tiny_critic(out_dir: str | Path, size: TinySize = "tiny", seed: int = 0, format_steps: int = 0) -> Path:
+def build_tiny_critic(
+    out_dir: str | Path, size: TinySize = "tiny", seed: int = 0, format_steps: int = 0
+) -> Path:
     """Write a random-init tiny Qwen3-VL critic (model, tokenizer, processor) to `out_dir`; returns the path.
 
     `format_steps` > 0 first teaches the model FIRM's answer formats (see `teach_answer_formats`) so that its
@@ -222,7 +243,9 @@ def build_tiny_critic(out_dir: str | Path, size: TinySize = "tiny", seed: int = 
         teach_answer_formats(model, processor, steps=format_steps, seed=seed)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / "firm_tiny_critic.json").write_text(json.dumps({"size": size, "seed": seed, "format_steps": format_steps, **spec.model_dump()}, indent=2))
+    (out / "firm_tiny_critic.json").write_text(
+        json.dumps({"size": size, "seed": seed, "format_steps": format_steps, **spec.model_dump()}, indent=2)
+    )
     return out
 
 
@@ -236,11 +259,14 @@ def format_example(task: str, axis: str, n_shapes: int) -> str:
     return f'{{"reasoning": "The edited image shows {k} shapes.", "score": [{k}]}}'
 
 
-def teach_answer_formats(model: Any, processor: Any, steps: int = 120, seed: int = 0, batch_size: int = 4) -> None:
+def teach_answer_formats(
+    model: Any, processor: Any, steps: int = 120, seed: int = 0, batch_size: int = 4
+) -> None:
     """Fine-tune `model` in place for `steps` AdamW steps to answer every student rubric in its format.
 
-    Items are drawn shape pictures; the target score is the number of shapes in the (last) image, so the digit
-    the model emits depends on its input. A few seconds on CPU for the tiny size; the model is left in eval mode.
+    Items are drawn shape pictures; the target score is the number of shapes in the (last) image. In a few dozen
+    steps the tiny model learns the answer formats, not the counting: its digits carry no meaning, but its answers
+    parse and its digit distributions are spread out. A few seconds on CPU; the model is left in eval mode.
     """
     import random
 
@@ -271,7 +297,18 @@ def teach_answer_formats(model: Any, processor: Any, steps: int = 120, seed: int
 
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    # Tiny matrices gain nothing from intra-op threads, and on a busy machine spinning threads cost ~10x.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _teach_loop(model, processor, item, opt, steps, batch_size)
+    finally:
+        torch.set_num_threads(threads)
+        tok.padding_side = "left"
+        model.eval()
+
+
+def _teach_loop(model: Any, processor: Any, item: Any, opt: Any, steps: int, batch_size: int) -> None:
     for _ in range(steps):
         batch = [item() for _ in range(batch_size)]
         prompts = [p for p, _, _ in batch]
@@ -283,10 +320,7 @@ def teach_answer_formats(model: Any, processor: Any, steps: int = 120, seed: int
         for row, p in enumerate(prompts):
             n_prompt = len(processor(text=[p], images=batch[row][1], return_tensors="pt")["input_ids"][0])
             labels[row, :n_prompt] = -100
-        assert (labels == eos).any()
         loss = model(**enc, labels=labels).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    tok.padding_side = "left"
-    model.eval()

@@ -6,6 +6,7 @@ the NFT rollouts). The reference policy is the base model: adapters disabled.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -37,7 +38,9 @@ def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, init: str
     """Add the trainable and the old adapter (identical at start); only the trainable one requires grad."""
     found = present_targets(transformer, targets)
     transformer.add_adapter(_lora_config(rank, alpha, init, found), adapter_name=TRAINABLE)
-    transformer.add_adapter(_lora_config(rank, alpha, init, found), adapter_name=OLD)
+    with warnings.catch_warnings():  # peft warns that a second adapter is being added: that is the point here
+        warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+        transformer.add_adapter(_lora_config(rank, alpha, init, found), adapter_name=OLD)
     with torch.no_grad():
         for p_old, p in zip(adapter_params(transformer, OLD), adapter_params(transformer, TRAINABLE), strict=True):
             p_old.copy_(p)

@@ -35,3 +35,14 @@ def fresh_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     get_settings(fresh=True)
     yield home
     get_settings(fresh=True)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():  # type: ignore[no-untyped-def]
+    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine spinning threads cost ~10x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -54,9 +54,22 @@ def test_models_tiny_critic_writes_a_loadable_critic(tmp_path: Path) -> None:
 
 
 def test_score_edit_both_readouts(formatted_critic_dir: Path, pictures: dict[str, Path]) -> None:
-    base = ["critic", "score", "--model", str(formatted_critic_dir), "--task", "edit", "--source",
-            str(pictures["src"]), "--edited", str(pictures["dst"]), "--instruction", "Make the red square blue.",
-            "--max-new-tokens", "48"]
+    base = [
+        "critic",
+        "score",
+        "--model",
+        str(formatted_critic_dir),
+        "--task",
+        "edit",
+        "--source",
+        str(pictures["src"]),
+        "--edited",
+        str(pictures["dst"]),
+        "--instruction",
+        "Make the red square blue.",
+        "--max-new-tokens",
+        "48",
+    ]
     code, data, err = _run(*base)
     assert code == 0, err
     execution, consistency = data["judgements"]
@@ -76,15 +89,39 @@ def test_score_edit_both_readouts(formatted_critic_dir: Path, pictures: dict[str
 def test_score_gen_with_quality_and_untrained_critic(
     formatted_critic_dir: Path, tiny_critic_dir: Path, pictures: dict[str, Path]
 ) -> None:
-    code, data, err = _run("critic", "score", "--model", str(formatted_critic_dir), "--task", "gen", "--image",
-                           str(pictures["gen"]), "--prompt", "two green circles", "--quality",
-                           "--max-new-tokens", "48")
+    code, data, err = _run(
+        "critic",
+        "score",
+        "--model",
+        str(formatted_critic_dir),
+        "--task",
+        "gen",
+        "--image",
+        str(pictures["gen"]),
+        "--prompt",
+        "two green circles",
+        "--quality",
+        "--max-new-tokens",
+        "48",
+    )
     assert code == 0, err
     assert [j["axis"] for j in data["judgements"]] == ["instruction", "quality"]
     assert data["reward"]["formulation"] == "qma" and 0.0 <= data["reward"]["reward"] <= 1.0
     # the untrained critic's answers do not parse: the reward is skipped (null), never a silent 0
-    code, data, err = _run("critic", "score", "--model", str(tiny_critic_dir), "--task", "gen", "--image",
-                           str(pictures["gen"]), "--prompt", "two green circles", "--max-new-tokens", "8")
+    code, data, err = _run(
+        "critic",
+        "score",
+        "--model",
+        str(tiny_critic_dir),
+        "--task",
+        "gen",
+        "--image",
+        str(pictures["gen"]),
+        "--prompt",
+        "two green circles",
+        "--max-new-tokens",
+        "8",
+    )
     assert code == 0, err
     [judgement] = data["judgements"]
     assert judgement["status"] != "ok" and judgement["score"] is None
@@ -95,11 +132,22 @@ def test_score_gen_with_quality_and_untrained_critic(
     ("extra", "message"),
     [
         (["--task", "edit", "--source", "{src}"], "--task edit needs --edited, --instruction"),
-        (["--task", "gen", "--image", "{gen}", "--prompt", "p", "--source", "{src}"],
-         "--source cannot be used with --task gen"),
-        (["--task", "gen", "--image", "{txt}", "--prompt", "p"], "image of sample cli ({txt}): not an image file"),
-        (["--task", "gen", "--image", "{gen}", "--prompt", "  "], "gen/instruction (sample cli): prompt must not"),
-        (["--task", "gen", "--image", "{gen}/missing.png", "--prompt", "p"], "--image {gen}/missing.png: no such"),
+        (
+            ["--task", "gen", "--image", "{gen}", "--prompt", "p", "--source", "{src}"],
+            "--source cannot be used with --task gen",
+        ),
+        (
+            ["--task", "gen", "--image", "{txt}", "--prompt", "p"],
+            "image of sample cli ({txt}): not an image file",
+        ),
+        (
+            ["--task", "gen", "--image", "{gen}", "--prompt", "  "],
+            "gen/instruction (sample cli): prompt must not",
+        ),
+        (
+            ["--task", "gen", "--image", "{gen}/missing.png", "--prompt", "p"],
+            "--image {gen}/missing.png: no such",
+        ),
         (["--task", "paint", "--image", "{gen}"], "unknown --task 'paint'"),
         (["--task", "gen", "--image", "{gen}", "--prompt", "p", "--readout", "logits"], "unknown --readout"),
     ],
@@ -119,13 +167,33 @@ def test_score_bad_input_one_line_error(
 def test_firmctl_entry_point_subprocess(tiny_critic_dir: Path, pictures: dict[str, Path]) -> None:
     """The installed `firmctl` script itself (not just the Typer app) scores an edit."""
     exe = Path(sys.executable).with_name("firmctl")
-    cmd = [str(exe), "critic", "score", "--model", str(tiny_critic_dir), "--task", "edit", "--source",
-           str(pictures["src"]), "--edited", str(pictures["dst"]), "--instruction", "Make it blue.",
-           "--readout", "expected", "--max-new-tokens", "4"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ})
+    cmd = [
+        str(exe),
+        "critic",
+        "score",
+        "--model",
+        str(tiny_critic_dir),
+        "--task",
+        "edit",
+        "--source",
+        str(pictures["src"]),
+        "--edited",
+        str(pictures["dst"]),
+        "--instruction",
+        "Make it blue.",
+        "--readout",
+        "expected",
+        "--max-new-tokens",
+        "4",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr
-    data = json.loads(res.stdout)
+    data = json.loads(res.stdout)  # stdout is exactly one JSON document (library chatter goes to stderr)
     assert len(data["judgements"]) == 2 and all(1 <= j["expected_score"] <= 5 for j in data["judgements"])
-    missing = subprocess.run([*cmd[:4], "/no/such/critic", *cmd[5:]], capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 1
-    assert missing.stderr.strip().splitlines()[-1] == "error: critic model '/no/such/critic': no such directory"
+
+
+def test_missing_model_is_one_line(pictures: dict[str, Path]) -> None:
+    code, _, err = _run("critic", "score", "--model", "/no/such/critic", "--task", "gen", "--image",
+                        str(pictures["gen"]), "--prompt", "p")
+    assert code == 1 and err.strip() == "error: critic model '/no/such/critic': no such directory"

@@ -21,11 +21,23 @@ def _mixed_requests() -> list[CriticRequest]:
     src, dst, instruction = edit_pair("blue", "red", "circle")
     wide = shapes_image([("square", "yellow"), ("triangle", "green")], size=(112, 56))
     return [
-        CriticRequest(task="edit", axis="execution", images=[src, dst], instruction=instruction, sample_id="e1"),
-        CriticRequest(task="edit", axis="consistency", images=[src, wide], instruction="Add a yellow square.",
-                      sample_id="e2"),
-        CriticRequest(task="gen", axis="instruction", images=[wide], prompt="a yellow square and a green triangle",
-                      sample_id="g1"),
+        CriticRequest(
+            task="edit", axis="execution", images=[src, dst], instruction=instruction, sample_id="e1"
+        ),
+        CriticRequest(
+            task="edit",
+            axis="consistency",
+            images=[src, wide],
+            instruction="Add a yellow square.",
+            sample_id="e2",
+        ),
+        CriticRequest(
+            task="gen",
+            axis="instruction",
+            images=[wide],
+            prompt="a yellow square and a green triangle",
+            sample_id="g1",
+        ),
         CriticRequest(task="gen", axis="quality", images=[dst], sample_id="g2"),
         CriticRequest(task="gen", axis="instruction", images=[src], prompt="a red circle", sample_id="g3"),
     ]
@@ -143,8 +155,12 @@ def test_reward_helpers_combine_with_the_formulas(formatted_critic: Critic, tmp_
     src, dst, instruction = edit_pair()
     src.save(tmp_path / "src.png")
     dst.save(tmp_path / "dst.png")
-    sample = EditSample(id="x", source_image=str(tmp_path / "src.png"), edited_image=str(tmp_path / "dst.png"),
-                        instruction=instruction)
+    sample = EditSample(
+        id="x",
+        source_image=str(tmp_path / "src.png"),
+        edited_image=str(tmp_path / "dst.png"),
+        instruction=instruction,
+    )
     [(reward, (e, c))] = formatted_critic.edit_rewards([sample])
     assert e.sample_id == "x" and reward.status == "ok" and reward.formulation == "cme"
     assert reward.reward == pytest.approx(cme((e.score - 1) / 4, (c.score - 1) / 4))
@@ -156,7 +172,11 @@ def test_reward_helpers_combine_with_the_formulas(formatted_critic: Critic, tmp_
     assert greward.formulation == "qma"
     assert greward.reward == pytest.approx(qma((i.score - 1) / 4, (min(q.score) - 1) / 4))
     [(only_i, (i2, q2))] = formatted_critic.gen_rewards([gen], quality=False)
-    assert q2 is None and only_i.formulation == "instruction" and only_i.reward == pytest.approx((i2.score - 1) / 4)
+    assert (
+        q2 is None
+        and only_i.formulation == "instruction"
+        and only_i.reward == pytest.approx((i2.score - 1) / 4)
+    )
 
 
 def test_save_load_round_trip_identical_logits_and_judgements(tiny_critic: Critic, tmp_path: Path) -> None:
@@ -174,20 +194,30 @@ def test_save_load_round_trip_identical_logits_and_judgements(tiny_critic: Criti
     assert tiny_critic.judge(reqs, readout="expected") == again.judge(reqs, readout="expected")
 
 
-def test_from_published_uri_and_dtype(tiny_critic_dir: Path, tiny_critic: Critic, tmp_path: Path,
-                                      fresh_home: Path) -> None:
-    from firm.storage import publish_dir
+@pytest.mark.parametrize("scheme", ["file", "s3"])
+def test_from_published_uri_and_dtype(
+    scheme: str, tiny_critic_dir: Path, tiny_critic: Critic, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from firm.config import get_settings
+    from firm.storage import S3Store, publish_dir
 
-    uri = (tmp_path / "store" / "critics" / "tiny").as_uri()
+    if scheme == "s3":
+        env = request.getfixturevalue("s3_env")
+        S3Store.from_settings(env["bucket"], get_settings(fresh=True)).make_bucket()
+        uri = f"s3://{env['bucket']}/critics/tiny"
+    else:
+        uri = (tmp_path / "store" / "critics" / "tiny").as_uri()
+    home = request.getfixturevalue("fresh_home")
     publish_dir(tiny_critic_dir, uri)
     published = Critic.from_pretrained(uri, max_new_tokens=tiny_critic.max_new_tokens)
-    assert fresh_home in Path(published.model.name_or_path).parents  # fetched into the verified cache
+    assert home in Path(published.model.name_or_path).parents  # fetched into the verified cache
     reqs = _mixed_requests()[:2]
     assert published.judge(reqs) == tiny_critic.judge(reqs)
-    half = Critic.from_pretrained(tiny_critic_dir, dtype="bfloat16", max_new_tokens=4)
-    assert half.model.dtype == torch.bfloat16
-    js = half.judge(reqs, readout="expected")
-    assert all(1.0 <= j.expected_score <= 5.0 for j in js)
+    if scheme == "file":
+        half = Critic.from_pretrained(tiny_critic_dir, dtype="bfloat16", max_new_tokens=4)
+        assert half.model.dtype == torch.bfloat16
+        js = half.judge(reqs, readout="expected")
+        assert all(1.0 <= j.expected_score <= 5.0 for j in js)
 
 
 def test_huge_image_is_resized_to_the_pixel_budget(tiny_critic: Critic) -> None:
@@ -236,12 +266,18 @@ def test_bad_images_fail_before_any_generation(tiny_critic: Critic, tmp_path: Pa
     empty.write_bytes(b"")
     good = png_bytes(shapes_image())
     cases = [
-        (EditInput(source=good, edited=str(not_image), instruction="x", sample_id="s1"),
-         f"edited image of sample s1 \\({not_image}\\): not an image file"),
-        (EditInput(source=str(empty), edited=good, instruction="x", sample_id="s2"),
-         "source image of sample s2 .*empty file"),
-        (EditInput(source=str(tmp_path / "gone.png"), edited=good, instruction="x", sample_id="s3"),
-         "no such file"),
+        (
+            EditInput(source=good, edited=str(not_image), instruction="x", sample_id="s1"),
+            f"edited image of sample s1 \\({not_image}\\): not an image file",
+        ),
+        (
+            EditInput(source=str(empty), edited=good, instruction="x", sample_id="s2"),
+            "source image of sample s2 .*empty file",
+        ),
+        (
+            EditInput(source=str(tmp_path / "gone.png"), edited=good, instruction="x", sample_id="s3"),
+            "no such file",
+        ),
     ]
     calls: list[int] = []
     tiny_critic.model.generate = lambda *a, **k: calls.append(1)  # must never be reached
@@ -256,7 +292,7 @@ def test_bad_images_fail_before_any_generation(tiny_critic: Critic, tmp_path: Pa
     assert calls == []
     with pytest.raises(InputError, match="unknown readout 'logits'"):
         tiny_critic.judge([], readout="logits")  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="critic model './no/such/dir': no such directory"):
+    with pytest.raises(InputError, match=r"critic model '\./no/such/dir': no such directory"):
         Critic.from_pretrained("./no/such/dir")
 
 
@@ -267,3 +303,16 @@ def test_model_dir_is_untouched_by_loading(tiny_critic_dir: Path, tmp_path: Path
     before = {p.name: p.stat().st_mtime_ns for p in copy.iterdir()}
     Critic.from_pretrained(copy, max_new_tokens=2)
     assert {p.name: p.stat().st_mtime_ns for p in copy.iterdir()} == before
+
+
+def test_non_vision_or_bad_dtype_model_is_a_config_error(tiny_critic_dir: Path, tmp_path: Path) -> None:
+    from transformers import Qwen3Config
+
+    from firm.errors import ConfigError
+
+    text_only = tmp_path / "text-only"
+    Qwen3Config(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(text_only)
+    with pytest.raises(ConfigError, match="not an image-text-to-text model"):
+        Critic.from_pretrained(text_only)
+    with pytest.raises(ConfigError, match="unknown dtype 'nn'"):
+        Critic.from_pretrained(tiny_critic_dir, dtype="nn")

@@ -31,7 +31,10 @@ def test_chat_template_several_images_and_generation_prompt(tiny_critic_dir: Pat
 
     proc = FirmQwen3VLProcessor.from_pretrained(tiny_critic_dir)
     msgs = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Compare."}]},
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Compare."}],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": "Done."}]},
     ]
     text = proc.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)

@@ -149,3 +149,43 @@ def build_tiny_sd3(
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out)
     return out
+
+
+TINY_GEN_PROMPTS = [
+    "a red apple on a table",
+    "a blue sky over the sea",
+    "a green field at noon",
+    "a dark street at night",
+    "a yellow flower in a pot",
+    "a white cat on a sofa",
+    "an orange sunset over hills",
+    "a black dog in the snow",
+]
+
+
+def write_prompts(path: str | Path, prompts: list[str] | None = None) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("".join(x + "\n" for x in (prompts or TINY_GEN_PROMPTS)))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m firm.rl.policies.tiny sd3 OUT_DIR [--prompts FILE] [--sample-size N]`: build a tiny policy."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m firm.rl.policies.tiny")
+    ap.add_argument("kind", choices=["sd3"])
+    ap.add_argument("out_dir")
+    ap.add_argument("--prompts", default=None, help="also write a small prompt file here")
+    ap.add_argument("--sample-size", type=int, default=4, help="latent side (4 → 32 px, 8 → 64 px)")
+    args = ap.parse_args(argv)
+    build_tiny_sd3(args.out_dir, sample_size=args.sample_size)
+    if args.prompts:
+        write_prompts(args.prompts)
+    print(args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

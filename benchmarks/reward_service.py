@@ -1,0 +1,193 @@
+"""Reward service throughput: Triton (dynamic batching on/off) vs in-process one-at-a-time vs in-process batched.
+
+Run (CPU; what benchmarks/results/reward_service.md reports):
+    .venv/bin/python benchmarks/reward_service.py --sizes tiny small
+
+Each request is ONE edit (source, edited, instruction) sent to `firm_edit_reward`, which scores both axes
+(execution + consistency) in one batched generate and applies CME. Clients are `--concurrency` asyncio workers on
+one gRPC channel (tritonclient.grpc.aio), each sending batch-1 requests back to back for `--requests` requests in
+all; we report requests/s and p50/p99 latency. Baselines, measured side by side in the same run on the same
+critic directory:
+- one-at-a-time: `Critic.edit_rewards([item])` in-process, one request after another (what a Flask/gunicorn
+  worker without cross-request batching does);
+- batched limit: `Critic.edit_rewards(items, batch_size=2·B)` in-process on B edits at once (B = 8, 16): the
+  throughput a perfect batcher could reach with no serving overhead.
+
+The critics are random-init (`firm.models.tiny.build_tiny_critic`) with EOS disabled in their generation config,
+so every answer runs to exactly `--max-new-tokens` and every request costs the same. The service shares the 2
+CPU cores with the benchmark's client, as a trainer would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def build_critic(size: str, root: Path) -> Path:
+    from firm.models.tiny import build_tiny_critic
+
+    d = build_tiny_critic(root / f"critic-{size}", size=size)  # type: ignore[arg-type]
+    gc_path = d / "generation_config.json"
+    gc = json.loads(gc_path.read_text()) if gc_path.exists() else {}
+    gc["eos_token_id"] = None  # fixed-length answers: every request does the same work
+    gc_path.write_text(json.dumps(gc))
+    return d
+
+
+def items(n: int) -> list[tuple[Any, Any, str]]:
+    from firm.models.images import shapes_image
+
+    colours = ["red", "green", "blue", "yellow", "purple", "orange"]
+    out = []
+    for k in range(n):
+        a, b = colours[k % 6], colours[(k + 1) % 6]
+        out.append((shapes_image([("square", a)]), shapes_image([("square", b)]), f"Make the {a} square {b}."))
+    return out
+
+
+def in_process(critic_dir: Path, args: argparse.Namespace) -> dict[str, float]:
+    from firm.critic.critic import Critic, EditInput
+    from firm.rewards.formulas import EditRewardConfig
+
+    critic = Critic.from_pretrained(critic_dir, max_pixels=args.max_pixels, max_new_tokens=args.max_new_tokens)
+    cfg = EditRewardConfig()
+    data = [EditInput(source=s, edited=d, instruction=t) for s, d, t in items(64)]
+    critic.edit_rewards(data[:2], cfg, batch_size=4)  # warm-up
+    out: dict[str, float] = {}
+    n1 = args.one_at_a_time
+    t = time.perf_counter()
+    for k in range(n1):
+        critic.edit_rewards([data[k % len(data)]], cfg, batch_size=2)
+    out["one_at_a_time"] = n1 / (time.perf_counter() - t)
+    for b in (8, 16):
+        reps = max(2, args.batched_items // b)
+        t = time.perf_counter()
+        for r in range(reps):
+            chunk = [data[(r * b + i) % len(data)] for i in range(b)]
+            critic.edit_rewards(chunk, cfg, batch_size=2 * b)
+        out[f"batched_{b}"] = reps * b / (time.perf_counter() - t)
+    return out
+
+
+async def drive(url: str, concurrency: int, n: int) -> tuple[float, list[float]]:
+    import numpy as np
+    import tritonclient.grpc.aio as grpcclient
+
+    from firm.serving.encoding import encode_image
+
+    payloads = [(encode_image(s), encode_image(d), t.encode()) for s, d, t in items(32)]
+    client = grpcclient.InferenceServerClient(url)
+
+    def inputs(k: int) -> list[Any]:
+        out = []
+        for name, v in zip(("source_image", "edited_image", "instruction"), payloads[k % len(payloads)], strict=True):
+            i = grpcclient.InferInput(name, [1, 1], "BYTES")
+            i.set_data_from_numpy(np.array([[v]], dtype=np.object_))
+            out.append(i)
+        return out
+
+    # warm-up: one round at this concurrency
+    await asyncio.gather(*(client.infer("firm_edit_reward", inputs(k)) for k in range(concurrency)))
+    latencies: list[float] = []
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        for k in counter:
+            t = time.perf_counter()
+            await client.infer("firm_edit_reward", inputs(k))
+            latencies.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    await client.close()
+    return n / wall, latencies
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def serve(critic_dir: Path, args: argparse.Namespace, batching: bool, root: Path) -> dict[int, tuple[float, float, float]]:
+    from firm.serving.export import BatchingConfig, ExportConfig, export_repository
+    from firm.serving.server import TritonServer
+
+    cfg = ExportConfig(
+        critic=str(critic_dir), task="edit", critic_model=False, max_new_tokens=args.max_new_tokens,
+        max_pixels=args.max_pixels,
+        batching=BatchingConfig(
+            enabled=batching, max_batch_size=16, preferred_batch_sizes=args.preferred,
+            max_queue_delay_us=args.queue_delay_us,
+        ),
+    )
+    repo = export_repository(cfg, root / f"repo-{critic_dir.name}-{'db' if batching else 'nodb'}")
+    res: dict[int, tuple[float, float, float]] = {}
+    with TritonServer(repo) as srv:
+        for c in args.concurrency:
+            n = max(args.requests, 4 * c)
+            rps, lat = asyncio.run(drive(srv.grpc_url, c, n))
+            res[c] = (rps, pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3)
+            print(f"  triton {'on ' if batching else 'off'} C={c:<3d} {rps:7.1f} req/s  p50 {res[c][1]:6.1f} ms  "
+                  f"p99 {res[c][2]:6.1f} ms", flush=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=["tiny", "small"])
+    ap.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
+    ap.add_argument("--requests", type=int, default=192, help="requests per concurrency level")
+    ap.add_argument("--one-at-a-time", type=int, default=48)
+    ap.add_argument("--batched-items", type=int, default=96)
+    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--max-pixels", type=int, default=64 * 64)
+    ap.add_argument("--preferred", nargs="+", type=int, default=[8, 16])
+    ap.add_argument("--queue-delay-us", type=int, default=5000)
+    ap.add_argument("--no-off", action="store_true", help="skip the dynamic-batching-off server")
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
+    args = ap.parse_args()
+
+    load = os.getloadavg()
+    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    rows = []
+    raw: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="firm-bench-serve-") as tmp:
+        root = Path(tmp)
+        for size in args.sizes:
+            d = build_critic(size, root)
+            base = in_process(d, args)
+            print(f"{size}: in-process one-at-a-time {base['one_at_a_time']:.1f}/s, batched-8 {base['batched_8']:.1f}/s, "
+                  f"batched-16 {base['batched_16']:.1f}/s", flush=True)
+            on = serve(d, args, True, root)
+            off = {} if args.no_off else serve(d, args, False, root)
+            raw[size] = {"in_process": base, "on": on, "off": off}
+            for c in args.concurrency:
+                limit = base["batched_16"] if c >= 16 else base["batched_8"] if c >= 8 else base["one_at_a_time"]
+                rps, p50, p99 = on[c]
+                off_s = f"{off[c][0]:.1f}" if c in off else "-"
+                rows.append(
+                    f"| {size} | {c} | {rps:.1f} | {p50:.0f} / {p99:.0f} | {off_s} | {base['one_at_a_time']:.1f} | "
+                    f"{limit:.1f} | {rps / base['one_at_a_time']:.2f}× | {rps / limit:.0%} |"
+                )
+    load_end = os.getloadavg()
+    print()
+    print(f"load average: start {load[0]:.2f}, end {load_end[0]:.2f}; preferred={args.preferred}, "
+          f"queue delay {args.queue_delay_us} µs, max_new_tokens={args.max_new_tokens}")
+    print("| critic | C | Triton DB on req/s | p50 / p99 ms | DB off req/s | one-at-a-time /s | limit /s (batch) | "
+          "on ÷ one-at-a-time | on ÷ limit |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    if args.json:
+        args.json.write_text(json.dumps(raw, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Learning tests: on the tiny SD3 policy, NFT and GRPO raise a cheap known reward (image brightness) that flows
+through the reward interface; unparseable samples are dropped; a failing reward service fails the step clearly."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from firm.rl.rewards import BrightnessReward, RewardItem, RewardServiceError
+from firm.schemas import RewardBreakdown
+
+
+@torch.no_grad()
+def _eval_brightness(trainer, n: int = 32) -> float:  # noqa: ANN001
+    """Mean brightness of the current policy's samples (its own sampler: ODE for NFT, SDE for GRPO) on fixed noise,
+    independent of the training noise."""
+    from firm.rl.sampling import ode_rollout, sde_rollout
+
+    pol = trainer.policy
+    cond = pol.encode(["a red apple on a table", "a dark street at night"]).repeat(n // 2)
+    g = torch.Generator().manual_seed(1234)
+    noise = pol.initial_noise(n, g, cond)
+    sig = pol.sigmas(4, cond)
+    if trainer.cfg.algorithm == "grpo":
+        traj = sde_rollout(pol.velocity, noise, sig, cond, noise_level=trainer.cfg.grpo.noise_level, generator=g)
+    else:
+        traj = ode_rollout(pol.velocity, noise, sig, cond)
+    return float(pol.decode(traj.final, cond).mean())
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "steps", "overrides"),
+    [
+        ("nft", 16, {"optim__lr": 1e-2}),
+        # SDE rollouts are noisier: larger groups and more prompts per step
+        ("grpo", 20, {"optim__lr": 2e-2, "grpo__kl_coef": 0.0, "sampling__group_size": 8, "sampling__prompts_per_step": 4}),
+    ],
+)
+def test_mean_reward_rises(tiny_cfg, algorithm: str, steps: int, overrides: dict) -> None:  # noqa: ANN001
+    from firm.rl.trainer import Trainer
+
+    cfg = tiny_cfg(algorithm, steps=steps, **overrides)
+    trainer = Trainer(cfg)
+    before = _eval_brightness(trainer)
+    results = trainer.train(progress=False)
+    after = _eval_brightness(trainer)
+    rewards = [r.metrics["reward/mean"] for r in results]
+    assert len(rewards) == steps
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert last > first + 0.015, rewards
+    assert after > before + 0.02, (before, after)
+    m = results[-1].metrics
+    for key in ("reward/std", "groups/zero_std_ratio", "loss/kl", "hacking/detail", "hacking/entropy",
+                "time/rollout", "time/reward_wait", "time/update"):
+        assert key in m
+    assert m["reward/parse_failure_rate"] == 0.0
+
+
+class FlakyCritic:
+    """Brightness, but every 3rd answer "did not parse" (reward None), like a critic with a garbled output."""
+
+    task = "gen"
+
+    def __init__(self) -> None:
+        self.inner = BrightnessReward()
+        self.calls = 0
+
+    def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]:
+        out = self.inner(items)
+        for i, b in enumerate(out):
+            self.calls += 1
+            if self.calls % 3 == 0:
+                out[i] = RewardBreakdown(task="gen", formulation="qma", reward=None, status="unparseable:instruction")
+        return out
+
+
+def test_unparseable_samples_are_dropped_and_reported(tiny_cfg) -> None:  # noqa: ANN001
+    from firm.rl.trainer import Trainer
+
+    trainer = Trainer(tiny_cfg(steps=2, reward__async_overlap=True), reward=FlakyCritic())
+    results = trainer.train(progress=False)
+    # 8 samples per step, every 3rd dropped
+    rates = [r.metrics["reward/parse_failure_rate"] for r in results]
+    assert rates == [pytest.approx(3 / 8), pytest.approx(3 / 8)]
+    assert all(r.metrics["reward/mean"] > 0 for r in results)  # the mean is over scored samples only
+
+
+class DownService:
+    task = "gen"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]:
+        self.calls += 1
+        raise ConnectionError("failed to connect to all addresses; 127.0.0.1:1")
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_reward_service_down_fails_the_step_after_retries(tiny_cfg, overlap: bool) -> None:  # noqa: ANN001
+    from firm.rl import lora
+    from firm.rl.trainer import Trainer
+
+    svc = DownService()
+    trainer = Trainer(tiny_cfg(steps=1, reward__retries=2, reward__async_overlap=overlap), reward=svc)
+    before = [p.detach().clone() for p in lora.trainable_params(trainer.policy.transformer)]
+    with pytest.raises(RewardServiceError, match="failed after 3 attempts.*127.0.0.1:1"):
+        trainer.train(progress=False)
+    assert svc.calls >= 3
+    after = lora.trainable_params(trainer.policy.transformer)
+    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))  # nothing trained on fabricated rewards
+    assert trainer.step == 0

@@ -1,0 +1,119 @@
+"""SFT configs: shipped recipes parse, overrides, clear errors for unknown keys and bad world sizes; launcher."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from firm.critic.sft_config import SFTConfig, load_sft_config
+from firm.errors import ConfigError
+from firm.recipes import list_recipes, recipe_path
+
+PAPER = {
+    "qwen3vl_8b_edit_full": (10, 2, 160),
+    "qwen3vl_8b_gen_full": (5, 2, 80),
+}
+
+
+def test_every_shipped_recipe_parses_and_says_how_to_run_it() -> None:
+    recipes = list_recipes()
+    names = {r.name for r in recipes}
+    assert {"critic/tiny_cpu", "critic/qwen3vl_8b_edit_full", "critic/qwen3vl_8b_gen_full"} <= names
+    assert "critic/qwen3vl_8b_edit_lora" in names
+    for r in recipes:
+        data = yaml.safe_load(r.path.read_text())
+        assert isinstance(data, dict), r.name
+        header = r.path.read_text().split("\n\n", 1)[0]
+        assert r.description, f"{r.name}: no header comment"
+        if r.kind == "critic":
+            cfg = load_sft_config(r.name)
+            assert "firmctl critic train" in header and "torchrun" in header, r.name
+            assert cfg.run_name
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_recipes_match_the_paper(name: str) -> None:
+    cfg = load_sft_config(f"critic/{name}")
+    per_device, accum, global_batch = PAPER[name]
+    assert (cfg.batch.per_device, cfg.batch.grad_accum, cfg.batch.global_size) == (per_device, accum, global_batch)
+    assert cfg.global_batch(8) == global_batch
+    assert cfg.finetune == "full" and cfg.precision == "bf16" and cfg.seed == 42 and cfg.epochs == 1
+    o = cfg.optim
+    assert (o.lr, o.betas, o.eps, o.scheduler, o.warmup_ratio) == (1e-5, (0.9, 0.999), 1e-8, "cosine", 0.1)
+    assert cfg.model.path == "Qwen/Qwen3-VL-8B-Instruct"
+    with pytest.raises(ConfigError, match=r"world size \(4\)"):
+        cfg.global_batch(4)
+
+
+def test_lora_recipe_targets_the_language_model() -> None:
+    cfg = load_sft_config("qwen3vl_8b_edit_lora")  # a unique bare name works too
+    assert cfg.finetune == "lora" and "q_proj" in cfg.lora.target_modules and cfg.lora.merge_on_export
+
+
+def test_overrides_are_typed_and_unknown_keys_are_errors() -> None:
+    cfg = load_sft_config(
+        "critic/tiny_cpu",
+        ["optim.lr=3e-4", "batch.per_device=2", "lora.target_modules=[q_proj, v_proj]", "max_steps=7", "finetune=lora"],
+    )
+    assert cfg.optim.lr == 3e-4 and cfg.batch.per_device == 2 and cfg.max_steps == 7
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"]
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrate'.*known: betas, eps, lr"):
+        load_sft_config("critic/tiny_cpu", ["optim.lrate=1"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'nope'"):
+        load_sft_config("critic/tiny_cpu", ["nope=1"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_sft_config("critic/tiny_cpu", ["seed.x=1"])
+    with pytest.raises(ConfigError, match="invalid config at batch.per_device"):
+        load_sft_config("critic/tiny_cpu", ["batch.per_device=0"])
+    with pytest.raises(ConfigError, match="no config file or shipped recipe"):
+        load_sft_config("critic/does_not_exist")
+
+
+def test_unknown_key_in_a_yaml_file(tmp_path: Path) -> None:
+    data = yaml.safe_load(recipe_path("critic/tiny_cpu").read_text())
+    data["optim"]["learning_rate"] = 1.0
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="unknown config key 'optim.learning_rate'"):
+        load_sft_config(path)
+
+
+def test_world_size_must_divide_the_global_batch() -> None:
+    cfg = SFTConfig.model_validate(
+        {"run_name": "x", "model": {"path": "m"}, "data": {"dataset": "d"}, "batch": {"per_device": 2, "global_size": 8}}
+    )
+    assert cfg.global_batch(4) == 8
+    with pytest.raises(ConfigError, match=r"batch.global_size=8 .* world size \(3\) = 6"):
+        cfg.global_batch(3)
+
+
+def test_cli_rejects_bad_config_before_starting_processes() -> None:
+    firmctl = Path(sys.executable).parent / "firmctl"
+    for args, msg in [
+        (["--nproc", "3", "batch.global_size=16"], "batch.global_size=16"),
+        (["optim.lrr=1"], "unknown config key 'optim.lrr'"),
+    ]:
+        proc = subprocess.run(
+            [str(firmctl), "critic", "train", "--config", "critic/tiny_cpu", *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], proc.stderr
+    out = subprocess.run([str(firmctl), "recipes", "ls"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "critic/tiny_cpu" in out.stdout
+
+
+def test_torchrun_command_line() -> None:
+    from firm.launch.local import torchrun_command
+
+    cmd = torchrun_command("firm.critic.sft", ["--config", "x"], 2, master_port=29555)
+    assert cmd[1:3] == ["-m", "torch.distributed.run"]
+    assert cmd[cmd.index("--nproc_per_node") + 1] == "2" and cmd[cmd.index("--master_port") + 1] == "29555"
+    assert cmd[-4:] == ["-m", "firm.critic.sft", "--config", "x"]
+    with pytest.raises(ConfigError):
+        torchrun_command("m", [], 0)
