@@ -48,7 +48,9 @@ def items(n: int) -> list[tuple[Any, Any, str]]:
     out = []
     for k in range(n):
         a, b = colours[k % 6], colours[(k + 1) % 6]
-        out.append((shapes_image([("square", a)]), shapes_image([("square", b)]), f"Make the {a} square {b}."))
+        out.append(
+            (shapes_image([("square", a)]), shapes_image([("square", b)]), f"Make the {a} square {b}.")
+        )
     return out
 
 
@@ -56,7 +58,9 @@ def in_process(critic_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     from firm.critic.critic import Critic, EditInput
     from firm.rewards.formulas import EditRewardConfig
 
-    critic = Critic.from_pretrained(critic_dir, max_pixels=args.max_pixels, max_new_tokens=args.max_new_tokens)
+    critic = Critic.from_pretrained(
+        critic_dir, max_pixels=args.max_pixels, max_new_tokens=args.max_new_tokens
+    )
     cfg = EditRewardConfig()
     data = [EditInput(source=s, edited=d, instruction=t) for s, d, t in items(64)]
     critic.edit_rewards(data[:2], cfg, batch_size=4)  # warm-up
@@ -87,7 +91,9 @@ async def drive(url: str, concurrency: int, n: int) -> tuple[float, list[float]]
 
     def inputs(k: int) -> list[Any]:
         out = []
-        for name, v in zip(("source_image", "edited_image", "instruction"), payloads[k % len(payloads)], strict=True):
+        for name, v in zip(
+            ("source_image", "edited_image", "instruction"), payloads[k % len(payloads)], strict=True
+        ):
             i = grpcclient.InferInput(name, [1, 1], "BYTES")
             i.set_data_from_numpy(np.array([[v]], dtype=np.object_))
             out.append(i)
@@ -113,18 +119,26 @@ async def drive(url: str, concurrency: int, n: int) -> tuple[float, list[float]]
 
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
-def serve(critic_dir: Path, args: argparse.Namespace, batching: bool, root: Path) -> dict[int, tuple[float, float, float]]:
+def serve(
+    critic_dir: Path, args: argparse.Namespace, batching: bool, root: Path
+) -> dict[int, tuple[float, float, float]]:
     from firm.serving.export import BatchingConfig, ExportConfig, export_repository
     from firm.serving.server import TritonServer
 
     cfg = ExportConfig(
-        critic=str(critic_dir), task="edit", critic_model=False, max_new_tokens=args.max_new_tokens,
+        critic=str(critic_dir),
+        task="edit",
+        threads=args.threads,
+        critic_model=False,
+        max_new_tokens=args.max_new_tokens,
         max_pixels=args.max_pixels,
         batching=BatchingConfig(
-            enabled=batching, max_batch_size=16, preferred_batch_sizes=args.preferred,
+            enabled=batching,
+            max_batch_size=16,
+            preferred_batch_sizes=args.preferred,
             max_queue_delay_us=args.queue_delay_us,
         ),
     )
@@ -135,8 +149,11 @@ def serve(critic_dir: Path, args: argparse.Namespace, batching: bool, root: Path
             n = max(args.requests, 4 * c)
             rps, lat = asyncio.run(drive(srv.grpc_url, c, n))
             res[c] = (rps, pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3)
-            print(f"  triton {'on ' if batching else 'off'} C={c:<3d} {rps:7.1f} req/s  p50 {res[c][1]:6.1f} ms  "
-                  f"p99 {res[c][2]:6.1f} ms", flush=True)
+            print(
+                f"  triton {'on ' if batching else 'off'} C={c:<3d} {rps:7.1f} req/s  p50 {res[c][1]:6.1f} ms  "
+                f"p99 {res[c][2]:6.1f} ms",
+                flush=True,
+            )
     return res
 
 
@@ -151,10 +168,17 @@ def main() -> None:
     ap.add_argument("--max-pixels", type=int, default=64 * 64)
     ap.add_argument("--preferred", nargs="+", type=int, default=[8, 16])
     ap.add_argument("--queue-delay-us", type=int, default=5000)
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch threads, in-process and per server instance"
+    )
     ap.add_argument("--no-off", action="store_true", help="skip the dynamic-batching-off server")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = ap.parse_args()
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     rows = []
@@ -164,13 +188,18 @@ def main() -> None:
         for size in args.sizes:
             d = build_critic(size, root)
             base = in_process(d, args)
-            print(f"{size}: in-process one-at-a-time {base['one_at_a_time']:.1f}/s, batched-8 {base['batched_8']:.1f}/s, "
-                  f"batched-16 {base['batched_16']:.1f}/s", flush=True)
+            print(
+                f"{size}: in-process one-at-a-time {base['one_at_a_time']:.1f}/s, batched-8 {base['batched_8']:.1f}/s, "
+                f"batched-16 {base['batched_16']:.1f}/s",
+                flush=True,
+            )
             on = serve(d, args, True, root)
             off = {} if args.no_off else serve(d, args, False, root)
             raw[size] = {"in_process": base, "on": on, "off": off}
             for c in args.concurrency:
-                limit = base["batched_16"] if c >= 16 else base["batched_8"] if c >= 8 else base["one_at_a_time"]
+                limit = (
+                    base["batched_16"] if c >= 16 else base["batched_8"] if c >= 8 else base["one_at_a_time"]
+                )
                 rps, p50, p99 = on[c]
                 off_s = f"{off[c][0]:.1f}" if c in off else "-"
                 rows.append(
@@ -179,10 +208,15 @@ def main() -> None:
                 )
     load_end = os.getloadavg()
     print()
-    print(f"load average: start {load[0]:.2f}, end {load_end[0]:.2f}; preferred={args.preferred}, "
-          f"queue delay {args.queue_delay_us} µs, max_new_tokens={args.max_new_tokens}")
-    print("| critic | C | Triton DB on req/s | p50 / p99 ms | DB off req/s | one-at-a-time /s | limit /s (batch) | "
-          "on ÷ one-at-a-time | on ÷ limit |")
+    print(
+        f"load average: start {load[0]:.2f}, end {load_end[0]:.2f}; preferred={args.preferred}, "
+        f"queue delay {args.queue_delay_us} µs, max_new_tokens={args.max_new_tokens}, "
+        f"threads={args.threads or 'torch default'}"
+    )
+    print(
+        "| critic | C | Triton DB on req/s | p50 / p99 ms | DB off req/s | one-at-a-time /s | limit /s (batch) | "
+        "on ÷ one-at-a-time | on ÷ limit |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if args.json:

@@ -2,7 +2,7 @@
 
 `report.md` puts the paper's published MAE rows (FIRM-Bench, Tables 1–2) above this run's row so a critic can be
 compared at a glance, then the fuller table (n, MAE with bootstrap 95% CI, exact/within-1 accuracy, Pearson,
-Spearman, bias, parse failures). Plots (matplotlib, Agg backend): one confusion matrix per group
+Spearman, bias, parse failures). Plots (matplotlib's Agg canvas, no pyplot state): one confusion matrix per group
 (`confusion.png`) and human-vs-critic score histograms (`histograms.png`), both drawn from the report's confusion
 matrices (row sums = human histogram, column sums = critic histogram). `report.html` inlines the plots as base64 so
 it can be shown as a single KFP HTML artifact.
@@ -118,15 +118,16 @@ def _groups(report: BenchReport) -> list[tuple[str, GroupMetrics]]:
 
 
 def _figure_png(kind: str, report: BenchReport) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     groups = _groups(report)
     n = max(1, len(groups))
-    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.2), squeeze=False)
+    fig = Figure(figsize=(3.2 * n, 3.0), dpi=80)
+    FigureCanvasAgg(fig)  # Agg rendering without pyplot's global state
+    axes = fig.subplots(1, n, squeeze=False)
+    fig.subplots_adjust(left=0.5 / n, right=1 - 0.1 / n, bottom=0.17, top=0.88, wspace=0.45)
     if not groups:
         axes[0][0].text(0.5, 0.5, "no scored items", ha="center", va="center")
         axes[0][0].set_axis_off()
@@ -137,7 +138,16 @@ def _figure_png(kind: str, report: BenchReport) -> bytes:
             for i in range(5):
                 for j in range(5):
                     if cm[i, j]:
-                        ax.text(j + 1, i + 1, str(cm[i, j]), ha="center", va="center", fontsize=8)
+                        dark = cm[i, j] > cm.max() / 2
+                        ax.text(
+                            j + 1,
+                            i + 1,
+                            str(cm[i, j]),
+                            ha="center",
+                            va="center",
+                            fontsize=8,
+                            color="white" if dark else "black",
+                        )
             ax.set_xlabel("critic score")
             ax.set_ylabel("human score")
             ax.set_xticks(range(1, 6))
@@ -151,10 +161,8 @@ def _figure_png(kind: str, report: BenchReport) -> bytes:
             ax.set_ylabel("items")
             ax.legend(fontsize=7)
         ax.set_title(f"{name} (MAE {g.mae:.2f})", fontsize=9)
-    fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
+    fig.savefig(buf, format="png")
     return buf.getvalue()
 
 

@@ -15,7 +15,9 @@ from firm.cli.critic_cmd import app
 @cli_errors
 def train_cmd(
     ctx: typer.Context,
-    config: str = typer.Option(..., "--config", help="recipe YAML path or shipped recipe (firmctl recipes ls)"),
+    config: str = typer.Option(
+        ..., "--config", help="recipe YAML path or shipped recipe (firmctl recipes ls)"
+    ),
     nproc: int = typer.Option(1, "--nproc", help="local processes (torchrun --nproc_per_node)"),
     resume: str | None = typer.Option(None, "--resume", help="auto | none | checkpoint URI"),
 ) -> None:

@@ -29,7 +29,11 @@ def train(
 
     overrides = list(ctx.args)
     path = _config_path(config)
-    load_config(path, overrides)  # validate here: bad configs fail before any process starts
+    cfg = load_config(path, overrides)  # validate here: bad configs fail before any process starts
+    if cfg.sampling.prompts_per_step % nproc:
+        from firm.errors import ConfigError
+
+        raise ConfigError(f"sampling.prompts_per_step={cfg.sampling.prompts_per_step} is not divisible by {nproc} ranks")
     args = ["--config", str(path), *(["--resume", resume] if resume else []), *overrides]
     if nproc == 1:
         from firm.rl.train import main

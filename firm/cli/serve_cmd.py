@@ -25,39 +25,71 @@ def _ints(text: str, what: str) -> list[int]:
 def export(
     critic: str = typer.Option(..., help="Critic: local dir, file:// or s3:// URI, or a Hugging Face id."),
     task: str = typer.Option(..., help="edit | gen | all: which reward model(s) to export."),
-    out: str = typer.Option(..., help="Target: local directory, or file:// / s3:// URI (published atomically)."),
-    engine: str = typer.Option("python", help="python (transformers in the python backend) | vllm (GPU clusters)."),
+    out: str = typer.Option(
+        ..., help="Target: local directory, or file:// / s3:// URI (published atomically)."
+    ),
+    engine: str = typer.Option(
+        "python", help="python (transformers in the python backend) | vllm (GPU clusters)."
+    ),
     device: str = typer.Option("cpu", help="cpu | gpu: instance_group KIND_CPU or KIND_GPU."),
     instances: int = typer.Option(1, help="Model instances per model (instance_group count)."),
     max_batch_size: int = typer.Option(32, help="max_batch_size of the reward models."),
-    preferred_batch_size: str = typer.Option("4,8,16", help="Preferred dynamic batch sizes, comma-separated."),
+    preferred_batch_size: str = typer.Option(
+        "4,8,16", help="Preferred dynamic batch sizes, comma-separated."
+    ),
     max_queue_delay_us: int = typer.Option(3000, help="Dynamic batching max queue delay (microseconds)."),
     dynamic_batching: bool = typer.Option(True, "--dynamic-batching/--no-dynamic-batching"),
-    weights: str = typer.Option("copy", help="copy the weights into the repository, or reference the critic URI."),
-    critic_model: bool = typer.Option(True, "--critic-model/--no-critic-model", help="Also serve firm_critic."),
+    weights: str = typer.Option(
+        "copy", help="copy the weights into the repository, or reference the critic URI."
+    ),
+    critic_model: bool = typer.Option(
+        True, "--critic-model/--no-critic-model", help="Also serve firm_critic."
+    ),
     readout: str = typer.Option("text", help="text | expected."),
     max_pixels: int = typer.Option(512 * 512, help="Per-image pixel budget of the critic."),
     max_new_tokens: int = typer.Option(64, help="Critic answer length."),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16."),
+    threads: int = typer.Option(0, help="torch threads per model instance (0: torch's default)."),
     edit_formulation: str = typer.Option("cme", help="cme | sum | guard."),
     edit_w_base: float = typer.Option(0.6),
     edit_w_bonus: float = typer.Option(0.4),
     gen_w_base: float = typer.Option(0.4),
     gen_w_bonus: float = typer.Option(0.6),
-    gen_quality: bool = typer.Option(True, "--gen-quality/--no-gen-quality", help="QMA (quality) or instruction only."),
-    policy: str = typer.Option("skip", help="Unparsed answers: skip (reward null) | min_reward (0 + status)."),
+    gen_quality: bool = typer.Option(
+        True, "--gen-quality/--no-gen-quality", help="QMA (quality) or instruction only."
+    ),
+    policy: str = typer.Option(
+        "skip", help="Unparsed answers: skip (reward null) | min_reward (0 + status)."
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing local export."),
 ) -> None:
     """Write a Triton model repository (firm_critic + reward model(s)) for a critic."""
     from firm.serving.export import BatchingConfig, ExportConfig, export_repository
 
     cfg = ExportConfig(
-        critic=critic, task=task, engine=engine, device=device, instances=instances, weights=weights,
-        critic_model=critic_model, readout=readout, max_pixels=max_pixels, max_new_tokens=max_new_tokens,
-        dtype=dtype, edit_formulation=edit_formulation, edit_w_base=edit_w_base, edit_w_bonus=edit_w_bonus,
-        gen_w_base=gen_w_base, gen_w_bonus=gen_w_bonus, gen_quality=gen_quality, policy=policy,
+        critic=critic,
+        task=task,
+        engine=engine,
+        device=device,
+        instances=instances,
+        weights=weights,
+        critic_model=critic_model,
+        readout=readout,
+        max_pixels=max_pixels,
+        max_new_tokens=max_new_tokens,
+        dtype=dtype,
+        threads=threads,
+        edit_formulation=edit_formulation,
+        edit_w_base=edit_w_base,
+        edit_w_bonus=edit_w_bonus,
+        gen_w_base=gen_w_base,
+        gen_w_bonus=gen_w_bonus,
+        gen_quality=gen_quality,
+        policy=policy,
         batching=BatchingConfig(
-            enabled=dynamic_batching, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+            enabled=dynamic_batching,
+            max_batch_size=max_batch_size,
+            max_queue_delay_us=max_queue_delay_us,
             preferred_batch_sizes=_ints(preferred_batch_size, "--preferred-batch-size"),
         ),
     )
@@ -82,8 +114,13 @@ def start(
     from firm.serving.server import TritonServer
 
     server = TritonServer(
-        repository, host=host, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
-        startup_timeout=startup_timeout, log_path=log_file,
+        repository,
+        host=host,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        metrics_port=metrics_port,
+        startup_timeout=startup_timeout,
+        log_path=log_file,
     )
 
     def forward(signum: int, _frame: object) -> None:
@@ -92,12 +129,20 @@ def start(
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     server.start()
-    echo_json({**server.endpoints(), "log": str(server.log_path), "pid": server.process.pid if server.process else None})
+    echo_json(
+        {
+            **server.endpoints(),
+            "log": str(server.log_path),
+            "pid": server.process.pid if server.process else None,
+        }
+    )
     rc = server.wait()
     if rc != 0:
         from firm.serving.server import triton_error_line
 
-        typer.echo(f"error: tritonserver exited with code {rc}: {triton_error_line(server.read_log())}", err=True)
+        typer.echo(
+            f"error: tritonserver exited with code {rc}: {triton_error_line(server.read_log())}", err=True
+        )
         raise typer.Exit(1)
 
 
@@ -120,7 +165,11 @@ def score(
 
     url = endpoint or get_settings().triton_url
     if task == "edit":
-        missing = [n for n, v in (("--source", source), ("--edited", edited), ("--instruction", instruction)) if not v]
+        missing = [
+            n
+            for n, v in (("--source", source), ("--edited", edited), ("--instruction", instruction))
+            if not v
+        ]
         if missing:
             raise InputError(f"--task edit needs {', '.join(missing)}")
     elif task == "gen":

@@ -188,8 +188,7 @@ class Critic:
 
         self.model = model.eval()
         self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.tokenizer.padding_side = "left"
+        self.tokenizer = processor.tokenizer  # left padding is asked for per call; the processor is not modified
         self.name = name
         self.max_new_tokens = max_new_tokens
         self.max_decode_pixels = max_decode_pixels
@@ -275,6 +274,8 @@ class Critic:
         """
         if readout not in ("text", "expected"):
             raise InputError(f"unknown readout {readout!r}; expected 'text' or 'expected'")
+        if not requests:
+            return []
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         requests = [r if isinstance(r, CriticRequest) else CriticRequest.model_validate(r) for r in requests]
@@ -299,7 +300,9 @@ class Critic:
         return req, render_prompt(self.processor, messages), images
 
     def _encode(self, prompts: list[str], images: list[Any]) -> Any:
-        enc = self.processor(text=prompts, images=images, padding=True, return_tensors="pt", size=self._size)
+        enc = self.processor(
+            text=prompts, images=images, padding=True, padding_side="left", return_tensors="pt", size=self._size
+        )
         return enc.to(self.device)
 
     def _generation_config(self, want_logits: bool) -> Any:

@@ -65,6 +65,7 @@ class TrainResult(BaseModel):
     export_dir: Path | None
     checkpoints: list[str]
     resumed_from: str | None = None
+    skipped_rows: int = 0
 
 
 # ----------------------------------------------------------------------------------------------- distributed
@@ -472,13 +473,14 @@ def train(cfg: SFTConfig) -> TrainResult:
         train_scores = Counter(_key(r.score) for r in train_rows)
         published: list[str] = []
 
-        def save_model(dest: Path) -> None:
+        def save_model(dest: Path, state_dict: dict[str, Any] | None = None) -> None:
             net = _unwrap(model)
-            net.save_pretrained(dest)
+            net.save_pretrained(dest, **({"state_dict": state_dict} if state_dict is not None else {}))
             processor.save_pretrained(dest)
 
         def checkpoint(step: int, epoch: int) -> None:
             rng = gather_rng_states(env.world)
+            full_sd = zero3_state_dict(engine, cfg)  # collective under ZeRO-3: every rank takes part
             if env.main:
                 state = TrainerState(
                     step=step, epoch=epoch, world_size=env.world, global_batch=global_batch,
@@ -488,7 +490,7 @@ def train(cfg: SFTConfig) -> TrainResult:
                 published.append(
                     writer.publish(
                         state,
-                        save_model=save_model,
+                        save_model=lambda dest: save_model(dest, full_sd),
                         optimizer_state=None if engine is not None else optimizer.state_dict(),
                         scheduler_state=None if engine is not None else scheduler.state_dict(),
                         rng_states=rng,
@@ -508,9 +510,10 @@ def train(cfg: SFTConfig) -> TrainResult:
 
         if env.main:
             log.info(
-                "run %s: %d train / %d val rows, world %d, global batch %d, %d steps (%d per epoch), from step %d",
-                cfg.run_name, len(train_rows), len(val_rows), env.world, global_batch, total_steps,
-                steps_per_epoch, start_step,
+                "run %s: %d train / %d val rows (%d bad rows skipped), world %d, global batch %d, %d steps "
+                "(%d per epoch), from step %d",
+                cfg.run_name, len(train_rows), len(val_rows), len(ds.skipped), env.world, global_batch,
+                total_steps, steps_per_epoch, start_step,
             )  # fmt: skip
         final_eval: dict[str, float] = {}
         step = start_step
@@ -571,7 +574,11 @@ def train(cfg: SFTConfig) -> TrainResult:
         final_eval = run_eval(step)
         if not published or not published[-1].endswith(f"step-{step}"):
             checkpoint(step, epoch)
-        export_dir = export_model(model, processor, cfg, run_dir, env) if cfg.export.enabled else None
+        export_dir = (
+            export_model(model, processor, cfg, run_dir, env, zero3_state_dict(engine, cfg))
+            if cfg.export.enabled
+            else None
+        )
         barrier(env)
         return TrainResult(
             run_dir=run_dir,
@@ -580,6 +587,7 @@ def train(cfg: SFTConfig) -> TrainResult:
             export_dir=export_dir,
             checkpoints=published,
             resumed_from=resume_uri,
+            skipped_rows=len(ds.skipped),
         )
     finally:
         if logger is not None:
@@ -591,9 +599,18 @@ def train(cfg: SFTConfig) -> TrainResult:
                 dist.destroy_process_group()
 
 
-def export_model(model: Any, processor: Any, cfg: SFTConfig, run_dir: Path, env: DistEnv) -> Path:
+def zero3_state_dict(engine: Any, cfg: SFTConfig) -> dict[str, Any] | None:
+    """Under ZeRO-3 the parameters are partitioned: gather a full state dict (on rank 0; all ranks must call)."""
+    if engine is None or cfg.dist.zero_stage != 3:
+        return None
+    return engine._zero3_consolidated_16bit_state_dict()
+
+
+def export_model(
+    model: Any, processor: Any, cfg: SFTConfig, run_dir: Path, env: DistEnv, state_dict: dict[str, Any] | None = None
+) -> Path:
     """Write the final `save_pretrained` model (LoRA merged unless `lora.merge_on_export` is false) to
-    `<run_dir>/export` (rank 0) and publish it to `export.uri` when set."""
+    `<run_dir>/export` (rank 0) and publish it to `export.uri` when set. `state_dict`: the gathered ZeRO-3 weights."""
     dest = run_dir / "export"
     if env.main:
         import shutil
@@ -603,7 +620,7 @@ def export_model(model: Any, processor: Any, cfg: SFTConfig, run_dir: Path, env:
             net = net.merge_and_unload()
         tmp = run_dir / ".export-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        net.save_pretrained(tmp)
+        net.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         processor.save_pretrained(tmp)
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)

@@ -97,7 +97,9 @@ class CheckpointWriter:
 
         if not self._bucket_checked:
             store, _ = open_store(self.root_uri)
-            ensure_bucket = getattr(store, "ensure_bucket", None)  # S3: create the checkpoints bucket if missing
+            ensure_bucket = getattr(
+                store, "ensure_bucket", None
+            )  # S3: create the checkpoints bucket if missing
             if ensure_bucket is not None:
                 ensure_bucket()
             self._bucket_checked = True

@@ -128,7 +128,12 @@ class SFTConfig(_Cfg):
     export: ExportCfg = Field(default_factory=ExportCfg)
 
     @model_validator(mode="after")
-    def _resume_supported(self) -> SFTConfig:
+    def _supported(self) -> SFTConfig:
+        if self.dist.strategy == "deepspeed" and self.dist.zero_stage == 3 and self.finetune == "lora":
+            raise ConfigError(
+                "finetune=lora with DeepSpeed ZeRO-3 is not supported (the adapter cannot be merged while the base "
+                "weights are partitioned); use ZeRO-2 or DDP for LoRA"
+            )
         if self.dist.strategy == "deepspeed" and self.resume != "none":
             raise ConfigError(
                 "resume is not supported with dist.strategy=deepspeed (DeepSpeed's checkpoint loader unpickles "

@@ -16,6 +16,8 @@ the normal loading path.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -165,17 +167,32 @@ def build_tiny_critic(
     `format_steps` > 0 first teaches the model FIRM's answer formats (see `teach_answer_formats`) so that its
     answers parse; 0 leaves it untrained (its answers are byte soup).
     """
-    import torch
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
     from firm.errors import InputError
-    from firm.models.processors import QWEN_VL_CHAT_TEMPLATE, FirmQwen3VLProcessor, image_processor
 
     if size not in SPECS:
         raise InputError(f"unknown tiny critic size {size!r}; known: {', '.join(SPECS)}")
     spec = SPECS[size]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: exists and is not an empty directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _build(stage, spec, seed, format_steps)
+        if out.exists():
+            out.rmdir()
+        stage.rename(out)  # atomic: the directory appears complete or not at all
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out
+
+
+def _build(out: Path, spec: TinyCriticSpec, seed: int, format_steps: int) -> None:
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from firm.models.processors import QWEN_VL_CHAT_TEMPLATE, FirmQwen3VLProcessor, image_processor
 
     tokenizer = train_tokenizer(spec.vocab_size)
     tokenizer.padding_side = "left"
@@ -243,10 +260,13 @@ def build_tiny_critic(
         teach_answer_formats(model, processor, steps=format_steps, seed=seed)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / "firm_tiny_critic.json").write_text(
-        json.dumps({"size": size, "seed": seed, "format_steps": format_steps, **spec.model_dump()}, indent=2)
-    )
-    return out
+    meta = {
+        "seed": seed,
+        "format_steps": format_steps,
+        "size": spec.name,
+        **spec.model_dump(exclude={"name"}),
+    }
+    (out / "firm_tiny_critic.json").write_text(json.dumps(meta, indent=2))
 
 
 def format_example(task: str, axis: str, n_shapes: int) -> str:

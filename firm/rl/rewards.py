@@ -8,7 +8,6 @@ means the critic's answer did not parse: the trainer drops that sample from its 
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from firm.errors import ConfigError, FirmError
+from firm.errors import ConfigError, FirmError, InputError
 from firm.schemas import RewardBreakdown, Task
 
 log = logging.getLogger(__name__)
@@ -50,12 +49,6 @@ def to_pil(img: torch.Tensor) -> Any:
 
     arr = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(arr)
-
-
-def png_bytes(img: torch.Tensor) -> bytes:
-    buf = io.BytesIO()
-    to_pil(img).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 class _Cheap:
@@ -98,7 +91,7 @@ class RednessReward(_Cheap):
 
 
 class TritonReward:
-    """FIRM's reward service (critic behind Triton) through `firm.serving.RewardClient`."""
+    """FIRM's reward service (critic behind Triton) through `firm.serving.RewardClient` (gRPC)."""
 
     def __init__(self, task: Task, endpoints: list[str], **client_kwargs: Any) -> None:
         from firm.serving import RewardClient
@@ -108,39 +101,36 @@ class TritonReward:
 
     def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]:
         if self.task == "edit":
-            reqs = [
-                {"source_image": png_bytes(it.source), "edited_image": png_bytes(it.image), "instruction": it.prompt}
-                for it in items
-                if it.source is not None
-            ]
-            if len(reqs) != len(items):
+            if any(it.source is None for it in items):
                 raise ConfigError("edit rewards need the source image of every rollout")
-            return list(self.client.score_edit(reqs))
-        return list(self.client.score_gen([{"prompt": it.prompt, "image": png_bytes(it.image)} for it in items]))
+            return self.client.score_edit([(to_pil(it.source), to_pil(it.image), it.prompt) for it in items])  # type: ignore[arg-type]
+        return self.client.score_gen([(to_pil(it.image), it.prompt) for it in items])
+
+    def close(self) -> None:
+        self.client.close()
 
 
 class InProcessCriticReward:
-    """A `firm.critic.Critic` loaded in this process (tests and small runs)."""
+    """A `firm.critic.Critic` loaded in this process (tests and small runs); CME / QMA with the default weights."""
 
     def __init__(self, task: Task, critic_uri: str, *, quality: bool = True, **critic_kwargs: Any) -> None:
-        from firm.critic import Critic
+        from firm.critic.critic import Critic
 
         self.task = task
         self.quality = quality
         self.critic = Critic.from_pretrained(critic_uri, **critic_kwargs)
 
     def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]:
+        from firm.critic.critic import EditInput, GenInput
+
         if self.task == "edit":
-            return list(
-                self.critic.score_edit(
-                    [to_pil(it.source) for it in items],  # type: ignore[arg-type]
-                    [to_pil(it.image) for it in items],
-                    [it.prompt for it in items],
-                )
-            )
-        return list(
-            self.critic.score_gen([to_pil(it.image) for it in items], [it.prompt for it in items], quality=self.quality)
-        )
+            edits = [
+                EditInput(source=to_pil(it.source), edited=to_pil(it.image), instruction=it.prompt, sample_id=it.sample_id)  # type: ignore[arg-type]
+                for it in items
+            ]
+            return [b for b, _ in self.critic.edit_rewards(edits)]
+        gens = [GenInput(image=to_pil(it.image), prompt=it.prompt, sample_id=it.sample_id) for it in items]
+        return [b for b, _ in self.critic.gen_rewards(gens, quality=self.quality)]
 
 
 def with_retries(fn: RewardFunction, items: Sequence[RewardItem], retries: int, backoff_s: float) -> list[RewardBreakdown]:
@@ -152,7 +142,7 @@ def with_retries(fn: RewardFunction, items: Sequence[RewardItem], retries: int, 
             if len(out) != len(items):
                 raise RewardServiceError(f"reward returned {len(out)} results for {len(items)} items")
             return out
-        except ConfigError:
+        except (ConfigError, InputError):  # the caller's fault: retrying cannot help
             raise
         except Exception as exc:  # service down, timeouts, server errors
             last = exc

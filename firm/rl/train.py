@@ -69,7 +69,17 @@ def main(argv: list[str] | None = None) -> int:
         results = trainer.train(progress=sys.stderr.isatty())
         if rank == 0:
             last = results[-1].metrics if results else {}
-            print(json.dumps({"steps": trainer.step, "output_uri": cfg.output_uri, "last": last}))
+            print(
+                json.dumps(
+                    {
+                        "steps": trainer.step,
+                        "world_size": world,
+                        "rank_divergence": trainer.rank_divergence,
+                        "output_uri": cfg.output_uri,
+                        "last": last,
+                    }
+                )
+            )
     except FirmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -90,13 +90,17 @@ class Trainer:
             raise ConfigError(
                 f"sampling.prompts_per_step={cfg.sampling.prompts_per_step} is not divisible by {self.world} ranks"
             )
-        torch.manual_seed(_seed(cfg.seed, self.rank))
         self.device = pick_device(cfg.device)
         self.prompts: list[PromptItem] = load_prompts(cfg.data.prompts, cfg.task, cfg.data.max_prompt_chars)
         self.policy = policy or load_policy(cfg.policy, self.device)
         lc = cfg.lora
+        torch.manual_seed(cfg.seed)  # the same LoRA init on every rank …
         lora_mod.add_lora(self.policy.transformer, rank=lc.rank, alpha=lc.alpha, init=lc.init, targets=lc.target_modules)
         self.params = lora_mod.trainable_params(self.policy.transformer)
+        if self.world > 1:  # … and rank 0's weights everywhere, whatever the RNG did
+            for p in self.params + lora_mod.adapter_params(self.policy.transformer, lora_mod.OLD):
+                dist.broadcast(p.data, src=0)
+        torch.manual_seed(_seed(cfg.seed, self.rank))
         oc = cfg.optim
         self.optimizer = torch.optim.AdamW(
             self.params, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay
@@ -358,6 +362,7 @@ class Trainer:
         mean = v[0] / n
         m: dict[str, float] = {
             "reward/mean": mean,
+            "reward/n": v[2],
             "reward/std": math.sqrt(max(v[1] / n - mean * mean, 0.0)),
             "reward/parse_failure_rate": v[3] / max(v[2] + v[3], 1.0),
             "groups/zero_std_ratio": v[4] / max(v[6], 1.0),
@@ -434,6 +439,7 @@ class Trainer:
                 if dist.is_initialized():
                     dist.barrier()
                 bar.update(task, completed=done, description=f"{cfg.algorithm} r={res.metrics['reward/mean']:.3f}")
+        self.rank_divergence = self._rank_divergence()
         if self.rank == 0:
             export_final(
                 self.policy,
@@ -444,6 +450,18 @@ class Trainer:
         self.metrics.close()
         self._pool.shutdown(wait=True)
         return results
+
+
+    def _rank_divergence(self) -> float:
+        """Max |θ_rank − θ_rank0| over the trainable LoRA (0 when data parallelism kept the ranks in sync)."""
+        if self.world == 1:
+            return 0.0
+        flat = torch.cat([p.detach().reshape(-1).float() for p in self.params])
+        ref = flat.clone()
+        dist.broadcast(ref, src=0)
+        diff = (flat - ref).abs().max().reshape(1)
+        dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+        return float(diff)
 
 
 def _default_run_dir(cfg: RLConfig) -> Path:

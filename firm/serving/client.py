@@ -68,12 +68,15 @@ def _status_of(exc: Exception) -> str:
 def _edit_item(item: Any) -> tuple[Any, Any, str]:
     if isinstance(item, tuple | list) and len(item) == 3:
         return item[0], item[1], item[2]
-    if isinstance(item, dict):
-        return item["source"], item["edited"], item["instruction"]
     for names in (("source", "edited", "instruction"), ("source_image", "edited_image", "instruction")):
-        if all(hasattr(item, n) for n in names):
-            return tuple(getattr(item, n) for n in names)  # type: ignore[return-value]
-    raise InputError(f"edit item must be (source, edited, instruction), a dict or an EditSample; got {type(item)}")
+        if isinstance(item, dict) and all(n in item for n in names):
+            return item[names[0]], item[names[1]], item[names[2]]
+        if not isinstance(item, dict) and all(hasattr(item, n) for n in names):
+            return getattr(item, names[0]), getattr(item, names[1]), getattr(item, names[2])
+    raise InputError(
+        "edit item must be (source, edited, instruction), a dict with source/edited (or source_image/edited_image) "
+        f"and instruction, or an EditSample; got {type(item).__name__}"
+    )
 
 
 def _gen_item(item: Any) -> tuple[Any, str]:
@@ -139,8 +142,13 @@ class RewardClient:
         rows = []
         for k, it in enumerate(items):
             src, dst, ins = _edit_item(it)
-            rows.append((self._img(src, f"item {k} source"), self._img(dst, f"item {k} edited"),
-                         _text(ins, f"item {k} instruction")))
+            rows.append(
+                (
+                    self._img(src, f"item {k} source"),
+                    self._img(dst, f"item {k} edited"),
+                    _text(ins, f"item {k} instruction"),
+                )
+            )
         names = ("source_image", "edited_image", "instruction")
         return await self._score(self.edit_model, names, rows)
 
@@ -250,7 +258,9 @@ class RewardClient:
         ties = [e for e in pool if e.in_flight == least]
         return ties[next(self._rr) % len(ties)]
 
-    async def _score(self, model: str, names: Sequence[str], rows: list[tuple[bytes, ...]]) -> list[RewardBreakdown]:
+    async def _score(
+        self, model: str, names: Sequence[str], rows: list[tuple[bytes, ...]]
+    ) -> list[RewardBreakdown]:
         if not rows:
             return []
         chunks = [rows[i : i + self.max_batch] for i in range(0, len(rows), self.max_batch)]
@@ -258,7 +268,9 @@ class RewardClient:
         results = await asyncio.gather(*parts)
         return [b for part in results for b in part]
 
-    async def _request(self, model: str, names: Sequence[str], rows: list[tuple[bytes, ...]]) -> list[RewardBreakdown]:
+    async def _request(
+        self, model: str, names: Sequence[str], rows: list[tuple[bytes, ...]]
+    ) -> list[RewardBreakdown]:
         import tritonclient.grpc.aio as grpcclient
         from tritonclient.utils import InferenceServerException
 
@@ -291,7 +303,7 @@ class RewardClient:
                         raise RewardServiceError(f"{model} at {ep.url}: {status}: {exc.message()}") from None
                     last = exc
                     ep.down_until = time.monotonic() + self.cooldown
-                except (OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, OSError) as exc:
                     last = exc
                     ep.down_until = time.monotonic() + self.cooldown
                 finally:

@@ -72,7 +72,9 @@ def encode_image(img: Any, fmt: ImageFormat = "png", *, quality: int = 95, what:
         if isinstance(img, np.ndarray):
             img = _to_pil(img, what)
         else:
-            raise InputError(f"{what}: cannot encode {type(img).__name__} (PIL image, tensor, array, path or bytes)")
+            raise InputError(
+                f"{what}: cannot encode {type(img).__name__} (PIL image, tensor, array, path or bytes)"
+            )
     if img.mode != "RGB":
         img = img.convert("RGB")
     buf = io.BytesIO()

@@ -54,7 +54,9 @@ class BatchingConfig(Record):
     def _check(self) -> BatchingConfig:
         bad = [b for b in self.preferred_batch_sizes if b < 1 or b > self.max_batch_size]
         if bad:
-            raise ValueError(f"preferred_batch_sizes {bad} must lie in 1..max_batch_size={self.max_batch_size}")
+            raise ValueError(
+                f"preferred_batch_sizes {bad} must lie in 1..max_batch_size={self.max_batch_size}"
+            )
         return self
 
 
@@ -62,7 +64,9 @@ class ExportConfig(Record):
     """Everything `firmctl serve export` writes into the repository's config parameters."""
 
     critic: str = Field(description="critic weights: local dir, file:// or s3:// URI, or a Hugging Face id")
-    task: Literal["edit", "gen", "all"] = Field(description="which reward model(s) to export next to firm_critic")
+    task: Literal["edit", "gen", "all"] = Field(
+        description="which reward model(s) to export next to firm_critic"
+    )
     engine: Literal["python", "vllm"] = "python"
     device: Literal["cpu", "gpu"] = "cpu"
     instances: int = Field(default=1, ge=1, le=64)
@@ -74,20 +78,35 @@ class ExportConfig(Record):
     readout: Readout = "text"
     max_pixels: int = Field(default=512 * 512, ge=28 * 28)
     max_new_tokens: int = Field(default=64, ge=1, le=8192)
-    dtype: str = Field(default="auto", description="torch dtype for the critic: auto, float32, bfloat16, float16")
+    dtype: str = Field(
+        default="auto", description="torch dtype for the critic: auto, float32, bfloat16, float16"
+    )
+    threads: int = Field(
+        default=0,
+        ge=0,
+        le=512,
+        description="torch intra-op threads per model instance (0: torch's default); instances × threads ≤ cores",
+    )
     edit_formulation: str = "cme"
     edit_w_base: float = 0.6
     edit_w_bonus: float = 0.4
-    edit_guard_threshold: float | None = Field(default=None, description="guard formulation: raw execution score")
+    edit_guard_threshold: float | None = Field(
+        default=None, description="guard formulation: raw execution score"
+    )
     gen_formulation: str = "qma"
     gen_w_base: float = 0.4
     gen_w_bonus: float = 0.6
-    gen_quality: bool = Field(default=True, description="score the quality rubric too (QMA); False = instruction only")
+    gen_quality: bool = Field(
+        default=True, description="score the quality rubric too (QMA); False = instruction only"
+    )
     policy: Literal["min_reward", "skip"] = Field(
-        default="skip", description="unparsed answers: skip → reward NaN (client: None); min_reward → 0 + status"
+        default="skip",
+        description="unparsed answers: skip → reward NaN (client: None); min_reward → 0 + status",
     )
     vllm_engine_args: dict[str, object] = Field(default_factory=dict, description="extra vLLM engine args")
-    vllm_models_root: str = Field(default="/models", description="where the serving container mounts the repository")
+    vllm_models_root: str = Field(
+        default="/models", description="where the serving container mounts the repository"
+    )
 
     @model_validator(mode="after")
     def _engine(self) -> ExportConfig:
@@ -124,23 +143,33 @@ def _model_params(cfg: ExportConfig, critic_ref: str, model: str) -> dict[str, s
         "engine": cfg.engine,
         "device": cfg.device,
         "dtype": cfg.dtype,
+        "threads": str(cfg.threads),
         "readout": cfg.readout,
         "max_pixels": str(cfg.max_pixels),
         "max_new_tokens": str(cfg.max_new_tokens),
         "policy": cfg.policy,
     }
     if model == EDIT_REWARD.name:
-        params |= {"formulation": cfg.edit_formulation, "w_base": str(cfg.edit_w_base),
-                   "w_bonus": str(cfg.edit_w_bonus)}
+        params |= {
+            "formulation": cfg.edit_formulation,
+            "w_base": str(cfg.edit_w_base),
+            "w_bonus": str(cfg.edit_w_bonus),
+        }
         if cfg.edit_guard_threshold is not None:
             params["guard_threshold"] = str(cfg.edit_guard_threshold)
     elif model == GEN_REWARD.name:
-        params |= {"formulation": cfg.gen_formulation, "w_base": str(cfg.gen_w_base),
-                   "w_bonus": str(cfg.gen_w_bonus), "quality": str(cfg.gen_quality).lower()}
+        params |= {
+            "formulation": cfg.gen_formulation,
+            "w_base": str(cfg.gen_w_base),
+            "w_bonus": str(cfg.gen_w_bonus),
+            "quality": str(cfg.gen_quality).lower(),
+        }
     return params
 
 
-def _write_python_model(root: Path, spec: ModelSpec, cfg: ExportConfig, critic_ref: str, reward_max_batch: int) -> None:
+def _write_python_model(
+    root: Path, spec: ModelSpec, cfg: ExportConfig, critic_ref: str, reward_max_batch: int
+) -> None:
     d = root / spec.name
     (d / "1").mkdir(parents=True, exist_ok=True)
     b = cfg.batching
@@ -154,7 +183,8 @@ def _write_python_model(root: Path, spec: ModelSpec, cfg: ExportConfig, critic_r
             max_queue_delay_us=b.max_queue_delay_us,
             dynamic_batching=b.enabled,
             instances=cfg.instances,
-            kind="KIND_GPU" if cfg.device == "gpu" else "KIND_CPU",
+            # vLLM-engine reward models only render prompts, call the critic and parse: they stay on the CPU.
+            kind="KIND_GPU" if cfg.device == "gpu" and cfg.engine == "python" else "KIND_CPU",
             parameters=_model_params(cfg, critic_ref, spec.name),
         )
     )
@@ -188,9 +218,17 @@ def _write_vllm_critic(root: Path, cfg: ExportConfig, model_path: str) -> None:
     # decoupled, and batches continuously inside the engine: Triton requires max_batch_size 0 for it.
     (d / "config.pbtxt").write_text(
         render_config(
-            CRITIC, backend="vllm", max_batch_size=0, preferred_batch_sizes=None, max_queue_delay_us=0,
-            dynamic_batching=False, instances=cfg.instances, kind="KIND_MODEL",
-            parameters={"REPORT_CUSTOM_METRICS": "true"}, declare_io=False, decoupled=True,
+            CRITIC,
+            backend="vllm",
+            max_batch_size=0,
+            preferred_batch_sizes=None,
+            max_queue_delay_us=0,
+            dynamic_batching=False,
+            instances=cfg.instances,
+            kind="KIND_MODEL",
+            parameters={"REPORT_CUSTOM_METRICS": "true"},
+            declare_io=False,
+            decoupled=True,
         )
     )
     (d / "1" / "model.json").write_text(json.dumps(vllm_engine_args(cfg, model_path), indent=2) + "\n")
@@ -214,7 +252,9 @@ def build_repository(cfg: ExportConfig, out_dir: Path) -> Path:
 
     if cfg.engine == "vllm":
         # vLLM reads a path inside the serving container; a copied critic lives next to model.json.
-        model_path = f"{cfg.vllm_models_root.rstrip('/')}/{weights_ref}" if critic_ref == weights_ref else critic_ref
+        model_path = (
+            f"{cfg.vllm_models_root.rstrip('/')}/{weights_ref}" if critic_ref == weights_ref else critic_ref
+        )
         _write_vllm_critic(out_dir, cfg, model_path)
     elif cfg.critic_model:
         _write_python_model(out_dir, CRITIC, cfg, critic_ref, cfg.batching.max_batch_size)
@@ -236,9 +276,8 @@ def export_repository(cfg: ExportConfig, out: str | Path, *, overwrite: bool = F
             publish_dir(Path(tmp) / "repo", out_s, producer="firm.serving.export")
         return out_s
     target = Path(out_s).expanduser().resolve()
-    if target.exists() and any(target.iterdir()):
-        if not overwrite:
-            raise InputError(f"export target {target} exists and is not empty (pass overwrite to replace it)")
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise InputError(f"export target {target} exists and is not empty (pass overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

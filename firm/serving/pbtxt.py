@@ -37,7 +37,7 @@ def render_config(
 ) -> str:
     """A complete config.pbtxt. `kind` is KIND_CPU, KIND_GPU or KIND_MODEL; parameters become string_value entries."""
     parts = [
-        f"# Written by `firmctl serve export`; see docs/serving.md. Model: {spec.name}.",
+        f"# Written by `firmctl serve export` (firm/serving/export.py). Model: {spec.name}.",
         f"name: {_q(spec.name)}",
         f"backend: {_q(backend)}",
         f"max_batch_size: {max_batch_size}",
@@ -47,7 +47,9 @@ def render_config(
     if dynamic_batching:
         body = []
         if preferred_batch_sizes:
-            body.append("  preferred_batch_size: [ " + ", ".join(str(b) for b in preferred_batch_sizes) + " ]")
+            body.append(
+                "  preferred_batch_size: [ " + ", ".join(str(b) for b in preferred_batch_sizes) + " ]"
+            )
         body.append(f"  max_queue_delay_microseconds: {max_queue_delay_us}")
         parts.append("dynamic_batching {\n" + "\n".join(body) + "\n}")
     parts.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]")

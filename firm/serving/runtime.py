@@ -60,8 +60,11 @@ def find_runtime() -> TritonRuntime:
         stub=root / "python_backend_stubs" / py / "triton_python_backend_stub",
         libs=pkg.parent / "nvidia_pytriton.libs",
     )
-    for what, path in (("tritonserver binary", rt.binary), ("python backend", rt.backend_src),
-                       (f"python {py} backend stub", rt.stub)):
+    for what, path in (
+        ("tritonserver binary", rt.binary),
+        ("python backend", rt.backend_src),
+        (f"python {py} backend stub", rt.stub),
+    ):
         if not path.exists():
             raise ConfigError(f"{what} not found at {path} (nvidia-pytriton wheel incomplete?)")
     return rt

@@ -155,8 +155,12 @@ class TritonServer:
         try:
             # A neutral cwd: the python-backend stub puts its cwd first on sys.path.
             self.process = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self._workdir,
-                env=server_env(find_runtime()), start_new_session=True,
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self._workdir,
+                env=server_env(find_runtime()),
+                start_new_session=True,
             )
         finally:
             log.close()
@@ -235,7 +239,9 @@ class TritonServer:
     def __enter__(self) -> TritonServer:
         return self.start()
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 

@@ -77,7 +77,9 @@ GEN_REWARD = ModelSpec(
     outputs=(
         TensorSpec("reward", F),
         TensorSpec("instruction", F),  # raw 1..5, NaN if unparsed
-        TensorSpec("quality", F, (3,)),  # raw (aesthetics, technical, structure), NaN if unparsed or not scored
+        TensorSpec(
+            "quality", F, (3,)
+        ),  # raw (aesthetics, technical, structure), NaN if unparsed or not scored
         TensorSpec("status", B),
         TensorSpec("reasoning", B),
         TensorSpec("breakdown", B),

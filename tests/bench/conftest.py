@@ -19,3 +19,15 @@ def _firm_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
     yield home
     monkeypatch.undo()
     get_settings(fresh=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """The tiny critic gains nothing from intra-op threads, and on a busy 2-core machine torch's default 2 threads
+    make generate ~10× slower (measured: benchmarks/firm_bench.py). Restored after each module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -28,7 +28,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
     b = make_synthetic_bench(tmp_path_factory.mktemp("tb") / "bench", 2, seed=4, size=56)
     edit0 = b.items[0]  # also judge the same edit on its other axis: one service call must serve both
     twin = edit0.model_copy(update={"id": edit0.id.split(":")[0] + ":consistency", "axis": "consistency"})
-    return Bench(root=b.root, items=[edit0, twin, *b.items[1:]])
+    return Bench(root=b.root, items=[edit0, twin, b.items[2]])  # + one gen item
 
 
 @pytest.fixture(scope="module")
@@ -84,4 +84,5 @@ def test_cli_run_with_triton_uri(triton: str, bench: Bench, tmp_path: Path) -> N
     assert res.exit_code == 0, res.output
     preds = [json.loads(x) for x in (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 3 and all(p["critic"] == f"triton://{triton}" for p in preds)
-    assert json.loads(res.stdout)["edit"]["overall"]["n"] == 3  # edit, its twin, the second edit
+    doc = json.loads(res.stdout)  # the bench on disk (no twin): 2 edits + 1 gen
+    assert doc["edit"]["overall"]["n"] == 2 and doc["gen"]["overall"]["n"] == 1

@@ -194,6 +194,16 @@ def test_firmctl_entry_point_subprocess(tiny_critic_dir: Path, pictures: dict[st
 
 
 def test_missing_model_is_one_line(pictures: dict[str, Path]) -> None:
-    code, _, err = _run("critic", "score", "--model", "/no/such/critic", "--task", "gen", "--image",
-                        str(pictures["gen"]), "--prompt", "p")
+    code, _, err = _run(
+        "critic",
+        "score",
+        "--model",
+        "/no/such/critic",
+        "--task",
+        "gen",
+        "--image",
+        str(pictures["gen"]),
+        "--prompt",
+        "p",
+    )
     assert code == 1 and err.strip() == "error: critic model '/no/such/critic': no such directory"

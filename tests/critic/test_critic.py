@@ -63,6 +63,7 @@ def test_two_image_prompt_has_both_images_tokens(tiny_critic: Critic) -> None:
 
 def test_batched_equals_unbatched_both_readouts(tiny_critic: Critic) -> None:
     reqs = _mixed_requests()
+    tiny_critic.tokenizer.padding_side = "right"  # a shared processor set up for training must not matter
     for readout in ("text", "expected"):
         batched = tiny_critic.judge(reqs, readout=readout, batch_size=16)
         single = [tiny_critic.judge([r], readout=readout, batch_size=1)[0] for r in reqs]
@@ -73,6 +74,9 @@ def test_batched_equals_unbatched_both_readouts(tiny_critic: Critic) -> None:
                 assert b.expected_score == pytest.approx(s.expected_score, abs=1e-4)
         assert [j.sample_id for j in batched] == [r.sample_id for r in reqs]
         assert [(j.task, j.axis) for j in batched] == [(r.task, r.axis) for r in reqs]
+    assert tiny_critic.tokenizer.padding_side == "right"  # and the critic does not change it
+    tiny_critic.tokenizer.padding_side = "left"
+    assert tiny_critic.judge([]) == []
 
 
 def test_untrained_text_readout_never_invents_a_score(tiny_critic: Critic) -> None:
@@ -311,7 +315,9 @@ def test_non_vision_or_bad_dtype_model_is_a_config_error(tiny_critic_dir: Path, 
     from firm.errors import ConfigError
 
     text_only = tmp_path / "text-only"
-    Qwen3Config(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(text_only)
+    Qwen3Config(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(
+        text_only
+    )
     with pytest.raises(ConfigError, match="not an image-text-to-text model"):
         Critic.from_pretrained(text_only)
     with pytest.raises(ConfigError, match="unknown dtype 'nn'"):

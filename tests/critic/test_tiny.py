@@ -88,6 +88,9 @@ def test_same_seed_same_weights_and_unknown_size(tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     with pytest.raises(InputError, match="unknown tiny critic size 'huge'"):
         build_tiny_critic(tmp_path / "c", size="huge")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="exists and is not an empty directory"):
+        build_tiny_critic(tmp_path / "a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # built atomically: no staging leftovers
 
 
 def test_small_spec_is_consistent() -> None:

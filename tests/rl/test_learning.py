@@ -81,9 +81,9 @@ def test_unparseable_samples_are_dropped_and_reported(tiny_cfg) -> None:  # noqa
 
     trainer = Trainer(tiny_cfg(steps=2, reward__async_overlap=True), reward=FlakyCritic())
     results = trainer.train(progress=False)
-    # 8 samples per step, every 3rd dropped
+    # 8 samples per step, every 3rd answer overall unparseable: items 3, 6 in step 0 and 9, 12, 15 in step 1
     rates = [r.metrics["reward/parse_failure_rate"] for r in results]
-    assert rates == [pytest.approx(3 / 8), pytest.approx(3 / 8)]
+    assert rates == [pytest.approx(2 / 8), pytest.approx(3 / 8)]
     assert all(r.metrics["reward/mean"] > 0 for r in results)  # the mean is over scored samples only
 
 

@@ -1,4 +1,4 @@
-"""One real tritonserver for the whole serving test session, started from an s3:// repository on moto.
+"""One real tritonserver per test module (test_service.py), started from an s3:// repository on moto.
 
 The format-taught tiny critic (its answers parse) is exported with both reward models and firm_critic, published
 to a moto bucket, and `TritonServer` fetches (manifest-verified) and serves it on free loopback ports.
@@ -17,7 +17,7 @@ MAX_NEW_TOKENS = 40
 MAX_PIXELS = 64 * 64
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def serving_env(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Session-wide FIRM settings: moto S3 store and a private FIRM_HOME (backend dir + fetch cache)."""
     from firm.config import get_settings
@@ -43,7 +43,7 @@ def serving_env(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> I
     get_settings(fresh=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def repo_uri(serving_env: dict[str, str], formatted_critic_dir: Path) -> str:
     from firm.serving.export import BatchingConfig, ExportConfig, export_repository
     from firm.storage.stores import open_store
@@ -52,13 +52,18 @@ def repo_uri(serving_env: dict[str, str], formatted_critic_dir: Path) -> str:
     store.ensure_bucket()
 
     cfg = ExportConfig(
-        critic=str(formatted_critic_dir), task="all", max_new_tokens=MAX_NEW_TOKENS, max_pixels=MAX_PIXELS,
-        batching=BatchingConfig(max_batch_size=16, preferred_batch_sizes=[4, 8, 16], max_queue_delay_us=20_000),
+        critic=str(formatted_critic_dir),
+        task="all",
+        max_new_tokens=MAX_NEW_TOKENS,
+        max_pixels=MAX_PIXELS,
+        batching=BatchingConfig(
+            max_batch_size=16, preferred_batch_sizes=[4, 8, 16], max_queue_delay_us=20_000
+        ),
     )
     return export_repository(cfg, f"{serving_env['FIRM_STORE_URI']}/reward-service/v1")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server(repo_uri: str) -> Iterator[object]:
     from firm.serving.server import TritonServer
 

@@ -20,12 +20,23 @@ def _params(text: str) -> dict[str, str]:
 
 def test_python_export_writes_three_batched_models(tmp_path: Path, tiny_critic_dir: Path) -> None:
     cfg = ExportConfig(
-        critic=str(tiny_critic_dir), task="all", device="gpu", instances=2, readout="expected",
-        edit_formulation="guard", edit_w_base=0.5, edit_w_bonus=0.5, edit_guard_threshold=3,
+        critic=str(tiny_critic_dir),
+        task="all",
+        device="gpu",
+        instances=2,
+        readout="expected",
+        edit_formulation="guard",
+        edit_w_base=0.5,
+        edit_w_bonus=0.5,
+        edit_guard_threshold=3,
         batching=BatchingConfig(max_batch_size=24, preferred_batch_sizes=[6, 12], max_queue_delay_us=1500),
     )
     repo = Path(export_repository(cfg, tmp_path / "repo"))
-    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["firm_critic", "firm_edit_reward", "firm_gen_reward"]
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == [
+        "firm_critic",
+        "firm_edit_reward",
+        "firm_gen_reward",
+    ]
     for name, spec in SPECS.items():
         text = (repo / name / "config.pbtxt").read_text()
         assert f'name: "{name}"' in text and 'backend: "python"' in text
@@ -39,7 +50,12 @@ def test_python_export_writes_three_batched_models(tmp_path: Path, tiny_critic_d
         p = _params(text)
         assert p["critic"] == "firm_critic/1/critic" and p["readout"] == "expected" and p["device"] == "gpu"
     edit = _params((repo / "firm_edit_reward" / "config.pbtxt").read_text())
-    assert (edit["formulation"], edit["w_base"], edit["w_bonus"], edit["guard_threshold"]) == ("guard", "0.5", "0.5", "3.0")
+    assert (edit["formulation"], edit["w_base"], edit["w_bonus"], edit["guard_threshold"]) == (
+        "guard",
+        "0.5",
+        "0.5",
+        "3.0",
+    )
     gen = _params((repo / "firm_gen_reward" / "config.pbtxt").read_text())
     assert (gen["w_base"], gen["w_bonus"], gen["quality"]) == ("0.4", "0.6", "true")
     weights = repo / "firm_critic" / "1" / "critic"
@@ -49,7 +65,10 @@ def test_python_export_writes_three_batched_models(tmp_path: Path, tiny_critic_d
 
 def test_no_dynamic_batching_and_single_task(tmp_path: Path, tiny_critic_dir: Path) -> None:
     cfg = ExportConfig(
-        critic=str(tiny_critic_dir), task="edit", critic_model=False, weights="reference",
+        critic=str(tiny_critic_dir),
+        task="edit",
+        critic_model=False,
+        weights="reference",
         batching=BatchingConfig(enabled=False),
     )
     repo = Path(export_repository(cfg, tmp_path / "repo"))
@@ -61,8 +80,13 @@ def test_no_dynamic_batching_and_single_task(tmp_path: Path, tiny_critic_dir: Pa
 
 
 def test_vllm_variant_is_structurally_valid(tmp_path: Path, tiny_critic_dir: Path) -> None:
-    cfg = ExportConfig(critic=str(tiny_critic_dir), task="all", engine="vllm", device="gpu",
-                       vllm_engine_args={"tensor_parallel_size": 2})
+    cfg = ExportConfig(
+        critic=str(tiny_critic_dir),
+        task="all",
+        engine="vllm",
+        device="gpu",
+        vllm_engine_args={"tensor_parallel_size": 2},
+    )
     repo = Path(export_repository(cfg, tmp_path / "repo"))
     critic_cfg = (repo / "firm_critic" / "config.pbtxt").read_text()
     assert 'backend: "vllm"' in critic_cfg and "max_batch_size: 0" in critic_cfg
@@ -76,7 +100,7 @@ def test_vllm_variant_is_structurally_valid(tmp_path: Path, tiny_critic_dir: Pat
     for name in ("firm_edit_reward", "firm_gen_reward"):
         text = (repo / name / "config.pbtxt").read_text()
         assert 'backend: "python"' in text and int(re.search(r"max_batch_size: (\d+)", text).group(1)) > 0
-        assert _params(text)["engine"] == "vllm"
+        assert _params(text)["engine"] == "vllm" and "kind: KIND_CPU" in text
     with pytest.raises(ValidationError, match="text"):
         ExportConfig(critic=str(tiny_critic_dir), task="edit", engine="vllm", readout="expected")
 

@@ -54,8 +54,11 @@ def local_critic(server):
     """The same critic in-process, loaded from the repository the server fetched (same weights, same settings)."""
     from firm.critic.critic import Critic
 
-    return Critic.from_pretrained(server.repository / "firm_critic" / "1" / "critic", max_pixels=MAX_PIXELS,
-                                  max_new_tokens=MAX_NEW_TOKENS)
+    return Critic.from_pretrained(
+        server.repository / "firm_critic" / "1" / "critic",
+        max_pixels=MAX_PIXELS,
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
 
 
 def test_live_ready_metadata_and_config(server, grpc) -> None:
@@ -64,8 +67,12 @@ def test_live_ready_metadata_and_config(server, grpc) -> None:
     for name, spec in SPECS.items():
         assert grpc.is_model_ready(name)
         meta = grpc.get_model_metadata(name, as_json=True)
-        assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [(t.name, t.dtype) for t in spec.inputs]
-        assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [(t.name, t.dtype) for t in spec.outputs]
+        assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [
+            (t.name, t.dtype) for t in spec.inputs
+        ]
+        assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [
+            (t.name, t.dtype) for t in spec.outputs
+        ]
         cfg = http.get_model_config(name)
         assert cfg["max_batch_size"] > 0 and cfg["dynamic_batching"]["preferred_batch_size"] == [4, 8, 16]
         assert cfg["parameters"]["critic"]["string_value"] == "firm_critic/1/critic"
@@ -77,22 +84,33 @@ def test_edit_reward_equals_in_process(grpc, local_critic) -> None:
     from firm.rewards.formulas import EditRewardConfig
 
     items = _edits(4)
-    res = grpc.infer("firm_edit_reward", [
-        _inp("source_image", [png_bytes(s) for s, _, _ in items]),
-        _inp("edited_image", [png_bytes(d) for _, d, _ in items]),
-        _inp("instruction", [t.encode() for _, _, t in items]),
-    ])
+    res = grpc.infer(
+        "firm_edit_reward",
+        [
+            _inp("source_image", [png_bytes(s) for s, _, _ in items]),
+            _inp("edited_image", [png_bytes(d) for _, d, _ in items]),
+            _inp("instruction", [t.encode() for _, _, t in items]),
+        ],
+    )
     from firm.critic.critic import EditInput
 
-    want = local_critic.edit_rewards([EditInput(source=s, edited=d, instruction=t) for s, d, t in items],
-                                     EditRewardConfig(), "skip", batch_size=8)
+    want = local_critic.edit_rewards(
+        [EditInput(source=s, edited=d, instruction=t) for s, d, t in items],
+        EditRewardConfig(),
+        "skip",
+        batch_size=8,
+    )
     reward, status = res.as_numpy("reward")[:, 0], res.as_numpy("status")[:, 0]
     assert any(b.status == "ok" for b, _ in want)
     for k, (b, (e, c)) in enumerate(want):
         assert status[k].decode() == b.status
         assert (math.isnan(reward[k]) and b.reward is None) or reward[k] == pytest.approx(b.reward, abs=1e-6)
-        assert res.as_numpy("execution")[k, 0] == pytest.approx(e.score[0] if isinstance(e.score, list) else e.score)
-        assert res.as_numpy("consistency")[k, 0] == pytest.approx(c.score[0] if isinstance(c.score, list) else c.score)
+        assert res.as_numpy("execution")[k, 0] == pytest.approx(
+            e.score[0] if isinstance(e.score, list) else e.score
+        )
+        assert res.as_numpy("consistency")[k, 0] == pytest.approx(
+            c.score[0] if isinstance(c.score, list) else c.score
+        )
 
 
 def test_gen_reward_and_critic_equal_in_process(server, grpc, local_critic) -> None:
@@ -103,18 +121,28 @@ def test_gen_reward_and_critic_equal_in_process(server, grpc, local_critic) -> N
     prompts = ["one blue circle", "two blue circles", "three blue circles"]
     with RewardClient(server.grpc_url, max_batch=3) as client:
         got = client.score_gen(list(zip(imgs, prompts, strict=True)))
-    want = local_critic.gen_rewards([GenInput(image=i, prompt=p) for i, p in zip(imgs, prompts, strict=True)],
-                                    True, GenRewardConfig(), "skip", batch_size=6)
+    want = local_critic.gen_rewards(
+        [GenInput(image=i, prompt=p) for i, p in zip(imgs, prompts, strict=True)],
+        True,
+        GenRewardConfig(),
+        "skip",
+        batch_size=6,
+    )
     assert [g.model_dump() for g in got] == [w.model_dump() for w, _ in want]
     assert all(g.reward is not None and 0.0 <= g.reward <= 1.0 for g in got if g.status == "ok")
     assert any(g.status == "ok" for g in got)
     # firm_critic: one quality judgement per row, same as Critic.judge
-    res = grpc.infer("firm_critic", [
-        _inp("images", [png_bytes(i) for i in imgs]),
-        _inp("rubric_id", [b"gen.quality.student.v1"] * 3),
-        _inp("text", [b""] * 3),
-    ])
-    js = local_critic.judge([CriticRequest(task="gen", axis="quality", images=[i]) for i in imgs], batch_size=3)
+    res = grpc.infer(
+        "firm_critic",
+        [
+            _inp("images", [png_bytes(i) for i in imgs]),
+            _inp("rubric_id", [b"gen.quality.student.v1"] * 3),
+            _inp("text", [b""] * 3),
+        ],
+    )
+    js = local_critic.judge(
+        [CriticRequest(task="gen", axis="quality", images=[i]) for i in imgs], batch_size=3
+    )
     for k, j in enumerate(js):
         assert res.as_numpy("status")[k, 0].decode() == j.status
         if j.ok:
@@ -131,15 +159,19 @@ def test_dynamic_batching_merges_concurrent_requests(server) -> None:
         try:
             reqs = []
             for _ in range(n):
-                inputs = [_inp(nm, [v], aioclient) for nm, v in zip(("source_image", "edited_image", "instruction"),
-                                                                    payload, strict=True)]
+                inputs = [
+                    _inp(nm, [v], aioclient)
+                    for nm, v in zip(("source_image", "edited_image", "instruction"), payload, strict=True)
+                ]
                 reqs.append(c.infer("firm_edit_reward", inputs))
             await asyncio.gather(*reqs)
         finally:
             await c.close()
 
     def counts() -> tuple[int, int]:
-        st = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics("firm_edit_reward", as_json=True)
+        st = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(
+            "firm_edit_reward", as_json=True
+        )
         s = st["model_stats"][0]
         return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
 
@@ -205,13 +237,23 @@ def test_bad_input_battery_keeps_serving(server, grpc) -> None:
     with pytest.raises(InferenceServerException, match=r"source_image\[0\]"):
         grpc.infer("firm_edit_reward", battery[2][1])
     # good requests still succeed afterwards, also when batched with a bad one
-    ok = grpc.infer("firm_edit_reward", [_inp(n, [v]) for n, v in zip(
-        ("source_image", "edited_image", "instruction"), good, strict=True)])
+    ok = grpc.infer(
+        "firm_edit_reward",
+        [_inp(n, [v]) for n, v in zip(("source_image", "edited_image", "instruction"), good, strict=True)],
+    )
     assert ok.as_numpy("status")[0, 0] in (b"ok",) or ok.as_numpy("status")[0, 0].startswith(b"unparseable")
-    assert rss[-1] - rss[0] < 40 * 2**20, f"server RSS grew {(rss[-1] - rss[0]) / 2**20:.1f} MiB over bad requests"
+    assert rss[-1] - rss[0] < 40 * 2**20, (
+        f"server RSS grew {(rss[-1] - rss[0]) / 2**20:.1f} MiB over bad requests"
+    )
     metrics = urllib.request.urlopen(server.metrics_url).read().decode()
-    invalid = [ln for ln in metrics.splitlines() if ln.startswith('firm_invalid_requests_total{model="firm_edit_reward"')]
-    assert invalid and float(invalid[0].split()[-1]) >= 3 * 8  # the decode-level rejections counted by the backend
+    invalid = [
+        ln
+        for ln in metrics.splitlines()
+        if ln.startswith('firm_invalid_requests_total{model="firm_edit_reward"')
+    ]
+    assert (
+        invalid and float(invalid[0].split()[-1]) >= 3 * 8
+    )  # the decode-level rejections counted by the backend
     assert "firm_reward_bucket" in metrics and "firm_judgements_total" in metrics
 
 
@@ -222,17 +264,43 @@ def test_failover_and_serve_start_cli(server, tmp_path: Path, tiny_critic_dir: P
     from firm.serving.export import ExportConfig, export_repository
     from firm.serving.server import free_port
 
-    repo = export_repository(ExportConfig(critic=str(tiny_critic_dir), task="edit", critic_model=False,
-                                          max_new_tokens=8, max_pixels=MAX_PIXELS), tmp_path / "repo_b")
+    repo = export_repository(
+        ExportConfig(
+            critic=str(tiny_critic_dir),
+            task="edit",
+            critic_model=False,
+            max_new_tokens=8,
+            max_pixels=MAX_PIXELS,
+        ),
+        tmp_path / "repo_b",
+    )
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "firm.cli.main", "serve", "start", "--repository", repo, "--grpc-port", str(port),
-         "--http-port", str(free_port()), "--metrics-port", str(free_port())],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "firm.cli.main",
+            "serve",
+            "start",
+            "--repository",
+            repo,
+            "--grpc-port",
+            str(port),
+            "--http-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = proc.stdout.readline()  # printed once ready
-        assert f'"grpc": "127.0.0.1:{port}"' in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        assert f'"grpc": "127.0.0.1:{port}"' in line, (
+            line,
+            proc.stderr.read() if proc.poll() is not None else "",
+        )
         b = f"127.0.0.1:{port}"
         items = _edits(4)
         with RewardClient([b, server.grpc_url], max_batch=1, retries=3, backoff=0.05) as client:
@@ -243,7 +311,10 @@ def test_failover_and_serve_start_cli(server, tmp_path: Path, tiny_critic_dir: P
             assert proc.wait(timeout=60) == 0
             assert client.health()[b] is False
             served_before = client.stats()[server.grpc_url]
-            second = client.score_edit(items)
+            # dict items as the RL trainer sends them
+            second = client.score_edit(
+                [{"source_image": a, "edited_image": b_, "instruction": t} for a, b_, t in items]
+            )
             assert len(first) == len(second) == 4
             assert client.stats()[server.grpc_url] - served_before == 4
     finally:
@@ -255,16 +326,39 @@ def test_failover_and_serve_start_cli(server, tmp_path: Path, tiny_critic_dir: P
 def test_serve_start_reports_model_load_failure(tmp_path: Path, tiny_critic_dir: Path) -> None:
     from firm.serving.export import ExportConfig, export_repository
 
-    repo = Path(export_repository(ExportConfig(critic=str(tiny_critic_dir), task="gen", critic_model=False,
-                                               weights="reference"), tmp_path / "repo"))
+    repo = Path(
+        export_repository(
+            ExportConfig(critic=str(tiny_critic_dir), task="gen", critic_model=False, weights="reference"),
+            tmp_path / "repo",
+        )
+    )
     cfg = repo / "firm_gen_reward" / "config.pbtxt"
     cfg.write_text(cfg.read_text().replace(str(tiny_critic_dir.resolve()), str(tmp_path / "missing-critic")))
     t = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "firm.cli.main", "serve", "start", "--repository", str(repo),
-                        "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "firm.cli.main",
+            "serve",
+            "start",
+            "--repository",
+            str(repo),
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1, r.stderr
-    assert r.stderr.startswith("error: tritonserver exited") and "failed to load 'firm_gen_reward'" in r.stderr
+    assert (
+        r.stderr.startswith("error: tritonserver exited") and "failed to load 'firm_gen_reward'" in r.stderr
+    )
     assert "missing-critic" in r.stderr and time.monotonic() - t < 120
 
 
@@ -278,20 +372,75 @@ def test_serve_score_cli(server, tmp_path: Path) -> None:
     src, dst, ins = edit_pair()
     src.save(tmp_path / "a.png")
     dst.save(tmp_path / "b.jpg", quality=95)
-    r = CliRunner().invoke(app, ["serve", "score", "--endpoint", server.grpc_url, "--task", "edit",
-                                 "--source", str(tmp_path / "a.png"), "--edited", str(tmp_path / "b.jpg"),
-                                 "--instruction", ins])
+    r = CliRunner().invoke(
+        app,
+        [
+            "serve",
+            "score",
+            "--endpoint",
+            server.grpc_url,
+            "--task",
+            "edit",
+            "--source",
+            str(tmp_path / "a.png"),
+            "--edited",
+            str(tmp_path / "b.jpg"),
+            "--instruction",
+            ins,
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["task"] == "edit" and out["formulation"] == "cme" and set(out["raw_scores"]) == {"execution", "consistency"}
+    assert (
+        out["task"] == "edit"
+        and out["formulation"] == "cme"
+        and set(out["raw_scores"]) == {"execution", "consistency"}
+    )
     assert (out["reward"] is None) == (out["status"] != "ok")
-    r = CliRunner().invoke(app, ["serve", "score", "--endpoint", server.grpc_url, "--task", "gen",
-                                 "--image", str(tmp_path / "a.png"), "--prompt", "a red square"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "serve",
+            "score",
+            "--endpoint",
+            server.grpc_url,
+            "--task",
+            "gen",
+            "--image",
+            str(tmp_path / "a.png"),
+            "--prompt",
+            "a red square",
+        ],
+    )
     assert r.exit_code == 0 and json.loads(r.stdout)["task"] == "gen"
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    r = CliRunner().invoke(app, ["serve", "score", "--endpoint", server.grpc_url, "--task", "gen",
-                                 "--image", str(tmp_path / "bad.png"), "--prompt", "x"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "serve",
+            "score",
+            "--endpoint",
+            server.grpc_url,
+            "--task",
+            "gen",
+            "--image",
+            str(tmp_path / "bad.png"),
+            "--prompt",
+            "x",
+        ],
+    )
     assert r.exit_code == 1 and r.stderr.startswith("error:") and "not an image" in r.stderr
-    r = CliRunner().invoke(app, ["serve", "score", "--endpoint", server.grpc_url, "--task", "edit",
-                                 "--source", str(tmp_path / "a.png")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "serve",
+            "score",
+            "--endpoint",
+            server.grpc_url,
+            "--task",
+            "edit",
+            "--source",
+            str(tmp_path / "a.png"),
+        ],
+    )
     assert r.exit_code == 1 and "--edited" in r.stderr

@@ -15,14 +15,14 @@ from firm.errors import InputError
 from firm.rewards.parsing import parse_answer
 
 
-def _red_cells(img) -> int:  # noqa: ANN001
+def _red_cells(img) -> int:
     """Count the 2×2 grid cells whose centre pixel is the synthetic red."""
     w, h = img.size
     centres = [(w // 4, h // 4), (3 * w // 4, h // 4), (w // 4, 3 * h // 4), (3 * w // 4, 3 * h // 4)]
     return sum(img.getpixel(c) == RED for c in centres)
 
 
-def _shape_pixels(img) -> list[tuple[int, int, int]]:  # noqa: ANN001
+def _shape_pixels(img) -> list[tuple[int, int, int]]:
     """The colour at each cell's distractor position (top-right corner of the cell)."""
     w = img.size[0]
     c = w // 2
@@ -58,7 +58,11 @@ def test_gen_scores_and_targets() -> None:
 
 
 def test_synthetic_items_are_deterministic_and_seeded() -> None:
-    a, b, c = synthetic_edit_items(8, seed=5), synthetic_edit_items(8, seed=5), synthetic_edit_items(8, seed=6)
+    a, b, c = (
+        synthetic_edit_items(8, seed=5),
+        synthetic_edit_items(8, seed=5),
+        synthetic_edit_items(8, seed=6),
+    )
     assert [x.edited.tobytes() for x in a] == [x.edited.tobytes() for x in b]
     assert [x.edited.tobytes() for x in a] != [x.edited.tobytes() for x in c]
     assert all(x.requested == 4 for x in synthetic_edit_items(10, requested=4))
@@ -68,7 +72,11 @@ def test_synthetic_items_are_deterministic_and_seeded() -> None:
 
 def test_round_trip_splits_and_rows(tmp_path: Path) -> None:
     out = write_synthetic_sft_dataset(
-        tmp_path / "ds", n_edit=20, n_gen=10, axes=["execution", "consistency", "instruction"], val_fraction=0.1
+        tmp_path / "ds",
+        n_edit=20,
+        n_gen=10,
+        axes=["execution", "consistency", "instruction"],
+        val_fraction=0.1,
     )
     ds = read_sft_dataset(out)
     assert ds.counts() == {"train": 18 * 2 + 9, "val": 2 * 2 + 1, "skipped": 0}

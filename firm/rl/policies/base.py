@@ -48,7 +48,6 @@ class DiffusionPolicy(ABC):
     dtype: torch.dtype
     resolution: int
     source: str  # where the base pipeline was loaded from (local dir or HF id)
-    load_kwargs: dict[str, Any] = {}  # noqa: RUF012  (extra from_pretrained arguments, e.g. a processor)
 
     @abstractmethod
     def encode(self, prompts: list[str], sources: list[Any] | None = None) -> Conditioning:
@@ -71,9 +70,21 @@ class DiffusionPolicy(ABC):
         """Clean latents → images [B, 3, H, W] in [0, 1] (float32, CPU); no gradients."""
 
     def save_lora(self, out_dir: str | Path, lora_state: dict[str, torch.Tensor]) -> None:
-        """Write the LoRA in diffusers format (`pytorch_lora_weights.safetensors`, loadable with load_lora_weights)."""
+        """Write the LoRA in diffusers format (`pytorch_lora_weights.safetensors`, loadable with load_lora_weights).
+
+        The adapter's config (rank, alpha, targets) goes into the file's metadata, so loaders apply the same
+        alpha/rank scale as training did.
+        """
+        meta = None
+        peft_config = getattr(self.transformer, "peft_config", {})
+        if "default" in peft_config:
+            meta = peft_config["default"].to_dict()
+            meta = {k: sorted(v) if isinstance(v, set) else v for k, v in meta.items()}
         type(self.pipeline).save_lora_weights(
-            save_directory=str(out_dir), transformer_lora_layers=lora_state, safe_serialization=True
+            save_directory=str(out_dir),
+            transformer_lora_layers=lora_state,
+            safe_serialization=True,
+            transformer_lora_adapter_metadata=meta,
         )
 
     def save_merged(self, out_dir: str | Path) -> None:
@@ -81,17 +92,20 @@ class DiffusionPolicy(ABC):
         import tempfile
 
         from firm.rl.lora import adapter_state
-        from firm.rl.policies.loading import absent_components
 
         with tempfile.TemporaryDirectory(prefix="firm-rl-merge-") as tmp:
             self.save_lora(tmp, adapter_state(self.transformer))
-            pipe = type(self.pipeline).from_pretrained(
-                self.source, dtype=self.dtype, **absent_components(self.source), **self.load_kwargs
-            )
+            pipe = self.load_base_pipeline()
             pipe.load_lora_weights(tmp)
             pipe.fuse_lora()
             pipe.unload_lora_weights()
             pipe.save_pretrained(str(out_dir))
+
+    def load_base_pipeline(self) -> Any:
+        """A fresh copy of the base pipeline (no LoRA), from where this policy was loaded."""
+        from firm.rl.policies.loading import absent_components
+
+        return type(self.pipeline).from_pretrained(self.source, dtype=self.dtype, **absent_components(self.source))
 
     def eval_mode(self) -> None:
         """Disable dropout everywhere (freshly built tiny models are in train mode)."""

@@ -151,6 +151,99 @@ def build_tiny_sd3(
     return out
 
 
+def build_tiny_qwen_edit(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """Build and save a tiny `QwenImageEditPlusPipeline`: a 2-layer `QwenImageTransformer2DModel`, a tiny
+    `AutoencoderKLQwenImage` (8× downsampling, 16 latent channels) and a tiny Qwen2.5-VL text encoder with an offline
+    byte-level BPE tokenizer and the image-only processor (reload with `processor=` passed explicitly — the
+    `QwenEditPolicy` loader does that)."""
+    import torch
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPlusPipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from firm.models.processors import QWEN_VL_CHAT_TEMPLATE, FirmQwen2_5_VLProcessor, image_processor
+    from firm.models.tiny import SPECIAL_TOKENS, train_tokenizer
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    tok = train_tokenizer(640)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    text_config = {
+        "vocab_size": len(tok),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        "pad_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+    }
+    cfg = Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "out_hidden_size": 64,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    text_encoder = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    processor = FirmQwen2_5_VLProcessor(
+        image_processor=image_processor(min_pixels=56 * 56, max_pixels=56 * 56),
+        tokenizer=tok,
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=64,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=64,
+        axes_dims_rope=(4, 6, 6),
+    )
+    vae = AutoencoderKLQwenImage(
+        base_dim=8,
+        z_dim=16,
+        dim_mult=[1, 1, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 16,
+        latents_std=[1.0] * 16,
+    )
+    pipe = QwenImageEditPlusPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=16,
+            max_image_seq_len=1024, shift_terminal=0.02,
+        ),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        processor=processor,
+        transformer=transformer,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out)
+    return out
+
+
 TINY_GEN_PROMPTS = [
     "a red apple on a table",
     "a blue sky over the sea",

@@ -76,7 +76,9 @@ def rows_of(name: str, arr: np.ndarray | None, expect_cols: int | None = 1) -> n
     if arr is None:
         raise InputError(f"input {name!r} is missing")
     if arr.ndim != 2 or arr.shape[0] < 1:
-        raise InputError(f"input {name!r} must have shape [batch, {expect_cols or 'n'}], got {list(arr.shape)}")
+        raise InputError(
+            f"input {name!r} must have shape [batch, {expect_cols or 'n'}], got {list(arr.shape)}"
+        )
     if expect_cols is not None and arr.shape[1] != expect_cols:
         raise InputError(f"input {name!r} must have shape [batch, {expect_cols}], got {list(arr.shape)}")
     if arr.dtype != np.object_:
@@ -141,11 +143,15 @@ class Metrics:
     def __init__(self, pb_utils: Any, model: str) -> None:
         mf = pb_utils.MetricFamily
         self.model = model
-        self._parse = mf(name="firm_parse_failures_total", description="critic answers that did not parse",
-                         kind=mf.COUNTER)
-        self._invalid = mf(name="firm_invalid_requests_total", description="requests rejected as invalid",
-                           kind=mf.COUNTER)
-        self._judged = mf(name="firm_judgements_total", description="critic judgements produced", kind=mf.COUNTER)
+        self._parse = mf(
+            name="firm_parse_failures_total", description="critic answers that did not parse", kind=mf.COUNTER
+        )
+        self._invalid = mf(
+            name="firm_invalid_requests_total", description="requests rejected as invalid", kind=mf.COUNTER
+        )
+        self._judged = mf(
+            name="firm_judgements_total", description="critic judgements produced", kind=mf.COUNTER
+        )
         self._reward = mf(name="firm_reward", description="reward values returned", kind=mf.HISTOGRAM)
         self._cache: dict[tuple[str, ...], Any] = {}
         self._reward_metric = self._reward.Metric(labels={"model": model}, buckets=REWARD_BUCKETS)
@@ -197,7 +203,9 @@ def serve_batch(
     if flat:
         try:
             results = score(flat)
-        except InputError as exc:  # e.g. an image the processor refuses: fail only those requests, rescoring the rest
+        except (
+            InputError
+        ) as exc:  # e.g. an image the processor refuses: fail only those requests, rescoring the rest
             if len(decoded) == 1:
                 i = decoded[0][0]
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), invalid_code))

@@ -52,14 +52,22 @@ class CriticModel:
         for r in range(images.shape[0]):
             rubric = rubric_by_id(decode_text(rubric_ids[r, 0], f"rubric_id[{r}]"))
             if rubric.role != "student":
-                raise InputError(f"rubric_id[{r}]: {rubric.id} is a teacher rubric; the critic serves student rubrics")
+                raise InputError(
+                    f"rubric_id[{r}]: {rubric.id} is a teacher rubric; the critic serves student rubrics"
+                )
             if images.shape[1] != rubric.n_images:
-                raise InputError(f"rubric {rubric.id} needs {rubric.n_images} image(s) per row, got {images.shape[1]}")
-            imgs = [decode_image(images[r, j], f"images[{r}][{j}]", self.max_decode_pixels)
-                    for j in range(images.shape[1])]
+                raise InputError(
+                    f"rubric {rubric.id} needs {rubric.n_images} image(s) per row, got {images.shape[1]}"
+                )
+            imgs = [
+                decode_image(images[r, j], f"images[{r}][{j}]", self.max_decode_pixels)
+                for j in range(images.shape[1])
+            ]
             text = decode_text(texts[r, 0], f"text[{r}]", allow_empty=rubric.axis == "quality")
             field = "instruction" if rubric.task == "edit" else "prompt"
-            out.append(CriticRequest(task=rubric.task, axis=rubric.axis, images=imgs, **{field: text or None}))
+            out.append(
+                CriticRequest(task=rubric.task, axis=rubric.axis, images=imgs, **{field: text or None})
+            )
         return out
 
     def _score(self, reqs: list[Any]) -> list[Judgement]:
@@ -70,7 +78,9 @@ class CriticModel:
 
     def _encode(self, js: list[Judgement]) -> list[Any]:
         pb = self.pb
-        scores = [j.score if isinstance(j.score, list) else (None if j.score is None else [j.score]) for j in js]
+        scores = [
+            j.score if isinstance(j.score, list) else (None if j.score is None else [j.score]) for j in js
+        ]
         return [
             pb.Tensor("score", f32(scores, cols=3)),
             pb.Tensor("expected_score", f32([j.expected_score for j in js])),

@@ -27,10 +27,18 @@ def load_critic(params: ModelParams, args: dict[str, Any]) -> Any:
     if params.get("engine", "python") == "vllm":  # firm_critic is a vLLM-backend model: call it through BLS
         from firm.serving.backend.vllm_critic import VllmCritic
 
-        return VllmCritic(params.critic_location, max_pixels=params.get_int("max_pixels", 512 * 512),
-                          max_new_tokens=params.get_int("max_new_tokens", 64))
+        return VllmCritic(
+            params.critic_location,
+            max_pixels=params.get_int("max_pixels", 512 * 512),
+            max_new_tokens=params.get_int("max_new_tokens", 64),
+        )
     from firm.critic.critic import Critic
 
+    threads = params.get_int("threads", 0)
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     device = "cpu"
     if args.get("model_instance_kind") == "GPU" or params.get("device", "cpu") == "gpu":
         device = f"cuda:{int(args.get('model_instance_device_id', 0) or 0)}"

@@ -63,7 +63,7 @@ class _RewardModel:
         return serve_batch(self.pb, requests, self._decode, self._score, self._encode, self.metrics)
 
     def _observe(self, b: RewardBreakdown) -> None:
-        for axis, raw in b.raw_scores.items():
+        for axis, _raw in b.raw_scores.items():
             failed = [s.split(":")[0] for s in b.status.split(",") if s.endswith(f":{axis}")]
             self.metrics.judged(axis, failed[0] if failed else "ok")
         self.metrics.reward(b.reward)
@@ -151,7 +151,9 @@ class GenRewardModel(_RewardModel):
         p = self.params
         self.quality = p.get_bool("quality", True)
         self.config = GenRewardConfig(
-            w_base=p.get_float("w_base", 0.4), w_bonus=p.get_float("w_bonus", 0.6), readout=p.get("readout", "text")
+            w_base=p.get_float("w_base", 0.4),
+            w_bonus=p.get_float("w_bonus", 0.6),
+            readout=p.get("readout", "text"),
         )
 
     def _decode(self, request: Any) -> list[Any]:
@@ -171,7 +173,9 @@ class GenRewardModel(_RewardModel):
 
     def _score(self, items: list[Any]) -> list[RewardBreakdown]:
         k = 2 if self.quality else 1
-        scored = self.critic.gen_rewards(items, self.quality, self.config, self.policy, batch_size=k * len(items))
+        scored = self.critic.gen_rewards(
+            items, self.quality, self.config, self.policy, batch_size=k * len(items)
+        )
         out = [b for b, _ in scored]
         for b in out:
             self._observe(b)

@@ -85,8 +85,14 @@ class VllmCritic:
                 text += b"".join(bytes(x) for x in out.as_numpy().reshape(-1)).decode("utf-8", "replace")
         parsed = parse_answer(req.rubric.answer_format, text)
         return Judgement(
-            task=req.task, axis=req.axis, status=parsed.status, score=parsed.score if parsed.ok else None,
-            reasoning=parsed.reasoning, raw_text=text, parsed_from=parsed.parsed_from, sample_id=req.sample_id,
+            task=req.task,
+            axis=req.axis,
+            status=parsed.status,
+            score=parsed.score if parsed.ok else None,
+            reasoning=parsed.reasoning,
+            raw_text=text,
+            parsed_from=parsed.parsed_from,
+            sample_id=req.sample_id,
         )
 
     def judge(self, requests: Sequence[Any], readout: str = "text", batch_size: int = 0) -> list[Judgement]:
@@ -110,15 +116,21 @@ class VllmCritic:
             for axis in ("execution", "consistency")
         ]
         js = self.judge(reqs, config.readout)
-        return [(edit_reward(js[2 * i], js[2 * i + 1], config, policy), (js[2 * i], js[2 * i + 1]))
-                for i in range(len(items))]
+        return [
+            (edit_reward(js[2 * i], js[2 * i + 1], config, policy), (js[2 * i], js[2 * i + 1]))
+            for i in range(len(items))
+        ]
 
-    def gen_rewards(self, items: Sequence[Any], quality: bool, config: Any, policy: str, batch_size: int = 0) -> list[Any]:
+    def gen_rewards(
+        self, items: Sequence[Any], quality: bool, config: Any, policy: str, batch_size: int = 0
+    ) -> list[Any]:
         from firm.critic.critic import CriticRequest
         from firm.rewards.formulas import gen_reward
 
         axes = ("instruction", "quality") if quality else ("instruction",)
-        reqs = [CriticRequest(task="gen", axis=a, images=[g.image], prompt=g.prompt) for g in items for a in axes]
+        reqs = [
+            CriticRequest(task="gen", axis=a, images=[g.image], prompt=g.prompt) for g in items for a in axes
+        ]
         js = self.judge(reqs, config.readout)
         k = len(axes)
         out = []

@@ -1,0 +1,110 @@
+"""RL step time and its split (rollout / reward wait / update): synchronous vs asynchronous rewards, NFT vs GRPO.
+
+Tiny SD3 policy (32 px), rewards from the tiny FIRM critic behind the real tritonserver (gRPC), all on this machine.
+With `reward.async_overlap` the critic scores prompt group i while group i+1 rolls out, so the step pays only the
+reward latency that rollouts could not hide.
+
+    .venv/bin/python benchmarks/rl_step.py --steps 6 --prompts 4 --group 4 --out benchmarks/results/rl_step.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+
+def run(algorithm: str, overlap: bool, args: argparse.Namespace, policy_dir: Path, prompts: Path, url: str) -> dict:
+    import torch
+
+    from firm.rl.config import config_from_dict
+    from firm.rl.trainer import Trainer
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as out:
+        cfg = config_from_dict(
+            {
+                "name": "bench",
+                "task": "gen",
+                "algorithm": algorithm,
+                "output_uri": out,
+                "steps": args.steps + 1,
+                "device": "cpu",
+                "policy": {"kind": "sd3", "uri": str(policy_dir), "resolution": 32, "max_sequence_length": 16},
+                "lora": {"rank": 4, "alpha": 8},
+                "sampling": {"num_steps": args.num_steps, "group_size": args.group, "prompts_per_step": args.prompts},
+                "reward": {"kind": "triton", "url": url, "async_overlap": overlap, "quality": False},
+                "data": {"prompts": str(prompts)},
+                "checkpoint": {"every_steps": 10_000},
+                "monitor": {"tensorboard": False},
+            }
+        )
+        trainer = Trainer(cfg)
+        results = trainer.train(progress=False)[1:]  # the first step warms up both sides
+        trainer.reward.close()  # type: ignore[attr-defined]
+    keys = ("time/step", "time/rollout", "time/reward_wait", "time/update")
+    return {k: statistics.median(r.metrics[k] for r in results) for k in keys}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--group", type=int, default=4)
+    ap.add_argument("--num-steps", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    from firm.models.tiny import build_tiny_critic
+    from firm.rl.policies.tiny import build_tiny_sd3, write_prompts
+    from firm.serving.export import BatchingConfig, ExportConfig, export_repository
+    from firm.serving.server import TritonServer
+
+    work = Path(tempfile.mkdtemp(prefix="firm-rl-bench-"))
+    policy_dir = build_tiny_sd3(work / "sd3", sample_size=4)
+    prompts = write_prompts(work / "prompts.txt")
+    critic = build_tiny_critic(work / "critic", size="tiny", format_steps=80)
+    repo = export_repository(
+        ExportConfig(
+            critic=str(critic), task="gen", critic_model=False, max_new_tokens=24, max_pixels=64 * 64, gen_quality=False,
+            batching=BatchingConfig(max_batch_size=16, preferred_batch_sizes=[4, 8, 16], max_queue_delay_us=2_000),
+        ),
+        work / "repo",
+    )
+    rows = []
+    with TritonServer(repo) as srv:
+        for algorithm in ("nft", "grpo"):
+            sync = run(algorithm, False, args, policy_dir, prompts, srv.grpc_url)
+            asyn = run(algorithm, True, args, policy_dir, prompts, srv.grpc_url)
+            rows.append((algorithm, sync, asyn))
+    lines = [
+        f"Tiny SD3 (32 px, {args.num_steps} rollout steps), {args.prompts} prompts × group {args.group} per step, "
+        f"tiny critic (instruction axis, ≤24 new tokens) behind tritonserver on 127.0.0.1; median of {args.steps} "
+        "steps after one warm-up; seconds.",
+        "",
+        "| algorithm | rewards | step | rollout | reward wait | update | async / sync step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for algorithm, sync, asyn in rows:
+        for name, t in (("sync", sync), ("async", asyn)):
+            ratio = f"{asyn['time/step'] / sync['time/step']:.2f}×" if name == "async" else ""
+            lines.append(
+                f"| {algorithm} | {name} | {t['time/step']:.3f} | {t['time/rollout']:.3f} | "
+                f"{t['time/reward_wait']:.3f} | {t['time/update']:.3f} | {ratio} |"
+            )
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        header = (
+            "## RL step (issue 7): sync vs async rewards, NFT vs GRPO\n\n"
+            "Command: `.venv/bin/python benchmarks/rl_step.py "
+            f"--steps {args.steps} --prompts {args.prompts} --group {args.group} --out {args.out}`\n\n"
+        )
+        args.out.write_text(header + text + "\n")
+
+
+if __name__ == "__main__":
+    main()

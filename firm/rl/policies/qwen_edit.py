@@ -1,0 +1,171 @@
+"""Qwen-Image-Edit(-2509) editing policy (diffusers `QwenImageEditPlusPipeline`), CFG-free as in FIRM's RL.
+
+The pipeline's own `__call__` resizes the condition image for the VL encoder to a hard-coded ~384² area and the
+VAE copy to ~1024², and drops a fixed 64 prompt-template tokens from the encoder output. This adapter does not go
+through `__call__`: the VL-encoder pixel budget (`policy.condition_pixels`) and the dropped-token count
+(`policy.prompt_template_drop`, None = the pipeline's own) are settings, and the source image is VAE-encoded at the
+rollout resolution. Latents use the pipeline's packed layout [B, (h/2)(w/2), 4·C]; the source latents are appended
+to the sequence and the prediction for them is discarded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from firm.errors import InputError
+from firm.rl.policies.base import Conditioning, DiffusionPolicy
+from firm.rl.policies.loading import DTYPES, resolve_pretrained
+
+
+class QwenEditPolicy(DiffusionPolicy):
+    task = "edit"
+
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        resolution: int,
+        max_sequence_length: int,
+        condition_pixels: int,
+        device: torch.device,
+        source: str = "",
+    ):
+        self.pipeline = pipeline
+        self.transformer = pipeline.transformer
+        self.device = device
+        self.dtype = self.transformer.dtype
+        self.resolution = resolution
+        self.max_sequence_length = max_sequence_length
+        self.condition_pixels = condition_pixels
+        self.source = source
+        self.vae_scale = pipeline.vae_scale_factor
+        self.channels = pipeline.latent_channels
+        for comp in pipeline.components.values():
+            if isinstance(comp, torch.nn.Module):
+                comp.requires_grad_(False)
+        self.eval_mode()
+
+    @staticmethod
+    def load_pipeline(path: str, dtype: torch.dtype) -> Any:
+        """Assemble the pipeline from its saved components. The saved Qwen-VL processor class needs torchvision
+        (or, for tiny models, is FIRM's image-only subclass, which `from_pretrained`'s class check rejects), so the
+        components are loaded one by one and the image-only processor is passed in."""
+        from diffusers import (
+            AutoencoderKLQwenImage,
+            FlowMatchEulerDiscreteScheduler,
+            QwenImageEditPlusPipeline,
+            QwenImageTransformer2DModel,
+        )
+        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+        from firm.models.processors import FirmQwen2_5_VLProcessor
+
+        return QwenImageEditPlusPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler"),
+            vae=AutoencoderKLQwenImage.from_pretrained(path, subfolder="vae", dtype=dtype),
+            text_encoder=Qwen2_5_VLForConditionalGeneration.from_pretrained(path, subfolder="text_encoder", dtype=dtype),
+            tokenizer=AutoTokenizer.from_pretrained(path, subfolder="tokenizer"),
+            processor=FirmQwen2_5_VLProcessor.from_pretrained(path, subfolder="processor"),
+            transformer=QwenImageTransformer2DModel.from_pretrained(path, subfolder="transformer", dtype=dtype),
+        )
+
+    def load_base_pipeline(self) -> Any:
+        return self.load_pipeline(self.source, self.dtype)
+
+    @classmethod
+    def from_pretrained(cls, cfg: Any, device: torch.device) -> QwenEditPolicy:
+        path = resolve_pretrained(cfg.uri)
+        pipe = cls.load_pipeline(path, DTYPES[cfg.dtype]).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        if cfg.prompt_template_drop is not None:
+            pipe.prompt_template_encode_start_idx = cfg.prompt_template_drop
+        if cfg.gradient_checkpointing:
+            pipe.transformer.enable_gradient_checkpointing()
+        return cls(
+            pipe,
+            resolution=cfg.resolution,
+            max_sequence_length=cfg.max_sequence_length,
+            condition_pixels=cfg.condition_pixels,
+            device=device,
+            source=path,
+        )
+
+    def _latent_side(self) -> int:
+        return 2 * (self.resolution // (self.vae_scale * 2))
+
+    def _pack(self, z: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = z.shape
+        return self.pipeline._pack_latents(z, b, c, h, w)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str], sources: list[Any] | None = None) -> Conditioning:
+        from firm.rl.rewards import to_pil
+
+        if not sources or len(sources) != len(prompts) or any(s is None for s in sources):
+            raise InputError("Qwen-Image-Edit needs one source image per instruction")
+        pipe = self.pipeline
+        embeds, masks, latents = [], [], []
+        for prompt, src in zip(prompts, sources, strict=True):
+            img = to_pil(src) if isinstance(src, torch.Tensor) else src
+            side = max(28, int(math.sqrt(self.condition_pixels)) // 28 * 28)
+            cond_img = img.resize((side, side))
+            pe, _ = pipe._get_qwen_prompt_embeds([prompt], [cond_img], device=self.device, dtype=self.dtype)
+            pe = pe[:, : self.max_sequence_length]
+            pad = self.max_sequence_length - pe.shape[1]
+            mask = torch.cat([torch.ones(pe.shape[1]), torch.zeros(pad)]).to(self.device, torch.long)
+            embeds.append(torch.nn.functional.pad(pe, (0, 0, 0, pad)))
+            masks.append(mask[None])
+            vae_img = img.resize((self.resolution, self.resolution))
+            x = pipe.image_processor.preprocess(vae_img, self.resolution, self.resolution).unsqueeze(2)
+            z = pipe._encode_vae_image(x.to(self.device, pipe.vae.dtype), generator=None)[:, :, 0]
+            latents.append(self._pack(z.to(self.dtype)))
+        return Conditioning(
+            {"prompt_embeds": torch.cat(embeds), "prompt_mask": torch.cat(masks), "image_latents": torch.cat(latents)}
+        )
+
+    def initial_noise(self, n: int, generator: torch.Generator, cond: Conditioning) -> torch.Tensor:
+        side = self._latent_side()
+        z = torch.randn((n, self.channels, side, side), generator=generator)
+        return self._pack(z).to(self.device, self.dtype)
+
+    def sigmas(self, num_steps: int, cond: Conditioning) -> torch.Tensor:
+        import numpy as np
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_shift
+
+        sched = self.pipeline.scheduler
+        seq = (self._latent_side() // 2) ** 2
+        mu = calculate_shift(
+            seq,
+            sched.config.get("base_image_seq_len", 256),
+            sched.config.get("max_image_seq_len", 4096),
+            sched.config.get("base_shift", 0.5),
+            sched.config.get("max_shift", 1.15),
+        )
+        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu, device="cpu")
+        return sched.sigmas.detach().float().cpu().clone()
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        side = self._latent_side() // 2
+        img_lat = cond.tensors["image_latents"]
+        shapes = [[(1, side, side), (1, side, side)]] * x.shape[0]
+        out = self.transformer(
+            hidden_states=torch.cat([x, img_lat.to(x.dtype)], dim=1),
+            timestep=sigma.to(x.device, x.dtype).expand(x.shape[0]),
+            encoder_hidden_states=cond.tensors["prompt_embeds"],
+            encoder_hidden_states_mask=cond.tensors["prompt_mask"],
+            img_shapes=shapes,
+            return_dict=False,
+        )[0]
+        return out[:, : x.shape[1]]
+
+    @torch.no_grad()
+    def decode(self, x0: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        pipe, vae = self.pipeline, self.pipeline.vae
+        z = pipe._unpack_latents(x0, self.resolution, self.resolution, self.vae_scale).to(vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(z)
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(z)
+        img = vae.decode(z * std + mean, return_dict=False)[0][:, :, 0]
+        return (img.float() / 2 + 0.5).clamp(0, 1).cpu()

@@ -1,0 +1,117 @@
+"""Checkpoints: the exported LoRA loads with diffusers' load_lora_weights; a run killed with SIGKILL and resumed with
+`--resume auto` from the object store (moto S3 over HTTP) ends with exactly the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+
+def test_final_lora_loads_with_load_lora_weights(tiny_cfg, tiny_sd3: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    from diffusers import StableDiffusion3Pipeline
+
+    from firm.rl.policies.loading import absent_components
+    from firm.rl.trainer import Trainer
+
+    cfg = tiny_cfg(steps=2, checkpoint__every_steps=1, monitor__eval_every=2, data__eval_prompts='["a cat", "a dog"]')
+    trainer = Trainer(cfg)
+    trainer.train(progress=False)
+    out = Path(cfg.output_uri)
+    assert (out / "checkpoints/step-00000001/MANIFEST.json").exists()
+    assert (out / "checkpoints/step-00000002/trainer_state.pt").exists()
+    assert (out / "run/samples/step-00000002.png").exists()
+    lines = (out / "run/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [0, 1]
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(tiny_sd3), **absent_components(str(tiny_sd3)))
+    pipe.load_lora_weights(str(out / "final/lora"))
+    pol = trainer.policy
+    cond = pol.encode(["a red apple"])
+    x, s = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0.6])
+    with torch.no_grad():
+        ours = pol.velocity(x, s, cond)
+        theirs = pipe.transformer(
+            hidden_states=x, encoder_hidden_states=cond.tensors["prompt_embeds"],
+            pooled_projections=cond.tensors["pooled"], timestep=s * 1000, return_dict=False,
+        )[0]
+        pipe.disable_lora()
+        base = pipe.transformer(
+            hidden_states=x, encoder_hidden_states=cond.tensors["prompt_embeds"],
+            pooled_projections=cond.tensors["pooled"], timestep=s * 1000, return_dict=False,
+        )[0]
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.allclose(theirs, base, atol=1e-5)  # the LoRA did change the model
+
+
+def _train_cmd(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "firm.rl.train", "--config", str(config), *extra]
+
+
+def test_resume_after_kill_matches_uninterrupted(tiny_cfg, s3_env, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from firm.rl.trainer import Trainer
+    from firm.storage import init_buckets, latest
+
+    monkeypatch.setenv("FIRM_HOME", str(tmp_path / "home"))
+    from firm.config import get_settings
+
+    get_settings(fresh=True)
+    init_buckets()
+    steps = 8
+    data = tiny_cfg(steps=steps, as_dict=True, output_uri="s3://firm-checkpoints/rl-resume", checkpoint__every_steps=1)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    proc = subprocess.Popen(_train_cmd(config), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    prefix = "s3://firm-checkpoints/rl-resume/checkpoints"
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        uri = latest(prefix)
+        if uri and int(uri.rsplit("-", 1)[1]) >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed_at = uri
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    interrupted_step = int(latest(prefix).rsplit("-", 1)[1])  # type: ignore[union-attr]
+    assert interrupted_step < steps  # it really was killed mid-run
+
+    res = subprocess.run(_train_cmd(config, "--resume", "auto"), env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["steps"] == steps
+    assert f"resumed from {prefix}/step-{interrupted_step:08d}" in res.stderr
+
+    # the same run, uninterrupted, in this process (same config, one thread)
+    ref = Trainer(tiny_cfg(steps=steps, output_uri=str(tmp_path / "ref")))
+    ref.train(progress=False)
+    from firm.storage import resolve_local
+
+    resumed = load_file(str(resolve_local("s3://firm-checkpoints/rl-resume/final/lora") / "pytorch_lora_weights.safetensors"))
+    uninterrupted = load_file(str(tmp_path / "ref/final/lora/pytorch_lora_weights.safetensors"))
+    assert resumed.keys() == uninterrupted.keys() and len(resumed) > 0
+    for k in resumed:
+        assert torch.allclose(resumed[k], uninterrupted[k], atol=1e-6), k
+    # and training did move the weights (lora_B starts at zero)
+    assert any(float(v.abs().max()) > 0 for k, v in resumed.items() if "lora_B" in k)
+
+
+@pytest.mark.parametrize("bad", ["sampling.group_size=1", "steps=0"])
+def test_entrypoint_rejects_bad_config_with_one_line(tiny_cfg, tmp_path: Path, bad: str) -> None:  # noqa: ANN001
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_cfg(as_dict=True)))
+    res = subprocess.run(_train_cmd(config, bad), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and bad.split("=")[0] in last

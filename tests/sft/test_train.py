@@ -1,0 +1,273 @@
+"""Critic SFT end to end on the tiny critic: it learns the red-squares task (1 process and 2 under torchrun),
+resumes exactly after kill -9, trains LoRA and DeepSpeed ZeRO-2 variants, publishes checkpoints to local and S3
+stores, and refuses bad input without publishing anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firm.critic.sft import TrainResult, train
+from firm.critic.sft_config import SFTConfig
+from firm.errors import ConfigError, InputError
+from tests.sft.helpers import read_metrics, sft_config, train_losses, write_config
+
+LEARN_STEPS = 240  # the red-square count is learned at ~200 steps of batch 8 (lr 1e-3, constant, 112 px)
+LEARN = {"max_steps": LEARN_STEPS, "optim__lr": 1e-3, "log_every": 1}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
+    env.pop("WORLD_SIZE", None)
+    env.pop("RANK", None)
+    return env
+
+
+def _judge_val(model_dir: Path, dataset: Path, require_ok: bool = True) -> float:
+    """MAE of a freshly loaded exported critic on the val split (checks the export is a working critic)."""
+    from firm.critic.critic import Critic, CriticRequest
+    from firm.curation.dataset import read_sft_dataset
+
+    ds = read_sft_dataset(dataset)
+    val = ds.split("val")
+    critic = Critic.from_pretrained(str(model_dir), max_new_tokens=40)
+    reqs = [
+        CriticRequest(
+            task=r.task, axis=r.axis, images=[ds.image_ref(i) for i in r.images], instruction=r.instruction
+        )
+        for r in val
+    ]
+    js = critic.judge(reqs, batch_size=len(reqs))
+    assert len(js) == len(val) and all(j.raw_text for j in js)
+    if not require_ok:
+        return float("nan")
+    assert all(j.ok for j in js), [j.raw_text for j in js if not j.ok]
+    return sum(abs(j.score - r.score) for j, r in zip(js, val, strict=True)) / len(val)
+
+
+@pytest.fixture(scope="module")
+def learned(
+    tiny_critic_dir: Path, sft_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainResult, dict[str, Any]]:
+    """ONE single-process learning run, shared by the learning, checkpoint, export and resume tests."""
+    tmp = tmp_path_factory.mktemp("learn")
+    cfg = sft_config(
+        tiny_critic_dir, sft_dataset, tmp, run_name="learn", checkpoint__every_n_steps=100, **LEARN
+    )  # fmt: skip
+    return train(SFTConfig.model_validate(cfg)), cfg
+
+
+def test_single_process_learns_the_task(
+    learned: tuple[TrainResult, dict[str, Any]], sft_dataset: Path
+) -> None:
+    result, _ = learned
+    losses = train_losses(result.run_dir)
+    first, last = (
+        sum(losses[s] for s in range(1, 11)) / 10,
+        sum(losses[s] for s in range(LEARN_STEPS - 9, LEARN_STEPS + 1)) / 10,
+    )
+    assert last < 0.2 * first, (first, last)
+    ev = result.final_eval
+    assert ev["val/parse_rate"] == 1.0
+    # Below the majority class AND below the best constant guess: the scores are read off the images.
+    assert ev["val/mae"] < ev["val/baseline_mae"] and ev["val/mae"] < 0.5, ev
+    assert (result.run_dir / "tb").is_dir() and any((result.run_dir / "tb").iterdir())
+    # The export is a plain save_pretrained critic that Critic.from_pretrained loads and that scores the same.
+    assert result.export_dir is not None
+    assert _judge_val(result.export_dir, sft_dataset) == pytest.approx(ev["val/mae"])
+
+
+def test_checkpoints_are_published_and_pruned(learned: tuple[TrainResult, dict[str, Any]]) -> None:
+    from firm.storage import latest, read_manifest
+
+    result, cfg = learned
+    root = cfg["checkpoint"]["uri"]
+    assert [c.rsplit("/", 1)[-1] for c in result.checkpoints] == [
+        "step-100",
+        "step-200",
+        f"step-{LEARN_STEPS}",
+    ]
+    assert latest(root) == f"{root}/step-{LEARN_STEPS}"
+    local = Path(root.removeprefix("file://"))
+    assert sorted(p.name for p in local.iterdir()) == ["step-200", f"step-{LEARN_STEPS}"]  # keep_last 2
+    files = {f.path for f in read_manifest(f"{root}/step-200").files}
+    assert {
+        "model/model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng.pt",
+        "trainer_state.json",
+    } <= files
+    state = json.loads((local / "step-200" / "trainer_state.json").read_text())
+    assert state["step"] == 200 and state["world_size"] == 1 and state["global_batch"] == 8
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(
+    learned: tuple[TrainResult, dict[str, Any]], tmp_path: Path
+) -> None:
+    """kill -9 right after the step-10 checkpoint, resume with --resume auto, compare with the uninterrupted run
+    (same config; the constant schedule makes its first 30 steps those of a 30-step run)."""
+    reference, cfg = learned
+    cfg = {**cfg, "run_name": "resume", "output_dir": str(tmp_path / "runs")}
+    cfg["checkpoint"] = {**cfg["checkpoint"], "uri": (tmp_path / "ckpt").as_uri(), "every_n_steps": 10}
+    config = write_config(cfg, tmp_path / "resume.yaml")
+    marker = tmp_path / "ckpt" / "step-10" / "MANIFEST.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firm.critic.sft", "--config", str(config)],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = max(train_losses(tmp_path / "runs" / "resume"))
+    assert 10 <= killed_at < LEARN_STEPS
+
+    from firm.critic.sft import main
+
+    assert main(["--config", str(config), "--resume", "auto", "max_steps=30", "export.enabled=false"]) == 0
+    resumed = train_losses(tmp_path / "runs" / "resume")
+    ref = train_losses(reference.run_dir)
+    assert max(resumed) == 30
+    for step in range(11, 31):
+        assert resumed[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
+    evals = [m for m in read_metrics(tmp_path / "runs" / "resume") if "val/loss" in m]
+    assert evals and evals[-1]["step"] == 30
+
+
+def test_two_process_torchrun_learns_and_checkpoints_to_s3(
+    tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path, s3_env: dict[str, str]
+) -> None:
+    from firm.storage import latest, open_store
+
+    bucket = s3_env["bucket"]
+    root = f"s3://{bucket}/checkpoints/ddp"
+    cfg = sft_config(
+        tiny_critic_dir, sft_dataset, tmp_path, run_name="ddp", batch__per_device=4, batch__global_size=8,
+        checkpoint__uri=root, **LEARN,
+    )  # fmt: skip
+    config = write_config(cfg, tmp_path / "ddp.yaml")
+    firmctl = Path(sys.executable).parent / "firmctl"
+    proc = subprocess.run(
+        [str(firmctl), "critic", "train", "--config", str(config), "--nproc", "2"],
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = TrainResult.model_validate_json(proc.stdout.strip().splitlines()[-1])
+    losses = train_losses(result.run_dir)
+    assert (
+        sum(losses[s] for s in range(1, 11)) / 10
+        > 5 * sum(losses[s] for s in range(LEARN_STEPS - 9, LEARN_STEPS + 1)) / 10
+    )
+    ev = result.final_eval
+    assert ev["val/parse_rate"] == 1.0 and ev["val/mae"] < ev["val/baseline_mae"], ev
+    assert latest(root) == f"{root}/step-{LEARN_STEPS}"
+    store, _ = open_store(root)
+    state = json.loads(store.get_bytes(f"checkpoints/ddp/step-{LEARN_STEPS}/trainer_state.json"))
+    assert state["world_size"] == 2 and state["global_batch"] == 8
+    assert len(json.loads(store.get_bytes(f"checkpoints/ddp/step-{LEARN_STEPS}/MANIFEST.json"))["files"]) > 5
+
+
+def test_lora_trains_and_exports_a_merged_critic(
+    tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    cfg = sft_config(
+        tiny_critic_dir, sft_dataset, tmp_path, run_name="lora", finetune="lora", max_steps=4,
+        lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        eval__max_samples=4, checkpoint__every_n_steps=2,
+    )  # fmt: skip
+    result = train(SFTConfig.model_validate(cfg))
+    ckpt = Path(cfg["checkpoint"]["uri"].removeprefix("file://")) / "step-2" / "model"
+    assert (ckpt / "adapter_config.json").is_file()  # checkpoints hold the adapter only
+    assert result.export_dir is not None
+    merged = load_file(result.export_dir / "model.safetensors")
+    base = load_file(tiny_critic_dir / "model.safetensors")
+    assert not any("lora" in k for k in merged) and set(merged) == set(base)
+    changed = [k for k in base if not (merged[k] == base[k]).all()]
+    assert changed and all("q_proj" in k or "v_proj" in k for k in changed)
+    _judge_val(result.export_dir, sft_dataset, require_ok=False)  # a loadable critic that generates
+
+
+def test_lora_resume_continues_from_the_adapter(
+    tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path
+) -> None:
+    lora = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
+    base = dict(finetune="lora", lora=lora, eval__generate=False, eval__max_samples=2, export__enabled=False)
+    full = train(
+        SFTConfig.model_validate(
+            sft_config(tiny_critic_dir, sft_dataset, tmp_path / "a", max_steps=4, **base)
+        )
+    )
+    cut = sft_config(tiny_critic_dir, sft_dataset, tmp_path / "b", max_steps=2, **base)
+    train(SFTConfig.model_validate(cut))
+    resumed = train(SFTConfig.model_validate({**cut, "max_steps": 4, "resume": "auto"}))
+    assert resumed.resumed_from and resumed.resumed_from.endswith("step-2")
+    a, b = train_losses(full.run_dir), train_losses(resumed.run_dir)
+    assert [b[s] for s in (3, 4)] == pytest.approx([a[s] for s in (3, 4)], rel=1e-5)
+
+
+def test_deepspeed_zero2_trains_and_exports(tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path) -> None:
+    cfg = sft_config(
+        tiny_critic_dir, sft_dataset, tmp_path, run_name="zero2", max_steps=3, eval__max_samples=4,
+        dist={"strategy": "deepspeed", "zero_stage": 2},
+    )  # fmt: skip
+    config = write_config(cfg, tmp_path / "zero2.yaml")
+    proc = subprocess.run(
+        [sys.executable, "-m", "firm.critic.sft", "--config", str(config)],
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = TrainResult.model_validate_json(proc.stdout.strip().splitlines()[-1])
+    losses = train_losses(result.run_dir)
+    assert sorted(losses) == [1, 2, 3] and losses[3] < losses[1]
+    assert result.export_dir is not None and result.checkpoints[-1].endswith("step-3")
+    _judge_val(result.export_dir, sft_dataset, require_ok=False)
+
+
+def test_bad_input_fails_clearly_and_publishes_nothing(
+    tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from firm.storage import latest
+
+    bad = Path(shutil.copytree(sft_dataset, tmp_path / "bad"))
+    victim = sorted((bad / "images").glob("*edited.png"))[0]
+    victim.write_bytes(b"not an image")
+    cfg = sft_config(tiny_critic_dir, bad, tmp_path, max_steps=2, checkpoint__every_n_steps=1)
+    with pytest.raises(InputError, match=r"shards/(train|val)-00000\.jsonl:\d+: image .* corrupt"):
+        train(SFTConfig.model_validate(cfg))
+    assert latest(cfg["checkpoint"]["uri"]) is None
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("MANIFEST.json"))
+
+    # on_bad_row=skip trains on the good rows and reports how many were dropped
+    cfg_skip = {
+        **cfg,
+        "data": {**cfg["data"], "on_bad_row": "skip"},
+        "eval": {**cfg["eval"], "generate": False},
+    }
+    result = train(SFTConfig.model_validate({**cfg_skip, "export": {"enabled": False}}))
+    assert result.skipped_rows == 1 and result.steps == 2
+
+    # the world size must divide the global batch: fails before any process group or model exists
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="world size"):
+        train(SFTConfig.model_validate({**cfg, "batch": {"per_device": 8, "global_size": 16}}))
