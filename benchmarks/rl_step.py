@@ -4,7 +4,7 @@ Tiny SD3 policy (32 px), rewards from the tiny FIRM critic behind the real trito
 With `reward.async_overlap` the critic scores prompt group i while group i+1 rolls out, so the step pays only the
 reward latency that rollouts could not hide.
 
-    .venv/bin/python benchmarks/rl_step.py --steps 6 --prompts 4 --group 4 --out benchmarks/results/rl_step.md
+    .venv/bin/python benchmarks/rl_step.py --steps 4 --prompts 4 --group 4 --num-steps 10 --out benchmarks/results/rl_step.md
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import tempfile
 from pathlib import Path
 
 
-def run(algorithm: str, overlap: bool, args: argparse.Namespace, policy_dir: Path, prompts: Path, url: str) -> dict:
+def run(
+    algorithm: str, overlap: bool, args: argparse.Namespace, policy_dir: Path, prompts: Path, url: str
+) -> dict:
     import torch
 
     from firm.rl.config import config_from_dict
@@ -31,9 +33,18 @@ def run(algorithm: str, overlap: bool, args: argparse.Namespace, policy_dir: Pat
                 "output_uri": out,
                 "steps": args.steps + 1,
                 "device": "cpu",
-                "policy": {"kind": "sd3", "uri": str(policy_dir), "resolution": 32, "max_sequence_length": 16},
+                "policy": {
+                    "kind": "sd3",
+                    "uri": str(policy_dir),
+                    "resolution": args.resolution,
+                    "max_sequence_length": 16,
+                },
                 "lora": {"rank": 4, "alpha": 8},
-                "sampling": {"num_steps": args.num_steps, "group_size": args.group, "prompts_per_step": args.prompts},
+                "sampling": {
+                    "num_steps": args.num_steps,
+                    "group_size": args.group,
+                    "prompts_per_step": args.prompts,
+                },
                 "reward": {"kind": "triton", "url": url, "async_overlap": overlap, "quality": False},
                 "data": {"prompts": str(prompts)},
                 "checkpoint": {"every_steps": 10_000},
@@ -54,6 +65,9 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--num-steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--resolution", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2, help="sync/async runs alternate; medians over all")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -63,26 +77,40 @@ def main() -> None:
     from firm.serving.server import TritonServer
 
     work = Path(tempfile.mkdtemp(prefix="firm-rl-bench-"))
-    policy_dir = build_tiny_sd3(work / "sd3", sample_size=4)
+    policy_dir = build_tiny_sd3(work / "sd3", sample_size=args.resolution // 8)
     prompts = write_prompts(work / "prompts.txt")
     critic = build_tiny_critic(work / "critic", size="tiny", format_steps=80)
     repo = export_repository(
         ExportConfig(
-            critic=str(critic), task="gen", critic_model=False, max_new_tokens=24, max_pixels=64 * 64, gen_quality=False,
-            batching=BatchingConfig(max_batch_size=16, preferred_batch_sizes=[4, 8, 16], max_queue_delay_us=2_000),
+            critic=str(critic),
+            task="gen",
+            critic_model=False,
+            max_new_tokens=args.new_tokens,
+            max_pixels=64 * 64,
+            gen_quality=False,
+            threads=1,  # one core for the critic, one for the trainer: overlap needs a free core
+            batching=BatchingConfig(
+                max_batch_size=16, preferred_batch_sizes=[4, 8, 16], max_queue_delay_us=2_000
+            ),
         ),
         work / "repo",
     )
     rows = []
     with TritonServer(repo) as srv:
         for algorithm in ("nft", "grpo"):
-            sync = run(algorithm, False, args, policy_dir, prompts, srv.grpc_url)
-            asyn = run(algorithm, True, args, policy_dir, prompts, srv.grpc_url)
+            runs: dict[bool, list[dict]] = {False: [], True: []}
+            for _ in range(args.repeats):
+                for overlap in (False, True):
+                    runs[overlap].append(run(algorithm, overlap, args, policy_dir, prompts, srv.grpc_url))
+            sync, asyn = (
+                {k: statistics.median(r[k] for r in runs[o]) for k in runs[o][0]} for o in (False, True)
+            )
             rows.append((algorithm, sync, asyn))
     lines = [
-        f"Tiny SD3 (32 px, {args.num_steps} rollout steps), {args.prompts} prompts × group {args.group} per step, "
-        f"tiny critic (instruction axis, ≤24 new tokens) behind tritonserver on 127.0.0.1; median of {args.steps} "
-        "steps after one warm-up; seconds.",
+        f"Tiny SD3 ({args.resolution} px, {args.num_steps} rollout steps), {args.prompts} prompts × group "
+        f"{args.group} per step, tiny critic (instruction axis, ≤{args.new_tokens} new tokens, 1 thread) behind "
+        f"tritonserver on 127.0.0.1, trainer on 1 thread; medians of {args.steps} steps after one warm-up × "
+        f"{args.repeats} alternating runs; seconds. Shared 2-core CPU machine (other jobs running): expect noise.",
         "",
         "| algorithm | rewards | step | rollout | reward wait | update | async / sync step |",
         "|---|---|---|---|---|---|---|",
@@ -101,7 +129,9 @@ def main() -> None:
         header = (
             "## RL step (issue 7): sync vs async rewards, NFT vs GRPO\n\n"
             "Command: `.venv/bin/python benchmarks/rl_step.py "
-            f"--steps {args.steps} --prompts {args.prompts} --group {args.group} --out {args.out}`\n\n"
+            f"--steps {args.steps} --prompts {args.prompts} --group {args.group} --num-steps {args.num_steps} "
+            f"--resolution {args.resolution} --new-tokens {args.new_tokens} --repeats {args.repeats} "
+            f"--out {args.out}`\n\n"
         )
         args.out.write_text(header + text + "\n")
 

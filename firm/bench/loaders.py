@@ -68,7 +68,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, obj
 
 
-def _validation_message(exc: ValidationError) -> str:
+def validation_message(exc: ValidationError) -> str:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first.get("loc", ()))
     msg = str(first.get("msg", "invalid"))
@@ -83,7 +83,7 @@ def read_records(path: str | Path, model: type[M], *, unique_ids: bool = True) -
         try:
             rec = model.model_validate(obj)
         except ValidationError as exc:
-            raise InputError(f"{path}:{lineno}: {_validation_message(exc)}") from None
+            raise InputError(f"{path}:{lineno}: {validation_message(exc)}") from None
         rid = getattr(rec, "id", None)
         if unique_ids and rid is not None:
             if rid in seen:
@@ -325,7 +325,7 @@ def import_firm_release(release_root: str | Path, out_dir: str | Path, *, copy_i
                             )
                         )
             except ValidationError as exc:
-                raise InputError(f"{where}: {_validation_message(exc)}") from None
+                raise InputError(f"{where}: {validation_message(exc)}") from None
     if not found:
         raise InputError(
             f"{root}: no {' or '.join(RELEASE_TASK_DIRS.values())} directory (not a FIRM-Bench release)"

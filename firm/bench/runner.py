@@ -24,7 +24,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from firm.bench.backends import CriticBackend
-from firm.bench.loaders import Bench, write_records
+from firm.bench.loaders import Bench, validation_message, write_records
 from firm.bench.metrics import DEFAULT_BOOTSTRAP, BenchReport, ParseFailurePolicy, compute_report
 from firm.bench.records import BenchItem, Prediction
 from firm.bench.report import write_report
@@ -75,9 +75,7 @@ def load_predictions(path: str | Path) -> dict[str, Prediction]:
             try:
                 pred = Prediction.model_validate_json(line)
             except ValidationError as exc:
-                first = exc.errors()[0]
-                loc = ".".join(str(x) for x in first.get("loc", ()))
-                raise InputError(f"{p}:{lineno}: {loc + ': ' if loc else ''}{first.get('msg')}") from None
+                raise InputError(f"{p}:{lineno}: {validation_message(exc)}") from None
             if pred.id in out:
                 raise InputError(f"{p}:{lineno}: duplicate id {pred.id!r}")
             out[pred.id] = pred
@@ -133,6 +131,7 @@ def run_bench(
 
     fd = os.open(pred_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(
@@ -140,6 +139,7 @@ def run_bench(
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
+            console=Console(stderr=True),  # stdout is reserved for the JSON report
             disable=not progress,
             transient=True,
         ) as bar:

@@ -3,13 +3,16 @@
 Predictions rows: `{"id": ..., "score": k | null}` (more fields, as written by `bench run`, are allowed).
 Human rows: `{"id": ..., "task": "edit"|"gen", "axis": ..., "difficulty": ..., "human_score": k}`; a full
 `bench.jsonl` works too (its extra input fields are ignored). Scores must be integers 1..5; errors name file:line.
+A gen row without a difficulty counts in `gen.overall` only.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from firm.bench.loaders import iter_jsonl, read_records
+from pydantic import ValidationError
+
+from firm.bench.loaders import iter_jsonl, read_records, validation_message
 from firm.bench.metrics import DEFAULT_BOOTSTRAP, BenchReport, ParseFailurePolicy, check_ids, compute_report
 from firm.bench.records import HumanScore, Prediction
 from firm.errors import InputError
@@ -23,10 +26,8 @@ def read_humans(path: str | Path) -> list[HumanScore]:
     for lineno, obj in iter_jsonl(path):
         try:
             rec = HumanScore.model_validate({k: v for k, v in obj.items() if k in keep})
-        except Exception as exc:  # pydantic ValidationError → file:line
-            first = exc.errors()[0] if hasattr(exc, "errors") else {"msg": str(exc)}
-            loc = ".".join(str(p) for p in first.get("loc", ()))
-            raise InputError(f"{path}:{lineno}: {loc + ': ' if loc else ''}{first.get('msg')}") from None
+        except ValidationError as exc:
+            raise InputError(f"{path}:{lineno}: {validation_message(exc)}") from None
         if rec.id in seen:
             raise InputError(f"{path}:{lineno}: duplicate id {rec.id!r} (first on line {seen[rec.id]})")
         seen[rec.id] = lineno

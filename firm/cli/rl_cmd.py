@@ -18,7 +18,9 @@ app = typer.Typer(help="RL on diffusion policies with FIRM rewards.", no_args_is
 @cli_errors
 def train(
     ctx: typer.Context,
-    config: str = typer.Option(..., "--config", help="recipe YAML path or shipped name (e.g. rl/tiny_sd3_nft)"),
+    config: str = typer.Option(
+        ..., "--config", help="recipe YAML path or shipped name (e.g. rl/tiny_sd3_nft)"
+    ),
     nproc: int = typer.Option(1, "--nproc", help="local processes (torchrun, DDP over prompts)"),
     resume: str | None = typer.Option(None, "--resume", help="auto | none | checkpoint URI"),
 ) -> None:
@@ -33,7 +35,9 @@ def train(
     if cfg.sampling.prompts_per_step % nproc:
         from firm.errors import ConfigError
 
-        raise ConfigError(f"sampling.prompts_per_step={cfg.sampling.prompts_per_step} is not divisible by {nproc} ranks")
+        raise ConfigError(
+            f"sampling.prompts_per_step={cfg.sampling.prompts_per_step} is not divisible by {nproc} ranks"
+        )
     args = ["--config", str(path), *(["--resume", resume] if resume else []), *overrides]
     if nproc == 1:
         from firm.rl.train import main

@@ -102,9 +102,9 @@ def export(
 def start(
     repository: str = typer.Option(..., help="Model repository: local dir, file:// or s3:// URI."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
-    grpc_port: int = typer.Option(8001),
-    http_port: int = typer.Option(8000),
-    metrics_port: int = typer.Option(8002),
+    grpc_port: int = typer.Option(8001, help="gRPC port (0: a free port)."),
+    http_port: int = typer.Option(8000, help="HTTP port (0: a free port)."),
+    metrics_port: int = typer.Option(8002, help="Prometheus metrics port (0: a free port)."),
     startup_timeout: float = typer.Option(300.0, help="Seconds to wait for every model to be ready."),
     log_file: Path | None = typer.Option(None, help="tritonserver log (default: a temp file, printed)."),
 ) -> None:

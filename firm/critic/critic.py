@@ -188,7 +188,8 @@ class Critic:
 
         self.model = model.eval()
         self.processor = processor
-        self.tokenizer = processor.tokenizer  # left padding is asked for per call; the processor is not modified
+        # left padding is asked for per call: the (possibly shared) processor is never modified
+        self.tokenizer = processor.tokenizer
         self.name = name
         self.max_new_tokens = max_new_tokens
         self.max_decode_pixels = max_decode_pixels
@@ -301,7 +302,12 @@ class Critic:
 
     def _encode(self, prompts: list[str], images: list[Any]) -> Any:
         enc = self.processor(
-            text=prompts, images=images, padding=True, padding_side="left", return_tensors="pt", size=self._size
+            text=prompts,
+            images=images,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+            size=self._size,
         )
         return enc.to(self.device)
 

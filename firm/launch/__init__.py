@@ -1,1 +1,7 @@
-"""FIRM launch stage."""
+"""FIRM launch stage: start entrypoints (critic SFT, RL) as distributed jobs.
+
+- `firm.launch.local`: `torchrun --nproc_per_node N -m MODULE ARGS` on this machine (`run_local`, `torchrun_command`).
+
+Entrypoints read RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from the standard torch.distributed
+environment, so a Kubernetes PyTorchJob can run the same module with nothing else.
+"""

@@ -5,6 +5,7 @@ Layout of `<output_uri>/checkpoints/step-<N>/` (published atomically with firm.s
   old_lora.safetensors               the EMA ("old") adapter
   trainer_state.pt                   optimizer state, RNG states, step (torch.load(weights_only=True))
   state.json                         step, algorithm, config
+  metrics.jsonl                      the run's metrics up to this step (pods' local disks do not survive)
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def save_checkpoint(
     old_lora: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     meta: dict[str, Any],
+    extra_files: list[Path] | None = None,
 ) -> str:
-    """Write and publish the checkpoint of `step`; returns its URI."""
+    """Write and publish the checkpoint of `step` (plus `extra_files`, e.g. the metrics so far); returns its URI."""
     from firm.storage import publish_dir
 
     uri = step_uri(output_uri, step)
@@ -75,6 +77,9 @@ def save_checkpoint(
         save_file(old_lora, str(d / OLD_FILE))
         torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state(), "step": step}, d / STATE_FILE)
         (d / "state.json").write_text(json.dumps({"step": step, **meta}, indent=2, default=str))
+        for f in extra_files or []:
+            if f.exists():
+                shutil.copyfile(f, d / f.name)
         publish_dir(d, uri, producer="firm.rl")
     return uri
 

@@ -25,17 +25,25 @@ class _Section(BaseModel):
 class PolicyConfig(_Section):
     """Which diffusion policy to train and how to load it."""
 
-    kind: Literal["sd3", "qwen_edit"] = Field(description="sd3: StableDiffusion3Pipeline; qwen_edit: QwenImageEdit(Plus)")
-    uri: str = Field(description="HF id, local directory, or file:// / s3:// URI of a published pipeline directory")
+    kind: Literal["sd3", "qwen_edit"] = Field(
+        description="sd3: StableDiffusion3Pipeline; qwen_edit: QwenImageEdit(Plus)"
+    )
+    uri: str = Field(
+        description="HF id, local directory, or file:// / s3:// URI of a published pipeline directory"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     resolution: int = Field(512, ge=16, description="rollout image size (square), pixels")
     max_sequence_length: int = Field(256, ge=8, description="text tokens for the T5 / VL text encoder")
     gradient_checkpointing: bool = False
     # Qwen-Image-Edit only. The diffusers pipeline resizes the condition image to ~1024² for the VL encoder and
     # drops a fixed number of prompt-template tokens; both are settings here (tiny models need small values).
-    condition_pixels: int = Field(384 * 384, ge=16 * 16, description="VL-encoder pixel budget of the source image")
+    condition_pixels: int = Field(
+        384 * 384, ge=16 * 16, description="VL-encoder pixel budget of the source image"
+    )
     prompt_template_drop: int | None = Field(
-        None, ge=0, description="prompt-template tokens dropped from the VL encoder output (None = pipeline default)"
+        None,
+        ge=0,
+        description="prompt-template tokens dropped from the VL encoder output (None = pipeline default)",
     )
 
 
@@ -44,7 +52,16 @@ class LoraSettings(_Section):
     alpha: float = Field(64.0, gt=0)
     init: Literal["gaussian", "default"] = "gaussian"
     target_modules: list[str] = Field(
-        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+        default_factory=lambda: [
+            "to_q",
+            "to_k",
+            "to_v",
+            "to_out.0",
+            "add_q_proj",
+            "add_k_proj",
+            "add_v_proj",
+            "to_add_out",
+        ]
     )
 
 
@@ -53,21 +70,29 @@ class SamplingConfig(_Section):
     group_size: int = Field(16, description="K rollouts per prompt (per-prompt group advantages need K ≥ 2)")
     prompts_per_step: int = Field(48, ge=1, description="prompts per optimizer step, summed over all ranks")
     eval_num_steps: int = Field(40, ge=1, description="steps for eval sample grids")
-    rollout_policy: Literal["old", "current"] = Field("old", description="NFT: collect rollouts with the EMA (old) policy")
+    rollout_policy: Literal["old", "current"] = Field(
+        "old", description="NFT: collect rollouts with the EMA (old) policy"
+    )
 
     @field_validator("group_size")
     @classmethod
     def _group(cls, v: int) -> int:
         if v < 2:
-            raise ValueError(f"group_size must be ≥ 2 (got {v}): the group advantage needs a standard deviation")
+            raise ValueError(
+                f"group_size must be ≥ 2 (got {v}): the group advantage needs a standard deviation"
+            )
         return v
 
 
 class NFTConfig(_Section):
     beta: float = Field(1.0, gt=0, description="implicit-policy step β: v± = v_old ± β(v_θ − v_old)")
-    adv_clip: float = Field(5.0, gt=0, description="advantages are clipped to ±adv_clip; r = A/(2·adv_clip) + 0.5")
+    adv_clip: float = Field(
+        5.0, gt=0, description="advantages are clipped to ±adv_clip; r = A/(2·adv_clip) + 0.5"
+    )
     kl_coef: float = Field(1e-4, ge=0, description="weight of MSE(v_θ, v_ref) with the LoRA disabled")
-    space: Literal["x0", "velocity"] = Field("x0", description="x0: reference code's adaptive x0-space weighting")
+    space: Literal["x0", "velocity"] = Field(
+        "x0", description="x0: reference code's adaptive x0-space weighting"
+    )
     timestep_fraction: float = Field(0.99, gt=0, le=1, description="fraction of rollout timesteps trained on")
     ema_max_decay: float = Field(0.5, ge=0, lt=1, description="old-policy EMA decay ramps up to this")
     ema_ramp: float = Field(0.001, ge=0, description="decay grows by this per step")
@@ -92,18 +117,30 @@ class OptimConfig(_Section):
 
 class RewardConfig(_Section):
     kind: Literal["triton", "critic", "brightness", "redness"] = "triton"
-    url: str | None = Field(None, description="Triton gRPC endpoint(s), comma separated (default: settings.triton_url)")
+    url: str | None = Field(
+        None, description="Triton gRPC endpoint(s), comma separated (default: settings.triton_url)"
+    )
     critic_uri: str | None = Field(None, description="in-process critic checkpoint (kind=critic)")
-    quality: bool = Field(True, description="gen: QMA uses the quality axis too")
+    quality: bool = Field(
+        True,
+        description="kind=critic, gen: QMA uses the quality axis too (for Triton the exported service decides)",
+    )
     retries: int = Field(3, ge=0, description="retries per reward call before the step fails")
     retry_backoff_s: float = Field(1.0, ge=0)
     async_overlap: bool = Field(True, description="score group i while rolling out group i+1")
-    options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the reward")
+    max_concurrency: int = Field(2, ge=1, description="async: reward calls in flight at once (groups)")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments for the reward"
+    )
 
 
 class DataConfig(_Section):
-    prompts: str = Field(description="prompt file: .txt (one per line) or .jsonl ({prompt|instruction, image})")
-    eval_prompts: list[str] = Field(default_factory=list, description="fixed prompts for the periodic sample grid")
+    prompts: str = Field(
+        description="prompt file: .txt (one per line) or .jsonl ({prompt|instruction, image})"
+    )
+    eval_prompts: list[str] = Field(
+        default_factory=list, description="fixed prompts for the periodic sample grid"
+    )
     max_prompt_chars: int = Field(1000, ge=1)
 
 

@@ -18,11 +18,14 @@ TRAINABLE = "default"
 OLD = "old"
 
 
-def _lora_config(rank: int, alpha: float, init: str, targets: list[str]):  # noqa: ANN202
+def _lora_config(rank: int, alpha: float, init: str, targets: list[str]):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=rank, lora_alpha=alpha, init_lora_weights=True if init == "default" else init, target_modules=targets
+        r=rank,
+        lora_alpha=alpha,
+        init_lora_weights=True if init == "default" else init,
+        target_modules=targets,
     )
 
 
@@ -30,7 +33,9 @@ def present_targets(transformer: torch.nn.Module, targets: list[str]) -> list[st
     names = [n for n, _ in transformer.named_modules()]
     found = [t for t in targets if any(n == t or n.endswith("." + t) for n in names)]
     if not found:
-        raise ConfigError(f"lora.target_modules={targets}: none of them exist in {type(transformer).__name__}")
+        raise ConfigError(
+            f"lora.target_modules={targets}: none of them exist in {type(transformer).__name__}"
+        )
     return found
 
 
@@ -42,7 +47,9 @@ def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, init: str
         warnings.filterwarnings("ignore", message=".*multiple adapters.*")
         transformer.add_adapter(_lora_config(rank, alpha, init, found), adapter_name=OLD)
     with torch.no_grad():
-        for p_old, p in zip(adapter_params(transformer, OLD), adapter_params(transformer, TRAINABLE), strict=True):
+        for p_old, p in zip(
+            adapter_params(transformer, OLD), adapter_params(transformer, TRAINABLE), strict=True
+        ):
             p_old.copy_(p)
     activate(transformer, TRAINABLE)
 
@@ -90,7 +97,9 @@ def using(transformer: torch.nn.Module, adapter: str) -> Iterator[None]:
 @torch.no_grad()
 def ema_update(transformer: torch.nn.Module, decay: float) -> None:
     """old ← decay·old + (1 − decay)·current."""
-    for p_old, p in zip(adapter_params(transformer, OLD), adapter_params(transformer, TRAINABLE), strict=True):
+    for p_old, p in zip(
+        adapter_params(transformer, OLD), adapter_params(transformer, TRAINABLE), strict=True
+    ):
         p_old.mul_(decay).add_(p.detach().to(p_old.dtype), alpha=1.0 - decay)
 
 

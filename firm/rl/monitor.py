@@ -74,7 +74,9 @@ class MetricLogger:
         """On resume: forget metrics of steps after the checkpoint, so the log has each step once."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        keep = [
+            ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step
+        ]
         self.path.write_text("".join(k + "\n" for k in keep))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
@@ -85,7 +87,12 @@ class MetricLogger:
             f.write(json.dumps(rec) + "\n")
         if self.writer is not None:
             for k, v in rec.items():
-                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and k != "step":
+                if (
+                    isinstance(v, int | float)
+                    and not isinstance(v, bool)
+                    and math.isfinite(v)
+                    and k != "step"
+                ):
                     self.writer.add_scalar(k, v, step)
             self.writer.flush()
 

@@ -66,7 +66,11 @@ class _Cheap:
             s = float(self.score(it.image.float()))
             out.append(
                 RewardBreakdown(
-                    task=self.task, formulation=self.formulation, reward=s, status="ok", raw_scores={self.formulation: s}
+                    task=self.task,
+                    formulation=self.formulation,
+                    reward=s,
+                    status="ok",
+                    raw_scores={self.formulation: s},
                 )
             )
         return out
@@ -125,7 +129,12 @@ class InProcessCriticReward:
 
         if self.task == "edit":
             edits = [
-                EditInput(source=to_pil(it.source), edited=to_pil(it.image), instruction=it.prompt, sample_id=it.sample_id)  # type: ignore[arg-type]
+                EditInput(
+                    source=to_pil(it.source),
+                    edited=to_pil(it.image),
+                    instruction=it.prompt,
+                    sample_id=it.sample_id,
+                )  # type: ignore[arg-type]
                 for it in items
             ]
             return [b for b, _ in self.critic.edit_rewards(edits)]
@@ -133,7 +142,9 @@ class InProcessCriticReward:
         return [b for b, _ in self.critic.gen_rewards(gens, quality=self.quality)]
 
 
-def with_retries(fn: RewardFunction, items: Sequence[RewardItem], retries: int, backoff_s: float) -> list[RewardBreakdown]:
+def with_retries(
+    fn: RewardFunction, items: Sequence[RewardItem], retries: int, backoff_s: float
+) -> list[RewardBreakdown]:
     """Call the reward, retrying transient failures; after the last one raise `RewardServiceError` (never fabricate)."""
     last: Exception | None = None
     for attempt in range(retries + 1):

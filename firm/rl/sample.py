@@ -32,7 +32,9 @@ def sample_images(
     prompts = [p.strip() for p in prompts]
     if not prompts or any(not p for p in prompts):
         raise InputError("--prompt must not be empty")
-    cfg = PolicyConfig(kind=kind, uri=policy_uri, resolution=resolution, max_sequence_length=max_sequence_length)  # type: ignore[arg-type]
+    cfg = PolicyConfig(
+        kind=kind, uri=policy_uri, resolution=resolution, max_sequence_length=max_sequence_length
+    )  # type: ignore[arg-type]
     policy = load_policy(cfg, pick_device(device))
     pipe = policy.pipeline
     if lora_uri:

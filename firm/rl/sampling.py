@@ -30,7 +30,9 @@ class Trajectory:
 
 
 @torch.no_grad()
-def ode_rollout(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, cond: Conditioning) -> Trajectory:
+def ode_rollout(
+    velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, cond: Conditioning
+) -> Trajectory:
     x = noise
     for i in range(len(sigmas) - 1):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
@@ -99,7 +101,10 @@ def sde_rollout(
         states.append(x)
         log_probs.append(step.log_prob)
     return Trajectory(
-        sigmas=sigmas, final=x.to(noise.dtype), states=torch.stack(states, dim=1), log_probs=torch.stack(log_probs, 1)
+        sigmas=sigmas,
+        final=x.to(noise.dtype),
+        states=torch.stack(states, dim=1),
+        log_probs=torch.stack(log_probs, 1),
     )
 
 

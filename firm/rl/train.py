@@ -45,7 +45,9 @@ def _init_distributed() -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m firm.rl.train", description=__doc__)
     ap.add_argument("--config", required=True)
-    ap.add_argument("--resume", default=None, help="auto | none | checkpoint URI (overrides checkpoint.resume)")
+    ap.add_argument(
+        "--resume", default=None, help="auto | none | checkpoint URI (overrides checkpoint.resume)"
+    )
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

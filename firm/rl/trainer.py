@@ -95,7 +95,9 @@ class Trainer:
         self.policy = policy or load_policy(cfg.policy, self.device)
         lc = cfg.lora
         torch.manual_seed(cfg.seed)  # the same LoRA init on every rank …
-        lora_mod.add_lora(self.policy.transformer, rank=lc.rank, alpha=lc.alpha, init=lc.init, targets=lc.target_modules)
+        lora_mod.add_lora(
+            self.policy.transformer, rank=lc.rank, alpha=lc.alpha, init=lc.init, targets=lc.target_modules
+        )
         self.params = lora_mod.trainable_params(self.policy.transformer)
         if self.world > 1:  # … and rank 0's weights everywhere, whatever the RNG did
             for p in self.params + lora_mod.adapter_params(self.policy.transformer, lora_mod.OLD):
@@ -111,7 +113,9 @@ class Trainer:
         self.identity_flag = IdentityCopyFlag()
         self.step = 0
         self._sources: dict[str, torch.Tensor] = {}
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firm-reward")
+        self._pool = ThreadPoolExecutor(
+            max_workers=cfg.reward.max_concurrency, thread_name_prefix="firm-reward"
+        )
 
     # ---------------------------------------------------------------- resume / checkpoints
     def maybe_resume(self) -> str | None:
@@ -139,7 +143,12 @@ class Trainer:
             lora_mod.adapter_state(t, lora_mod.TRAINABLE),
             lora_mod.adapter_state(t, lora_mod.OLD),
             self.optimizer,
-            {"algorithm": self.cfg.algorithm, "task": self.cfg.task, "config": self.cfg.model_dump(mode="json")},
+            {
+                "algorithm": self.cfg.algorithm,
+                "task": self.cfg.task,
+                "config": self.cfg.model_dump(mode="json"),
+            },
+            extra_files=[self.metrics.path],
         )
 
     # ---------------------------------------------------------------- rollouts
@@ -164,7 +173,9 @@ class Trainer:
             with lora_mod.using(pol.transformer, adapter):
                 traj = ode_rollout(pol.velocity, noise, sigmas, cond)
         else:
-            traj = sde_rollout(pol.velocity, noise, sigmas, cond, noise_level=cfg.grpo.noise_level, generator=g)
+            traj = sde_rollout(
+                pol.velocity, noise, sigmas, cond, noise_level=cfg.grpo.noise_level, generator=g
+            )
         images = pol.decode(traj.final, cond)
         return Group(item.prompt, cond, traj.final, images, source, traj.states, traj.log_probs)
 
@@ -177,7 +188,9 @@ class Trainer:
         return with_retries(self.reward, items, rc.retries, rc.retry_backoff_s)
 
     def collect(self, step: int) -> tuple[list[Group], dict[str, float]]:
-        idx = step_prompts(len(self.prompts), step, self.cfg.seed, self.cfg.sampling.prompts_per_step, self.rank, self.world)
+        idx = step_prompts(
+            len(self.prompts), step, self.cfg.seed, self.cfg.sampling.prompts_per_step, self.rank, self.world
+        )
         groups: list[Group] = []
         futures: list[Future[list[RewardBreakdown]]] = []
         t_roll = t_wait = 0.0
@@ -230,7 +243,6 @@ class Trainer:
 
     def update(self, step: int, groups: list[Group], adv: list[float | None]) -> dict[str, float]:
         keep = [i for i, a in enumerate(adv) if a is not None]
-        k = self.cfg.sampling.group_size
         cond = Conditioning.cat([g.cond for g in groups]).select(keep) if keep else None
         advantages = torch.tensor([adv[i] for i in keep], dtype=torch.float32)
         g = _gen(self.cfg.seed, step, self.rank, 2)
@@ -240,7 +252,6 @@ class Trainer:
             return self._update_nft(step, finals, cond, advantages, sigmas, g)
         states = torch.cat([gr.states for gr in groups])[keep] if keep else None  # type: ignore[misc]
         old_lp = torch.cat([gr.log_probs for gr in groups])[keep] if keep else None  # type: ignore[misc]
-        del k
         return self._update_grpo(states, old_lp, cond, advantages, sigmas, g)
 
     def _update_nft(
@@ -274,7 +285,16 @@ class Trainer:
                             v_ref = pol.velocity(xt, s, cond)
                     v = pol.velocity(xt, s, cond)
                     parts = nft_loss(
-                        v, v_old, v_ref, x0, eps, s, r, beta=nc.beta, kl_coef=nc.kl_coef, space=nc.space,
+                        v,
+                        v_old,
+                        v_ref,
+                        x0,
+                        eps,
+                        s,
+                        r,
+                        beta=nc.beta,
+                        kl_coef=nc.kl_coef,
+                        space=nc.space,
                         scale=nc.adv_clip,
                     )
                     (parts.loss / len(t_idx)).backward()
@@ -309,24 +329,43 @@ class Trainer:
             t_idx = train_timestep_indices(self.cfg.sampling.num_steps, gc.timestep_fraction, g)
             for chunk in self._batches(n_valid):
                 if len(chunk) and states_all is not None and old_lp_all is not None and cond_all is not None:
-                    states, old_lp, cond, a = states_all[chunk], old_lp_all[chunk], cond_all.select(chunk), adv_all[chunk]
+                    states, old_lp, cond, a = (
+                        states_all[chunk],
+                        old_lp_all[chunk],
+                        cond_all.select(chunk),
+                        adv_all[chunk],
+                    )
                     for j in t_idx:
                         s, s_next = float(sigmas[j]), float(sigmas[j + 1])
                         x, x_next = states[:, j], states[:, j + 1]
                         sv = torch.full((len(chunk),), s)
                         xin = x.to(self.policy.dtype)
                         v = pol.velocity(xin, sv, cond)
-                        st = sde_step(v, x, s, s_next, noise_level=gc.noise_level, sigma_max=smax, next_state=x_next)
+                        st = sde_step(
+                            v, x, s, s_next, noise_level=gc.noise_level, sigma_max=smax, next_state=x_next
+                        )
                         ref_mean = None
                         if gc.kl_coef > 0:
                             with torch.no_grad(), lora_mod.using(t, None):
                                 v_ref = pol.velocity(xin, sv, cond)
                             ref_mean = sde_step(
-                                v_ref, x, s, s_next, noise_level=gc.noise_level, sigma_max=smax, next_state=x_next
+                                v_ref,
+                                x,
+                                s,
+                                s_next,
+                                noise_level=gc.noise_level,
+                                sigma_max=smax,
+                                next_state=x_next,
                             ).mean
                         parts, cf = grpo_loss(
-                            st.log_prob, old_lp[:, j].to(st.log_prob.device), a, st.mean, ref_mean, st.std,
-                            clip_range=gc.clip_range, kl_coef=gc.kl_coef,
+                            st.log_prob,
+                            old_lp[:, j].to(st.log_prob.device),
+                            a,
+                            st.mean,
+                            ref_mean,
+                            st.std,
+                            clip_range=gc.clip_range,
+                            kl_coef=gc.kl_coef,
                         )
                         (parts.loss / len(t_idx)).backward()
                         sums["loss/policy"] += float(parts.policy)
@@ -392,7 +431,9 @@ class Trainer:
             source = self._source(it)
             cond = self.policy.encode([it.prompt], [source] if source is not None else None)
             noise = self.policy.initial_noise(1, _gen(self.cfg.seed, 7919, i), cond)
-            traj = ode_rollout(self.policy.velocity, noise, self.policy.sigmas(self.cfg.sampling.eval_num_steps, cond), cond)
+            traj = ode_rollout(
+                self.policy.velocity, noise, self.policy.sigmas(self.cfg.sampling.eval_num_steps, cond), cond
+            )
             imgs.append(self.policy.decode(traj.final, cond))
         out = self.run_dir / "samples" / f"step-{step:08d}.png"
         self.metrics.image_grid(step, torch.cat(imgs), out)
@@ -412,7 +453,9 @@ class Trainer:
         times["time/step"] = time.perf_counter() - t0
         metrics = {**self._reward_metrics(groups, stats), **upd, **times}
         if self.cfg.task == "edit":
-            metrics["hacking/identity_copy_flag"] = float(self.identity_flag.update(metrics["hacking/source_similarity"]))
+            metrics["hacking/identity_copy_flag"] = float(
+                self.identity_flag.update(metrics["hacking/source_similarity"])
+            )
         self.step = step + 1
         return StepResult(step, metrics)
 
@@ -438,7 +481,9 @@ class Trainer:
                     self.checkpoint()
                 if dist.is_initialized():
                     dist.barrier()
-                bar.update(task, completed=done, description=f"{cfg.algorithm} r={res.metrics['reward/mean']:.3f}")
+                bar.update(
+                    task, completed=done, description=f"{cfg.algorithm} r={res.metrics['reward/mean']:.3f}"
+                )
         self.rank_divergence = self._rank_divergence()
         if self.rank == 0:
             export_final(
@@ -450,7 +495,6 @@ class Trainer:
         self.metrics.close()
         self._pool.shutdown(wait=True)
         return results
-
 
     def _rank_divergence(self) -> float:
         """Max |θ_rank − θ_rank0| over the trainable LoRA (0 when data parallelism kept the ranks in sync)."""

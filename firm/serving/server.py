@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -161,6 +162,7 @@ class TritonServer:
                 cwd=self._workdir,
                 env=server_env(find_runtime()),
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         finally:
             log.close()
@@ -214,6 +216,8 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        if self.process.returncode == 0 and self.log_path.parent == self._workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)  # clean exit: drop the scratch dir and its log
         return self.process.returncode
 
     def wait(self) -> int:
@@ -243,6 +247,17 @@ class TritonServer:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the process (thread) that started tritonserver dies, so a killed
+    trainer or test run never leaves a server behind (Linux prctl PR_SET_PDEATHSIG; a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _descendants(pid: int) -> list[int]:

@@ -120,3 +120,19 @@ def test_bad_bench_rows(tmp_path: Path) -> None:
         read_records(p, BenchItem)
     with pytest.raises(InputError, match=r"no bench\.jsonl"):
         load_bench(tmp_path / "empty")
+
+
+def test_cli_import_firm_and_publish(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from firm.cli.main import app
+
+    uri = (tmp_path / "store" / "firm-bench-v1").as_uri()
+    res = CliRunner().invoke(
+        app,
+        ["bench", "import-firm", "--release", str(RELEASE), "--out", str(tmp_path / "b"), "--publish", uri],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {"bench": str(tmp_path / "b"), "items": 6, "published": uri}
+    assert (tmp_path / "store" / "firm-bench-v1" / "MANIFEST.json").exists()
+    assert {it.id for it in load_bench(uri).items} >= {"g1", "e3:consistency"}

@@ -17,13 +17,15 @@ import yaml
 from safetensors.torch import load_file
 
 
-def test_final_lora_loads_with_load_lora_weights(tiny_cfg, tiny_sd3: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_final_lora_loads_with_load_lora_weights(tiny_cfg, tiny_sd3: Path, tmp_path: Path) -> None:
     from diffusers import StableDiffusion3Pipeline
 
     from firm.rl.policies.loading import absent_components
     from firm.rl.trainer import Trainer
 
-    cfg = tiny_cfg(steps=2, checkpoint__every_steps=1, monitor__eval_every=2, data__eval_prompts='["a cat", "a dog"]')
+    cfg = tiny_cfg(
+        steps=2, checkpoint__every_steps=1, monitor__eval_every=2, data__eval_prompts='["a cat", "a dog"]'
+    )
     trainer = Trainer(cfg)
     trainer.train(progress=False)
     out = Path(cfg.output_uri)
@@ -41,23 +43,44 @@ def test_final_lora_loads_with_load_lora_weights(tiny_cfg, tiny_sd3: Path, tmp_p
     with torch.no_grad():
         ours = pol.velocity(x, s, cond)
         theirs = pipe.transformer(
-            hidden_states=x, encoder_hidden_states=cond.tensors["prompt_embeds"],
-            pooled_projections=cond.tensors["pooled"], timestep=s * 1000, return_dict=False,
+            hidden_states=x,
+            encoder_hidden_states=cond.tensors["prompt_embeds"],
+            pooled_projections=cond.tensors["pooled"],
+            timestep=s * 1000,
+            return_dict=False,
         )[0]
         pipe.disable_lora()
         base = pipe.transformer(
-            hidden_states=x, encoder_hidden_states=cond.tensors["prompt_embeds"],
-            pooled_projections=cond.tensors["pooled"], timestep=s * 1000, return_dict=False,
+            hidden_states=x,
+            encoder_hidden_states=cond.tensors["prompt_embeds"],
+            pooled_projections=cond.tensors["pooled"],
+            timestep=s * 1000,
+            return_dict=False,
         )[0]
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert not torch.allclose(theirs, base, atol=1e-5)  # the LoRA did change the model
+    assert (out / "checkpoints/step-00000002/metrics.jsonl").exists()
+
+    # the merged export is a plain pipeline with the LoRA fused into the weights
+    merged = StableDiffusion3Pipeline.from_pretrained(
+        str(out / "final/merged"), **absent_components(str(tiny_sd3))
+    )
+    with torch.no_grad():
+        fused = merged.transformer(
+            hidden_states=x,
+            encoder_hidden_states=cond.tensors["prompt_embeds"],
+            pooled_projections=cond.tensors["pooled"],
+            timestep=s * 1000,
+            return_dict=False,
+        )[0]
+    assert torch.allclose(fused, ours, atol=1e-4)
 
 
 def _train_cmd(config: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "firm.rl.train", "--config", str(config), *extra]
 
 
-def test_resume_after_kill_matches_uninterrupted(tiny_cfg, s3_env, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_resume_after_kill_matches_uninterrupted(tiny_cfg, s3_env, tmp_path: Path, monkeypatch) -> None:
     from firm.rl.trainer import Trainer
     from firm.storage import init_buckets, latest
 
@@ -67,7 +90,9 @@ def test_resume_after_kill_matches_uninterrupted(tiny_cfg, s3_env, tmp_path: Pat
     get_settings(fresh=True)
     init_buckets()
     steps = 8
-    data = tiny_cfg(steps=steps, as_dict=True, output_uri="s3://firm-checkpoints/rl-resume", checkpoint__every_steps=1)
+    data = tiny_cfg(
+        steps=steps, as_dict=True, output_uri="s3://firm-checkpoints/rl-resume", checkpoint__every_steps=1
+    )
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(data))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -88,7 +113,9 @@ def test_resume_after_kill_matches_uninterrupted(tiny_cfg, s3_env, tmp_path: Pat
     interrupted_step = int(latest(prefix).rsplit("-", 1)[1])  # type: ignore[union-attr]
     assert interrupted_step < steps  # it really was killed mid-run
 
-    res = subprocess.run(_train_cmd(config, "--resume", "auto"), env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        _train_cmd(config, "--resume", "auto"), env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout.strip().splitlines()[-1])["steps"] == steps
     assert f"resumed from {prefix}/step-{interrupted_step:08d}" in res.stderr
@@ -98,7 +125,9 @@ def test_resume_after_kill_matches_uninterrupted(tiny_cfg, s3_env, tmp_path: Pat
     ref.train(progress=False)
     from firm.storage import resolve_local
 
-    resumed = load_file(str(resolve_local("s3://firm-checkpoints/rl-resume/final/lora") / "pytorch_lora_weights.safetensors"))
+    resumed = load_file(
+        str(resolve_local("s3://firm-checkpoints/rl-resume/final/lora") / "pytorch_lora_weights.safetensors")
+    )
     uninterrupted = load_file(str(tmp_path / "ref/final/lora/pytorch_lora_weights.safetensors"))
     assert resumed.keys() == uninterrupted.keys() and len(resumed) > 0
     for k in resumed:
@@ -108,7 +137,7 @@ def test_resume_after_kill_matches_uninterrupted(tiny_cfg, s3_env, tmp_path: Pat
 
 
 @pytest.mark.parametrize("bad", ["sampling.group_size=1", "steps=0"])
-def test_entrypoint_rejects_bad_config_with_one_line(tiny_cfg, tmp_path: Path, bad: str) -> None:  # noqa: ANN001
+def test_entrypoint_rejects_bad_config_with_one_line(tiny_cfg, tmp_path: Path, bad: str) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_cfg(as_dict=True)))
     res = subprocess.run(_train_cmd(config, bad), capture_output=True, text=True, timeout=120)

@@ -14,12 +14,15 @@ from PIL import Image
 
 def _firmctl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "firm.cli.main", *args], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "firm.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )
 
 
-def test_two_process_torchrun_run(tiny_cfg, tmp_path: Path) -> None:  # noqa: ANN001
+def test_two_process_torchrun_run(tiny_cfg, tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_cfg(as_dict=True, steps=2, reward__async_overlap=True)))
     res = _firmctl("rl", "train", "--config", str(config), "--nproc", "2", "sampling.prompts_per_step=4")
@@ -34,7 +37,7 @@ def test_two_process_torchrun_run(tiny_cfg, tmp_path: Path) -> None:  # noqa: AN
     assert steps == [0, 1]  # only rank 0 logs
 
 
-def _cli(*args: str):  # noqa: ANN202
+def _cli(*args: str):
     from typer.testing import CliRunner
 
     from firm.cli.main import app
@@ -42,7 +45,7 @@ def _cli(*args: str):  # noqa: ANN202
     return CliRunner().invoke(app, list(args))
 
 
-def test_prompts_not_divisible_by_ranks_is_a_config_error(tiny_cfg, tmp_path: Path) -> None:  # noqa: ANN001
+def test_prompts_not_divisible_by_ranks_is_a_config_error(tiny_cfg, tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_cfg(as_dict=True, steps=1)))
     res = _cli("rl", "train", "--config", str(config), "--nproc", "2", "sampling.prompts_per_step=3")
@@ -50,7 +53,7 @@ def test_prompts_not_divisible_by_ranks_is_a_config_error(tiny_cfg, tmp_path: Pa
     assert "error: sampling.prompts_per_step=3 is not divisible by 2 ranks" in res.output
 
 
-def test_cli_train_then_sample_with_lora(tiny_cfg, tiny_sd3: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cli_train_then_sample_with_lora(tiny_cfg, tiny_sd3: Path, tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_cfg(as_dict=True, steps=1)))
     res = _cli("rl", "train", "--config", str(config), "sampling.group_size=1")
@@ -61,13 +64,28 @@ def test_cli_train_then_sample_with_lora(tiny_cfg, tiny_sd3: Path, tmp_path: Pat
     outs = {}
     for name, extra in (("base", []), ("lora", ["--lora", str(lora)])):
         r = _cli(
-            "rl", "sample", "--policy", str(tiny_sd3), "--prompt", "a red apple", "--out", str(tmp_path / name),
-            "--steps", "4", "--resolution", "32", "--max-sequence-length", "16", *extra,
+            "rl",
+            "sample",
+            "--policy",
+            str(tiny_sd3),
+            "--prompt",
+            "a red apple",
+            "--out",
+            str(tmp_path / name),
+            "--steps",
+            "4",
+            "--resolution",
+            "32",
+            "--max-sequence-length",
+            "16",
+            *extra,
         )
         assert r.exit_code == 0, r.output[-3000:]
         (path,) = json.loads(r.stdout.strip().splitlines()[-1])["images"]
         outs[name] = Image.open(path)
         assert outs[name].size == (32, 32)
     assert outs["base"].tobytes() != outs["lora"].tobytes()
-    r = _cli("rl", "sample", "--policy", str(tmp_path / "nope"), "--prompt", "x", "--out", str(tmp_path / "o"))
+    r = _cli(
+        "rl", "sample", "--policy", str(tmp_path / "nope"), "--prompt", "x", "--out", str(tmp_path / "o")
+    )
     assert r.exit_code == 1 and "error: policy.uri=" in r.output

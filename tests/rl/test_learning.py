@@ -13,7 +13,7 @@ from firm.schemas import RewardBreakdown
 
 
 @torch.no_grad()
-def _eval_brightness(trainer, n: int = 32) -> float:  # noqa: ANN001
+def _eval_brightness(trainer, n: int = 32) -> float:
     """Mean brightness of the current policy's samples (its own sampler: ODE for NFT, SDE for GRPO) on fixed noise,
     independent of the training noise."""
     from firm.rl.sampling import ode_rollout, sde_rollout
@@ -24,7 +24,9 @@ def _eval_brightness(trainer, n: int = 32) -> float:  # noqa: ANN001
     noise = pol.initial_noise(n, g, cond)
     sig = pol.sigmas(4, cond)
     if trainer.cfg.algorithm == "grpo":
-        traj = sde_rollout(pol.velocity, noise, sig, cond, noise_level=trainer.cfg.grpo.noise_level, generator=g)
+        traj = sde_rollout(
+            pol.velocity, noise, sig, cond, noise_level=trainer.cfg.grpo.noise_level, generator=g
+        )
     else:
         traj = ode_rollout(pol.velocity, noise, sig, cond)
     return float(pol.decode(traj.final, cond).mean())
@@ -35,10 +37,19 @@ def _eval_brightness(trainer, n: int = 32) -> float:  # noqa: ANN001
     [
         ("nft", 16, {"optim__lr": 1e-2}),
         # SDE rollouts are noisier: larger groups and more prompts per step
-        ("grpo", 20, {"optim__lr": 2e-2, "grpo__kl_coef": 0.0, "sampling__group_size": 8, "sampling__prompts_per_step": 4}),
+        (
+            "grpo",
+            20,
+            {
+                "optim__lr": 2e-2,
+                "grpo__kl_coef": 0.0,
+                "sampling__group_size": 8,
+                "sampling__prompts_per_step": 4,
+            },
+        ),
     ],
 )
-def test_mean_reward_rises(tiny_cfg, algorithm: str, steps: int, overrides: dict) -> None:  # noqa: ANN001
+def test_mean_reward_rises(tiny_cfg, algorithm: str, steps: int, overrides: dict) -> None:
     from firm.rl.trainer import Trainer
 
     cfg = tiny_cfg(algorithm, steps=steps, **overrides)
@@ -52,8 +63,16 @@ def test_mean_reward_rises(tiny_cfg, algorithm: str, steps: int, overrides: dict
     assert last > first + 0.015, rewards
     assert after > before + 0.02, (before, after)
     m = results[-1].metrics
-    for key in ("reward/std", "groups/zero_std_ratio", "loss/kl", "hacking/detail", "hacking/entropy",
-                "time/rollout", "time/reward_wait", "time/update"):
+    for key in (
+        "reward/std",
+        "groups/zero_std_ratio",
+        "loss/kl",
+        "hacking/detail",
+        "hacking/entropy",
+        "time/rollout",
+        "time/reward_wait",
+        "time/update",
+    ):
         assert key in m
     assert m["reward/parse_failure_rate"] == 0.0
 
@@ -69,14 +88,16 @@ class FlakyCritic:
 
     def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]:
         out = self.inner(items)
-        for i, b in enumerate(out):
+        for i in range(len(out)):
             self.calls += 1
             if self.calls % 3 == 0:
-                out[i] = RewardBreakdown(task="gen", formulation="qma", reward=None, status="unparseable:instruction")
+                out[i] = RewardBreakdown(
+                    task="gen", formulation="qma", reward=None, status="unparseable:instruction"
+                )
         return out
 
 
-def test_unparseable_samples_are_dropped_and_reported(tiny_cfg) -> None:  # noqa: ANN001
+def test_unparseable_samples_are_dropped_and_reported(tiny_cfg) -> None:
     from firm.rl.trainer import Trainer
 
     trainer = Trainer(tiny_cfg(steps=2, reward__async_overlap=True), reward=FlakyCritic())
@@ -99,16 +120,18 @@ class DownService:
 
 
 @pytest.mark.parametrize("overlap", [False, True])
-def test_reward_service_down_fails_the_step_after_retries(tiny_cfg, overlap: bool) -> None:  # noqa: ANN001
+def test_reward_service_down_fails_the_step_after_retries(tiny_cfg, overlap: bool) -> None:
     from firm.rl import lora
     from firm.rl.trainer import Trainer
 
     svc = DownService()
     trainer = Trainer(tiny_cfg(steps=1, reward__retries=2, reward__async_overlap=overlap), reward=svc)
     before = [p.detach().clone() for p in lora.trainable_params(trainer.policy.transformer)]
-    with pytest.raises(RewardServiceError, match="failed after 3 attempts.*127.0.0.1:1"):
+    with pytest.raises(RewardServiceError, match=r"failed after 3 attempts.*127\.0\.0\.1:1"):
         trainer.train(progress=False)
     assert svc.calls >= 3
     after = lora.trainable_params(trainer.policy.transformer)
-    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))  # nothing trained on fabricated rewards
+    assert all(
+        torch.equal(a, b) for a, b in zip(after, before, strict=True)
+    )  # nothing trained on fabricated rewards
     assert trainer.step == 0

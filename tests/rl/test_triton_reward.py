@@ -8,7 +8,7 @@ import pytest
 
 
 @pytest.mark.slow
-def test_nft_run_with_tiny_critic_behind_triton(tiny_cfg, formatted_critic_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_nft_run_with_tiny_critic_behind_triton(tiny_cfg, formatted_critic_dir: Path, tmp_path: Path) -> None:
     from firm.rl.trainer import Trainer
     from firm.serving.export import BatchingConfig, ExportConfig, export_repository
     from firm.serving.server import TritonServer
@@ -34,6 +34,8 @@ def test_nft_run_with_tiny_critic_behind_triton(tiny_cfg, formatted_critic_dir: 
     for r in results:
         m = r.metrics
         scored = m["reward/n"]
-        assert scored + round(m["reward/parse_failure_rate"] * 8) == 8  # every rollout scored or dropped, none faked
+        assert (
+            scored + round(m["reward/parse_failure_rate"] * 8) == 8
+        )  # every rollout scored or dropped, none faked
         assert scored > 0 and 0.0 <= m["reward/mean"] <= 1.0
         assert 0.0 <= m["reward/instruction"] <= 1.0 and "reward/quality" in m  # QMA's sub-scores are logged

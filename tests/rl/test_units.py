@@ -27,7 +27,9 @@ def test_unparseable_samples_are_dropped_not_zero() -> None:
     stats = group_advantages([[1.0, None, 3.0], [None, 2.0, None]], clip=5.0)
     assert stats.advantages[1] is None and stats.dropped_samples == 3
     # the first group is scored on its two valid samples only (a 0 would have shifted the mean)
-    assert stats.advantages[0] == pytest.approx(-1.0, abs=1e-3) and stats.advantages[2] == pytest.approx(1.0, abs=1e-3)
+    assert stats.advantages[0] == pytest.approx(-1.0, abs=1e-3) and stats.advantages[2] == pytest.approx(
+        1.0, abs=1e-3
+    )
     # a group with one valid sample has no baseline: dropped as a whole
     assert stats.advantages[3:] == [None, None, None] and stats.dropped_groups == 1
 
@@ -37,7 +39,7 @@ def test_optimality_probability_mapping() -> None:
     assert torch.allclose(optimality_probability(a, 5.0), torch.tensor([0.0, 0.0, 0.5, 0.75, 1.0, 1.0]))
 
 
-def _direct_nft(v_t, v_o, v_ref, x0, eps, s, r, beta, kl):  # noqa: ANN001, ANN202
+def _direct_nft(v_t, v_o, v_ref, x0, eps, s, r, beta, kl):
     target = eps - x0
     total = 0.0
     for i in range(v_t.shape[0]):
@@ -67,7 +69,16 @@ def test_nft_loss_is_zero_when_all_velocities_equal_the_target(space: str) -> No
     g = torch.Generator().manual_seed(1)
     x0, eps = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
     v = eps - x0
-    parts = nft_loss(v.clone(), v.clone(), v.clone(), x0, eps, torch.tensor([0.3, 0.8]), torch.tensor([0.2, 0.9]), space=space)
+    parts = nft_loss(
+        v.clone(),
+        v.clone(),
+        v.clone(),
+        x0,
+        eps,
+        torch.tensor([0.3, 0.8]),
+        torch.tensor([0.2, 0.9]),
+        space=space,
+    )
     assert float(parts.loss) == pytest.approx(0.0, abs=1e-8)
     # and it is positive as soon as the current policy is off-target
     off = nft_loss(v + 0.1, v, v, x0, eps, torch.tensor([0.3, 0.8]), torch.tensor([0.2, 0.9]), space=space)
@@ -102,15 +113,18 @@ def test_grpo_loss_gradient_direction_and_clip() -> None:
     assert float(g2) == 0.0 and float(cf) == 1.0
 
 
-def _policy(tiny_sd3: Path):  # noqa: ANN202
+def _policy(tiny_sd3: Path):
     from firm.rl import lora
     from firm.rl.config import PolicyConfig
     from firm.rl.policies.loading import load_policy
 
     pol = load_policy(
-        PolicyConfig(kind="sd3", uri=str(tiny_sd3), resolution=32, max_sequence_length=16), torch.device("cpu")
+        PolicyConfig(kind="sd3", uri=str(tiny_sd3), resolution=32, max_sequence_length=16),
+        torch.device("cpu"),
     )
-    lora.add_lora(pol.transformer, rank=4, alpha=8, init="gaussian", targets=["to_q", "to_k", "to_v", "to_out.0"])
+    lora.add_lora(
+        pol.transformer, rank=4, alpha=8, init="gaussian", targets=["to_q", "to_k", "to_v", "to_out.0"]
+    )
     with torch.no_grad():  # a non-zero trainable LoRA so current ≠ old ≠ reference
         for p in lora.trainable_params(pol.transformer):
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
@@ -130,8 +144,15 @@ def test_grpo_logprob_recomputation_equals_sampling_pass(tiny_sd3: Path) -> None
     for j in range(4):
         x = traj.states[:, j]
         v = pol.velocity(x, torch.full((3,), float(sig[j])), cond)  # with grad, as in training
-        st = sde_step(v, x, float(sig[j]), float(sig[j + 1]), noise_level=0.7, sigma_max=sigma_max_of(sig),
-                      next_state=traj.states[:, j + 1])
+        st = sde_step(
+            v,
+            x,
+            float(sig[j]),
+            float(sig[j + 1]),
+            noise_level=0.7,
+            sigma_max=sigma_max_of(sig),
+            next_state=traj.states[:, j + 1],
+        )
         assert torch.allclose(st.log_prob, traj.log_probs[:, j], atol=1e-5)
         assert st.log_prob.requires_grad
 
@@ -160,10 +181,10 @@ def test_lora_adapters_current_old_reference(tiny_sd3: Path) -> None:
     assert lora.ema_decay(10_000, 0.5, 0.001) == 0.5
 
 
-def test_config_rejects_group_size_one_and_bad_overrides(tiny_cfg) -> None:  # noqa: ANN001
+def test_config_rejects_group_size_one_and_bad_overrides(tiny_cfg) -> None:
     with pytest.raises(ConfigError, match="group_size"):
         tiny_cfg(sampling__group_size=1)
-    with pytest.raises(ConfigError, match="policy.kind=sd3"):
+    with pytest.raises(ConfigError, match=r"policy\.kind=sd3"):
         tiny_cfg(task="edit")
     with pytest.raises(ConfigError, match="expected key=value"):
         from firm.rl.config import apply_overrides
@@ -176,13 +197,36 @@ def test_shipped_rl_recipes_validate() -> None:
     from firm.rl.config import load_config
 
     recipes = list_recipes("rl")
-    assert {r.name for r in recipes} >= {"rl/tiny_sd3_nft", "rl/tiny_sd3_grpo", "rl/sd35m_nft_qma", "rl/sd35m_grpo_qma"}
+    assert {r.name for r in recipes} >= {
+        "rl/tiny_sd3_nft",
+        "rl/tiny_sd3_grpo",
+        "rl/sd35m_nft_qma",
+        "rl/sd35m_grpo_qma",
+        "rl/qwen_edit_2509_nft_cme",
+        "rl/tiny_qwen_edit_nft",
+    }
     for r in recipes:
         cfg = load_config(r.path)
         assert r.path.read_text().startswith("#") and "firm.rl.train" in r.path.read_text()
         if r.name.startswith("rl/sd35m"):
-            assert (cfg.sampling.num_steps, cfg.sampling.group_size, cfg.sampling.prompts_per_step) == (10, 16, 48)
+            assert (cfg.sampling.num_steps, cfg.sampling.group_size, cfg.sampling.prompts_per_step) == (
+                10,
+                16,
+                48,
+            )
             assert (cfg.lora.rank, cfg.lora.alpha, cfg.policy.resolution, cfg.steps) == (32, 64, 512, 600)
+        if r.name == "rl/qwen_edit_2509_nft_cme":
+            assert (cfg.sampling.num_steps, cfg.sampling.group_size, cfg.sampling.prompts_per_step) == (
+                6,
+                16,
+                16,
+            )
+            assert (cfg.steps, cfg.sampling.eval_num_steps, cfg.task, cfg.reward.kind) == (
+                150,
+                15,
+                "edit",
+                "triton",
+            )
 
 
 @pytest.mark.parametrize(

@@ -131,3 +131,52 @@ def test_export_bad_input(tmp_path: Path, tiny_critic_dir: Path) -> None:
         BatchingConfig(max_batch_size=8, preferred_batch_sizes=[16])
     with pytest.raises(ValidationError):
         ExportConfig(critic=str(tiny_critic_dir), task="video")
+
+
+def test_serve_export_cli(tmp_path: Path, tiny_critic_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from firm.cli.main import app
+
+    out = tmp_path / "repo"
+    args = [
+        "serve",
+        "export",
+        "--critic",
+        str(tiny_critic_dir),
+        "--task",
+        "gen",
+        "--out",
+        str(out),
+        "--max-batch-size",
+        "4",
+        "--preferred-batch-size",
+        "2,4",
+        "--max-queue-delay-us",
+        "700",
+        "--no-gen-quality",
+        "--instances",
+        "3",
+    ]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == {"repository": str(out.resolve()), "task": "gen", "engine": "python"}
+    text = (out / "firm_gen_reward" / "config.pbtxt").read_text()
+    assert "preferred_batch_size: [ 2, 4 ]" in text and "max_queue_delay_microseconds: 700" in text
+    assert "count: 3" in text and _params(text)["quality"] == "false"
+    bad = [
+        "serve",
+        "export",
+        "--critic",
+        str(tiny_critic_dir),
+        "--task",
+        "gen",
+        "--out",
+        str(tmp_path / "r2"),
+        "--max-batch-size",
+        "4",
+        "--preferred-batch-size",
+        "8",
+    ]
+    r = CliRunner().invoke(app, bad)
+    assert r.exit_code == 1 and r.stderr.startswith("error:") and "preferred_batch_sizes" in r.stderr

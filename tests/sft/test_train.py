@@ -271,3 +271,33 @@ def test_bad_input_fails_clearly_and_publishes_nothing(
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(ConfigError, match="world size"):
         train(SFTConfig.model_validate({**cfg, "batch": {"per_device": 8, "global_size": 16}}))
+
+
+def test_deepspeed_zero3_two_processes_exports_gathered_weights(
+    tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path
+) -> None:
+    """ZeRO-3 partitions the weights across the 2 ranks: the export must hold the gathered, trained weights."""
+    from safetensors.torch import load_file
+
+    cfg = sft_config(
+        tiny_critic_dir, sft_dataset, tmp_path, run_name="zero3", max_steps=2, eval__max_samples=2,
+        batch__per_device=4, dist={"strategy": "deepspeed", "zero_stage": 3},
+    )  # fmt: skip
+    config = write_config(cfg, tmp_path / "zero3.yaml")
+    from firm.launch.local import torchrun_command
+
+    proc = subprocess.run(
+        torchrun_command("firm.critic.sft", ["--config", str(config)], 2),
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = TrainResult.model_validate_json(proc.stdout.strip().splitlines()[-1])
+    assert result.export_dir is not None and "val/parse_rate" in result.final_eval
+    exported, base = (
+        load_file(result.export_dir / "model.safetensors"),
+        load_file(tiny_critic_dir / "model.safetensors"),
+    )
+    assert set(exported) == set(base)
+    assert all(exported[k].shape == base[k].shape for k in base)  # full tensors, not ZeRO-3 shards
+    assert sum(not (exported[k] == base[k]).all() for k in base) > len(base) // 2
+    _judge_val(result.export_dir, sft_dataset, require_ok=False)

@@ -24,7 +24,9 @@ class Conditioning:
 
     def repeat(self, k: int) -> Conditioning:
         """Each sample repeated k times in a row (a prompt's group)."""
-        return Conditioning({n: t.repeat_interleave(k, dim=0) for n, t in self.tensors.items()}, dict(self.extras))
+        return Conditioning(
+            {n: t.repeat_interleave(k, dim=0) for n, t in self.tensors.items()}, dict(self.extras)
+        )
 
     def select(self, idx: torch.Tensor | list[int]) -> Conditioning:
         index = torch.as_tensor(idx, dtype=torch.long)
@@ -35,7 +37,9 @@ class Conditioning:
     @staticmethod
     def cat(parts: list[Conditioning]) -> Conditioning:
         names = parts[0].tensors.keys()
-        return Conditioning({n: torch.cat([p.tensors[n] for p in parts]) for n in names}, dict(parts[0].extras))
+        return Conditioning(
+            {n: torch.cat([p.tensors[n] for p in parts]) for n in names}, dict(parts[0].extras)
+        )
 
 
 class DiffusionPolicy(ABC):
@@ -105,7 +109,9 @@ class DiffusionPolicy(ABC):
         """A fresh copy of the base pipeline (no LoRA), from where this policy was loaded."""
         from firm.rl.policies.loading import absent_components
 
-        return type(self.pipeline).from_pretrained(self.source, dtype=self.dtype, **absent_components(self.source))
+        return type(self.pipeline).from_pretrained(
+            self.source, dtype=self.dtype, **absent_components(self.source)
+        )
 
     def eval_mode(self) -> None:
         """Disable dropout everywhere (freshly built tiny models are in train mode)."""

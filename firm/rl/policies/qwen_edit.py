@@ -66,10 +66,14 @@ class QwenEditPolicy(DiffusionPolicy):
         return QwenImageEditPlusPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler"),
             vae=AutoencoderKLQwenImage.from_pretrained(path, subfolder="vae", dtype=dtype),
-            text_encoder=Qwen2_5_VLForConditionalGeneration.from_pretrained(path, subfolder="text_encoder", dtype=dtype),
+            text_encoder=Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                path, subfolder="text_encoder", dtype=dtype
+            ),
             tokenizer=AutoTokenizer.from_pretrained(path, subfolder="tokenizer"),
             processor=FirmQwen2_5_VLProcessor.from_pretrained(path, subfolder="processor"),
-            transformer=QwenImageTransformer2DModel.from_pretrained(path, subfolder="transformer", dtype=dtype),
+            transformer=QwenImageTransformer2DModel.from_pretrained(
+                path, subfolder="transformer", dtype=dtype
+            ),
         )
 
     def load_base_pipeline(self) -> Any:
@@ -123,7 +127,11 @@ class QwenEditPolicy(DiffusionPolicy):
             z = pipe._encode_vae_image(x.to(self.device, pipe.vae.dtype), generator=None)[:, :, 0]
             latents.append(self._pack(z.to(self.dtype)))
         return Conditioning(
-            {"prompt_embeds": torch.cat(embeds), "prompt_mask": torch.cat(masks), "image_latents": torch.cat(latents)}
+            {
+                "prompt_embeds": torch.cat(embeds),
+                "prompt_mask": torch.cat(masks),
+                "image_latents": torch.cat(latents),
+            }
         )
 
     def initial_noise(self, n: int, generator: torch.Generator, cond: Conditioning) -> torch.Tensor:

@@ -14,7 +14,13 @@ class SD3Policy(DiffusionPolicy):
     task = "gen"
 
     def __init__(
-        self, pipeline: Any, *, resolution: int, max_sequence_length: int, device: torch.device, source: str = ""
+        self,
+        pipeline: Any,
+        *,
+        resolution: int,
+        max_sequence_length: int,
+        device: torch.device,
+        source: str = "",
     ):
         self.pipeline = pipeline
         self.source = source
@@ -41,7 +47,11 @@ class SD3Policy(DiffusionPolicy):
         if cfg.gradient_checkpointing:
             pipe.transformer.enable_gradient_checkpointing()
         return cls(
-            pipe, resolution=cfg.resolution, max_sequence_length=cfg.max_sequence_length, device=device, source=path
+            pipe,
+            resolution=cfg.resolution,
+            max_sequence_length=cfg.max_sequence_length,
+            device=device,
+            source=path,
         )
 
     @torch.no_grad()

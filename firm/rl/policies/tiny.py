@@ -7,6 +7,7 @@ Tokenizers are character-level so nothing has to be downloaded.
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,55 @@ def build_tiny_sd3(
     return out
 
 
-def build_tiny_qwen_edit(out_dir: str | Path, *, seed: int = 0) -> Path:
+def qwen_colour_decoder(vae: Any) -> None:
+    """The `colour_decoder` idea for a tiny `AutoencoderKLQwenImage` (causal 3-D convolutions, per-pixel RMS norm):
+    residual branches and attention outputs zeroed, shortcuts and resamplers identities, (z_k, −z_k) channel pairs
+    written by the first conv and read back by the last, so that after the final RMS norm R and G are latent channels
+    0 and 1 divided by their per-pixel norm (B stays mid-grey). Causal convs see the current frame at the last
+    temporal tap."""
+    import torch
+    from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
+
+    def eye(w: torch.Tensor) -> None:
+        w.zero_()
+        n = min(w.shape[0], w.shape[1])
+        idx = torch.arange(n)
+        if w.ndim == 5:
+            w[idx, idx, -1, w.shape[3] // 2, w.shape[4] // 2] = 1.0
+        else:
+            w[idx, idx, w.shape[2] // 2, w.shape[3] // 2] = 1.0
+
+    dec = vae.decoder
+    with torch.no_grad():
+        eye(vae.post_quant_conv.weight)
+        vae.post_quant_conv.bias.zero_()
+        for name, mod in dec.named_modules():
+            if not isinstance(mod, torch.nn.Conv2d | torch.nn.Conv3d):
+                continue
+            if name.endswith("conv2") or name.endswith("attentions.0.proj"):
+                mod.weight.zero_()
+            elif name.endswith("conv_shortcut") or name.endswith("resample.1"):
+                eye(mod.weight)
+            else:
+                continue
+            if mod.bias is not None:
+                mod.bias.zero_()
+        w = dec.conv_in.weight
+        w.zero_()
+        dec.conv_in.bias.zero_()
+        for k in range(2):  # only 4 channels pass the narrowest up-block of the tiny decoder
+            w[2 * k, k, -1, 1, 1] = 1.0
+            w[2 * k + 1, k, -1, 1, 1] = -1.0
+        o = dec.conv_out.weight
+        o.zero_()
+        dec.conv_out.bias.zero_()
+        for c in range(2):
+            o[c, 2 * c, -1, 1, 1] = 1.0
+            o[c, 2 * c + 1, -1, 1, 1] = -1.0
+    assert isinstance(dec.conv_in, QwenImageCausalConv3d)
+
+
+def build_tiny_qwen_edit(out_dir: str | Path, *, seed: int = 0, colour_vae: bool = True) -> Path:
     """Build and save a tiny `QwenImageEditPlusPipeline`: a 2-layer `QwenImageTransformer2DModel`, a tiny
     `AutoencoderKLQwenImage` (8× downsampling, 16 latent channels) and a tiny Qwen2.5-VL text encoder with an offline
     byte-level BPE tokenizer and the image-only processor (reload with `processor=` passed explicitly — the
@@ -228,10 +277,17 @@ def build_tiny_qwen_edit(out_dir: str | Path, *, seed: int = 0) -> Path:
         latents_mean=[0.0] * 16,
         latents_std=[1.0] * 16,
     )
+    if colour_vae:
+        qwen_colour_decoder(vae)
     pipe = QwenImageEditPlusPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(
-            shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=16,
-            max_image_seq_len=1024, shift_terminal=0.02,
+            shift=1.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=0.9,
+            base_image_seq_len=16,
+            max_image_seq_len=1024,
+            shift_terminal=0.02,
         ),
         vae=vae,
         text_encoder=text_encoder,
@@ -263,19 +319,48 @@ def write_prompts(path: str | Path, prompts: list[str] | None = None) -> Path:
     return p
 
 
+TINY_EDITS = [
+    ("make the sky red", (40, 90, 200)),
+    ("turn the wall white", (120, 120, 120)),
+    ("make the grass brighter", (30, 140, 40)),
+    ("paint the door yellow", (90, 50, 20)),
+]
+
+
+def write_edit_prompts(path: str | Path, size: int = 32) -> Path:
+    """An editing prompt file (`.jsonl`, instruction + source image path) with small solid-colour source images."""
+    from PIL import Image
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (instruction, rgb) in enumerate(TINY_EDITS):
+        img = p.parent / f"source-{i}.png"
+        Image.new("RGB", (size, size), rgb).save(img)
+        lines.append(json.dumps({"instruction": instruction, "image": img.name}))
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m firm.rl.policies.tiny sd3 OUT_DIR [--prompts FILE] [--sample-size N]`: build a tiny policy."""
+    """`python -m firm.rl.policies.tiny sd3|qwen_edit OUT_DIR [--prompts FILE] [--sample-size N]`: build a tiny
+    policy (and a small prompt file: .txt for sd3, .jsonl with source images for qwen_edit)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m firm.rl.policies.tiny")
-    ap.add_argument("kind", choices=["sd3"])
+    ap.add_argument("kind", choices=["sd3", "qwen_edit"])
     ap.add_argument("out_dir")
     ap.add_argument("--prompts", default=None, help="also write a small prompt file here")
     ap.add_argument("--sample-size", type=int, default=4, help="latent side (4 → 32 px, 8 → 64 px)")
     args = ap.parse_args(argv)
-    build_tiny_sd3(args.out_dir, sample_size=args.sample_size)
-    if args.prompts:
-        write_prompts(args.prompts)
+    if args.kind == "sd3":
+        build_tiny_sd3(args.out_dir, sample_size=args.sample_size)
+        if args.prompts:
+            write_prompts(args.prompts)
+    else:
+        build_tiny_qwen_edit(args.out_dir)
+        if args.prompts:
+            write_edit_prompts(args.prompts)
     print(args.out_dir)
     return 0
 

@@ -1,0 +1,88 @@
+"""The editing loop on a tiny Qwen-Image-Edit-Plus policy: NFT raises a cheap known reward (brightness of the edited
+image) through the reward interface; edit metrics are reported; the exported LoRA loads with load_lora_weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from firm.rl.policies.tiny import build_tiny_qwen_edit
+
+    return build_tiny_qwen_edit(tmp_path_factory.mktemp("tiny-qwen") / "pipe")
+
+
+def test_qwen_edit_nft_learns_and_lora_exports(tiny_qwen: Path, tmp_path: Path) -> None:
+    from firm.rl import lora
+    from firm.rl.config import config_from_dict
+    from firm.rl.policies.qwen_edit import QwenEditPolicy
+    from firm.rl.policies.tiny import write_edit_prompts
+    from firm.rl.trainer import Trainer
+
+    prompts = write_edit_prompts(tmp_path / "edits/prompts.jsonl")
+    cfg = config_from_dict(
+        {
+            "task": "edit",
+            "output_uri": str(tmp_path / "out"),
+            "steps": 16,
+            "device": "cpu",
+            "policy": {
+                "kind": "qwen_edit",
+                "uri": str(tiny_qwen),
+                "resolution": 32,
+                "max_sequence_length": 96,
+                "condition_pixels": 56 * 56,
+                "prompt_template_drop": 0,
+            },
+            "lora": {"rank": 4, "alpha": 8},
+            "sampling": {"num_steps": 4, "group_size": 4, "prompts_per_step": 2},
+            "optim": {"lr": 1e-2},
+            "reward": {"kind": "brightness", "async_overlap": True},
+            "data": {"prompts": str(prompts)},
+            "checkpoint": {"every_steps": 1000},
+            "monitor": {"tensorboard": False},
+        }
+    )
+    trainer = Trainer(cfg)
+    results = trainer.train(progress=False)
+    rewards = [r.metrics["reward/mean"] for r in results]
+    assert len(rewards) == 16 and sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.02, rewards
+    m = results[-1].metrics
+    assert m["reward/n"] == 8 and 0.0 <= m["hacking/source_similarity"] <= 1.0
+    assert m["hacking/identity_copy_flag"] == 0.0
+    trained = lora.trainable_params(trainer.policy.transformer)
+    assert any(
+        float(p.detach().abs().max()) > 0
+        for n, p in trainer.policy.transformer.named_parameters()
+        if "lora_B.default" in n
+    )
+
+    # the exported LoRA loads into a fresh pipeline with diffusers' load_lora_weights and reproduces the policy
+    pipe = QwenEditPolicy.load_pipeline(str(tiny_qwen), torch.float32)
+    pipe.load_lora_weights(str(tmp_path / "out/final/lora"))
+    pol = trainer.policy
+    cond = pol.encode(
+        ["make the sky red"], [torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))]
+    )
+    x = pol.initial_noise(1, torch.Generator().manual_seed(1), cond)
+    s = torch.tensor([0.5])
+    with torch.no_grad():
+        ours = pol.velocity(x, s, cond)
+        pol.transformer, saved = pipe.transformer, pol.transformer
+        theirs = pol.velocity(x, s, cond)
+        pol.transformer = saved
+    assert torch.allclose(ours, theirs, atol=1e-5) and len(trained) > 0
+
+
+def test_edit_prompts_without_source_are_rejected(tmp_path: Path) -> None:
+    from firm.errors import InputError
+    from firm.rl.data import load_prompts
+
+    p = tmp_path / "prompts.jsonl"
+    p.write_text('{"instruction": "make it red"}\n')
+    with pytest.raises(InputError, match=r"prompts.jsonl:1: editing prompts need a source 'image'"):
+        load_prompts(str(p), "edit")
