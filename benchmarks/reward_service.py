@@ -213,6 +213,7 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=0, help="torch threads, in-process and per server instance"
     )
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is reported")
     ap.add_argument("--no-off", action="store_true", help="skip the dynamic-batching-off server")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = ap.parse_args()

@@ -54,7 +54,7 @@ def run(
         trainer = Trainer(cfg)
         results = trainer.train(progress=False)[1:]  # the first step warms up both sides
         trainer.reward.close()  # type: ignore[attr-defined]
-    keys = ("time/step", "time/rollout", "time/reward_wait", "time/update")
+    keys = ("time/step", "time/rollout", "time/reward_wait", "time/update", "reward/parse_failure_rate")
     return {k: statistics.median(r.metrics[k] for r in results) for k in keys}
 
 
@@ -66,7 +66,9 @@ def main() -> None:
     ap.add_argument("--num-steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resolution", type=int, default=64)
-    ap.add_argument("--new-tokens", type=int, default=8)
+    ap.add_argument(
+        "--new-tokens", type=int, default=40, help="the tiny critic needs ~40 to finish an answer"
+    )
     ap.add_argument("--repeats", type=int, default=2, help="sync/async runs alternate; medians over all")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -112,15 +114,16 @@ def main() -> None:
         f"tritonserver on 127.0.0.1, trainer on 1 thread; medians of {args.steps} steps after one warm-up × "
         f"{args.repeats} alternating runs; seconds. Shared 2-core CPU machine (other jobs running): expect noise.",
         "",
-        "| algorithm | rewards | step | rollout | reward wait | update | async / sync step |",
-        "|---|---|---|---|---|---|---|",
+        "| algorithm | rewards | step | rollout | reward wait | update | parse failures | async / sync step |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for algorithm, sync, asyn in rows:
         for name, t in (("sync", sync), ("async", asyn)):
             ratio = f"{asyn['time/step'] / sync['time/step']:.2f}×" if name == "async" else ""
             lines.append(
                 f"| {algorithm} | {name} | {t['time/step']:.3f} | {t['time/rollout']:.3f} | "
-                f"{t['time/reward_wait']:.3f} | {t['time/update']:.3f} | {ratio} |"
+                f"{t['time/reward_wait']:.3f} | {t['time/update']:.3f} | "
+                f"{t['reward/parse_failure_rate']:.0%} | {ratio} |"
             )
     text = "\n".join(lines)
     print(text)

@@ -21,7 +21,7 @@ def train_cmd(
     nproc: int = typer.Option(1, "--nproc", help="local processes (torchrun --nproc_per_node)"),
     resume: str | None = typer.Option(None, "--resume", help="auto | none | checkpoint URI"),
 ) -> None:
-    """Train a critic: `firmctl critic train --config critic/tiny_cpu [--nproc N] [key=value ...]`.
+    """Train a critic: `firmctl critic train --config critic/tiny_cpu --nproc 2 optim.lr=2e-5` (key=value overrides).
 
     The config and the world size are checked here first, so mistakes fail before any process starts.
     """

@@ -14,6 +14,8 @@ Readouts:
 - `expected`: additionally, the softmax over the digit tokens "1".."5" at the position where the model wrote the
   score digit (found by mapping the parser's `score_spans` character offsets to generated tokens), and the
   probability-weighted score `expected_score = Σ k·p(k)` ∈ [1, 5]. Tie-breaking continuous rewards for GRPO.
+  Only the five digit logits of each step are recorded during generation (a pass-through logits processor), so the
+  readout costs no (batch × tokens × vocab) logits memory.
   - quality (three sub-scores): `expected_score = E[min(s1, s2, s3)]`, treating the three digit distributions as
     independent — `Σ_k P(s1≥k)·P(s2≥k)·P(s3≥k)` — the continuous counterpart of QMA's min.
   - when the digit cannot be located in the generated tokens (the text did not parse, or the digit was merged
@@ -311,7 +313,7 @@ class Critic:
         )
         return enc.to(self.device)
 
-    def _generation_config(self, want_logits: bool) -> Any:
+    def _generation_config(self) -> Any:
         gc = copy.deepcopy(self.model.generation_config)
         gc.do_sample = False
         gc.temperature = None
@@ -320,7 +322,6 @@ class Critic:
         gc.num_beams = 1
         gc.max_new_tokens = self.max_new_tokens
         gc.return_dict_in_generate = True
-        gc.output_logits = want_logits
         gc.pad_token_id = self.tokenizer.pad_token_id
         return gc
 
@@ -332,10 +333,14 @@ class Critic:
         prompts = [p for _, p, _ in batch]
         images = [im for _, _, ims in batch for im in ims]
         enc = self._encode(prompts, images)
+        # the expected readout records only the five digit logits of each step, never (B, T, vocab) logits
+        recorder = _DigitLogits(self.digit_ids) if want else None
         with torch.inference_mode():
-            out = self.model.generate(**enc, generation_config=self._generation_config(want))
+            out = self.model.generate(
+                **enc, generation_config=self._generation_config(), logits_processor=_processors(recorder)
+            )
         new = out.sequences[:, enc["input_ids"].shape[1] :].tolist()
-        logits = torch.stack(out.logits, dim=1).float() if want else None  # (B, T, V)
+        logits = recorder.stacked() if recorder is not None else None  # (B, T, 5)
         results: list[Judgement] = []
         forced: list[int] = []
         for row, (req, _, _) in enumerate(batch):
@@ -388,8 +393,9 @@ class Critic:
                 return None
         return None
 
-    def _digit_probs(self, logits_row: Any) -> Any:
-        return self._torch.softmax(logits_row[self.digit_ids], dim=-1)
+    def _digit_probs(self, digit_logits: Any) -> Any:
+        """Softmax over the five digit logits ("1".."5") of one position."""
+        return self._torch.softmax(digit_logits.float(), dim=-1)
 
     def _expected_from_generation(
         self, ids: list[int], text: str, parsed: ParseResult, logits: Any
@@ -418,7 +424,7 @@ class Critic:
             prompts = [p + prefixes[i] for i, (_, p, _) in enumerate(batch)]
             enc = self._encode(prompts, images)
             with torch.inference_mode():
-                last = self.model(**enc).logits[:, -1, :].float()
+                last = self.model(**enc, logits_to_keep=1).logits[:, -1, self.digit_ids]
             for i in range(len(batch)):
                 if step < n_pos[i]:
                     p = self._digit_probs(last[i])
@@ -501,6 +507,32 @@ class Critic:
         config = config or GenRewardConfig()
         pairs = self.score_gen(items, quality=quality, readout=config.readout, batch_size=batch_size)
         return [(gen_reward(i, q, config, policy), (i, q)) for i, q in pairs]
+
+
+class _DigitLogits:
+    """A logits processor that records the digit-token logits of every generation step and changes nothing.
+
+    It runs after the checkpoint's own processors, so it sees the scores greedy decoding chose from (the raw
+    logits unless the checkpoint sets e.g. a repetition penalty)."""
+
+    def __init__(self, digit_ids: list[int]) -> None:
+        self.digit_ids = digit_ids
+        self.steps: list[Any] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        self.steps.append(scores[:, self.digit_ids].float())  # stays on the device: no sync per step
+        return scores
+
+    def stacked(self) -> Any:
+        import torch
+
+        return torch.stack(self.steps, dim=1).cpu()  # (batch, generated tokens, 5)
+
+
+def _processors(recorder: _DigitLogits | None) -> Any:
+    from transformers import LogitsProcessorList
+
+    return LogitsProcessorList([recorder] if recorder is not None else [])
 
 
 def _expected_min(probs: list[Any]) -> float:

@@ -607,7 +607,12 @@ def zero3_state_dict(engine: Any, cfg: SFTConfig) -> dict[str, Any] | None:
 
 
 def export_model(
-    model: Any, processor: Any, cfg: SFTConfig, run_dir: Path, env: DistEnv, state_dict: dict[str, Any] | None = None
+    model: Any,
+    processor: Any,
+    cfg: SFTConfig,
+    run_dir: Path,
+    env: DistEnv,
+    state_dict: dict[str, Any] | None = None,
 ) -> Path:
     """Write the final `save_pretrained` model (LoRA merged unless `lora.merge_on_export` is false) to
     `<run_dir>/export` (rank 0) and publish it to `export.uri` when set. `state_dict`: the gathered ZeRO-3 weights."""

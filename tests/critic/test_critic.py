@@ -322,3 +322,29 @@ def test_non_vision_or_bad_dtype_model_is_a_config_error(tiny_critic_dir: Path, 
         Critic.from_pretrained(text_only)
     with pytest.raises(ConfigError, match="unknown dtype 'nn'"):
         Critic.from_pretrained(tiny_critic_dir, dtype="nn")
+
+
+def test_score_digit_location_and_full_width_fallback(tiny_critic: Critic) -> None:
+    """The span → token mapping finds an ASCII score digit; a full-width digit (several byte tokens) parses as a
+    text score but cannot be read at a digit token, so the expected readout must fall back (None here)."""
+    from firm.rewards.parsing import parse_answer
+
+    tok = tiny_critic.tokenizer
+    for answer, found in (
+        ('{"reasoning": "ok", "score": [4]}', True),
+        ('{"reasoning": "ok", "score": [４]}', False),
+    ):
+        ids = tok.encode(answer, add_special_tokens=False)
+        text = tok.decode(ids)
+        parsed = parse_answer("edit", text)
+        assert parsed.ok and parsed.score == 4
+        logits = torch.zeros(len(ids), 5)
+        digit_pos = [i for i, t in enumerate(ids) if t in tiny_critic.digit_ids]
+        for i in digit_pos:
+            logits[i] = torch.tensor([0.0, 0.0, 0.0, 5.0, 0.0])  # mass on "4" only where a digit token is
+        got = tiny_critic._expected_from_generation(ids, text, parsed, logits)
+        if found:
+            p = torch.softmax(torch.tensor([0.0, 0.0, 0.0, 5.0, 0.0]), -1)
+            assert got == pytest.approx(float((p * torch.arange(1, 6)).sum()))  # read at the "4" token
+        else:
+            assert got is None

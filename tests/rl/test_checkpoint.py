@@ -24,7 +24,11 @@ def test_final_lora_loads_with_load_lora_weights(tiny_cfg, tiny_sd3: Path, tmp_p
     from firm.rl.trainer import Trainer
 
     cfg = tiny_cfg(
-        steps=2, checkpoint__every_steps=1, monitor__eval_every=2, data__eval_prompts='["a cat", "a dog"]'
+        steps=2,
+        checkpoint__every_steps=1,
+        checkpoint__export_merged=True,
+        monitor__eval_every=2,
+        data__eval_prompts='["a cat", "a dog"]',
     )
     trainer = Trainer(cfg)
     trainer.train(progress=False)

@@ -77,6 +77,16 @@ def test_mean_reward_rises(tiny_cfg, algorithm: str, steps: int, overrides: dict
     assert m["reward/parse_failure_rate"] == 0.0
 
 
+def test_grpo_kl_to_the_reference_grows_once_the_lora_moves(tiny_cfg) -> None:
+    from firm.rl.trainer import Trainer
+
+    cfg = tiny_cfg("grpo", steps=2, grpo__kl_coef=0.04, sampling__prompts_per_step=1)  # one update per step
+    results = Trainer(cfg).train(progress=False)
+    # step 0: the LoRA is still the identity (B = 0), so the policy is the reference; after one update it is not
+    assert results[0].metrics["loss/kl"] == 0.0 and results[1].metrics["loss/kl"] > 0.0
+    assert results[1].metrics["clip_frac"] == 0.0  # one update per rollout batch: ratio is exactly 1
+
+
 class FlakyCritic:
     """Brightness, but every 3rd answer "did not parse" (reward None), like a critic with a garbled output."""
 

@@ -255,3 +255,17 @@ def test_edit_prompts_need_existing_source_images(tmp_path: Path) -> None:
         load_prompts(str(p), "edit")
     with pytest.raises(InputError, match="does not exist"):
         load_prompts(str(tmp_path / "nope.txt"), "gen")
+
+
+def test_reward_hacking_monitors() -> None:
+    from firm.rl.monitor import IdentityCopyFlag, detail, entropy, source_similarity
+
+    g = torch.Generator().manual_seed(0)
+    flat, noisy = torch.full((1, 3, 16, 16), 0.5), torch.rand(1, 3, 16, 16, generator=g)
+    assert float(detail(flat)) == 0.0 and float(detail(noisy)) > 0.1
+    assert float(entropy(flat)) == 0.0 and float(entropy(noisy)) > 3.0
+    assert float(source_similarity(noisy, noisy)) == 1.0 and float(source_similarity(flat, noisy)) < 0.9
+    flag = IdentityCopyFlag(threshold=0.95, window=3)
+    assert [flag.update(x) for x in (0.90, 0.96, 0.97, 0.99)] == [False, False, True, True]
+    steady = IdentityCopyFlag(threshold=0.95, window=3)
+    assert not any(steady.update(x) for x in (0.99, 0.98, 0.97, 0.96))  # high but not trending up
