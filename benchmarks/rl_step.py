@@ -4,7 +4,7 @@ Tiny SD3 policy (32 px), rewards from the tiny FIRM critic behind the real trito
 With `reward.async_overlap` the critic scores prompt group i while group i+1 rolls out, so the step pays only the
 reward latency that rollouts could not hide.
 
-    .venv/bin/python benchmarks/rl_step.py --steps 4 --prompts 4 --group 4 --num-steps 10 --out benchmarks/results/rl_step.md
+    .venv/bin/python benchmarks/rl_step.py --steps 4 --prompts 4 --group 4 --num-steps 20 --out benchmarks/results/rl_step.md
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def run(
                     "group_size": args.group,
                     "prompts_per_step": args.prompts,
                 },
+                "nft": {"timestep_fraction": args.train_fraction},
+                "grpo": {"timestep_fraction": args.train_fraction},
                 "reward": {"kind": "triton", "url": url, "async_overlap": overlap, "quality": False},
                 "data": {"prompts": str(prompts)},
                 "checkpoint": {"every_steps": 10_000},
@@ -65,6 +67,13 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--num-steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.2,
+        help="rollout timesteps trained on (the update is the same "
+        "in sync and async mode; a small one keeps it from drowning the overlap being measured)",
+    )
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument(
         "--new-tokens", type=int, default=40, help="the tiny critic needs ~40 to finish an answer"
@@ -114,16 +123,22 @@ def main() -> None:
         f"tritonserver on 127.0.0.1, trainer on 1 thread; medians of {args.steps} steps after one warm-up × "
         f"{args.repeats} alternating runs; seconds. Shared 2-core CPU machine (other jobs running): expect noise.",
         "",
-        "| algorithm | rewards | step | rollout | reward wait | update | parse failures | async / sync step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| algorithm | rewards | step | rollout | reward wait | update | parse failures | async / sync: step | "
+        "async / sync: rollout + reward wait |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for algorithm, sync, asyn in rows:
         for name, t in (("sync", sync), ("async", asyn)):
             ratio = f"{asyn['time/step'] / sync['time/step']:.2f}×" if name == "async" else ""
+
+            def collect(x: dict) -> float:
+                return x["time/rollout"] + x["time/reward_wait"]
+
+            cratio = f"{collect(asyn) / collect(sync):.2f}×" if name == "async" else ""
             lines.append(
                 f"| {algorithm} | {name} | {t['time/step']:.3f} | {t['time/rollout']:.3f} | "
                 f"{t['time/reward_wait']:.3f} | {t['time/update']:.3f} | "
-                f"{t['reward/parse_failure_rate']:.0%} | {ratio} |"
+                f"{t['reward/parse_failure_rate']:.0%} | {ratio} | {cratio} |"
             )
     text = "\n".join(lines)
     print(text)
@@ -134,6 +149,7 @@ def main() -> None:
             "Command: `.venv/bin/python benchmarks/rl_step.py "
             f"--steps {args.steps} --prompts {args.prompts} --group {args.group} --num-steps {args.num_steps} "
             f"--resolution {args.resolution} --new-tokens {args.new_tokens} --repeats {args.repeats} "
+            f"--train-fraction {args.train_fraction} "
             f"--out {args.out}`\n\n"
         )
         args.out.write_text(header + text + "\n")

@@ -24,16 +24,32 @@ def _save(img, path: Path) -> None:  # type: ignore[no-untyped-def]
         img.save(tmp, format="PNG")
 
 
-def make_synthetic_bench(out_dir: str | Path, n: int, *, seed: int = 0, size: int = 64) -> Bench:
-    """Write a synthetic bench of `n` edit + `n` gen items into `out_dir` and return it."""
+def make_synthetic_bench(
+    out_dir: str | Path,
+    n: int,
+    *,
+    seed: int = 0,
+    size: int = 64,
+    edit_axes: tuple[str, ...] = ("execution", "consistency"),
+    n_gen: int | None = None,
+    requested: int | None = None,
+) -> Bench:
+    """Write a synthetic bench of `n` edit + `n_gen` (default `n`) gen items into `out_dir` and return it.
+
+    Edit items cycle through `edit_axes`; `requested` fixes the red squares each edit asks for (as in the SFT data
+    of `firm.curation.synthetic_sft`), so a bench can match a critic's training distribution.
+    """
     from firm.curation.synthetic import synthetic_edit_items, synthetic_gen_items
 
     if n < 1:
         raise InputError(f"--n must be >= 1, got {n}")
+    bad = set(edit_axes) - {"execution", "consistency"}
+    if not edit_axes or bad:
+        raise InputError(f"edit axes must be execution and/or consistency, got {list(edit_axes)}")
     out = Path(out_dir)
     items: list[BenchItem] = []
-    for i, it in enumerate(synthetic_edit_items(n, seed=seed, size=size)):
-        axis = "execution" if i % 2 == 0 else "consistency"
+    for i, it in enumerate(synthetic_edit_items(n, seed=seed, size=size, requested=requested)):
+        axis = edit_axes[i % len(edit_axes)]
         src, dst = f"images/edit/{it.id}_source.png", f"images/edit/{it.id}_edited.png"
         _save(it.source, out / src)
         _save(it.edited, out / dst)
@@ -48,7 +64,9 @@ def make_synthetic_bench(out_dir: str | Path, n: int, *, seed: int = 0, size: in
                 source="synthetic",
             )
         )
-    for it in synthetic_gen_items(n, seed=seed, size=size):
+    n_gen = n if n_gen is None else n_gen
+    gen_items = synthetic_gen_items(n_gen, seed=seed, size=size) if n_gen > 0 else []
+    for it in gen_items:
         ref = f"images/gen/{it.id}.png"
         _save(it.image, out / ref)
         items.append(

@@ -17,6 +17,7 @@ from firm.cli import (
     critic_train,  # noqa: F401  (registers `critic train`)
     doctor_cmd,
     models_cmd,
+    quickstart_cmd,
     recipes_cmd,
     reward_cmd,
     rl_cmd,
@@ -40,6 +41,7 @@ def version() -> None:
 
 
 app.command(name="doctor")(doctor_cmd.doctor)
+app.command(name="quickstart")(quickstart_cmd.quickstart)
 app.add_typer(storage_cmd.app, name="storage")
 app.add_typer(reward_cmd.app, name="reward")
 app.add_typer(critic_cmd.app, name="critic")

@@ -39,9 +39,8 @@ def tiny_critic(
         raise InputError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
         raise InputError(f"--out {out}: directory is not empty")
-    with contextlib.redirect_stdout(
-        sys.stderr
-    ):  # library chatter (e.g. DeepSpeed's logger) must not mix with JSON
+    # library chatter on stdout (e.g. DeepSpeed's logger, imported by transformers) must not mix with the JSON
+    with contextlib.redirect_stdout(sys.stderr):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one JSON document or one error line, nothing else

@@ -27,10 +27,10 @@ def train(
     """Train a policy with DiffusionNFT or Flow-GRPO. Extra `key=value` arguments override the config."""
     from firm.launch.local import run_local
     from firm.rl.config import load_config
-    from firm.rl.train import _config_path
+    from firm.rl.train import config_path
 
     overrides = list(ctx.args)
-    path = _config_path(config)
+    path = config_path(config)
     cfg = load_config(path, overrides)  # validate here: bad configs fail before any process starts
     if cfg.sampling.prompts_per_step % nproc:
         from firm.errors import ConfigError
@@ -62,6 +62,9 @@ def sample(
     resolution: int = typer.Option(512, "--resolution"),
     seed: int = typer.Option(0, "--seed"),
     max_sequence_length: int = typer.Option(256, "--max-sequence-length"),
+    condition_pixels: int = typer.Option(
+        384 * 384, "--condition-pixels", help="editing: VL-encoder pixel budget"
+    ),
 ) -> None:
     """Sample images from a policy (optionally with a trained LoRA) and write them as PNGs."""
     from firm.rl.sample import sample_images
@@ -77,5 +80,6 @@ def sample(
         resolution=resolution,
         seed=seed,
         max_sequence_length=max_sequence_length,
+        condition_pixels=condition_pixels,
     )
     echo_json({"images": [str(p) for p in paths]})

@@ -24,6 +24,7 @@ def sample_images(
     seed: int = 0,
     max_sequence_length: int = 256,
     device: str = "auto",
+    condition_pixels: int = 384 * 384,
 ) -> list[Path]:
     if kind not in ("sd3", "qwen_edit"):
         raise ConfigError(f"--kind {kind}: expected sd3 or qwen_edit")
@@ -32,6 +33,11 @@ def sample_images(
     prompts = [p.strip() for p in prompts]
     if not prompts or any(not p for p in prompts):
         raise InputError("--prompt must not be empty")
+    src = None
+    if kind == "qwen_edit":
+        from firm.rl.data import load_source
+
+        src = load_source(image, resolution)  # type: ignore[arg-type]  # a bad image fails before any loading
     cfg = PolicyConfig(
         kind=kind, uri=policy_uri, resolution=resolution, max_sequence_length=max_sequence_length
     )  # type: ignore[arg-type]
@@ -41,17 +47,29 @@ def sample_images(
         pipe.load_lora_weights(resolve_pretrained(lora_uri))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kwargs: dict = {"num_inference_steps": steps, "height": resolution, "width": resolution}
-    if kind == "sd3":
-        kwargs.update(guidance_scale=1.0, max_sequence_length=max_sequence_length)
-    else:
-        from firm.critic.images import load_image
-
-        kwargs.update(image=load_image(image).convert("RGB"), true_cfg_scale=1.0)  # type: ignore[arg-type]
     paths = []
     for i, prompt in enumerate(prompts):
         gen = torch.Generator().manual_seed(seed + i)
-        img = pipe(prompt=prompt, generator=gen, **kwargs).images[0]
+        if kind == "sd3":  # the plain diffusers call, CFG-free as trained
+            img = pipe(
+                prompt=prompt,
+                generator=gen,
+                num_inference_steps=steps,
+                height=resolution,
+                width=resolution,
+                guidance_scale=1.0,
+                max_sequence_length=max_sequence_length,
+            ).images[0]
+        else:  # the policy's own ODE sampler (the pipeline call hard-codes a ~1024² VAE copy of the source)
+            from firm.rl.rewards import to_pil
+            from firm.rl.sampling import ode_rollout
+
+            cond = policy.encode([prompt], [src])
+            with torch.no_grad():
+                traj = ode_rollout(
+                    policy.velocity, policy.initial_noise(1, gen, cond), policy.sigmas(steps, cond), cond
+                )
+            img = to_pil(policy.decode(traj.final, cond)[0])
         p = out / f"sample-{i:03d}.png"
         img.save(p)
         paths.append(p)

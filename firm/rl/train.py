@@ -17,7 +17,7 @@ from pathlib import Path
 from firm.errors import FirmError
 
 
-def _config_path(name: str) -> Path:
+def config_path(name: str) -> Path:
     p = Path(name)
     if p.exists():
         return p
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = list(args.overrides)
         if args.resume:
             overrides.append(f"checkpoint.resume={args.resume}")
-        cfg = load_config(_config_path(args.config), overrides)
+        cfg = load_config(config_path(args.config), overrides)
         rank, world = _init_distributed()
         if cfg.device == "auto" and world > 1:
             import torch

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from firm.errors import ConfigError
 from firm.rl import lora as lora_mod
 from firm.rl.advantages import group_advantages, optimality_probability
 from firm.rl.checkpoint import export_final, find_resume, load_checkpoint, save_checkpoint, set_rng_state
@@ -73,6 +74,9 @@ def _gen(*parts: int) -> torch.Generator:
 
 
 class Trainer:
+    """The RL loop. `Trainer(cfg).train()` runs `cfg.steps` steps (resuming per `cfg.checkpoint.resume`), publishes
+    checkpoints and the final LoRA; `reward` / `policy` can be passed in instead of being built from the config."""
+
     def __init__(
         self,
         cfg: RLConfig,
@@ -85,8 +89,6 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         if cfg.sampling.prompts_per_step % self.world:
-            from firm.errors import ConfigError
-
             raise ConfigError(
                 f"sampling.prompts_per_step={cfg.sampling.prompts_per_step} is not divisible by {self.world} ranks"
             )

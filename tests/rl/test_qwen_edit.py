@@ -86,3 +86,33 @@ def test_edit_prompts_without_source_are_rejected(tmp_path: Path) -> None:
     p.write_text('{"instruction": "make it red"}\n')
     with pytest.raises(InputError, match=r"prompts.jsonl:1: editing prompts need a source 'image'"):
         load_prompts(str(p), "edit")
+
+
+def test_cli_sample_edits_a_source_image(tiny_qwen: Path, tmp_path: Path) -> None:
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from firm.cli.main import app
+
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "src.png")
+    args = ["rl", "sample", "--kind", "qwen_edit", "--policy", str(tiny_qwen), "--prompt", "make it blue"]
+    args += [
+        "--out",
+        str(tmp_path / "o"),
+        "--steps",
+        "3",
+        "--resolution",
+        "32",
+        "--max-sequence-length",
+        "96",
+    ]
+    res = CliRunner().invoke(app, [*args, "--condition-pixels", "3136", "--image", str(tmp_path / "src.png")])
+    assert res.exit_code == 0, res.output
+    (path,) = json.loads(res.stdout.strip().splitlines()[-1])["images"]
+    assert Image.open(path).size == (32, 32)
+    res = CliRunner().invoke(app, args)  # no --image
+    assert res.exit_code == 1 and "error: editing policies need --image" in res.output
+    res = CliRunner().invoke(app, [*args, "--image", str(tmp_path / "missing.png")])
+    assert res.exit_code == 1 and "missing.png" in res.output
