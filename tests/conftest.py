@@ -1,3 +1,13 @@
-"""Shared pytest configuration. Fixtures live in tests/fixtures/ (one module per kind of resource)."""
+"""Shared pytest configuration. Fixtures live in tests/fixtures/ (one module per kind of resource).
+
+The tiny models used here are far too small to gain from intra-op threads: on this 2-core machine one torch thread
+per process is several times faster than two (measured, see BENCHMARKS.md), and the servers and torchrun workers
+that tests start inherit the setting through OMP_NUM_THREADS.
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.models"]

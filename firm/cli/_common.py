@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
@@ -46,3 +47,15 @@ def echo_json(obj: Any) -> None:
         obj = [o.model_dump(mode="json") if isinstance(o, BaseModel) else o for o in obj]
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def library_output_to_stderr() -> Iterator[None]:
+    """Keep stdout for the command's JSON: library chatter (DeepSpeed's accelerator logger, imported by
+    transformers, prints to stdout) goes to stderr, and transformers' weight-loading progress bars are off."""
+    with contextlib.redirect_stdout(sys.stderr):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        yield

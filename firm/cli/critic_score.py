@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from pathlib import Path
 
 import typer
 
-from firm.cli._common import cli_errors, echo_json
+from firm.cli._common import cli_errors, echo_json, library_output_to_stderr
 from firm.cli.critic_cmd import app
 from firm.errors import InputError
 
@@ -64,15 +62,8 @@ def score_cmd(
         if value and "://" not in value and not Path(value).expanduser().is_file():
             raise InputError(f"{name} {value}: no such file")
 
-    # library chatter on stdout (e.g. DeepSpeed's accelerator logger, imported by transformers) must not mix
-    # with the JSON document: send it to stderr while the model loads and runs
-    with contextlib.redirect_stdout(sys.stderr):
-        from transformers.utils import logging as hf_logging
-
+    with library_output_to_stderr():  # one JSON document on stdout or one error line, nothing else
         from firm.critic import Critic, EditInput, GenInput
-
-        hf_logging.disable_progress_bar()  # one JSON document or one error line, nothing else
-        hf_logging.set_verbosity_error()
         from firm.rewards.formulas import EditRewardConfig, GenRewardConfig
 
         critic = Critic.from_pretrained(

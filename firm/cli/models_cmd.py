@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from pathlib import Path
 
 import typer
 
-from firm.cli._common import cli_errors, echo_json
+from firm.cli._common import cli_errors, echo_json, library_output_to_stderr
 from firm.errors import InputError
 
 app = typer.Typer(help="Build tiny models for tests and the local quickstart.", no_args_is_help=True)
@@ -39,11 +37,6 @@ def tiny_critic(
         raise InputError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
         raise InputError(f"--out {out}: directory is not empty")
-    # library chatter on stdout (e.g. DeepSpeed's logger, imported by transformers) must not mix with the JSON
-    with contextlib.redirect_stdout(sys.stderr):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # one JSON document or one error line, nothing else
-        hf_logging.set_verbosity_error()
+    with library_output_to_stderr():  # one JSON document on stdout or one error line, nothing else
         path = build_tiny_critic(out, size=size, seed=seed, format_steps=format_steps)  # type: ignore[arg-type]
     echo_json({"path": str(path.resolve()), "size": size, "format_steps": format_steps})

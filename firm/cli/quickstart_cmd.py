@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from firm.cli._common import cli_errors, echo_json
+from firm.cli._common import cli_errors, echo_json, library_output_to_stderr
 
 
 @cli_errors
@@ -18,7 +18,8 @@ def quickstart(
     ),
 ) -> None:
     """Build a tiny critic, curate data, train it, bench it against chance, serve it from Triton and score edits."""
-    from firm.quickstart import run_quickstart
+    with library_output_to_stderr():
+        from firm.quickstart import run_quickstart
 
-    result = run_quickstart(workdir, steps=steps, serve=serve)
+        result = run_quickstart(workdir, steps=steps, serve=serve)
     echo_json(result)

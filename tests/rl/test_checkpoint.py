@@ -148,3 +148,31 @@ def test_entrypoint_rejects_bad_config_with_one_line(tiny_cfg, tmp_path: Path, b
     assert res.returncode == 1
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and bad.split("=")[0] in last
+
+
+def test_policy_and_prompts_load_from_s3(
+    tiny_cfg, tiny_sd3: Path, s3_env, tmp_path: Path, monkeypatch
+) -> None:
+    """A published pipeline directory and a prompt file in the object store (moto S3) are what a cluster run reads."""
+    from firm.config import get_settings
+    from firm.rl.policies.loading import load_policy
+    from firm.rl.trainer import Trainer
+    from firm.storage import init_buckets, publish_dir, write_bytes
+
+    monkeypatch.setenv("FIRM_HOME", str(tmp_path / "home"))
+    get_settings(fresh=True)
+    init_buckets()
+    publish_dir(tiny_sd3, "s3://firm-models/tiny-sd3")
+    write_bytes("s3://firm-datasets/rl/prompts.txt", b"a red apple\na blue sky\n")
+    cfg = tiny_cfg(
+        steps=1, policy__uri="s3://firm-models/tiny-sd3", data__prompts="s3://firm-datasets/rl/prompts.txt"
+    )
+    trainer = Trainer(cfg)
+    assert [p.prompt for p in trainer.prompts] == ["a red apple", "a blue sky"]
+    assert str(tmp_path / "home") in trainer.policy.source  # fetched (manifest-verified) into the FIRM cache
+    local = load_policy(tiny_cfg().policy, torch.device("cpu"))
+    cond = local.encode(["a red apple"])
+    x, s = torch.randn(1, 16, 4, 4), torch.tensor([0.5])
+    with torch.no_grad():
+        assert torch.equal(trainer.policy.velocity(x, s, cond), local.velocity(x, s, cond))
+    assert len(trainer.train(progress=False)) == 1
