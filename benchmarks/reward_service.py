@@ -14,8 +14,8 @@ critic directory:
   throughput a perfect batcher could reach with no serving overhead.
 
 The machine's CPU is shared with other work, so the in-process and Triton measurements are interleaved for
-`--rounds` rounds and each one's best round is reported (other tenants only ever slow a round down); the load
-average is printed with every round.
+`--rounds` rounds; the table reports medians over rounds, and each ratio is the median of the per-round ratios
+(numerator and denominator measured minutes apart). The load average is printed with every round.
 
 The critics are random-init (`firm.models.tiny.build_tiny_critic`) with EOS disabled in their generation config,
 so every answer runs to exactly `--max-new-tokens` and every request costs the same. The service shares the 2
@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -152,13 +153,13 @@ def export(critic_dir: Path, args: argparse.Namespace, batching: bool, root: Pat
     return export_repository(cfg, root / f"repo-{critic_dir.name}-{'db' if batching else 'nodb'}")
 
 
-def best(runs: list[tuple[float, float, float]]) -> tuple[float, float, float]:
-    """The round with the highest throughput (other tenants of the shared CPU only ever slow a round down)."""
-    return max(runs, key=lambda r: r[0])
+def median_round(runs: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """The round with the median throughput (with its own p50/p99)."""
+    return sorted(runs, key=lambda r: r[0])[len(runs) // 2]
 
 
 def bench_size(size: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    """Interleave in-process and Triton measurements for `--rounds` rounds; keep each one's best round."""
+    """Interleave in-process and Triton measurements for `--rounds` rounds; medians over rounds."""
     from contextlib import ExitStack
 
     from firm.serving.server import TritonServer
@@ -191,10 +192,9 @@ def bench_size(size: str, args: argparse.Namespace, root: Path) -> dict[str, Any
                         f"  triton {m:3s} C={c:<3d} {rps:7.1f} req/s  p50 {res[1]:7.1f} ms  p99 {res[2]:7.1f} ms",
                         flush=True,
                     )
-    base_best = {k: max(b[k] for b in base_runs) for k in base_runs[0]}
     return {
-        "in_process": base_best,
-        **{m: {c: best(v) for c, v in runs.items()} for m, runs in triton_runs.items()},
+        "in_process": {k: statistics.median(b[k] for b in base_runs) for k in base_runs[0]},
+        **{m: {c: median_round(v) for c, v in runs.items()} for m, runs in triton_runs.items()},
         "rounds": {"in_process": base_runs, **triton_runs},
     }
 
@@ -213,7 +213,7 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=0, help="torch threads, in-process and per server instance"
     )
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is reported")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians reported)")
     ap.add_argument("--no-off", action="store_true", help="skip the dynamic-batching-off server")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = ap.parse_args()
@@ -232,15 +232,18 @@ def main() -> None:
             res = bench_size(size, args, root)
             raw[size] = res
             base, on, off = res["in_process"], res["on"], res.get("off", {})
+            rounds = res["rounds"]
             for c in args.concurrency:
-                limit = (
-                    base["batched_16"] if c >= 16 else base["batched_8"] if c >= 8 else base["one_at_a_time"]
-                )
+                key = "batched_16" if c >= 16 else "batched_8" if c >= 8 else "one_at_a_time"
+                # ratios per round (in-process and Triton measured minutes apart), then their median
+                per_round = list(zip(rounds["in_process"], rounds["on"][c], strict=True))
+                r_one = statistics.median(t[0] / b["one_at_a_time"] for b, t in per_round)
+                r_lim = statistics.median(t[0] / b[key] for b, t in per_round)
                 rps, p50, p99 = on[c]
                 off_s = f"{off[c][0]:.1f}" if c in off else "-"
                 rows.append(
                     f"| {size} | {c} | {rps:.1f} | {p50:.0f} / {p99:.0f} | {off_s} | {base['one_at_a_time']:.1f} | "
-                    f"{limit:.1f} | {rps / base['one_at_a_time']:.2f}× | {rps / limit:.0%} |"
+                    f"{base[key]:.1f} ({key.replace('_', ' ')}) | {r_one:.2f}× | {r_lim:.0%} |"
                 )
     load_end = os.getloadavg()
     print()

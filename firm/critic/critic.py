@@ -313,6 +313,21 @@ class Critic:
         )
         return enc.to(self.device)
 
+    def generate_texts(
+        self, prompts: list[str], images: list[Any], *, max_new_tokens: int | None = None
+    ) -> list[str]:
+        """Greedy answers for already-rendered chat prompts (`firm.critic.messages.render_prompt`); `images` are
+        the prompts' images in order, already sized with `fit_pixels`. The building block for serving the critic
+        behind other protocols (e.g. an OpenAI-compatible chat endpoint)."""
+        gc = self._generation_config()
+        if max_new_tokens is not None:
+            gc.max_new_tokens = max_new_tokens
+        enc = self._encode(prompts, images)
+        with self._torch.inference_mode():
+            out = self.model.generate(**enc, generation_config=gc)
+        new = out.sequences[:, enc["input_ids"].shape[1] :].tolist()
+        return [self.tokenizer.decode(self._trim(ids), skip_special_tokens=True) for ids in new]
+
     def _generation_config(self) -> Any:
         gc = copy.deepcopy(self.model.generation_config)
         gc.do_sample = False

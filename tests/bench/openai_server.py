@@ -63,16 +63,11 @@ class ChatServer:
                     content.append({"type": "text", "text": part["text"]})
             messages.append({"role": m["role"], "content": content})
         prompt = render_prompt(critic.processor, messages)
-        gc = critic._generation_config(False)
-        gc.max_new_tokens = int(body.get("max_tokens") or critic.max_new_tokens)
         with self._model_lock:
-            enc = critic._encode([prompt], images)
-            import torch
-
-            with torch.inference_mode():
-                out = critic.model.generate(**enc, generation_config=gc)
-        ids = critic._trim(out.sequences[0, enc["input_ids"].shape[1] :].tolist())
-        return critic.tokenizer.decode(ids, skip_special_tokens=True)
+            (text,) = critic.generate_texts(
+                [prompt], images, max_new_tokens=int(body.get("max_tokens") or critic.max_new_tokens)
+            )
+        return text
 
     # ----------------------------------------------------------------------------------------------- the HTTP
     def handler(self) -> type[BaseHTTPRequestHandler]:
