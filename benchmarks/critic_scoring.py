@@ -1,6 +1,6 @@
 """Critic throughput: judgements/s for batch sizes 1, 4, 16, both readouts, tiny and small random-init critics.
 
-Run (CPU, what benchmarks/results/critic_scoring.md reports):
+Run (CPU, what BENCHMARKS.md reports):
     .venv/bin/python benchmarks/critic_scoring.py --sizes tiny small --threads 1 --repeats 3
 
 On a GPU machine, also time a random-init model with Qwen3-VL-8B's architecture in bf16, 128 new tokens:

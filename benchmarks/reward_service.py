@@ -1,6 +1,6 @@
 """Reward service throughput: Triton (dynamic batching on/off) vs in-process one-at-a-time vs in-process batched.
 
-Run (CPU; what benchmarks/results/reward_service.md reports):
+Run (CPU; what BENCHMARKS.md reports):
     .venv/bin/python benchmarks/reward_service.py --sizes tiny small
 
 Each request is ONE edit (source, edited, instruction) sent to `firm_edit_reward`, which scores both axes

@@ -4,7 +4,7 @@ Tiny SD3 policy (32 px), rewards from the tiny FIRM critic behind the real trito
 With `reward.async_overlap` the critic scores prompt group i while group i+1 rolls out, so the step pays only the
 reward latency that rollouts could not hide.
 
-    .venv/bin/python benchmarks/rl_step.py --steps 4 --prompts 4 --group 4 --num-steps 20 --out benchmarks/results/rl_step.md
+    .venv/bin/python benchmarks/rl_step.py --steps 4 --prompts 4 --group 4 --num-steps 20 --out /tmp/rl_step.md
 """
 
 from __future__ import annotations
