@@ -197,3 +197,21 @@ def test_s3_errors_on_cli(s3: dict[str, str], monkeypatch: pytest.MonkeyPatch, t
     res = invoke("storage", "cp", f"s3://{bucket}/a", str(tmp_path / "a"))
     assert_one_error_line(res, "cannot reach S3 endpoint", f"s3://{bucket}/a")
     assert SECRET not in res.output
+
+
+def test_multi_line_library_messages_become_one_error_line() -> None:
+    """Library messages (transformers, S3 SDK) often span lines; the CLI still prints exactly one line."""
+    import typer
+
+    from firm.cli._common import cli_errors
+    from firm.errors import StorageError
+
+    mini = typer.Typer()
+
+    @mini.command()
+    @cli_errors
+    def boom() -> None:
+        raise StorageError("s3://b/k: cannot reach endpoint (first line.\n\n  Second line.)")
+
+    result = runner.invoke(mini, [])
+    assert_one_error_line(result, "s3://b/k", "first line. Second line.")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from firm.schemas import ParseStatus, Record, Task
 
@@ -23,6 +23,13 @@ Difficulty = Literal["easy", "hard"]
 
 AXES_FOR_TASK: dict[str, tuple[str, ...]] = {"edit": ("execution", "consistency"), "gen": ("instruction",)}
 SCORE_MIN, SCORE_MAX = 1, 5
+
+
+def _plain_int_score(v: object) -> object:
+    """Scores are JSON integers (3 or 3.0): `true` or `"3"` would otherwise be coerced to a score silently."""
+    if isinstance(v, bool | str):
+        raise ValueError(f"score must be an integer 1..5, got {v!r}")
+    return v
 
 
 def _check_task_axis(task: str, axis: str, difficulty: str | None, item_id: str) -> None:
@@ -41,6 +48,8 @@ class HumanScore(Record):
     axis: BenchAxis
     difficulty: Difficulty | None = Field(default=None, description="easy|hard for gen items, null for edit")
     human_score: int = Field(ge=SCORE_MIN, le=SCORE_MAX)
+
+    _plain_human_score = field_validator("human_score", mode="before")(_plain_int_score)
 
     @model_validator(mode="after")
     def _consistent(self) -> HumanScore:
@@ -102,6 +111,8 @@ class Prediction(Record):
     task: Task | None = None
     axis: BenchAxis | None = None
     critic: str | None = Field(default=None, description="which critic produced it (bench run only)")
+
+    _plain_score = field_validator("score", mode="before")(_plain_int_score)
 
     @model_validator(mode="after")
     def _status(self) -> Prediction:

@@ -7,7 +7,8 @@ Output directory::
       human.jsonl         the human scores of the evaluated items
       report.json, report.md, report.html, confusion.png, histograms.png
 
-Resumable: ids already in `predictions.jsonl` are skipped on rerun. Each line is appended with one `write` on an
+Resumable: ids already in `predictions.jsonl` are skipped on rerun (a file written by another critic is refused,
+so one report never mixes two critics). Each line is appended with one `write` on an
 `O_APPEND` descriptor and the file is fsync'ed after every batch, so a crash leaves at most one incomplete last
 line; that line (no trailing newline and not valid JSON) is dropped on the next run and its item judged again. A
 malformed line anywhere else is an error naming file:line (nothing is silently rewritten).
@@ -126,6 +127,12 @@ def run_bench(
     pred_path = out / PREDICTIONS_FILE
     selected = bench.items[:limit] if limit else list(bench.items)
     done = load_predictions(pred_path)
+    others = sorted({p.critic for p in done.values() if p.critic is not None and p.critic != backend.name})
+    if others:
+        raise InputError(
+            f"{pred_path}: holds predictions by critic {', '.join(others)}, this run's critic is {backend.name}; "
+            "resuming would mix two critics in one report (use another --out)"
+        )
     todo = [it for it in selected if it.id not in done]
     skipped = len(selected) - len(todo)
 

@@ -38,6 +38,12 @@ def read_humans(path: str | Path) -> list[HumanScore]:
 
 
 def read_predictions(path: str | Path) -> dict[str, int | None]:
+    """`{id: score | None}`; a row must state its score (`null` for a parse failure) — a row that omits `score`
+    is an error, not a silent parse failure. Rows written by `bench run` omit a null score but carry a non-ok
+    `status`, which says the same."""
+    for lineno, obj in iter_jsonl(path):
+        if "score" not in obj and obj.get("status") in (None, "ok"):
+            raise InputError(f"{path}:{lineno}: no 'score' (write \"score\": null for a parse failure)")
     return {p.id: p.score for p in read_records(path, Prediction)}
 
 

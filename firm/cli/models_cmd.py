@@ -37,6 +37,9 @@ def tiny_critic(
         raise InputError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
         raise InputError(f"--out {out}: directory is not empty")
-    with library_output_to_stderr():  # one JSON document on stdout or one error line, nothing else
-        path = build_tiny_critic(out, size=size, seed=seed, format_steps=format_steps)  # type: ignore[arg-type]
+    try:
+        with library_output_to_stderr():  # one JSON document on stdout or one error line, nothing else
+            path = build_tiny_critic(out, size=size, seed=seed, format_steps=format_steps)  # type: ignore[arg-type]
+    except OSError as exc:  # e.g. a parent that is a file, or a read-only location
+        raise InputError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
     echo_json({"path": str(path.resolve()), "size": size, "format_steps": format_steps})

@@ -57,7 +57,9 @@ def sample(
     out: Path = typer.Option(..., "--out", help="directory for the PNGs"),
     lora: str | None = typer.Option(None, "--lora", help="LoRA dir or URI (diffusers format)"),
     image: str | None = typer.Option(None, "--image", help="source image (editing policies)"),
-    kind: str = typer.Option("sd3", "--kind", help="sd3 | qwen_edit"),
+    kind: str | None = typer.Option(
+        None, "--kind", help="sd3 | qwen_edit (default: qwen_edit when --image is given, else sd3)"
+    ),
     steps: int = typer.Option(40, "--steps"),
     resolution: int = typer.Option(512, "--resolution"),
     seed: int = typer.Option(0, "--seed"),

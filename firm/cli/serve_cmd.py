@@ -111,7 +111,7 @@ def start(
     """Run the bundled tritonserver on a repository until SIGTERM/SIGINT; prints the endpoints when ready."""
     import signal
 
-    from firm.serving.server import TritonServer
+    from firm.serving.server import ServerStartError, TritonServer
 
     server = TritonServer(
         repository,
@@ -123,12 +123,24 @@ def start(
         log_path=log_file,
     )
 
+    received: list[int] = []
+
     def forward(signum: int, _frame: object) -> None:
-        server.send_signal(signal.SIGTERM)
+        received.append(signum)
+        if server.is_running():
+            server.send_signal(signal.SIGTERM)  # Triton drains in-flight requests and exits
+        else:  # still fetching the repository: there is nothing to forward to, so stop here
+            raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    server.start()
+    try:
+        server.start()
+    except ServerStartError:
+        if not received:
+            raise
+        typer.echo(f"error: stopped by signal {received[0]} while tritonserver was starting", err=True)
+        raise typer.Exit(128 + received[0]) from None
     echo_json(
         {
             **server.endpoints(),

@@ -152,6 +152,18 @@ def resolve_model_source(src: str | Path) -> str:
     return text
 
 
+def _check_device(device: str) -> None:
+    """Reject an unknown or unavailable torch device before any weights are loaded."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"unknown device {device!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
+
+
 def load_processor(path: str, model_type: str) -> Any:
     """`AutoProcessor`, or — when it degrades to a bare tokenizer (no torchvision) — FIRM's image-only subclass."""
     from transformers import AutoProcessor
@@ -234,6 +246,7 @@ class Critic:
         import torch
         from transformers import AutoConfig, AutoModelForImageTextToText
 
+        _check_device(device)
         path = resolve_model_source(src)
         if isinstance(dtype, str) and dtype != "auto":
             resolved = getattr(torch, dtype, None)
@@ -242,13 +255,15 @@ class Critic:
             dtype = resolved
         try:
             config = AutoConfig.from_pretrained(path)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # missing/unreadable config.json, or one without a model_type
             raise InputError(f"critic model {src}: cannot load its config ({exc})") from None
         kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
         try:
             model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
         except ValueError as exc:  # e.g. a text-only or unknown architecture
             raise ConfigError(f"critic model {src}: not an image-text-to-text model ({exc})") from None
+        except OSError as exc:  # e.g. config.json without weights
+            raise InputError(f"critic model {src}: cannot load its weights ({exc})") from None
         model = model.to(device).eval()
         processor = load_processor(path, config.model_type)
         return cls(model, processor, max_pixels=max_pixels, max_new_tokens=max_new_tokens, name=str(src))

@@ -163,7 +163,8 @@ def load_model(cfg: SFTConfig, dtype: torch.dtype, resume_dir: Path | None) -> t
     try:
         config = AutoConfig.from_pretrained(full_from)
     except OSError as exc:
-        raise InputError(f"model.path {cfg.model.path}: cannot load a model config ({exc})") from None
+        reason = " ".join(str(exc).split())  # one line: HF's messages span several
+        raise InputError(f"model.path {cfg.model.path}: cannot load a model config ({reason})") from None
     model = AutoModelForImageTextToText.from_pretrained(full_from, dtype=dtype)
     processor = load_processor(base_path, config.model_type)
     if cfg.finetune == "lora":

@@ -57,7 +57,9 @@ def run_local(
 
     The children inherit stdout/stderr, so their one-line errors reach the user unchanged.
     """
+    # torchrun itself, minus its launcher traceback on a worker failure (the worker's `error:` line says why)
     cmd = torchrun_command(module, args, nproc)
+    cmd[1:3] = ["-m", "firm.launch.torchrun_quiet"]
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     proc = subprocess.run(cmd, env=full_env, check=False)

@@ -139,7 +139,9 @@ class DataConfig(_Section):
         description="prompt file: .txt (one per line) or .jsonl ({prompt|instruction, image})"
     )
     eval_prompts: list[str] = Field(
-        default_factory=list, description="fixed prompts for the periodic sample grid"
+        default_factory=list,
+        description="generation: fixed prompts for the periodic sample grid (editing grids use the first 4 "
+        "items of the prompt file, which carry their source images)",
     )
     max_prompt_chars: int = Field(1000, ge=1)
 
@@ -181,6 +183,11 @@ class RLConfig(_Section):
         want = {"sd3": "gen", "qwen_edit": "edit"}[self.policy.kind]
         if self.task != want:
             raise ValueError(f"policy.kind={self.policy.kind} trains task '{want}', but task='{self.task}'")
+        if self.task == "edit" and self.data.eval_prompts:
+            raise ValueError(
+                "data.eval_prompts is for generation: editing eval grids use the first 4 items of data.prompts "
+                "(instruction + source image)"
+            )
         return self
 
 

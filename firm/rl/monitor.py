@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from firm.storage.base import atomic_path
+
 log = logging.getLogger(__name__)
 
 
@@ -110,8 +112,8 @@ class MetricLogger:
         for i in range(n):
             r, k = divmod(i, cols)
             grid[:, r * h : (r + 1) * h, k * w : (k + 1) * w] = images[i]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        to_pil(grid).save(out)
+        with atomic_path(out) as tmp:
+            to_pil(grid).save(tmp, format="PNG")
         if self.writer is not None:
             self.writer.add_image("eval/samples", grid, step)
 

@@ -9,6 +9,20 @@ import torch
 from firm.errors import ConfigError, InputError
 from firm.rl.config import PolicyConfig
 from firm.rl.policies.loading import load_policy, pick_device, resolve_pretrained
+from firm.storage.base import atomic_path
+
+
+def policy_config(
+    kind: str, uri: str, resolution: int, max_sequence_length: int, condition_pixels: int
+) -> PolicyConfig:
+    """The policy settings `sample_images` loads with (the editing VL-encoder pixel budget included)."""
+    return PolicyConfig(
+        kind=kind,  # type: ignore[arg-type]
+        uri=uri,
+        resolution=resolution,
+        max_sequence_length=max_sequence_length,
+        condition_pixels=condition_pixels,
+    )
 
 
 def sample_images(
@@ -18,7 +32,7 @@ def sample_images(
     out_dir: str | Path,
     lora_uri: str | None = None,
     image: str | None = None,
-    kind: str = "sd3",
+    kind: str | None = None,
     steps: int = 40,
     resolution: int = 512,
     seed: int = 0,
@@ -26,10 +40,14 @@ def sample_images(
     device: str = "auto",
     condition_pixels: int = 384 * 384,
 ) -> list[Path]:
+    if kind is None:  # the CLI contract: --image means an editing policy
+        kind = "qwen_edit" if image else "sd3"
     if kind not in ("sd3", "qwen_edit"):
         raise ConfigError(f"--kind {kind}: expected sd3 or qwen_edit")
     if kind == "qwen_edit" and not image:
         raise InputError("editing policies need --image (the source image)")
+    if kind == "sd3" and image:
+        raise InputError("--image is for editing policies (--kind qwen_edit); sd3 is text-to-image")
     prompts = [p.strip() for p in prompts]
     if not prompts or any(not p for p in prompts):
         raise InputError("--prompt must not be empty")
@@ -38,9 +56,7 @@ def sample_images(
         from firm.rl.data import load_source
 
         src = load_source(image, resolution)  # type: ignore[arg-type]  # a bad image fails before any loading
-    cfg = PolicyConfig(
-        kind=kind, uri=policy_uri, resolution=resolution, max_sequence_length=max_sequence_length
-    )  # type: ignore[arg-type]
+    cfg = policy_config(kind, policy_uri, resolution, max_sequence_length, condition_pixels)
     policy = load_policy(cfg, pick_device(device))
     pipe = policy.pipeline
     if lora_uri:
@@ -71,6 +87,7 @@ def sample_images(
                 )
             img = to_pil(policy.decode(traj.final, cond)[0])
         p = out / f"sample-{i:03d}.png"
-        img.save(p)
+        with atomic_path(p) as tmp:
+            img.save(tmp, format="PNG")
         paths.append(p)
     return paths

@@ -3,14 +3,18 @@
 A step: each rank takes its share of the step's prompts; for each prompt it rolls out a group of K samples (ODE for
 NFT with the old/EMA policy, SDE with log-probs for GRPO with the current policy) and hands the decoded images to the
 reward (in a background thread when `reward.async_overlap`, so group i is scored while group i+1 rolls out); group
-advantages are computed per prompt (unparseable samples dropped); then the LoRA is updated with gradients averaged
-over ranks (data parallel over prompts), clipped, AdamW; NFT then moves the old adapter towards the new weights (EMA).
+advantages are computed per prompt (unparseable samples dropped); then the LoRA is updated, one micro-batch and
+optimizer step per prompt group, with gradients averaged over ranks (data parallel over prompts), clipped, AdamW; NFT
+then moves the old adapter towards the new weights (EMA). With async rewards each group's scores are awaited only
+when the update reaches that group, so the scoring of the last groups overlaps the update of the first ones; if a
+reward call fails mid-update the step's weight and optimizer changes are rolled back before the error propagates.
 All randomness of a step is drawn from generators seeded by (seed, step, rank), so a resumed run repeats exactly the
 steps an uninterrupted run would have taken.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -40,6 +44,7 @@ from firm.schemas import RewardBreakdown
 log = logging.getLogger(__name__)
 
 SUB_SCORES = ("execution", "consistency", "instruction", "quality")
+EDIT_EVAL_ITEMS = 4  # editing eval grids: the first 4 (instruction, source) items of the prompt file
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Group:
     states: torch.Tensor | None = None  # GRPO: [K, T+1, ...]
     log_probs: torch.Tensor | None = None  # GRPO: [K, T]
     rewards: list[RewardBreakdown] = field(default_factory=list)
+    pending: Future[list[RewardBreakdown]] | None = None  # async: the reward call still in flight
 
 
 @dataclass
@@ -194,41 +200,55 @@ class Trainer:
             len(self.prompts), step, self.cfg.seed, self.cfg.sampling.prompts_per_step, self.rank, self.world
         )
         groups: list[Group] = []
-        futures: list[Future[list[RewardBreakdown]]] = []
         t_roll = t_wait = 0.0
         for gi, pi in enumerate(idx):
             t0 = time.perf_counter()
             grp = self._rollout_group(self.prompts[pi], step, gi)
             t_roll += time.perf_counter() - t0
             groups.append(grp)
-            if self.cfg.reward.async_overlap:
-                futures.append(self._pool.submit(self._score, grp))
+            if self.cfg.reward.async_overlap:  # scored while the next group rolls out; awaited by the update
+                grp.pending = self._pool.submit(self._score, grp)
             else:
                 t0 = time.perf_counter()
                 grp.rewards = self._score(grp)
                 t_wait += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for grp, fut in zip(groups, futures, strict=False):
-            grp.rewards = fut.result()  # raises RewardServiceError: the step fails, nothing is trained on
-        t_wait += time.perf_counter() - t0
         return groups, {"time/rollout": t_roll, "time/reward_wait": t_wait}
 
-    # ---------------------------------------------------------------- update
-    def _all_reduce_grads(self) -> None:
-        if self.world == 1:
+    def _await_rewards(self, grp: Group, times: dict[str, float]) -> None:
+        """Block until the group's async reward call is done (its wait is counted as reward wait)."""
+        if grp.pending is None:
             return
+        t0 = time.perf_counter()
+        try:
+            grp.rewards = grp.pending.result()  # raises RewardServiceError: the step fails
+        finally:
+            times["time/reward_wait"] = times.get("time/reward_wait", 0.0) + time.perf_counter() - t0
+        grp.pending = None
+
+    # ---------------------------------------------------------------- update
+    def _all_reduce_grads(self, has_data: bool) -> int:
+        """Average the LoRA gradients over ranks; returns how many ranks had scored samples in this micro-batch."""
+        if self.world == 1:
+            return int(has_data)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flag = torch.ones(1, dtype=grads[0].dtype, device=grads[0].device) * float(has_data)
+        flat = torch.cat([g.reshape(-1) for g in grads] + [flag])
         dist.all_reduce(flat)
+        contributing = round(float(flat[-1]))
         flat /= self.world
         off = 0
         for p, g in zip(self.params, grads, strict=True):
             n = g.numel()
             p.grad = flat[off : off + n].view_as(p).clone()
             off += n
+        return contributing
 
-    def _optimizer_step(self) -> float:
-        self._all_reduce_grads()
+    def _optimizer_step(self, has_data: bool) -> float:
+        if self._all_reduce_grads(has_data) == 0:
+            # no rank scored a sample of this micro-batch: nothing to learn from, so AdamW's momentum and weight
+            # decay must not move the weights either
+            self.optimizer.zero_grad(set_to_none=True)
+            return 0.0
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -237,45 +257,43 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
-    def _batches(self, n_valid: int) -> list[torch.Tensor]:
-        """Index chunks for the micro-batches; their count is fixed by the config so all ranks step together."""
-        per_rank = self.cfg.sampling.prompts_per_step // self.world * self.cfg.sampling.group_size
-        n_micro = max(1, math.ceil(per_rank / self.cfg.sampling.group_size))
-        return list(torch.arange(n_valid).tensor_split(n_micro))
-
-    def update(self, step: int, groups: list[Group], adv: list[float | None]) -> dict[str, float]:
+    def _scored(self, grp: Group, times: dict[str, float]) -> tuple[list[int], torch.Tensor] | None:
+        """A group's micro-batch: the indices of its scored samples and their group advantages (None: no baseline)."""
+        self._await_rewards(grp, times)
+        adv = group_advantages([[b.reward for b in grp.rewards]], clip=self._adv_clip()).advantages
         keep = [i for i, a in enumerate(adv) if a is not None]
-        cond = Conditioning.cat([g.cond for g in groups]).select(keep) if keep else None
-        advantages = torch.tensor([adv[i] for i in keep], dtype=torch.float32)
+        if not keep:
+            return None
+        return keep, torch.tensor([adv[i] for i in keep], dtype=torch.float32)
+
+    def update(self, step: int, groups: list[Group], times: dict[str, float]) -> dict[str, float]:
+        """One micro-batch and optimizer step per prompt group, in order (the same count on every rank)."""
         g = _gen(self.cfg.seed, step, self.rank, 2)
         sigmas = self.policy.sigmas(self.cfg.sampling.num_steps, groups[0].cond)
         if self.cfg.algorithm == "nft":
-            finals = torch.cat([gr.final for gr in groups])[keep] if keep else None
-            return self._update_nft(step, finals, cond, advantages, sigmas, g)
-        states = torch.cat([gr.states for gr in groups])[keep] if keep else None  # type: ignore[misc]
-        old_lp = torch.cat([gr.log_probs for gr in groups])[keep] if keep else None  # type: ignore[misc]
-        return self._update_grpo(states, old_lp, cond, advantages, sigmas, g)
+            return self._update_nft(step, groups, times, sigmas, g)
+        return self._update_grpo(groups, times, sigmas, g)
 
     def _update_nft(
         self,
         step: int,
-        x0_all: torch.Tensor | None,
-        cond_all: Conditioning | None,
-        advantages: torch.Tensor,
+        groups: list[Group],
+        times: dict[str, float],
         sigmas: torch.Tensor,
         g: torch.Generator,
     ) -> dict[str, float]:
         nc, pol, t = self.cfg.nft, self.policy, self.policy.transformer
-        r_all = optimality_probability(advantages, nc.adv_clip)
         t_idx = train_timestep_indices(self.cfg.sampling.num_steps, nc.timestep_fraction, g)
-        n_valid = 0 if x0_all is None else x0_all.shape[0]
         sums = {"loss/policy": 0.0, "loss/kl": 0.0}
         count, norms = 0, []
-        for chunk in self._batches(n_valid):
-            if len(chunk) and x0_all is not None and cond_all is not None:
-                x0, cond, r = x0_all[chunk], cond_all.select(chunk), r_all[chunk]
+        for grp in groups:
+            batch = self._scored(grp, times)
+            if batch is not None:
+                keep, advantages = batch
+                x0, cond = grp.final[keep], grp.cond.select(keep)
+                r = optimality_probability(advantages, nc.adv_clip)
                 for j in t_idx:
-                    s = torch.full((len(chunk),), float(sigmas[j]))
+                    s = torch.full((len(keep),), float(sigmas[j]))
                     eps = torch.randn(x0.shape, generator=g).to(x0.device, x0.dtype)
                     sb = s.to(x0.device, x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
                     xt = (1 - sb) * x0 + sb * eps
@@ -303,7 +321,7 @@ class Trainer:
                     sums["loss/policy"] += float(parts.policy)
                     sums["loss/kl"] += float(parts.kl)
                     count += 1
-            norms.append(self._optimizer_step())
+            norms.append(self._optimizer_step(batch is not None))
         decay = lora_mod.ema_decay(step, nc.ema_max_decay, nc.ema_ramp)
         lora_mod.ema_update(t, decay)
         out = {k: v / max(count, 1) for k, v in sums.items()}
@@ -312,10 +330,8 @@ class Trainer:
 
     def _update_grpo(
         self,
-        states_all: torch.Tensor | None,
-        old_lp_all: torch.Tensor | None,
-        cond_all: Conditioning | None,
-        advantages: torch.Tensor,
+        groups: list[Group],
+        times: dict[str, float],
         sigmas: torch.Tensor,
         g: torch.Generator,
     ) -> dict[str, float]:
@@ -323,24 +339,20 @@ class Trainer:
         from firm.rl.sampling import sigma_max_of
 
         smax = sigma_max_of(sigmas)
-        adv_all = advantages.clamp(-gc.adv_clip, gc.adv_clip)
-        n_valid = 0 if states_all is None else states_all.shape[0]
         sums = {"loss/policy": 0.0, "loss/kl": 0.0, "clip_frac": 0.0}
         count, norms = 0, []
         for _ in range(gc.inner_epochs):
             t_idx = train_timestep_indices(self.cfg.sampling.num_steps, gc.timestep_fraction, g)
-            for chunk in self._batches(n_valid):
-                if len(chunk) and states_all is not None and old_lp_all is not None and cond_all is not None:
-                    states, old_lp, cond, a = (
-                        states_all[chunk],
-                        old_lp_all[chunk],
-                        cond_all.select(chunk),
-                        adv_all[chunk],
-                    )
+            for grp in groups:
+                batch = self._scored(grp, times)
+                if batch is not None and grp.states is not None and grp.log_probs is not None:
+                    keep, advantages = batch
+                    states, old_lp, cond = grp.states[keep], grp.log_probs[keep], grp.cond.select(keep)
+                    a = advantages.clamp(-gc.adv_clip, gc.adv_clip)
                     for j in t_idx:
                         s, s_next = float(sigmas[j]), float(sigmas[j + 1])
                         x, x_next = states[:, j], states[:, j + 1]
-                        sv = torch.full((len(chunk),), s)
+                        sv = torch.full((len(keep),), s)
                         xin = x.to(self.policy.dtype)
                         v = pol.velocity(xin, sv, cond)
                         st = sde_step(
@@ -374,7 +386,7 @@ class Trainer:
                         sums["loss/kl"] += float(parts.kl)
                         sums["clip_frac"] += float(cf)
                         count += 1
-                norms.append(self._optimizer_step())
+                norms.append(self._optimizer_step(batch is not None))
         out = {k: v / max(count, 1) for k, v in sums.items()}
         out["grad_norm"] = sum(norms) / len(norms)
         return out
@@ -425,9 +437,10 @@ class Trainer:
     @torch.no_grad()
     def eval_grid(self, step: int) -> Path | None:
         prompts = self.cfg.data.eval_prompts
-        if self.rank != 0 or not prompts:
+        if self.rank != 0 or (self.cfg.task == "gen" and not prompts):
             return None
-        items = [PromptItem(p) for p in prompts] if self.cfg.task == "gen" else self.prompts[: len(prompts)]
+        # editing needs source images: the fixed eval set is the first items of the prompt file
+        items = [PromptItem(p) for p in prompts] if self.cfg.task == "gen" else self.prompts[:EDIT_EVAL_ITEMS]
         imgs = []
         for i, it in enumerate(items):
             source = self._source(it)
@@ -446,13 +459,20 @@ class Trainer:
         step = self.step
         t0 = time.perf_counter()
         groups, times = self.collect(step)
+        t1, wait0 = time.perf_counter(), times["time/reward_wait"]
+        # async: rewards still in flight may fail mid-update; the step then leaves weights and optimizer untouched
+        snapshot = self._snapshot() if any(gr.pending is not None for gr in groups) else None
+        try:
+            upd = self.update(step, groups, times)
+        except BaseException:
+            if snapshot is not None:
+                self._restore(snapshot)
+            raise
+        times["time/update"] = time.perf_counter() - t1 - (times["time/reward_wait"] - wait0)
+        times["time/step"] = time.perf_counter() - t0
         stats = group_advantages([[b.reward for b in g.rewards] for g in groups], clip=self._adv_clip())
         if stats.dropped_samples:
             log.warning("step %d: dropped %d unparseable samples", step, stats.dropped_samples)
-        t1 = time.perf_counter()
-        upd = self.update(step, groups, stats.advantages)
-        times["time/update"] = time.perf_counter() - t1
-        times["time/step"] = time.perf_counter() - t0
         metrics = {**self._reward_metrics(groups, stats), **upd, **times}
         if self.cfg.task == "edit":
             metrics["hacking/identity_copy_flag"] = float(
@@ -460,6 +480,17 @@ class Trainer:
             )
         self.step = step + 1
         return StepResult(step, metrics)
+
+    def _snapshot(self) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        return [p.detach().clone() for p in self.params], copy.deepcopy(self.optimizer.state_dict())
+
+    @torch.no_grad()
+    def _restore(self, snapshot: tuple[list[torch.Tensor], dict[str, Any]]) -> None:
+        params, opt_state = snapshot
+        for p, saved in zip(self.params, params, strict=True):
+            p.copy_(saved)
+        self.optimizer.load_state_dict(opt_state)
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _adv_clip(self) -> float:
         return self.cfg.nft.adv_clip if self.cfg.algorithm == "nft" else self.cfg.grpo.adv_clip

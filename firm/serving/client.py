@@ -92,7 +92,10 @@ def _gen_item(item: Any) -> tuple[Any, str]:
 def _text(value: Any, what: str) -> bytes:
     if not isinstance(value, str) or not value.strip():
         raise InputError(f"{what} must be a non-empty string")
-    return value.encode("utf-8")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates, e.g. from os.fsdecode of non-UTF-8 bytes
+        raise InputError(f"{what} is not encodable as UTF-8 (character {exc.start})") from None
 
 
 class RewardClient:
@@ -161,15 +164,23 @@ class RewardClient:
         return await self._score(self.gen_model, ("image", "prompt"), rows)
 
     async def ahealth(self) -> dict[str, bool]:
-        """Server live+ready and both reward models ready, per endpoint."""
+        """Per endpoint: the server is ready and serves at least one of this client's reward models (ready).
+
+        The answer also steers routing: an unhealthy endpoint is taken out for `cooldown` seconds, a healthy one is
+        put back at once."""
         out = {}
+        limit = min(self.timeout, 5.0)
         for ep in self.endpoints:
             try:
                 c = self._client(ep)
-                ok = await asyncio.wait_for(c.is_server_ready(), timeout=min(self.timeout, 5.0))
-                out[ep.url] = bool(ok)
+                ok = bool(await asyncio.wait_for(c.is_server_ready(), timeout=limit))
+                if ok:
+                    models = (self.edit_model, self.gen_model)
+                    ok = any([await asyncio.wait_for(c.is_model_ready(m), timeout=limit) for m in models])
             except Exception:
-                out[ep.url] = False
+                ok = False
+            out[ep.url] = ok
+            ep.down_until = 0.0 if ok else time.monotonic() + self.cooldown
         return out
 
     def score_edit(self, items: Sequence[Any]) -> list[RewardBreakdown]:

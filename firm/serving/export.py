@@ -14,6 +14,26 @@ models that call it through BLS. That variant needs the NGC `tritonserver:<xx.yy
 
 The repository's model.py files are two-line shims: the code lives in `firm.serving.backend`, so the server's Python
 environment must have `firm` installed (true for `firmctl serve start` and the FIRM serving image).
+
+Running the vLLM variant (GPU host, NVIDIA's Triton vLLM container; not runnable on the CPU CI, where its files are
+checked structurally by tests/serving/test_export.py)::
+
+    firmctl serve export --critic s3://firm-models/critics/firm-edit-8b --task all --engine vllm --device gpu \
+        --out runs/triton-vllm                      # weights copied in; model.json points at /models/...
+    docker run --rm --gpus all --shm-size=16g \
+        -p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 -p 127.0.0.1:8002:8002 \
+        -v "$PWD/runs/triton-vllm:/models" -v "$PWD:/src/firm:ro" \
+        nvcr.io/nvidia/tritonserver:<yy.mm>-vllm-python-py3 \
+        bash -c 'pip install --no-deps /src/firm && tritonserver --model-repository=/models'
+    firmctl serve score --endpoint 127.0.0.1:8001 --task edit --source a.png --edited b.png --instruction "..."
+
+- Mount the repository at `vllm_models_root` (default `/models`): model.json holds the critic's absolute path there.
+- `pip install --no-deps` keeps the image's own torch/vLLM/transformers; the reward models only need firm itself plus
+  pydantic, numpy, Pillow and transformers, which the image already has (add `minio` for an s3:// critic reference).
+- `firm_critic` is the stock vLLM backend (decoupled, `max_batch_size: 0`, continuous batching inside the engine);
+  `firm_edit_reward` / `firm_gen_reward` keep the same tensors as the python engine and call it through BLS, so
+  `RewardClient` and the RL trainer need no change. Extra engine args: `ExportConfig.vllm_engine_args` (e.g.
+  `tensor_parallel_size`); `disable_log_requests` in the defaults may need removing on vLLM releases that dropped it.
 """
 
 from __future__ import annotations

@@ -88,6 +88,11 @@ def test_empty_groups_are_null(tmp_path: Path) -> None:
         (PRED, [*HUMAN[:2], {**HUMAN[2], "human_score": 0}, *HUMAN[3:]], r"H.jsonl:3: human_score"),
         (PRED, [*HUMAN[:1], {**HUMAN[1], "axis": "instruction"}, *HUMAN[2:]], r"H.jsonl:2: .*axis"),
         ([*PRED, PRED[0]], HUMAN, r"P.jsonl:7: duplicate id 'x1'"),
+        # a row that omits its score is not a silent parse failure; booleans/strings are not scores
+        ([PRED[0], {"id": "x2"}, *PRED[2:]], HUMAN, r"P.jsonl:2: no 'score'"),
+        ([{**PRED[0], "score": True}, *PRED[1:]], HUMAN, r"P.jsonl:1: score: .*integer 1..5"),
+        ([{**PRED[0], "score": "4"}, *PRED[1:]], HUMAN, r"P.jsonl:1: score: .*integer 1..5"),
+        (PRED, [{**HUMAN[0], "human_score": "5"}, *HUMAN[1:]], r"H.jsonl:1: human_score: .*integer"),
     ],
 )
 def test_score_bad_inputs(tmp_path: Path, pred: list[dict], human: list[dict], message: str) -> None:

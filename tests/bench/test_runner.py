@@ -56,6 +56,13 @@ def test_run_batches_resumes_and_reports(syn_bench: Bench, tmp_path: Path) -> No
     r3 = run_bench(b2, syn_bench, out, batch_size=4, progress=False)  # widen: only the rest is judged
     assert (r3.judged, r3.skipped) == (len(syn_bench.items) - 5, 5) and b2.calls == [4, 3]
     assert len(_lines(out / PREDICTIONS_FILE)) == len(syn_bench.items)
+    # resuming into a directory another critic wrote is refused: one report never mixes two critics
+    before = (out / PREDICTIONS_FILE).read_bytes()
+    with pytest.raises(
+        InputError, match=r"by critic random\(seed=5\), this run's critic is random\(seed=9\)"
+    ):
+        run_bench(RandomBackend(9), syn_bench, out, progress=False)
+    assert (out / PREDICTIONS_FILE).read_bytes() == before
 
     # the report agrees with `bench score` on the written files
     doc = json.loads((out / "report.json").read_text())

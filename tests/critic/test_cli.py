@@ -26,6 +26,9 @@ def pictures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     dst.save(paths["dst"])
     shapes_image([("circle", "green")] * 2).save(paths["gen"])
     paths["txt"].write_text("not a picture")
+    paths["zero"] = d / "zero.png"
+    paths["zero"].write_bytes(b"")
+    paths["dir"] = d
     return paths
 
 
@@ -51,6 +54,12 @@ def test_models_tiny_critic_writes_a_loadable_critic(tmp_path: Path) -> None:
     assert code == 1 and err.strip() == f"error: --out {out}: directory is not empty"
     code, _, err = _run("models", "tiny-critic", "--out", str(tmp_path / "x"), "--size", "huge")
     assert code == 1 and "unknown --size 'huge'" in err and len(err.strip().splitlines()) == 1
+    # an unwritable location names --out, not an internal temp path
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, _, err = _run("models", "tiny-critic", "--out", str(blocker / "critic"))
+    assert code == 1 and err.strip().startswith(f"error: --out {blocker / 'critic'}: cannot write there")
+    assert len(err.strip().splitlines()) == 1 and ".critic." not in err
 
 
 def test_score_edit_both_readouts(formatted_critic_dir: Path, pictures: dict[str, Path]) -> None:
@@ -148,10 +157,16 @@ def test_score_gen_with_quality_and_untrained_critic(
             ["--task", "gen", "--image", "{gen}/missing.png", "--prompt", "p"],
             "--image {gen}/missing.png: no such",
         ),
+        (["--task", "gen", "--image", "{zero}", "--prompt", "p"], "image of sample cli ({zero}): empty file"),
+        (["--task", "gen", "--image", "{dir}", "--prompt", "p"], "--image {dir}: is a directory"),
         (["--task", "paint", "--image", "{gen}"], "unknown --task 'paint'"),
         (["--task", "gen", "--image", "{gen}", "--prompt", "p", "--readout", "logits"], "unknown --readout"),
+        (["--task", "gen", "--image", "{gen}", "--prompt", "p", "--device", "gpu0"], "unknown device 'gpu0'"),
     ],
-    ids=["missing", "mixed", "not-image", "empty-prompt", "missing-file", "task", "readout"],
+    ids=[
+        "missing", "mixed", "not-image", "empty-prompt", "missing-file", "zero-size", "directory", "task",
+        "readout", "device",
+    ],
 )
 def test_score_bad_input_one_line_error(
     tiny_critic_dir: Path, pictures: dict[str, Path], extra: list[str], message: str

@@ -324,6 +324,33 @@ def test_non_vision_or_bad_dtype_model_is_a_config_error(tiny_critic_dir: Path, 
         Critic.from_pretrained(tiny_critic_dir, dtype="nn")
 
 
+def test_broken_model_dirs_and_devices_are_clear_errors(tiny_critic_dir: Path, tmp_path: Path) -> None:
+    """A directory without a usable config, a config without weights, or an unknown/unavailable device: one
+    FIRM error naming the input, never a transformers/torch traceback."""
+    from firm.errors import ConfigError
+
+    no_config = tmp_path / "no-config"
+    no_config.mkdir()
+    (no_config / "notes.txt").write_text("not a model")
+    with pytest.raises(InputError, match="no-config: cannot load its config"):
+        Critic.from_pretrained(no_config)
+    bad_json = tmp_path / "bad-json"
+    bad_json.mkdir()
+    (bad_json / "config.json").write_text("{")
+    with pytest.raises(InputError, match="bad-json: cannot load its config"):
+        Critic.from_pretrained(bad_json)
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    shutil.copy(tiny_critic_dir / "config.json", no_weights / "config.json")
+    with pytest.raises(InputError, match="no-weights: cannot load its weights"):
+        Critic.from_pretrained(no_weights)
+    with pytest.raises(ConfigError, match="unknown device 'gpu0'"):
+        Critic.from_pretrained(tiny_critic_dir, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            Critic.from_pretrained(tiny_critic_dir, device="cuda")
+
+
 def test_score_digit_location_and_full_width_fallback(tiny_critic: Critic) -> None:
     """The span → token mapping finds an ASCII score digit; a full-width digit (several byte tokens) parses as a
     text score but cannot be read at a digit token, so the expected readout must fall back (None here)."""

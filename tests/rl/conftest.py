@@ -57,3 +57,13 @@ def tiny_cfg(tiny_sd3: Path, prompts_file: Path, tmp_path: Path) -> Callable[...
         return data if as_dict else config_from_dict(data)
 
     return make
+
+
+def tensorboard_tags(run_dir: Path) -> tuple[set[str], set[str]]:
+    """(scalar tags, image tags) written to the run's TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    return set(tags["scalars"]), set(tags["images"])

@@ -16,6 +16,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.rl.conftest import tensorboard_tags
+
 
 def test_final_lora_loads_with_load_lora_weights(tiny_cfg, tiny_sd3: Path, tmp_path: Path) -> None:
     from diffusers import StableDiffusion3Pipeline
@@ -28,6 +30,7 @@ def test_final_lora_loads_with_load_lora_weights(tiny_cfg, tiny_sd3: Path, tmp_p
         checkpoint__every_steps=1,
         checkpoint__export_merged=True,
         monitor__eval_every=2,
+        monitor__tensorboard=True,
         data__eval_prompts='["a cat", "a dog"]',
     )
     trainer = Trainer(cfg)
@@ -38,6 +41,22 @@ def test_final_lora_loads_with_load_lora_weights(tiny_cfg, tiny_sd3: Path, tmp_p
     assert (out / "run/samples/step-00000002.png").exists()
     lines = (out / "run/metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [0, 1]
+    # the monitoring list reaches both JSONL and TensorBoard (and the eval grid is a TensorBoard image too)
+    monitored = {
+        "reward/mean",
+        "reward/std",
+        "reward/parse_failure_rate",
+        "groups/zero_std_ratio",
+        "loss/kl",
+        "hacking/detail",
+        "hacking/entropy",
+        "time/rollout",
+        "time/reward_wait",
+        "time/update",
+    }
+    assert monitored <= set(json.loads(lines[-1]))
+    scalars, images = tensorboard_tags(out / "run")
+    assert monitored <= scalars and "eval/samples" in images
 
     pipe = StableDiffusion3Pipeline.from_pretrained(str(tiny_sd3), **absent_components(str(tiny_sd3)))
     pipe.load_lora_weights(str(out / "final/lora"))

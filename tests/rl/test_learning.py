@@ -145,3 +145,60 @@ def test_reward_service_down_fails_the_step_after_retries(tiny_cfg, overlap: boo
         torch.equal(a, b) for a, b in zip(after, before, strict=True)
     )  # nothing trained on fabricated rewards
     assert trainer.step == 0
+
+
+class FailsOnPrompt:
+    """Brightness, but the reward service errors for one prompt (a later group of the step)."""
+
+    task = "gen"
+
+    def __init__(self, bad_prompt: str) -> None:
+        self.bad_prompt, self.inner = bad_prompt, BrightnessReward()
+
+    def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]:
+        if any(it.prompt == self.bad_prompt for it in items):
+            raise RuntimeError("reward service: INTERNAL: backend crashed")
+        return self.inner(items)
+
+
+def test_async_reward_failure_mid_update_rolls_the_step_back(tiny_cfg) -> None:
+    """Async rewards are awaited group by group during the update, so group 0 is trained on before group 1's
+    reward fails: the failed step must still leave the LoRA and the optimizer exactly as they were."""
+    from firm.rl import lora
+    from firm.rl.data import step_prompts
+    from firm.rl.trainer import Trainer
+
+    cfg = tiny_cfg(steps=1, reward__async_overlap=True, reward__retries=1)
+    trainer = Trainer(cfg, reward=FailsOnPrompt("placeholder"))
+    second = step_prompts(len(trainer.prompts), 0, cfg.seed, cfg.sampling.prompts_per_step, 0, 1)[1]
+    trainer.reward = FailsOnPrompt(trainer.prompts[second].prompt)
+    before = [p.detach().clone() for p in lora.trainable_params(trainer.policy.transformer)]
+    with pytest.raises(RewardServiceError, match=r"after 2 attempts.*INTERNAL"):
+        trainer.train(progress=False)
+    after = lora.trainable_params(trainer.policy.transformer)
+    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert trainer.optimizer.state_dict()["state"] == {} and trainer.step == 0
+
+
+class NeverParses:
+    task = "gen"
+
+    def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]:
+        return [
+            RewardBreakdown(task="gen", formulation="qma", reward=None, status="unparseable:instruction")
+            for _ in items
+        ]
+
+
+def test_step_without_scored_samples_leaves_weights_untouched(tiny_cfg) -> None:
+    """Nothing parsed → nothing to learn from: AdamW's weight decay/momentum must not move the LoRA either."""
+    from firm.rl import lora
+    from firm.rl.trainer import Trainer
+
+    trainer = Trainer(tiny_cfg(steps=1, optim__weight_decay=0.5), reward=NeverParses())
+    before = [p.detach().clone() for p in lora.trainable_params(trainer.policy.transformer)]
+    (res,) = trainer.train(progress=False)
+    after = lora.trainable_params(trainer.policy.transformer)
+    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert res.metrics["reward/n"] == 0 and res.metrics["reward/parse_failure_rate"] == 1.0
+    assert res.metrics["groups/dropped"] == 2

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+
+from tests.rl.conftest import tensorboard_tags
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +42,12 @@ def test_qwen_edit_nft_learns_and_lora_exports(tiny_qwen: Path, tmp_path: Path) 
                 "prompt_template_drop": 0,
             },
             "lora": {"rank": 4, "alpha": 8},
-            "sampling": {"num_steps": 4, "group_size": 4, "prompts_per_step": 2},
+            "sampling": {"num_steps": 4, "group_size": 4, "prompts_per_step": 2, "eval_num_steps": 2},
             "optim": {"lr": 1e-2},
             "reward": {"kind": "brightness", "async_overlap": True},
             "data": {"prompts": str(prompts)},
             "checkpoint": {"every_steps": 1000},
-            "monitor": {"tensorboard": False},
+            "monitor": {"tensorboard": True, "eval_every": 16},
         }
     )
     trainer = Trainer(cfg)
@@ -54,6 +57,12 @@ def test_qwen_edit_nft_learns_and_lora_exports(tiny_qwen: Path, tmp_path: Path) 
     m = results[-1].metrics
     assert m["reward/n"] == 8 and 0.0 <= m["hacking/source_similarity"] <= 1.0
     assert m["hacking/identity_copy_flag"] == 0.0
+    # editing eval grids need no eval_prompts: the first prompt-file items (with their sources) are the fixed set
+    grid = Image.open(tmp_path / "out/run/samples/step-00000016.png")
+    assert grid.size == (4 * 32, 32)
+    scalars, images = tensorboard_tags(tmp_path / "out/run")
+    assert {"hacking/source_similarity", "hacking/identity_copy_flag", "reward/mean"} <= scalars
+    assert "eval/samples" in images
     trained = lora.trainable_params(trainer.policy.transformer)
     assert any(
         float(p.detach().abs().max()) > 0
@@ -97,7 +106,7 @@ def test_cli_sample_edits_a_source_image(tiny_qwen: Path, tmp_path: Path) -> Non
     from firm.cli.main import app
 
     Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "src.png")
-    args = ["rl", "sample", "--kind", "qwen_edit", "--policy", str(tiny_qwen), "--prompt", "make it blue"]
+    args = ["rl", "sample", "--policy", str(tiny_qwen), "--prompt", "make it blue"]
     args += [
         "--out",
         str(tmp_path / "o"),
@@ -108,11 +117,36 @@ def test_cli_sample_edits_a_source_image(tiny_qwen: Path, tmp_path: Path) -> Non
         "--max-sequence-length",
         "96",
     ]
+    # the contract has no --kind: --image means an editing policy
     res = CliRunner().invoke(app, [*args, "--condition-pixels", "3136", "--image", str(tmp_path / "src.png")])
     assert res.exit_code == 0, res.output
     (path,) = json.loads(res.stdout.strip().splitlines()[-1])["images"]
     assert Image.open(path).size == (32, 32)
-    res = CliRunner().invoke(app, args)  # no --image
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["sample-000.png"]  # no temp files left
+    res = CliRunner().invoke(app, [*args, "--kind", "qwen_edit"])  # no --image
     assert res.exit_code == 1 and "error: editing policies need --image" in res.output
+    res = CliRunner().invoke(app, [*args, "--kind", "sd3", "--image", str(tmp_path / "src.png")])
+    assert res.exit_code == 1 and "error: --image is for editing policies" in res.output
     res = CliRunner().invoke(app, [*args, "--image", str(tmp_path / "missing.png")])
     assert res.exit_code == 1 and "missing.png" in res.output
+
+
+def test_sample_policy_config_keeps_the_editing_pixel_budget() -> None:
+    from firm.rl.sample import policy_config
+
+    cfg = policy_config("qwen_edit", "runs/x", 32, 96, 3136)
+    assert cfg.condition_pixels == 3136 and cfg.kind == "qwen_edit" and cfg.resolution == 32
+
+
+def test_edit_config_rejects_eval_prompts(tmp_path: Path) -> None:
+    from firm.errors import ConfigError
+    from firm.rl.config import config_from_dict
+
+    data = {
+        "task": "edit",
+        "output_uri": str(tmp_path / "out"),
+        "policy": {"kind": "qwen_edit", "uri": "runs/tiny-qwen-edit"},
+        "data": {"prompts": "p.jsonl", "eval_prompts": ["make it red"]},
+    }
+    with pytest.raises(ConfigError, match="eval_prompts is for generation"):
+        config_from_dict(data)

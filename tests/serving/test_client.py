@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import time
 from pathlib import Path
 
@@ -63,6 +64,8 @@ def test_client_argument_checks() -> None:
     with RewardClient("127.0.0.1:1") as c:
         with pytest.raises(InputError, match="instruction"):
             c.score_edit([(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8), "  ")])
+        with pytest.raises(InputError, match="prompt is not encodable as UTF-8"):
+            c.score_gen([(np.zeros((4, 4, 3), np.uint8), "bad \udcff")])
         with pytest.raises(InputError, match="gen item"):
             c.score_gen([("only-one",)])
         assert c.score_edit([]) == []
@@ -77,3 +80,18 @@ def test_dead_service_fails_clearly_after_retries() -> None:
         with pytest.raises(RewardServiceError, match=r"after 3 attempts"):
             c.score_gen([(img, "a prompt")])
         assert time.monotonic() - t < 10
+
+
+def test_per_request_timeout_on_a_stalled_endpoint() -> None:
+    """An endpoint that accepts TCP but never answers: each attempt ends at the per-request deadline."""
+    img = np.zeros((4, 4, 3), np.uint8)
+    with socket.socket() as stalled:
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen(8)
+        url = f"127.0.0.1:{stalled.getsockname()[1]}"
+        with RewardClient(url, retries=2, backoff=0.01, timeout=0.5) as c:
+            t = time.monotonic()
+            with pytest.raises(RewardServiceError, match=r"after 2 attempts.*(?i:deadline)"):
+                c.score_gen([(img, "a prompt")])
+            took = time.monotonic() - t
+            assert 0.9 <= took < 5.0, took

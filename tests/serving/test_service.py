@@ -120,7 +120,10 @@ def test_gen_reward_and_critic_equal_in_process(server, grpc, local_critic) -> N
     imgs = [shapes_image([("circle", "blue")] * k) for k in (1, 2, 3)]
     prompts = ["one blue circle", "two blue circles", "three blue circles"]
     with RewardClient(server.grpc_url, max_batch=3) as client:
+        assert client.health() == {server.grpc_url: True}
         got = client.score_gen(list(zip(imgs, prompts, strict=True)))
+    with RewardClient(server.grpc_url, edit_model="no_such_model", gen_model="no_such_model") as other:
+        assert other.health() == {server.grpc_url: False}  # the server is up, but serves none of its models
     want = local_critic.gen_rewards(
         [GenInput(image=i, prompt=p) for i, p in zip(imgs, prompts, strict=True)],
         True,
@@ -177,6 +180,10 @@ def test_dynamic_batching_merges_concurrent_requests(server) -> None:
 
     inf0, exe0 = counts()
     asyncio.run(fire(16))
+    # The python backend reports statistics after it has sent the responses: poll until all 16 are counted.
+    deadline = time.monotonic() + 10
+    while (inf1 := counts()[0]) - inf0 < 16 and time.monotonic() < deadline:
+        time.sleep(0.05)
     inf1, exe1 = counts()
     assert inf1 - inf0 == 16
     assert exe1 - exe0 < 16, f"16 concurrent requests ran in {exe1 - exe0} executions"
@@ -255,6 +262,66 @@ def test_bad_input_battery_keeps_serving(server, grpc) -> None:
         invalid and float(invalid[0].split()[-1]) >= 3 * 8
     )  # the decode-level rejections counted by the backend
     assert "firm_reward_bucket" in metrics and "firm_judgements_total" in metrics
+    scored = [
+        ln for ln in metrics.splitlines() if ln.startswith('firm_reward_count{model="firm_edit_reward"}')
+    ]
+    assert scored and float(scored[0].split()[-1]) >= 1  # the reward histogram observed the good requests
+
+
+def test_bad_requests_merged_with_good_ones_and_other_models(server, grpc) -> None:
+    """Concurrent good and bad requests share a dynamic batch: only the bad ones fail, each with its own message.
+    The same per-request rejection holds for firm_gen_reward and firm_critic."""
+    src, dst, ins = edit_pair()
+    good = [png_bytes(src), png_bytes(dst), ins.encode()]
+    thin = png_bytes(
+        Image.new("RGB", (1, 300))
+    )  # decodes fine, but an aspect ratio above 200 cannot be judged
+    truncated = good[0][: len(good[0]) // 2]
+    payloads = [good, [thin, good[1], good[2]], good, [good[0], truncated, good[2]], good]
+    names = ("source_image", "edited_image", "instruction")
+
+    async def fire() -> list:
+        c = aioclient.InferenceServerClient(server.grpc_url)
+        try:
+            reqs = [
+                c.infer("firm_edit_reward", [_inp(n, [v], aioclient) for n, v in zip(names, p, strict=True)])
+                for p in payloads
+            ]
+            return await asyncio.gather(*reqs, return_exceptions=True)
+        finally:
+            await c.close()
+
+    results = asyncio.run(fire())
+    for k in (0, 2, 4):
+        assert not isinstance(results[k], Exception), results[k]
+        assert results[k].as_numpy("status")[0, 0] == b"ok"
+    for k, where, why in ((1, "source_image[0]", "aspect ratio"), (3, "edited_image[0]", "unreadable image")):
+        assert isinstance(results[k], InferenceServerException), results[k]
+        assert "INVALID_ARG" in str(results[k].status()) and where in results[k].message(), results[k]
+        assert why in results[k].message()
+
+    img, prompt = png_bytes(src), b"a red square"
+    for inputs, match in (
+        ([_inp("image", [img]), _inp("prompt", [b"\xc3\x28"])], r"prompt\[0\] is not valid UTF-8"),
+        ([_inp("image", [truncated]), _inp("prompt", [prompt])], r"image\[0\]"),
+        ([_inp("image", [img])], "prompt"),
+    ):
+        with pytest.raises(InferenceServerException, match=match) as exc:
+            grpc.infer("firm_gen_reward", inputs)
+        assert "INVALID_ARG" in str(exc.value.status())
+    for rid, images, match in (
+        (b"edit.execution.student.v9", [img, img], "v9"),
+        (b"edit.execution.teacher.v1", [img, img], "teacher rubric"),
+        (b"edit.execution.student.v1", [img], "needs 2 image"),
+        (b"nonsense", [img, img], "malformed rubric id"),
+    ):
+        row = np.array([images], dtype=np.object_)
+        imgs = grpcclient.InferInput("images", list(row.shape), "BYTES")
+        imgs.set_data_from_numpy(row)
+        with pytest.raises(InferenceServerException, match=match) as exc:
+            grpc.infer("firm_critic", [imgs, _inp("rubric_id", [rid]), _inp("text", [ins.encode()])])
+        assert "INVALID_ARG" in str(exc.value.status())
+    assert grpc.is_server_ready() and all(grpc.is_model_ready(m) for m in SPECS)
 
 
 def test_failover_and_serve_start_cli(server, tmp_path: Path, tiny_critic_dir: Path) -> None:
@@ -274,7 +341,7 @@ def test_failover_and_serve_start_cli(server, tmp_path: Path, tiny_critic_dir: P
         ),
         tmp_path / "repo_b",
     )
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -289,7 +356,7 @@ def test_failover_and_serve_start_cli(server, tmp_path: Path, tiny_critic_dir: P
             "--http-port",
             str(free_port()),
             "--metrics-port",
-            str(free_port()),
+            str(metrics_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -303,20 +370,44 @@ def test_failover_and_serve_start_cli(server, tmp_path: Path, tiny_critic_dir: P
         )
         b = f"127.0.0.1:{port}"
         items = _edits(4)
-        with RewardClient([b, server.grpc_url], max_batch=1, retries=3, backoff=0.05) as client:
+        # B's critic is untaught and answers in 8 tokens: its parse failures show up per axis on B's metrics.
+        direct = grpcclient.InferenceServerClient(b).infer(
+            "firm_edit_reward",
+            [
+                _inp("source_image", [png_bytes(s) for s, _, _ in items[:2]]),
+                _inp("edited_image", [png_bytes(d) for _, d, _ in items[:2]]),
+                _inp("instruction", [t.encode() for _, _, t in items[:2]]),
+            ],
+        )
+        statuses = [x.decode() for x in direct.as_numpy("status")[:, 0]]
+        assert all(math.isnan(r) for r in direct.as_numpy("reward")[:, 0]), statuses  # never a fabricated 0
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+        for axis in ("execution", "consistency"):
+            failed = sum(
+                float(ln.split()[-1])
+                for ln in metrics.splitlines()
+                if ln.startswith("firm_parse_failures_total{") and f'axis="{axis}"' in ln
+            )
+            assert failed == sum(st.endswith(f":{axis}") or f":{axis}," in st for st in statuses) > 0, (
+                axis,
+                statuses,
+            )
+        with RewardClient([b, server.grpc_url], max_batch=1, retries=3, backoff=0.05, cooldown=30) as client:
             assert client.health() == {b: True, server.grpc_url: True}
             first = client.score_edit(items)
             assert all(v > 0 for v in client.stats().values()), client.stats()  # both endpoints used
             proc.send_signal(signal.SIGTERM)  # forwarded to tritonserver
             assert proc.wait(timeout=60) == 0
-            assert client.health()[b] is False
             served_before = client.stats()[server.grpc_url]
-            # dict items as the RL trainer sends them
+            # dict items as the RL trainer sends them; requests routed to B fail UNAVAILABLE and are retried on A
             second = client.score_edit(
                 [{"source_image": a, "edited_image": b_, "instruction": t} for a, b_, t in items]
             )
             assert len(first) == len(second) == 4
             assert client.stats()[server.grpc_url] - served_before == 4
+            down = {e.url: e.down_until > time.monotonic() for e in client.endpoints}
+            assert down == {b: True, server.grpc_url: False}  # B was tried, failed and is cooling down
+            assert client.health() == {b: False, server.grpc_url: True}
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -444,3 +535,45 @@ def test_serve_score_cli(server, tmp_path: Path) -> None:
         ],
     )
     assert r.exit_code == 1 and "--edited" in r.stderr
+
+
+def test_serve_start_sigterm_while_models_load(tmp_path: Path, tiny_critic_dir: Path) -> None:
+    """SIGTERM before the server is ready is forwarded too: no endpoints printed, exit 128+15, no tritonserver left."""
+    import os
+    import signal
+
+    from firm.serving.export import ExportConfig, export_repository
+    from firm.serving.server import _descendants
+
+    repo = export_repository(
+        ExportConfig(critic=str(tiny_critic_dir), task="edit", critic_model=False, weights="reference"),
+        tmp_path / "repo",
+    )
+    ports = [a for p in ("--grpc-port", "--http-port", "--metrics-port") for a in (p, "0")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firm.cli.main", "serve", "start", "--repository", repo, *ports],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        triton: list[int] = []
+        deadline = time.monotonic() + 60
+        while not triton and time.monotonic() < deadline and proc.poll() is None:
+            triton = [
+                p
+                for p in _descendants(proc.pid)
+                if Path(f"/proc/{p}/comm").read_text().strip() == "tritonserver"
+            ]
+            time.sleep(0.02)
+        assert triton, "tritonserver never started"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM and out == "", (proc.returncode, out, err)
+        assert err.startswith("error: stopped by signal 15 while tritonserver was starting"), err
+        with pytest.raises(ProcessLookupError):
+            os.kill(triton[0], 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -106,7 +106,7 @@ def test_world_size_must_divide_the_global_batch() -> None:
         cfg.global_batch(3)
 
 
-def test_cli_rejects_bad_config_before_starting_processes() -> None:
+def test_cli_rejects_bad_config_before_starting_processes(tmp_path: Path) -> None:
     firmctl = Path(sys.executable).parent / "firmctl"
     for args, msg in [
         (["--nproc", "3", "batch.global_size=16"], "batch.global_size=16"),
@@ -119,6 +119,20 @@ def test_cli_rejects_bad_config_before_starting_processes() -> None:
         assert proc.returncode == 1
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], proc.stderr
+    # a bad input found inside the workers (here: no dataset) under --nproc 2: each worker's one-line error and
+    # one closing line from the launcher, no launcher traceback; non-zero exit, no checkpoint published
+    proc = subprocess.run(
+        [str(firmctl), "critic", "train", "--config", "critic/tiny_cpu", "--nproc", "2",
+         f"data.dataset={tmp_path / 'nope'}", f"checkpoint.uri={(tmp_path / 'ckpt').as_uri()}",
+         f"output_dir={tmp_path / 'runs'}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    # 2 or 3 lines: the other rank may be stopped by SIGTERM before it reports
+    assert len(errors) in (2, 3) and "no dataset.json" in errors[0], proc.stderr
+    assert errors[-1].startswith("error: firm.critic.sft failed on rank") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "ckpt").exists()
     out = subprocess.run([str(firmctl), "recipes", "ls"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "critic/tiny_cpu" in out.stdout
 
@@ -130,5 +144,55 @@ def test_torchrun_command_line() -> None:
     assert cmd[1:3] == ["-m", "torch.distributed.run"]
     assert cmd[cmd.index("--nproc_per_node") + 1] == "2" and cmd[cmd.index("--master_port") + 1] == "29555"
     assert cmd[-4:] == ["-m", "firm.critic.sft", "--config", "x"]
+    from firm.launch.torchrun_quiet import main
+
+    with pytest.raises(SystemExit):  # the quiet wrapper takes torchrun's own arguments
+        main(["--help"])
     with pytest.raises(ConfigError):
         torchrun_command("m", [], 0)
+
+
+def _header_commands(path: Path) -> list[list[str]]:
+    """The training commands in a recipe's header comment, as argv lists (`firmctl critic train`, `python -m
+    firm.critic.sft`, `torchrun ... -m firm.critic.sft`)."""
+    import shlex
+
+    out = []
+    for line in path.read_text().split("\n\n", 1)[0].splitlines():
+        text = line.lstrip("#").strip()
+        if "firmctl critic train" in text or "-m firm.critic.sft" in text:
+            out.append(shlex.split(text))
+    return out
+
+
+def test_every_header_command_is_a_valid_launch() -> None:
+    """Each command written in a critic recipe's header parses with the real argument parsers, its overrides name
+    real config keys, and its process count fits the recipe's global batch (what `firmctl critic train` checks
+    before starting processes)."""
+    from firm.critic.sft import parse_args
+
+    checked = 0
+    for r in list_recipes("critic"):
+        commands = _header_commands(r.path)
+        assert len(commands) >= 2, r.name
+        for argv in commands:
+            if argv[:3] == ["firmctl", "critic", "train"]:
+                args, nproc, extra = argv[3:], 1, []
+                while args:
+                    a = args.pop(0)
+                    if a == "--nproc":
+                        nproc = int(args.pop(0))
+                    elif a == "--resume":
+                        extra.append(f"resume={args.pop(0)}")
+                    else:
+                        extra.append(a)
+                config, overrides = parse_args(extra)
+            else:
+                m = argv.index("-m")
+                assert argv[m + 1] == "firm.critic.sft", argv
+                nproc = int(argv[argv.index("--nproc_per_node") + 1]) if argv[0] == "torchrun" else 1
+                config, overrides = parse_args(argv[m + 2 :])
+            cfg = load_sft_config(config, overrides)
+            assert cfg.global_batch(nproc) >= nproc, argv
+            checked += 1
+    assert checked >= 8

@@ -169,6 +169,10 @@ def test_two_process_torchrun_learns_and_checkpoints_to_s3(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = TrainResult.model_validate_json(proc.stdout.strip().splitlines()[-1])
+    # the Rich progress bar (its final render, non-TTY) comes from rank 0 only; metrics JSONL + TensorBoard exist
+    assert (proc.stdout + proc.stderr).count("critic sft ") == 1, proc.stdout[-2000:]
+    assert (result.run_dir / "metrics.jsonl").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in (result.run_dir / "tb").iterdir())
     losses = train_losses(result.run_dir)
     assert (
         sum(losses[s] for s in range(1, 11)) / 10
@@ -265,6 +269,12 @@ def test_bad_input_fails_clearly_and_publishes_nothing(
     }
     result = train(SFTConfig.model_validate({**cfg_skip, "export": {"enabled": False}}))
     assert result.skipped_rows == 1 and result.steps == 2
+
+    # a model directory without a model: one clear line naming it (HF's multi-line message folded)
+    (tmp_path / "no-model").mkdir()
+    with pytest.raises(InputError, match=r"model.path .*no-model: cannot load a model config") as info:
+        train(SFTConfig.model_validate({**cfg_skip, "model": {"path": str(tmp_path / "no-model")}}))
+    assert "\n" not in str(info.value)
 
     # the world size must divide the global batch: fails before any process group or model exists
     monkeypatch.setenv("WORLD_SIZE", "3")

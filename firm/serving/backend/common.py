@@ -25,6 +25,7 @@ from firm.errors import InputError
 
 DEFAULT_MAX_DECODE_PIXELS = 16_000_000  # header-checked before decoding; ~48 MB as RGB
 MAX_TEXT_BYTES = 16_384
+MAX_ASPECT_RATIO = 200  # the critic's resize rule (firm.critic.images.fit_pixels) refuses anything longer
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,15 @@ def decode_image(value: Any, what: str, max_decode_pixels: int) -> Image.Image:
     """Encoded PNG/JPEG/… bytes → RGB PIL image, bounded by the decode pixel budget (clear `InputError` otherwise)."""
     if not isinstance(value, bytes | bytearray):
         raise InputError(f"{what} must be encoded image bytes, got {type(value).__name__}")
-    return load_image(bytes(value), name=what, max_decode_pixels=max_decode_pixels)
+    img = load_image(bytes(value), name=what, max_decode_pixels=max_decode_pixels)
+    w, h = img.size
+    if (
+        max(w, h) / min(w, h) > MAX_ASPECT_RATIO
+    ):  # fit_pixels would refuse it mid-batch, without the input's name
+        raise InputError(
+            f"{what}: {w}x{h} has an aspect ratio above {MAX_ASPECT_RATIO}, which cannot be judged"
+        )
+    return img
 
 
 def f32(values: Sequence[float | None], cols: int = 1) -> np.ndarray:
