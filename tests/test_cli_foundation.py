@@ -70,6 +70,48 @@ def test_console_script_runs() -> None:
     assert out.returncode == 0 and out.stdout.strip() == __version__
 
 
+@pytest.mark.parametrize(
+    "args, code, needles",
+    [
+        (
+            ["reward", "cme", "--execution", "abc", "--consistency", "3"],
+            2,
+            ["Invalid value for '--execution'"],
+        ),
+        (["reward", "cme", "--execution", "3"], 2, ["Missing option '--consistency'", "firmctl reward cme"]),
+        (["critic", "parse"], 2, ["Missing option '--format'"]),
+        (["nosuchcommand"], 2, ["No such command 'nosuchcommand'"]),
+        (["reward", "cme", "--execution", "9", "--consistency", "3"], 1, ["--execution must be in 1..5"]),
+    ],
+    ids=["bad-type", "missing-option", "missing-format", "unknown-command", "firm-error"],
+)
+def test_console_script_usage_errors_are_one_line(args: list[str], code: int, needles: list[str]) -> None:
+    """The installed script turns Typer's boxed usage errors into one `error:` line (exit 2); FIRM errors keep
+    exit 1; bare groups and --help still print the help (exit 2 / 0)."""
+    exe = Path(sys.executable).parent / "firmctl"
+    out = subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == code and out.stdout == "", out
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_console_script_help_still_prints() -> None:
+    exe = Path(sys.executable).parent / "firmctl"
+    bare = subprocess.run([str(exe), "reward"], capture_output=True, text=True, timeout=60)
+    assert (
+        bare.returncode == 2
+        and "cme" in bare.stdout
+        and "qma" in bare.stdout
+        and bare.stdout.count("Usage:") == 1
+    )
+    helped = subprocess.run([str(exe), "reward", "cme", "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "--execution" in helped.stdout and helped.stderr == ""
+
+
 def _lines(result) -> dict[str, str]:  # type: ignore[no-untyped-def]
     rows = {}
     for line in result.stdout.splitlines():

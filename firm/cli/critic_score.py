@@ -60,7 +60,9 @@ def score_cmd(
         raise InputError(f"--task {task} needs {', '.join(missing)}")
     for name, value in (("--source", source), ("--edited", edited), ("--image", image)):
         if value and "://" not in value and not Path(value).expanduser().is_file():
-            what = "is a directory, not an image file" if Path(value).expanduser().is_dir() else "no such file"
+            what = (
+                "is a directory, not an image file" if Path(value).expanduser().is_dir() else "no such file"
+            )
             raise InputError(f"{name} {value}: {what}")
 
     with library_output_to_stderr():  # one JSON document on stdout or one error line, nothing else

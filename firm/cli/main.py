@@ -53,7 +53,30 @@ app.add_typer(rl_cmd.app, name="rl")
 
 
 def main() -> None:
-    app()
+    """The `firmctl` console script. Usage errors (a missing option, a value of the wrong type, an unknown
+    command) print one `error: ...` line and exit 2, like every other bad input; help still prints in full."""
+    import sys
+
+    from firm.cli._common import one_line
+
+    try:
+        rv = app(standalone_mode=False)
+    except typer.TyperException as exc:  # Typer's (vendored) click usage errors
+        code = int(getattr(exc, "exit_code", 2))
+        ctx = getattr(exc, "ctx", None)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `firmctl [GROUP]` alone: the help, as before
+            if message:  # Typer's rich help has already printed itself (its message is then empty)
+                typer.echo(message)
+            sys.exit(code)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        typer.echo(f"error: {one_line(message)}{hint}", err=True)
+        sys.exit(code)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(1)
+    # commands return None; a `typer.Exit(code)` raised inside one comes back here as its exit code
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

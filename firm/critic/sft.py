@@ -162,7 +162,7 @@ def load_model(cfg: SFTConfig, dtype: torch.dtype, resume_dir: Path | None) -> t
     full_from = str(resume_dir) if (resume_dir is not None and cfg.finetune == "full") else base_path
     try:
         config = AutoConfig.from_pretrained(full_from)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a directory without a usable config.json
         reason = " ".join(str(exc).split())  # one line: HF's messages span several
         raise InputError(f"model.path {cfg.model.path}: cannot load a model config ({reason})") from None
     model = AutoModelForImageTextToText.from_pretrained(full_from, dtype=dtype)

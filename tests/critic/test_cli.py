@@ -164,8 +164,16 @@ def test_score_gen_with_quality_and_untrained_critic(
         (["--task", "gen", "--image", "{gen}", "--prompt", "p", "--device", "gpu0"], "unknown device 'gpu0'"),
     ],
     ids=[
-        "missing", "mixed", "not-image", "empty-prompt", "missing-file", "zero-size", "directory", "task",
-        "readout", "device",
+        "missing",
+        "mixed",
+        "not-image",
+        "empty-prompt",
+        "missing-file",
+        "zero-size",
+        "directory",
+        "task",
+        "readout",
+        "device",
     ],
 )
 def test_score_bad_input_one_line_error(
