@@ -147,6 +147,23 @@ def test_doctor_local_store(home: Path, monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert rows["object store"] == "OK"
 
 
+def test_doctor_exits_non_zero_when_a_required_component_is_missing(
+    home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A required component absent (here: no tritonserver binary where nvidia-pytriton should ship it) is
+    MISSING and fails the doctor; an absent optional one (helm) alone does not."""
+    from firm.cli import doctor_cmd
+
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # no helm: WARN only
+    assert invoke("storage", "init").exit_code == 0
+    assert invoke("doctor").exit_code == 0
+    monkeypatch.setattr(doctor_cmd, "tritonserver_path", lambda: tmp_path / "no" / "tritonserver")
+    result = invoke("doctor")
+    assert result.exit_code == 1
+    assert _lines(result)["tritonserver"] == "MISSING" and str(tmp_path / "no") in result.stdout
+    assert _lines(result)["helm"] == "WARN"
+
+
 def test_doctor_s3_reachable_and_unreachable(s3: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     result = invoke("doctor")
     assert _lines(result)["object store"] == "WARN"  # reachable, buckets not created yet

@@ -1,7 +1,8 @@
 """RL prompt sets: `.txt` (one prompt per line) or `.jsonl` (`{"prompt"|"instruction": ..., "image": src}`).
 
 Validation is strict and names file:line: empty prompts, duplicates and over-long prompts are rejected, and every
-editing source image must exist (it is loaded once up front so a missing file fails before any training).
+editing source image must exist (local path or object-store URI, checked up front so a missing one fails before any
+training; an image that exists but does not decode fails when it is first used, naming the image).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def load_prompts(uri: str, task: Task, max_chars: int = 1000) -> list[PromptItem
                 source = str(base / source)
             if "://" not in source and not Path(source).exists():
                 raise InputError(f"{where}: source image {source} does not exist")
+            if "://" in source and not _object_exists(source):
+                raise InputError(f"{where}: source image {source} does not exist in the object store")
         key = (prompt, source)
         if key in seen:
             raise InputError(f"{where}: duplicate prompt (first at line {seen[key]}): {prompt[:60]!r}")
@@ -77,6 +80,13 @@ def load_prompts(uri: str, task: Task, max_chars: int = 1000) -> list[PromptItem
     if not items:
         raise InputError(f"{name}: no prompts")
     return items
+
+
+def _object_exists(uri: str) -> bool:
+    from firm.storage import open_store
+
+    store, key = open_store(uri)
+    return store.exists(key)
 
 
 def load_source(src: str, size: int) -> torch.Tensor:

@@ -195,3 +195,24 @@ def test_policy_and_prompts_load_from_s3(
     with torch.no_grad():
         assert torch.equal(trainer.policy.velocity(x, s, cond), local.velocity(x, s, cond))
     assert len(trainer.train(progress=False)) == 1
+
+    # editing prompt files may point at source images in the object store: a missing one fails up front
+    import io
+
+    from PIL import Image
+
+    from firm.errors import InputError
+    from firm.rl.data import load_prompts
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(png, format="PNG")
+    write_bytes("s3://firm-datasets/rl/src-0.png", png.getvalue())
+    line = '{"instruction": "make it red", "image": "s3://firm-datasets/rl/%s"}\n'
+    write_bytes("s3://firm-datasets/rl/edits.jsonl", (line % "src-0.png" + line % "gone.png").encode())
+    with pytest.raises(
+        InputError, match=r"edits.jsonl:2: source image s3://firm-datasets/rl/gone.png does not"
+    ):
+        load_prompts("s3://firm-datasets/rl/edits.jsonl", "edit")
+    write_bytes("s3://firm-datasets/rl/edits.jsonl", (line % "src-0.png").encode())
+    (item,) = load_prompts("s3://firm-datasets/rl/edits.jsonl", "edit")
+    assert item.source == "s3://firm-datasets/rl/src-0.png"
