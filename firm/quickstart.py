@@ -15,6 +15,8 @@ Everything uses the same code as a cluster run; only the backends (local store, 
 
 from __future__ import annotations
 
+import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -84,7 +86,7 @@ def run_quickstart(
             f"model.path={base}",
             f"data.dataset={dataset}",
             f"output_dir={work / 'runs'}",
-            "run_name=quickstart",
+            f"run_name=quickstart-{datetime.now(UTC):%Y%m%d-%H%M%S}",  # a fresh run each time
             f"max_steps={steps}",
         ],
     )
@@ -107,6 +109,7 @@ def run_quickstart(
         ("trained", LocalCriticBackend(str(result.export_dir), max_new_tokens=48)),
     ):
         out = work / "bench-results" / name
+        shutil.rmtree(out, ignore_errors=True)  # this run's critic, not a resume of an earlier quickstart's
         report = run_bench(backend, bench, out, batch_size=20, progress=True).report
         maes[name] = report.mae("edit", "overall")
         con.print(f"{name:>10}: edit overall MAE = {_fmt(maes[name])}   report: {out / 'report.md'}")
