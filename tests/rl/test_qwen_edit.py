@@ -193,3 +193,47 @@ def test_qwen_edit_grpo_runs_sde_rollouts_and_moves_off_the_reference(
     assert first["loss/kl"] == 0.0 and second["loss/kl"] > 0.0  # step 0 is the reference (LoRA B = 0)
     assert first["clip_frac"] == 0.0  # one update per rollout batch: the recomputed log-probs match sampling
     assert second["reward/n"] == 4 and all(math.isfinite(v) for v in second.values())
+
+
+def test_qwen_edit_grpo_learns(tiny_qwen: Path, tmp_path: Path) -> None:
+    """Flow-GRPO raises the brightness of the edited image on the tiny Qwen-Image-Edit policy. Config, not algorithm:
+    with one optimizer step per prompt group, the paper's clip range (1e-4) clips the later groups of a step (their
+    ratios are already off 1 after the first group's update: clip_frac 0.6-0.7 measured), which leaves the tiny policy
+    little gradient (gains +0.03..+0.05 over 30 steps); a PPO-style 0.2 keeps every group's signal (clip_frac 0). Measured gains (last 4 − first 4 step means, 30 steps) for seeds 0–5: +0.14,
+    +0.17, +0.18, +0.12, +0.08, +0.16; the first-4 means vary by ~±0.01 between seeds."""
+    from firm.rl.config import config_from_dict
+    from firm.rl.policies.tiny import write_edit_prompts
+    from firm.rl.trainer import Trainer
+
+    cfg = config_from_dict(
+        {
+            "task": "edit",
+            "algorithm": "grpo",
+            "output_uri": str(tmp_path / "out"),
+            "steps": 30,
+            "seed": 0,
+            "device": "cpu",
+            "policy": {
+                "kind": "qwen_edit",
+                "uri": str(tiny_qwen),
+                "resolution": 32,
+                "max_sequence_length": 96,
+                "condition_pixels": 56 * 56,
+                "prompt_template_drop": 0,
+            },
+            "lora": {"rank": 4, "alpha": 8},
+            "sampling": {"num_steps": 3, "group_size": 4, "prompts_per_step": 4},
+            "grpo": {"clip_range": 0.2, "kl_coef": 0.0},
+            "optim": {"lr": 2e-2},
+            "reward": {"kind": "brightness", "async_overlap": True},
+            "data": {"prompts": str(write_edit_prompts(tmp_path / "edits/prompts.jsonl"))},
+            "checkpoint": {"every_steps": 1000},
+            "monitor": {"tensorboard": False},
+        }
+    )
+    results = Trainer(cfg).train(progress=False)
+    rewards = [r.metrics["reward/mean"] for r in results]
+    assert len(rewards) == 30
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert last > first + 0.05, rewards
+    assert all(r.metrics["reward/n"] == 16 for r in results)
