@@ -41,29 +41,46 @@ def colour_decoder(vae: Any) -> None:
 
     dec = vae.decoder
     with torch.no_grad():
-        for name, mod in dec.named_modules():
-            if not isinstance(mod, torch.nn.Conv2d | torch.nn.Linear):
-                continue
-            if name.endswith("conv2") or name.endswith("to_out.0"):
-                mod.weight.zero_()
-            elif name.endswith("conv_shortcut") or name.endswith("upsamplers.0.conv"):
-                torch.nn.init.dirac_(mod.weight)
-            else:
-                continue
-            if mod.bias is not None:
-                mod.bias.zero_()
+        _silence_residuals(
+            dec,
+            (torch.nn.Conv2d, torch.nn.Linear),
+            zero=("conv2", "to_out.0"),
+            identity=("conv_shortcut", "upsamplers.0.conv"),
+            eye=torch.nn.init.dirac_,
+        )
         w = dec.conv_in.weight
-        w.zero_()
-        dec.conv_in.bias.zero_()
-        for k in range(min(w.shape[0] // 2, w.shape[1])):
-            w[2 * k, k, 1, 1] = 1.0
-            w[2 * k + 1, k, 1, 1] = -1.0
-        o = dec.conv_out.weight
-        o.zero_()
-        dec.conv_out.bias.zero_()
-        for c in range(3):
-            o[c, 2 * c, 1, 1] = 1.0
-            o[c, 2 * c + 1, 1, 1] = -1.0
+        _signed_pairs(dec.conv_in, dec.conv_out, min(w.shape[0] // 2, w.shape[1]), 3, tap=(1, 1))
+
+
+def _silence_residuals(
+    dec: Any, kinds: tuple[type, ...], *, zero: tuple[str, ...], identity: tuple[str, ...], eye: Any
+) -> None:
+    """Zero the residual branches (`zero` suffixes) and make shortcuts/resamplers (`identity`) pass features through."""
+    for name, mod in dec.named_modules():
+        if not isinstance(mod, kinds):
+            continue
+        if name.endswith(zero):
+            mod.weight.zero_()
+        elif name.endswith(identity):
+            eye(mod.weight)
+        else:
+            continue
+        if mod.bias is not None:
+            mod.bias.zero_()
+
+
+def _signed_pairs(conv_in: Any, conv_out: Any, n_in: int, n_out: int, *, tap: tuple[int, ...]) -> None:
+    """`conv_in` writes latent channel k as the pair (z_k, −z_k); `conv_out` reads each pair's difference back as
+    output channel c (c < n_out). `tap` is the kernel position that sees the current pixel (and frame)."""
+    for conv in (conv_in, conv_out):
+        conv.weight.zero_()
+        conv.bias.zero_()
+    for k in range(n_in):
+        conv_in.weight[(2 * k, k, *tap)] = 1.0
+        conv_in.weight[(2 * k + 1, k, *tap)] = -1.0
+    for c in range(n_out):
+        conv_out.weight[(c, 2 * c, *tap)] = 1.0
+        conv_out.weight[(c, 2 * c + 1, *tap)] = -1.0
 
 
 def build_tiny_sd3(
@@ -174,29 +191,15 @@ def qwen_colour_decoder(vae: Any) -> None:
     with torch.no_grad():
         eye(vae.post_quant_conv.weight)
         vae.post_quant_conv.bias.zero_()
-        for name, mod in dec.named_modules():
-            if not isinstance(mod, torch.nn.Conv2d | torch.nn.Conv3d):
-                continue
-            if name.endswith("conv2") or name.endswith("attentions.0.proj"):
-                mod.weight.zero_()
-            elif name.endswith("conv_shortcut") or name.endswith("resample.1"):
-                eye(mod.weight)
-            else:
-                continue
-            if mod.bias is not None:
-                mod.bias.zero_()
-        w = dec.conv_in.weight
-        w.zero_()
-        dec.conv_in.bias.zero_()
-        for k in range(2):  # only 4 channels pass the narrowest up-block of the tiny decoder
-            w[2 * k, k, -1, 1, 1] = 1.0
-            w[2 * k + 1, k, -1, 1, 1] = -1.0
-        o = dec.conv_out.weight
-        o.zero_()
-        dec.conv_out.bias.zero_()
-        for c in range(2):
-            o[c, 2 * c, -1, 1, 1] = 1.0
-            o[c, 2 * c + 1, -1, 1, 1] = -1.0
+        _silence_residuals(
+            dec,
+            (torch.nn.Conv2d, torch.nn.Conv3d),
+            zero=("conv2", "attentions.0.proj"),
+            identity=("conv_shortcut", "resample.1"),
+            eye=eye,
+        )
+        # only 4 channels pass the narrowest up-block of the tiny decoder: two latent channels, R and G out
+        _signed_pairs(dec.conv_in, dec.conv_out, 2, 2, tap=(-1, 1, 1))
     assert isinstance(dec.conv_in, QwenImageCausalConv3d)
 
 

@@ -8,36 +8,15 @@ from typing import Any
 
 from firm.errors import InputError
 from firm.schemas import Judgement
-from firm.serving.backend.common import (
-    DEFAULT_MAX_DECODE_PIXELS,
-    Metrics,
-    bytes_col,
-    decode_image,
-    decode_text,
-    f32,
-    parse_args,
-    rows_of,
-    serve_batch,
-)
-from firm.serving.backend.critic_runtime import load_critic
+from firm.serving.backend.common import bytes_col, decode_image, decode_text, f32
+from firm.serving.backend.critic_runtime import CriticBackedModel
 
 
-class CriticModel:
+class CriticModel(CriticBackedModel):
     name = "firm_critic"
 
-    def initialize(self, args: dict[str, Any]) -> None:
-        import triton_python_backend_utils as pb_utils
-
-        self.pb = pb_utils
-        _config, self.params = parse_args(args)
-        self.max_decode_pixels = self.params.get_int("max_decode_pixels", DEFAULT_MAX_DECODE_PIXELS)
+    def _setup(self) -> None:
         self.readout = self.params.get("readout", "text")
-        self.critic = load_critic(self.params, args)
-        self.metrics = Metrics(pb_utils, self.name)
-
-    def _input(self, request: Any, name: str, cols: int | None = 1) -> Any:
-        t = self.pb.get_input_tensor_by_name(request, name)
-        return rows_of(name, None if t is None else t.as_numpy(), cols)
 
     def _decode(self, request: Any) -> list[Any]:
         from firm.critic.critic import CriticRequest
@@ -88,6 +67,3 @@ class CriticModel:
             pb.Tensor("reasoning", bytes_col([j.reasoning for j in js])),
             pb.Tensor("raw_text", bytes_col([j.raw_text for j in js])),
         ]
-
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return serve_batch(self.pb, requests, self._decode, self._score, self._encode, self.metrics)

@@ -16,18 +16,8 @@ from typing import Any
 
 from firm.errors import InputError
 from firm.schemas import RewardBreakdown
-from firm.serving.backend.common import (
-    DEFAULT_MAX_DECODE_PIXELS,
-    Metrics,
-    bytes_col,
-    decode_image,
-    decode_text,
-    f32,
-    parse_args,
-    rows_of,
-    serve_batch,
-)
-from firm.serving.backend.critic_runtime import load_critic
+from firm.serving.backend.common import bytes_col, decode_image, decode_text, f32
+from firm.serving.backend.critic_runtime import CriticBackedModel
 
 
 def _raw_single(v: Any) -> float | None:
@@ -38,29 +28,12 @@ def _raw_single(v: Any) -> float | None:
     return float(v)
 
 
-class _RewardModel:
-    name = ""
+class _RewardModel(CriticBackedModel):
+    """Shared by the two reward models: parse-failure policy, metrics per breakdown, common output tensors."""
 
-    def initialize(self, args: dict[str, Any]) -> None:
-        import triton_python_backend_utils as pb_utils
-
-        self.pb = pb_utils
-        _config, self.params = parse_args(args)
-        self.max_decode_pixels = self.params.get_int("max_decode_pixels", DEFAULT_MAX_DECODE_PIXELS)
-        self.policy = self.params.get("policy", "skip")
-        self.critic = load_critic(self.params, args)
-        self.metrics = Metrics(pb_utils, self.name)
-        self._setup()
-
-    def _setup(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def _input(self, request: Any, name: str) -> Any:
-        t = self.pb.get_input_tensor_by_name(request, name)
-        return rows_of(name, None if t is None else t.as_numpy())
-
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return serve_batch(self.pb, requests, self._decode, self._score, self._encode, self.metrics)
+    @property
+    def policy(self) -> str:
+        return self.params.get("policy", "skip")
 
     def _observe(self, b: RewardBreakdown) -> None:
         for axis, _raw in b.raw_scores.items():
