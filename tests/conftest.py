@@ -7,6 +7,14 @@ that tests start inherit the setting through OMP_NUM_THREADS.
 
 import os
 
+from hypothesis import settings
+
+# Property tests explore freely on developers' machines; under CI (`CI=true`, set by .ci/run) they draw the same
+# examples on every run, so a red CI always reproduces. Bugs found locally become fixed `@example`s.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+    settings.load_profile("ci")
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

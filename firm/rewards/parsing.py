@@ -114,10 +114,18 @@ _ESCAPES = {'"': '"', "'": "'", "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n":
 
 
 class _Reader:
-    """Recursive-descent reader for JSON with the usual LLM slips: single quotes, trailing commas, Python literals."""
+    """Recursive-descent reader for JSON with the usual LLM slips: single quotes, trailing commas, Python literals.
 
-    def __init__(self, text: str) -> None:
+    It reads the folded text (so curly or full-width quotes and brackets can be structure) but consults the original
+    `orig` for quotes and backslashes inside strings: a string opened by an ASCII quote closes only at the same ASCII
+    quote, so a curly or full-width quote inside an ordinary JSON rationale is content, not the end of the string; a
+    string opened by a curly/full-width quote (``“reasoning”``) closes at any quote that folds to the same character.
+    Escapes are only ever started by an ASCII backslash.
+    """
+
+    def __init__(self, text: str, orig: str | None = None) -> None:
         self.t = text
+        self.o = text if orig is None else orig
         self.n = len(text)
 
     def ws(self, i: int) -> int:
@@ -150,6 +158,7 @@ class _Reader:
 
     def string(self, i: int) -> tuple[_Scalar, int]:
         q = self.t[i]
+        strict = self.o[i] == q  # opened by an ASCII quote: only that ASCII quote closes it
         j = i + 1
         out: list[str] = []
         plain = _PLAIN_DQ if q == '"' else _PLAIN_SQ
@@ -161,7 +170,7 @@ class _Reader:
                 if j >= self.n:
                     break
             c = self.t[j]
-            if c == "\\":
+            if c == "\\" and self.o[j] == "\\":
                 if j + 1 >= self.n:
                     break
                 e = self.t[j + 1]
@@ -175,7 +184,7 @@ class _Reader:
                 out.append(_ESCAPES.get(e, e))
                 j += 2
                 continue
-            if c == q:
+            if c == q and (not strict or self.o[j] == q):
                 return _Scalar("".join(out), i + 1, j), j + 1
             out.append(c)
             j += 1
@@ -228,9 +237,10 @@ class _Reader:
 _MAX_OBJECT_STARTS = 256  # bounds the work on pathological text (critic answers are short)
 
 
-def _json_objects(text: str) -> list[_Obj]:
-    """Every JSON-ish object with a score key, scanning from each `{` that is not inside an object already read."""
-    reader = _Reader(text)
+def _json_objects(text: str, orig: str | None = None) -> list[_Obj]:
+    """Every JSON-ish object with a score key, scanning from each `{` that is not inside an object already read.
+    `text` is the folded text, `orig` the critic's own characters (see `_Reader`)."""
+    reader = _Reader(text, orig)
     found: list[_Obj] = []
     i = text.find("{")
     attempts = 0
@@ -313,7 +323,7 @@ def _score_nodes(node: Any, n: int) -> list[_Scalar]:
 def _from_json(text: str, n: int, orig: str) -> tuple[list[int], list[tuple[int, int]], str, _Obj] | None:
     """Scores from JSON objects in the folded `text`; None when no object with a score key exists.
     The reasoning is read from `orig` (same indices, unfolded)."""
-    objs = _json_objects(text)
+    objs = _json_objects(text, orig)
     if not objs:
         return None
     answers: list[tuple[list[int], list[tuple[int, int]], _Obj]] = []
@@ -383,7 +393,9 @@ _QUALITY_LIST = re.compile(
     + r"""\s*["']?\s*\]""",
     re.IGNORECASE,
 )
-_BOXED = re.compile(r"\\?boxed\s*\{\s*(?:\\(?:text|mathbf|textbf)\s*\{\s*)?" + _NUM + r"\s*(?:/\s*5\s*)?\}")
+_BOXED = re.compile(  # also \boxed{[4]} and \boxed{{4}}, which the official reward servers accept
+    r"\\?boxed\s*\{\s*(?:\\(?:text|mathbf|textbf)\s*\{\s*|[\[{]\s*)?" + _NUM + r"\s*(?:/\s*5\s*)?[\]}]?\s*\}"
+)
 _RATING_LINE = re.compile(r"final\s+alignment\s+rating\s*\*{0,2}\s*:?\s*\*{0,2}\s*" + _NUM, re.IGNORECASE)
 
 

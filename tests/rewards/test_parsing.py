@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from firm.errors import InputError
@@ -49,6 +49,9 @@ CASES: list[tuple[str, str, str, object, str | None]] = [
     ("edit", '{"reasoning": "全部完成", "score": [４]}', "ok", 4, "json"),
     ("edit", "｛“reasoning”： “fine”， “score”： ［３］｝", "ok", 3, "json"),
     ("edit", '{"reasoning": "the instruction {add a hat} was done", "score": [5]}', "ok", 5, "json"),
+    # curly / full-width quotes inside an ASCII-quoted rationale are content, not the end of the string
+    ("edit", '{"reasoning": "the sign now reads “OPEN”", "score": [4]}', "ok", 4, "json"),
+    ("edit", '{"reasoning": "it’s “done”＂ mostly＼", "score": [3]}', "ok", 3, "json"),
     (
         "edit",
         'I think the instruction {make it night} was followed.\n{"reasoning": "night sky", "score": [4]}',
@@ -104,6 +107,8 @@ CASES: list[tuple[str, str, str, object, str | None]] = [
     ("gen", '{"reasoning": "two of three cats", "score": [3]}', "ok", 3, "json"),
     ("gen", "The main subject is present.\nRating: 3", "ok", 3, "regex"),
     ("gen", "Everything matches.\n\\boxed{5/5}", "ok", 5, "boxed"),
+    ("gen", "Mostly there.\n\\boxed{[4]}", "ok", 4, "boxed"),
+    ("gen", "Mostly there.\n\\boxed{{4}}", "ok", 4, "boxed"),
     # ---------------- gen: malformed
     ("gen", "Analysis...\n\\boxed{3}\nOn reflection \\boxed{4}", "unparseable", None, "boxed"),
     ("gen", "Final Alignment Rating: 5\n\\boxed{4}", "unparseable", None, "boxed"),
@@ -261,6 +266,8 @@ def test_never_crashes_and_never_scores_out_of_range(fmt: str, text: str) -> Non
 
 @settings(max_examples=150, deadline=None)
 @given(reason=rationale, k=st.integers(1, 5), prefix=rationale, fence=st.booleans(), wide=st.booleans())
+@example(reason="“", k=1, prefix="", fence=False, wide=False)  # the draw that once turned CI red
+@example(reason="it’s a ＂quote＂ and ｛brace｝ ＼", k=5, prefix="“", fence=True, wide=True)
 def test_edit_json_round_trip(reason: str, k: int, prefix: str, fence: bool, wide: bool) -> None:
     digit = chr(0xFF10 + k) if wide else str(k)
     body = '{"reasoning": "' + reason + '", "score": [' + digit + "]}"
