@@ -3,6 +3,7 @@
 Sources, highest priority first: constructor arguments, environment variables with the `FIRM_` prefix
 (e.g. `FIRM_STORE_URI`, `FIRM_S3_ENDPOINT`), a YAML file named by `FIRM_CONFIG` (or `$FIRM_HOME/config.yaml` if it
 exists), then defaults. Secrets are `SecretStr`: they never appear in `repr`, logs or `firmctl doctor`.
+Nested settings (`cluster`) take `__` in their environment names: `FIRM_CLUSTER__TRAINER_IMAGE=...`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from firm.errors import ConfigError
+from firm.launch.cluster import ClusterSettings
 
 
 def _default_home() -> Path:
@@ -53,7 +55,9 @@ class _YamlSource(PydanticBaseSettingsSource):
 class FirmSettings(BaseSettings):
     """Platform settings. Every field can be set as `FIRM_<FIELD>` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="FIRM_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="FIRM_", extra="forbid", validate_default=True, env_nested_delimiter="__"
+    )
 
     home: Path = Field(
         default_factory=_default_home, description="FIRM's working directory (local store, caches)."
@@ -75,6 +79,10 @@ class FirmSettings(BaseSettings):
         default="127.0.0.1:8001", description="Triton gRPC endpoint of the reward service."
     )
     namespace: str = Field(default="firm", description="Kubernetes namespace for jobs and services.")
+    cluster: ClusterSettings = Field(
+        default_factory=ClusterSettings,
+        description="node pools, images, Secret names (firm.launch.cluster); env: FIRM_CLUSTER__<FIELD>",
+    )
 
     @field_validator("home", mode="before")
     @classmethod

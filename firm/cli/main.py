@@ -16,6 +16,7 @@ from firm.cli import (
     critic_score,  # noqa: F401  (registers `critic score`)
     critic_train,  # noqa: F401  (registers `critic train`)
     doctor_cmd,
+    job_cmd,
     models_cmd,
     quickstart_cmd,
     recipes_cmd,
@@ -50,6 +51,7 @@ app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(serve_cmd.app, name="serve")
 app.add_typer(recipes_cmd.app, name="recipes")
 app.add_typer(rl_cmd.app, name="rl")
+app.add_typer(job_cmd.app, name="job")
 
 
 def main() -> None:

@@ -421,6 +421,13 @@ def train(cfg: SFTConfig) -> TrainResult:
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
     resume_uri = find_checkpoint(cfg.resume, ckpt_root)
+    if resume_uri is not None and cfg.dist.strategy == "deepspeed":
+        # `resume=auto` is accepted with DeepSpeed so that cluster jobs (which always pass it) start fresh runs;
+        # continuing one needs DeepSpeed's optimizer state, which FIRM does not load (its loader unpickles).
+        raise ConfigError(
+            f"found checkpoint {resume_uri}, but resuming a dist.strategy=deepspeed run is not supported (DeepSpeed's "
+            "checkpoint loader unpickles optimizer state); use ddp to resume, or a new run name to start over"
+        )
     ckpt = load_checkpoint(resume_uri) if resume_uri else None
     if ckpt is not None:
         check_compatible(ckpt, world_size=env.world, global_batch=global_batch, finetune=cfg.finetune)

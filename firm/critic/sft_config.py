@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from firm.errors import ConfigError
+from firm.overrides import apply_overrides as _apply_overrides
 
 
 class _Cfg(BaseModel):
@@ -134,10 +135,10 @@ class SFTConfig(_Cfg):
                 "finetune=lora with DeepSpeed ZeRO-3 is not supported (the adapter cannot be merged while the base "
                 "weights are partitioned); use ZeRO-2 or DDP for LoRA"
             )
-        if self.dist.strategy == "deepspeed" and self.resume != "none":
+        if self.dist.strategy == "deepspeed" and self.resume not in ("none", "auto"):
             raise ConfigError(
-                "resume is not supported with dist.strategy=deepspeed (DeepSpeed's checkpoint loader unpickles "
-                "optimizer state); use ddp to resume"
+                "resume from a checkpoint URI is not supported with dist.strategy=deepspeed (DeepSpeed's "
+                "checkpoint loader unpickles optimizer state); use ddp to resume"
             )
         return self
 
@@ -153,59 +154,16 @@ class SFTConfig(_Cfg):
         return g
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError:
-        return text
-
-
-def _model_for(cls: type[BaseModel], key: str) -> type[BaseModel] | None:
-    field = cls.model_fields.get(key)
-    if field is None:
-        return None
-    ann = field.annotation
-    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-
-
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b=value` overrides to a raw config mapping, rejecting keys `SFTConfig` does not have."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        cls: type[BaseModel] | None = SFTConfig
-        node = data
-        for i, part in enumerate(parts):
-            assert cls is not None
-            if part not in cls.model_fields:
-                where = ".".join(parts[:i]) or "the top level"
-                known = ", ".join(sorted(cls.model_fields))
-                raise ConfigError(
-                    f"unknown config key {key!r}: {part!r} is not a key of {where} (known: {known})"
-                )
-            if i == len(parts) - 1:
-                node[part] = _parse_value(value)
-                break
-            sub = _model_for(cls, part)
-            if sub is None:
-                raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[: i + 1])} is not a section")
-            existing = node.get(part)
-            if not isinstance(existing, dict):
-                existing = {}
-                node[part] = existing
-            node, cls = existing, sub
-    return data
+    return _apply_overrides(data, overrides, SFTConfig)
 
 
 def load_sft_config(config: str | Path, overrides: list[str] | None = None) -> SFTConfig:
     """Load a recipe (a YAML path or a shipped recipe name like `critic/tiny_cpu`) and apply overrides."""
-    from firm.recipes import recipe_path
+    from firm.recipes import resolve_config
 
-    path = Path(config)
-    if not path.is_file():
-        path = recipe_path(str(config))
+    path = resolve_config(str(config))
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

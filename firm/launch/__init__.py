@@ -1,9 +1,17 @@
-"""FIRM launch stage: start entrypoints (critic SFT, RL) as distributed jobs.
+"""FIRM launch stage: start entrypoints (critic SFT, RL) as distributed jobs, on this machine or on Kubernetes.
 
-- `firm.launch.local`: `torchrun --nproc_per_node N -m MODULE ARGS` on this machine (`run_local`, `torchrun_command`).
+- `firm.launch.spec`: the one job spec (`JobSpec`, YAML + `key=value` overrides) and `resolve_job`, which checks it
+  against its node pool and recipe and fixes the command, environment and checkpoint prefix every backend runs.
+- `firm.launch.cluster`: node pools, images, Secret and ConfigMap names (`FirmSettings.cluster`).
+- `firm.launch.render`: the Kubeflow `PyTorchJob` of a resolved job (kubeflow-training SDK models).
+- `firm.launch.backend`: the `JobBackend` interface (submit, status, wait, logs, cancel, list) and `get_backend`;
+  `firm.launch.local_backend.LocalBackend` (torchrun, detached, `$FIRM_HOME/jobs/`) and
+  `firm.launch.pytorchjob.PyTorchJobBackend` (Training Operator through `TrainingClient`).
+- `firm.launch.local`: `torchrun --nproc_per_node N -m MODULE ARGS` in the foreground (`run_local`, used by
+  `firmctl critic train` / `rl train --nproc N`).
 - `firm.launch.torchrun_quiet`: torchrun's own launcher, ending a failed run with one `error:` line instead of its
-  traceback (what `run_local` runs).
+  traceback, and with exit codes the `ExitCode` restart policy understands.
 
 Entrypoints read RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from the standard torch.distributed
-environment, so a Kubernetes PyTorchJob can run the same module with nothing else.
+environment, so a Kubernetes PyTorchJob runs the same module with nothing else.
 """

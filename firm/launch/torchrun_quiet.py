@@ -2,8 +2,12 @@
 
 When a worker fails, `torch.distributed.run` ends with a Python traceback and a framed `ChildFailedError` report
 after the workers' own output. FIRM workers already print their one-line `error: ...` to stderr, so this wrapper
-replaces torchrun's report with one line naming the first failed rank and exits 1 (what torchrun exits with).
-Everything else (arguments, rendezvous, worker environment) is torchrun's own `run`.
+replaces torchrun's report with one line naming the first failed rank. Everything else (arguments, rendezvous,
+worker environment — including the `PET_*` variables a PyTorchJob pod gets) is torchrun's own `run`.
+
+Exit codes follow the Training Operator's `ExitCode` restart policy: 1 when a worker failed by itself (a config or
+data error: retrying cannot help), 128 + N when a worker or torchrun itself was killed by signal N (preemption,
+OOM kill, `firmctl job cancel`: the pod may be restarted and resumes from its last checkpoint).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -19,11 +24,18 @@ def main(argv: list[str] | None = None) -> int:
         run(parse_args(argv if argv is not None else sys.argv[1:]))
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        if code < 0:  # killed by a signal
+            print(f"error: {exc.name} rank {rank} was killed by signal {-code}", file=sys.stderr)
+            return 128 - code
         print(
-            f"error: {exc.name} failed on rank {rank} (exit code {failure.exitcode}); its error is above",
+            f"error: {exc.name} failed on rank {rank} (exit code {code}); its error is above",
             file=sys.stderr,
         )
         return 1
+    except SignalException as exc:
+        print(f"error: stopped by signal {int(exc.sigval)}; the workers were stopped", file=sys.stderr)
+        return 128 + int(exc.sigval)
     return 0
 
 

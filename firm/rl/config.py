@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from firm.errors import ConfigError
+from firm.overrides import apply_overrides as _apply_overrides
 from firm.schemas import Task
 
 
@@ -191,29 +192,9 @@ class RLConfig(_Section):
         return self
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for p in parts[:-1]:
-        nxt = node.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"override {key}: '{p}' is not a section")
-        node = nxt
-    node[parts[-1]] = value
-
-
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b=value` overrides (value parsed as YAML) to a nested dict, in place."""
-    for ov in overrides:
-        if "=" not in ov:
-            raise ConfigError(f"override '{ov}': expected key=value")
-        key, raw = ov.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override '{ov}': invalid value: {exc}") from exc
-        _set_dotted(data, key.strip(), value)
-    return data
+    """Apply `a.b=value` overrides (value parsed as YAML) in place, rejecting keys `RLConfig` does not have."""
+    return _apply_overrides(data, overrides, RLConfig)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RLConfig:

@@ -18,12 +18,10 @@ from firm.errors import FirmError
 
 
 def config_path(name: str) -> Path:
-    p = Path(name)
-    if p.exists():
-        return p
-    from firm.recipes import recipe_path
+    """A recipe YAML path, a shipped recipe name (`rl/tiny_sd3_nft`) or a file:// / s3:// URI → a local file."""
+    from firm.recipes import resolve_config
 
-    return recipe_path(name)
+    return resolve_config(name)
 
 
 def _init_distributed() -> tuple[int, int]:

@@ -1,0 +1,160 @@
+"""`firmctl job`: distributed training jobs (critic SFT, RL) on a cluster (PyTorchJob) or on this machine."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Literal
+
+import typer
+
+from firm.cli._common import cli_errors, echo_json
+
+if TYPE_CHECKING:
+    from firm.launch.backend import JobBackend
+    from firm.launch.spec import ResolvedJob
+
+app = typer.Typer(
+    help="Distributed training jobs from one spec: PyTorchJobs on a cluster, or torchrun on this machine.",
+    no_args_is_help=True,
+)
+
+_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+BackendOpt = typer.Option(
+    None, "--backend", help="pytorchjob | local (default: the cluster settings' job_backend)"
+)
+NamespaceOpt = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace (default: FIRM_NAMESPACE)")
+
+
+def _backend(name: str | None, namespace: str | None = None) -> JobBackend:
+    from firm.launch.backend import JobError, get_backend
+
+    if name not in (None, "local", "pytorchjob"):
+        raise JobError(f"--backend must be local or pytorchjob, got {name!r}")
+    return get_backend(name, namespace=namespace)  # type: ignore[arg-type]
+
+
+def _resolve(config: str, overrides: list[str], backend: Literal["local", "pytorchjob"]) -> ResolvedJob:
+    from firm.launch.spec import load_job_spec, resolve_job
+
+    return resolve_job(load_job_spec(config, overrides), backend)
+
+
+@app.command("render", context_settings=_EXTRA)
+@cli_errors
+def render_cmd(
+    ctx: typer.Context,
+    config: str = typer.Option(
+        ..., "--config", help="job spec YAML (e.g. k8s/jobs/critic-sft-qwen3vl-8b-1x8.yaml)"
+    ),
+    namespace: str | None = NamespaceOpt,
+) -> None:
+    """Print the PyTorchJob YAML of a job spec; nothing is applied. Extra `key=value` arguments override the spec
+    (`nodes=2`, `image=...`); `recipe.<key>=<value>` overrides the recipe (`recipe.optim.lr=2e-5`)."""
+    from firm.config import get_settings
+    from firm.launch.render import render_yaml
+
+    job = _resolve(config, list(ctx.args), "pytorchjob")
+    if job.upload is not None:
+        typer.echo(f"note: submit uploads recipe {job.upload[0]} to {job.upload[1]}", err=True)
+    sys.stdout.write(render_yaml(job, namespace or get_settings().namespace))
+
+
+@app.command("submit", context_settings=_EXTRA)
+@cli_errors
+def submit_cmd(
+    ctx: typer.Context,
+    config: str = typer.Option(..., "--config", help="job spec YAML"),
+    backend: str | None = BackendOpt,
+    namespace: str | None = NamespaceOpt,
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="stream rank 0's log, exit with the job's result"
+    ),
+    wait: bool = typer.Option(False, "--wait", help="wait for the job to end, exit with its result"),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="with --wait/--follow: give up after S seconds"
+    ),
+) -> None:
+    """Submit a job spec (validated first: nothing starts when the spec, pool or recipe is wrong). Prints the job's
+    status as JSON; with --wait or --follow, exits non-zero unless the job succeeded."""
+    b = _backend(backend, namespace)
+    job = _resolve(config, list(ctx.args), b.name)
+    status = b.submit(job)
+    if status.attempts > 1:
+        typer.echo(f"job {job.name}: attempt {status.attempts}, resuming from its last checkpoint", err=True)
+    if not (follow or wait):
+        echo_json(status)
+        return
+    if follow:
+        for line in b.logs(job.name, "master", 0, follow=True):
+            typer.echo(line)
+    status = b.wait(job.name, timeout=timeout, poll=1.0 if b.name == "local" else 5.0)
+    if follow:
+        typer.echo(
+            f"job {job.name}: {status.phase}{f' — {status.message}' if status.message else ''}", err=True
+        )
+    else:
+        echo_json(status)
+    if not status.succeeded:
+        typer.echo(
+            f"error: job {job.name} {status.phase.lower()}: {status.message or 'see its logs'}", err=True
+        )
+        raise typer.Exit(1)
+
+
+@app.command("status")
+@cli_errors
+def status_cmd(
+    name: str = typer.Argument(..., help="job name"),
+    backend: str | None = BackendOpt,
+    namespace: str | None = NamespaceOpt,
+) -> None:
+    """The job's phase, times, replica counts and last message (JSON)."""
+    echo_json(_backend(backend, namespace).status(name))
+
+
+@app.command("logs")
+@cli_errors
+def logs_cmd(
+    name: str = typer.Argument(..., help="job name"),
+    replica: str = typer.Option("master", "--replica", help="master (rank 0's node) or worker"),
+    index: int = typer.Option(0, "--index", help="replica index (workers: 0 .. nodes-2)"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep streaming until the replica ends"),
+    backend: str | None = BackendOpt,
+    namespace: str | None = NamespaceOpt,
+) -> None:
+    """Print one replica's log (the master is rank 0)."""
+    for line in _backend(backend, namespace).logs(name, replica, index, follow=follow):
+        typer.echo(line)
+
+
+@app.command("cancel")
+@cli_errors
+def cancel_cmd(
+    name: str = typer.Argument(..., help="job name"),
+    backend: str | None = BackendOpt,
+    namespace: str | None = NamespaceOpt,
+) -> None:
+    """Stop every process of the job (a PyTorchJob is deleted). Published checkpoints stay; submitting the job
+    again continues from the last one."""
+    echo_json(_backend(backend, namespace).cancel(name))
+
+
+@app.command("list")
+@cli_errors
+def list_cmd(
+    backend: str | None = BackendOpt,
+    namespace: str | None = NamespaceOpt,
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of a table"),
+) -> None:
+    """Jobs of the backend (a namespace's PyTorchJobs, or this machine's local jobs)."""
+    jobs = _backend(backend, namespace).list()
+    if as_json:
+        echo_json(jobs)
+        return
+    if not jobs:
+        typer.echo("no jobs", err=True)
+        return
+    width = max(len(j.name) for j in jobs)
+    for j in jobs:
+        created = j.created.strftime("%Y-%m-%d %H:%M") if j.created else "-"
+        typer.echo(f"{j.name:<{width}}  {j.phase:<10}  {created}  {j.message}")

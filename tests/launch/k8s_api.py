@@ -1,0 +1,246 @@
+"""A local HTTP endpoint that answers like the Kubernetes API server for the resources FIRM's launcher uses.
+
+No real API server can run on the project's CI machines, so `PyTorchJobBackend` is tested here at the HTTP
+boundary: the real kubeflow-training `TrainingClient` and kubernetes client talk to this server through a real
+kubeconfig. It serves
+
+- `kubeflow.org/v1` `pytorchjobs` in a namespace: create (201; 409 when the name exists; 422 when the object fails
+  the CRD schema; 403 in namespaces listed as forbidden; 404 in unknown namespaces), get, list, delete;
+- `v1` `pods` (list by label selector) and `pods/<name>/log` (plain and `follow=true`).
+
+Each job follows a scripted life, fixed when it is created: every GET of it moves it one step along its script
+(default Created → Running → Succeeded), creating its pods (with the Training Operator's labels) once it runs. This checks our calls and our
+handling of API answers; it does not emulate the operator.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+JOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/pytorchjobs(?:/([^/]+))?$")
+PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
+POD_LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason,
+            "code": code}  # fmt: skip
+
+
+class FakeKubeAPI:
+    """State of the fake API server; tests script it and read `requests` afterwards."""
+
+    def __init__(self, namespaces: tuple[str, ...] = ("firm",), validate: Any = None) -> None:
+        self.namespaces = set(namespaces)
+        self.forbidden: set[str] = set()
+        self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.scripts: dict[str, list[str]] = {}
+        self.default_script = ["Created", "Running", "Succeeded"]
+        self.pod_logs: dict[str, str] = {}
+        self.requests: list[tuple[str, str, Any]] = []
+        self.validate = validate  # callable(obj) raising on an invalid PyTorchJob
+        self.lock = threading.Lock()
+
+    # ------------------------------------------------------------------ life of a job
+    def _advance(self, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        script = job["_script"]
+        step = job["_step"] = min(job["_step"] + 1, len(script) - 1)
+        phase = script[step]
+        conds = [{"type": "Created", "status": "True", "reason": "PyTorchJobCreated",
+                  "message": f"PyTorchJob {name} is created.", "lastTransitionTime": _now()}]  # fmt: skip
+        replicas = {rt: spec.get("replicas", 1) for rt, spec in job["spec"]["pytorchReplicaSpecs"].items()}
+        rstatus: dict[str, dict[str, int]] = {rt: {} for rt in replicas}
+        if phase in ("Running", "Restarting", "Succeeded", "Failed"):
+            conds.append({"type": "Running", "status": "True" if phase in ("Running", "Restarting") else "False",
+                          "reason": "PyTorchJobRunning", "message": f"PyTorchJob {name} is running.",
+                          "lastTransitionTime": _now()})  # fmt: skip
+            job["status"]["startTime"] = job["status"].get("startTime") or _now()
+            rstatus = {rt: {"active": n} for rt, n in replicas.items()}
+        if phase == "Restarting":
+            conds.append({"type": "Restarting", "status": "True", "reason": "PyTorchJobRestarting",
+                          "message": "pod master-0 exited with code 137, restarting"})  # fmt: skip
+        if phase == "Succeeded":
+            conds.append({"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded",
+                          "message": f"PyTorchJob {name} successfully completed."})  # fmt: skip
+            job["status"]["completionTime"] = _now()
+            rstatus = {rt: {"succeeded": n} for rt, n in replicas.items()}
+        if phase == "Failed":
+            conds.append({"type": "Failed", "status": "True", "reason": "PyTorchJobFailed",
+                          "message": f"PyTorchJob {name} is failed because 1 Master replica(s) failed."})  # fmt: skip
+            rstatus = {rt: {"failed": n} for rt, n in replicas.items()}
+        job["status"]["conditions"] = conds
+        job["status"]["replicaStatuses"] = rstatus
+
+    def pods(self, ns: str) -> list[dict[str, Any]]:
+        out = []
+        for (jns, name), job in self.jobs.items():
+            if jns != ns or job["_step"] < 1:
+                continue
+            for rtype, spec in job["spec"]["pytorchReplicaSpecs"].items():
+                for i in range(spec.get("replicas", 1)):
+                    labels = {
+                        "training.kubeflow.org/job-name": name,
+                        "training.kubeflow.org/replica-type": rtype.lower(),
+                        "training.kubeflow.org/replica-index": str(i),
+                        "training.kubeflow.org/operator-name": "pytorchjob-controller",
+                    }
+                    if rtype == "Master":
+                        labels["training.kubeflow.org/job-role"] = "master"
+                    out.append({"apiVersion": "v1", "kind": "Pod",
+                                "metadata": {"name": f"{name}-{rtype.lower()}-{i}", "namespace": ns,
+                                             "labels": labels, "creationTimestamp": _now()},
+                                "status": {"phase": "Running"}})  # fmt: skip
+        return out
+
+    # ------------------------------------------------------------------ request handling
+    def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+        with self.lock:
+            self.requests.append((method, path, body))
+            m = JOBS.match(path)
+            if m:
+                return self._jobs(method, m.group(1), m.group(2), body)
+            m = PODS.match(path)
+            if m and method == "GET":
+                ns = m.group(1)
+                if ns in self.forbidden:
+                    return 403, _status(
+                        403, "Forbidden", f'pods is forbidden: cannot list resource "pods" in "{ns}"'
+                    )
+                selector = dict(
+                    kv.split("=", 1) for kv in query.get("labelSelector", [""])[0].split(",") if kv
+                )
+                items = [
+                    p
+                    for p in self.pods(ns)
+                    if all(p["metadata"]["labels"].get(k) == v for k, v in selector.items())
+                ]
+                return 200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}
+            m = POD_LOG.match(path)
+            if m and method == "GET":
+                pod = m.group(2)
+                if not any(p["metadata"]["name"] == pod for p in self.pods(m.group(1))):
+                    return 404, _status(404, "NotFound", f'pods "{pod}" not found')
+                return 200, self.pod_logs.get(pod, f"log of {pod}\n")
+            return 404, _status(404, "NotFound", f"the server could not find the requested resource ({path})")
+
+    def _jobs(self, method: str, ns: str, name: str | None, body: Any) -> tuple[int, Any]:
+        if ns in self.forbidden:
+            verb = {"POST": "create", "GET": "get", "DELETE": "delete"}.get(method, method.lower())
+            return 403, _status(403, "Forbidden", f'pytorchjobs.kubeflow.org is forbidden: User "system:serviceaccount:'
+                                f'{ns}:default" cannot {verb} resource "pytorchjobs" in namespace "{ns}"')  # fmt: skip
+        if ns not in self.namespaces:
+            return 404, _status(404, "NotFound", f'namespaces "{ns}" not found')
+        if method == "POST" and name is None:
+            jname = body["metadata"]["name"]
+            if (ns, jname) in self.jobs:
+                return 409, _status(
+                    409, "AlreadyExists", f'pytorchjobs.kubeflow.org "{jname}" already exists'
+                )
+            if self.validate is not None:
+                try:
+                    self.validate(body)
+                except Exception as exc:
+                    msg = " ".join(str(exc).split())[:300]
+                    return 422, _status(
+                        422, "Invalid", f'PyTorchJob.kubeflow.org "{jname}" is invalid: {msg}'
+                    )
+            job = json.loads(json.dumps(body))
+            job["metadata"].update({"namespace": ns, "uid": f"uid-{jname}", "creationTimestamp": _now()})
+            job["status"] = {}
+            job["_step"] = -1
+            job["_script"] = list(self.scripts.get(jname, self.default_script))  # fixed at creation
+            self._advance(job)
+            self.jobs[(ns, jname)] = job
+            return 201, self._public(job)
+        if method == "GET" and name is None:
+            items = [self._public(j) for (jns, _), j in self.jobs.items() if jns == ns]
+            return 200, {
+                "apiVersion": "kubeflow.org/v1",
+                "kind": "PyTorchJobList",
+                "metadata": {},
+                "items": items,
+            }
+        job = self.jobs.get((ns, name or ""))
+        if job is None:
+            return 404, _status(404, "NotFound", f'pytorchjobs.kubeflow.org "{name}" not found')
+        if method == "GET":
+            self._advance(job)
+            return 200, self._public(job)
+        if method == "DELETE":
+            del self.jobs[(ns, name)]
+            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}}
+        return 405, _status(405, "MethodNotAllowed", method)
+
+    @staticmethod
+    def _public(job: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in job.items() if not k.startswith("_")}
+
+
+def _handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+        def _do(self) -> None:
+            url = urlparse(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            body = json.loads(raw) if raw else None
+            code, payload = api.handle(self.command, url.path, parse_qs(url.query), body)
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_DELETE = do_PATCH = _do
+
+    return Handler
+
+
+@contextmanager
+def serve(api: FakeKubeAPI) -> Iterator[str]:
+    """Run `api` on 127.0.0.1 (free port); yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def write_kubeconfig(path: Path, server: str, namespace: str = "firm") -> Path:
+    """A kubeconfig whose only cluster is `server` (token auth, as a service account or OIDC user would have)."""
+    import yaml
+
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "tester", "user": {"token": "test-token"}}],
+        "contexts": [
+            {"name": "fake", "context": {"cluster": "fake", "user": "tester", "namespace": namespace}}
+        ],
+        "current-context": "fake",
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
