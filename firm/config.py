@@ -122,6 +122,20 @@ class FirmSettings(BaseSettings):
         }
 
 
+SECRET_FIELDS = ("s3_access_key", "s3_secret_key")
+
+
+def settings_env_keys() -> list[str]:
+    """The environment variables a settings ConfigMap may hold: every non-secret setting (`FIRM_<FIELD>`, and
+    `FIRM_CLUSTER__<FIELD>` for the cluster settings). `home` is per machine and credentials come from Secrets."""
+    top = [
+        f"FIRM_{name.upper()}"
+        for name in FirmSettings.model_fields
+        if name not in (*SECRET_FIELDS, "home", "cluster")
+    ]
+    return top + [f"FIRM_CLUSTER__{name.upper()}" for name in ClusterSettings.model_fields]
+
+
 def _env_snapshot() -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("FIRM_")))
 

@@ -62,6 +62,21 @@ class BenchReport(BaseModel):
         g = getattr(self, task).get(group)
         return None if g is None else g.mae
 
+    def flat_metrics(self) -> dict[str, float]:
+        """`mae/<task>/<group>`, `within1/...`, `pearson/...` and `parse_failure_rate/<task>/<group>` for every
+        group with items (what a pipeline's bench step logs as KFP Metrics)."""
+        out: dict[str, float] = {}
+        for task in ("edit", "gen"):
+            for group, g in getattr(self, task).items():
+                if g is None or g.n == 0:
+                    continue
+                out[f"mae/{task}/{group}"] = g.mae
+                out[f"within1/{task}/{group}"] = g.within1
+                if g.pearson is not None:
+                    out[f"pearson/{task}/{group}"] = g.pearson
+                out[f"parse_failure_rate/{task}/{group}"] = g.parse_failures / g.n
+        return out
+
 
 def worst_score(human: int) -> int:
     """The score farthest from `human` on the 1..5 scale (ties at human=3 → 1)."""

@@ -83,3 +83,26 @@ def make_synthetic_bench(
         )
     write_bench(out, items)
     return Bench(root=out.resolve(), items=items)
+
+
+def publish_synthetic_bench(n: int, *, seed: int = 1000, size: int = 112, requested: int | None = 4) -> str:
+    """A synthetic editing bench published once under a content-addressed URI (`<datasets>/synthetic/bench-<hash>`)
+    and reused by later runs with the same parameters (what a pipeline's bench step uses for `synthetic`)."""
+    import hashlib
+    import json
+    import tempfile
+
+    from firm.bench.loaders import publish_bench
+    from firm.config import get_settings
+    from firm.storage import read_manifest
+
+    params = {"n": n, "seed": seed, "size": size, "requested": requested}
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    uri = f"{get_settings().bucket_uris()['datasets']}/synthetic/bench-{digest}"
+    try:
+        read_manifest(uri)
+    except Exception:
+        with tempfile.TemporaryDirectory(prefix="firm-bench-") as tmp:
+            make_synthetic_bench(tmp, n, seed=seed, size=size, n_gen=0, requested=requested)
+            publish_bench(tmp, uri)
+    return uri

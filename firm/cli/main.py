@@ -18,6 +18,7 @@ from firm.cli import (
     doctor_cmd,
     job_cmd,
     models_cmd,
+    pipeline_cmd,
     quickstart_cmd,
     recipes_cmd,
     reward_cmd,
@@ -52,6 +53,7 @@ app.add_typer(serve_cmd.app, name="serve")
 app.add_typer(recipes_cmd.app, name="recipes")
 app.add_typer(rl_cmd.app, name="rl")
 app.add_typer(job_cmd.app, name="job")
+app.add_typer(pipeline_cmd.app, name="pipeline")
 
 
 def main() -> None:

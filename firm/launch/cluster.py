@@ -184,6 +184,16 @@ class ClusterSettings(_Model):
     job_backend: Literal["pytorchjob", "local"] = Field(
         default="pytorchjob", description="backend of `firmctl job` when --backend is not given"
     )
+    reward_deployment: str = Field(
+        default="firm-reward-{name}",
+        description="name of the reward service's Deployment (and Service) per model; {name} is edit or gen",
+    )
+    reward_grpc_port: int = Field(default=8001, ge=1, le=65535)
+    pipeline_cpu_pool: str = Field(default="cpu", description="pool of CPU pipeline steps (and launchers)")
+    pipeline_gpu_pool: str = Field(default="gpu-h100", description="pool of GPU pipeline steps (bench, eval)")
+    pipeline_service_account: str = Field(
+        default="firm-pipeline-runner", description="service account KFP runs FIRM's pipeline steps as"
+    )
 
     @field_validator("trainer_image", "pipeline_image", "triton_image")
     @classmethod

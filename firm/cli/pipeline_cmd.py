@@ -1,0 +1,93 @@
+"""`firmctl pipeline`: FIRM's Kubeflow Pipelines — list, compile, run locally, submit to a KFP endpoint, upload."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import typer
+
+from firm.cli._common import cli_errors, echo_json
+
+app = typer.Typer(
+    help="FIRM's Kubeflow Pipelines (firm, critic, rl, bench): compile, run locally, submit.",
+    no_args_is_help=True,
+)
+ParamOpt = typer.Option([], "--param", "-p", help="pipeline parameter key=value (repeatable)")
+
+
+@app.command("list")
+@cli_errors
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="JSON instead of text")) -> None:
+    """The shipped pipelines and their parameters (type and default)."""
+    from pipelines.api import list_pipelines
+
+    infos = list_pipelines()
+    if as_json:
+        echo_json(infos)
+        return
+    for info in infos:
+        typer.echo(f"{info.name}: {info.description}")
+        for name, p in info.parameters.items():
+            typer.echo(f"    {name} ({p['type']}) = {p['default']!r}")
+
+
+@app.command("compile")
+@cli_errors
+def compile_cmd(
+    out: Path = typer.Option(Path("pipelines/compiled"), "--out", help="directory for <name>.yaml"),
+) -> None:
+    """Compile every pipeline to KFP IR YAML (upload it in the KFP UI). Placement (pools, Secrets, images) comes
+    from the current FIRM settings."""
+    from pipelines.api import compile_all
+
+    echo_json({"compiled": [str(p) for p in compile_all(out)]})
+
+
+@app.command("run")
+@cli_errors
+def run_cmd(
+    name: str = typer.Argument(..., help="firm | critic | rl | bench"),
+    local: bool = typer.Option(False, "--local", help="run with the KFP local runner on this machine"),
+    params: list[str] = ParamOpt,
+    pipeline_root: Path | None = typer.Option(None, "--pipeline-root", help="where step artifacts go"),
+) -> None:
+    """Run a pipeline on this machine (`--local`): the same DAG as on a cluster, with backend=local (torchrun jobs,
+    the local object store, the bundled tritonserver). Prints a JSON summary; step logs go to stderr."""
+    from firm.errors import ConfigError
+    from pipelines.api import run_local
+
+    if not local:
+        raise ConfigError(
+            "'firmctl pipeline run' runs pipelines on this machine: add --local (use 'submit' for KFP)"
+        )
+    with contextlib.redirect_stdout(sys.stderr):  # the local runner's step logs
+        result = run_local(name, params, pipeline_root=pipeline_root)
+    echo_json(result)
+
+
+@app.command("submit")
+@cli_errors
+def submit_cmd(
+    name: str = typer.Argument(..., help="firm | critic | rl | bench"),
+    host: str = typer.Option(..., "--host", help="KFP API endpoint, e.g. https://kfp.example/pipeline"),
+    params: list[str] = ParamOpt,
+    experiment: str = typer.Option("firm", "--experiment", help="KFP experiment"),
+    service_account: str | None = typer.Option(
+        None, "--service-account", help="default: the cluster settings' pipeline_service_account"
+    ),
+) -> None:
+    """Upload (or reuse) the pipeline version and start a run on Kubeflow Pipelines; prints the run's URL."""
+    from pipelines.api import submit
+
+    typer.echo(submit(name, params, host=host, experiment=experiment, service_account=service_account))
+
+
+@app.command("upload")
+@cli_errors
+def upload_cmd(host: str = typer.Option(..., "--host", help="KFP API endpoint")) -> None:
+    """Upload every compiled pipeline (pipelines/compiled) to KFP: new pipelines or new versions by content."""
+    from pipelines.api import upload_all
+
+    echo_json({k: {"pipeline_id": v[0], "version_id": v[1]} for k, v in upload_all(host).items()})

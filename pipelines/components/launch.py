@@ -1,0 +1,84 @@
+"""Launcher components: run critic SFT / RL as a distributed job (`firm.launch.runner.run_job`) and wait for it.
+
+The job is a PyTorchJob on the GPU pool (backend `pytorchjob`) or torchrun on the runner's machine (`local`). The
+step streams rank 0's log into its own, fails with the job's error, and cancels the job when it is stopped.
+"""
+
+from kfp.dsl import HTML, Metrics, Model, Output
+
+from pipelines.components import component
+
+
+@component
+def train_critic(
+    recipe: str,
+    overrides: list,
+    dataset_uri: str,
+    base_model: str,
+    run_id: str,
+    pool: str,
+    nodes: int,
+    nproc_per_node: int,
+    image: str,
+    backend: str,
+    timeout_s: float,
+    model: Output[Model],
+    metrics: Output[Metrics],
+) -> str:
+    """Critic SFT of `recipe` on `dataset_uri`; returns the URI of the published `save_pretrained` critic."""
+    from firm.launch.runner import run_job
+    from firm.launch.spec import JobSpec
+
+    extra = [f"data.dataset={dataset_uri}", *([f"model.path={base_model}"] if base_model else [])]
+    spec = JobSpec(
+        name=f"firm-sft-{run_id}".lower()[:45].rstrip("-"), entrypoint="sft", recipe=recipe,
+        overrides=[*overrides, *extra], pool=pool, nodes=nodes, nproc_per_node=nproc_per_node or None,
+        image=image or None,
+    )  # fmt: skip
+    run = run_job(spec, backend, timeout=timeout_s or None)  # type: ignore[arg-type]
+    uri = f"{run.job.checkpoint_uri}/export"
+    model.metadata.update(
+        {"firm_uri": uri, "checkpoints": f"{run.job.checkpoint_uri}/checkpoints", "recipe": recipe}
+    )
+    for key, value in ((run.result or {}).get("final_eval") or {}).items():
+        metrics.log_metric(key.replace("/", "_"), float(value))
+    return uri
+
+
+@component
+def rl_train(
+    recipe: str,
+    overrides: list,
+    reward_url: str,
+    run_id: str,
+    pool: str,
+    nodes: int,
+    nproc_per_node: int,
+    image: str,
+    backend: str,
+    timeout_s: float,
+    lora: Output[Model],
+    metrics: Output[Metrics],
+    curves: Output[HTML],
+) -> str:
+    """RL of `recipe` with rewards from the reward service at `reward_url`; returns the final LoRA's URI."""
+    from firm.launch.runner import run_job
+    from firm.launch.spec import JobSpec
+    from firm.rl.report import curves_html, read_run_metrics
+
+    extra = ["reward.kind=triton", f"reward.url={reward_url}"] if reward_url else []
+    spec = JobSpec(
+        name=f"firm-rl-{run_id}".lower()[:45].rstrip("-"), entrypoint="rl", recipe=recipe,
+        overrides=[*overrides, *extra], pool=pool, nodes=nodes, nproc_per_node=nproc_per_node or None,
+        image=image or None,
+    )  # fmt: skip
+    run = run_job(spec, backend, timeout=timeout_s or None)  # type: ignore[arg-type]
+    uri = f"{run.job.checkpoint_uri}/final/lora"
+    lora.metadata.update({"firm_uri": uri, "output_uri": run.job.checkpoint_uri, "recipe": recipe})
+    last = (run.result or {}).get("last") or {}
+    for key, value in last.items():
+        if isinstance(value, int | float) and (key.startswith("reward/") or key.startswith("hacking/")):
+            metrics.log_metric(key.replace("/", "_"), float(value))
+    with open(curves.path, "w") as f:
+        f.write(curves_html(read_run_metrics(run.job.checkpoint_uri), title=f"RL rewards — {recipe}"))
+    return uri

@@ -1,0 +1,42 @@
+"""Serving components: export a critic as a Triton model repository, deploy it as the reward service, stop it."""
+
+from kfp.dsl import Model, Output
+
+from pipelines.components import component
+
+
+@component
+def export_to_triton(
+    critic_uri: str, task: str, device: str, max_new_tokens: int, run_id: str, repository: Output[Model]
+) -> str:
+    """`firmctl serve export` as a step: publishes the repository under the run and returns its URI."""
+    from firm.config import get_settings
+    from firm.serving.export import ExportConfig, export_repository
+
+    uri = f"{get_settings().bucket_uris()['models']}/runs/{run_id}/triton-{task}"
+    cfg = ExportConfig(critic=critic_uri, task=task, device=device, max_new_tokens=max_new_tokens)  # type: ignore[arg-type]
+    export_repository(cfg, uri, overwrite=True)
+    repository.metadata.update({"firm_uri": uri, "critic": critic_uri, "task": task})
+    return uri
+
+
+@component
+def deploy_reward_service(repository_uri: str, backend: str, model: str, run_id: str) -> str:
+    """Serve `repository_uri` and wait until ready; returns the gRPC endpoint. Local runs start the bundled
+    tritonserver (stopped by the pipeline's exit handler); cluster runs roll out the chart's reward Deployment."""
+    from firm.launch.reward_service import deploy_reward_service as deploy
+
+    target = "local" if backend == "local" else "kubernetes"
+    ep = deploy(repository_uri, target=target, name=f"firm-run-{run_id}", model=model)  # type: ignore[arg-type]
+    print(f"reward service ready: {ep.grpc} ({ep.target}, {ep.repository})")
+    return ep.grpc
+
+
+@component
+def stop_reward_service(backend: str, run_id: str) -> None:
+    """The exit handler: stop the local reward service of this run, whether the run succeeded or not."""
+    from firm.launch.reward_service import stop_reward_service as stop
+
+    target = "local" if backend == "local" else "kubernetes"
+    stopped = stop(target=target, name=f"firm-run-{run_id}")  # type: ignore[arg-type]
+    print(f"reward service of run {run_id}: {'stopped' if stopped else 'nothing to stop'}")

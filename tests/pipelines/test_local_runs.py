@@ -1,0 +1,203 @@
+"""Pipelines on this machine with the real KFP local runner: the `critic` DAG end to end on tiny models (launcher →
+2-process SFT through the local job backend, bench, export), a failing training step, a cancelled launcher, and the
+deploy / exit-handler pair, which must never leave a tritonserver behind."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kfp import dsl
+
+from pipelines.components.serve import deploy_reward_service, stop_reward_service
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from firm.config import get_settings
+
+    monkeypatch.setenv("FIRM_HOME", str(tmp_path / "home"))
+    for var in ("FIRM_STORE_URI", "FIRM_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    get_settings(fresh=True)
+    yield
+    get_settings(fresh=True)
+
+
+def _tiny_params(critic: Path, *extra: str) -> list[str]:
+    return [
+        "dataset_items=200", "critic_recipe=critic/tiny_cpu", f"base_model={critic}",
+        "critic_overrides=[max_steps=40, batch.per_device=4, eval.every_n_steps=0, checkpoint.every_n_steps=20]",
+        "train_pool=cpu", "train_nproc_per_node=2", "bench_items=20", "bench_max_new_tokens=48",
+        "bench_batch_size=20", "export_device=cpu", "export_max_new_tokens=48", *extra,
+    ]  # fmt: skip
+
+
+def _firmctl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "firm.cli.main", "pipeline", *args], capture_output=True, text=True, cwd=cwd,
+        env=dict(os.environ), check=False, timeout=600,
+    )  # fmt: skip
+
+
+def _executor_output(run_dir: Path, step: str) -> dict:
+    return json.loads((run_dir / step / "executor_output.json").read_text())
+
+
+@pytest.mark.slow
+def test_critic_pipeline_runs_end_to_end_with_visible_artifacts(
+    tiny_critic_dir: Path, tmp_path: Path
+) -> None:
+    out = _firmctl(
+        "run", "critic", "--local", *[f"--param={p}" for p in _tiny_params(tiny_critic_dir)], cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    run_dir = Path(summary["run_dir"])
+    assert summary["arguments"]["backend"] == "local"
+    # every step of the DAG ran, in order, each passing an object-store URI to the next
+    curate = _executor_output(run_dir, "curate-dataset")["parameterValues"]["Output"]
+    train = _executor_output(run_dir, "train-critic")
+    bench = _executor_output(run_dir, "bench-critic")
+    export = _executor_output(run_dir, "export-to-triton")
+    assert curate.startswith("file://") and "/synthetic/sft-" in curate
+    critic_uri = train["parameterValues"]["Output"]
+    assert critic_uri.endswith("/export")
+    train_metrics = train["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert {"val_loss", "val_mae", "val_parse_rate"} <= set(train_metrics)
+    bench_metrics = bench["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert {"mae_edit_execution", "mae_edit_consistency", "parse_failure_rate_edit_overall"} <= set(
+        bench_metrics
+    )
+    assert bench["artifacts"]["report"]["artifacts"][0]["metadata"]["critic"] == critic_uri
+    html = (run_dir / "bench-critic" / "report").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and "<img" in html
+    assert "MAE" in (run_dir / "bench-critic" / "summary").read_text()
+    repo = export["parameterValues"]["Output"]
+    from firm.storage import read_manifest
+
+    files = {f.path for f in read_manifest(repo).files}
+    assert any(p.startswith("firm_edit_reward/") for p in files) and "firm_critic/config.pbtxt" in files
+    # the training job ran as a 2-process local job, and its log is the step's log
+    assert "world 2, global batch 8" in out.stderr and "[firm] job firm-sft-" in out.stderr
+
+
+@pytest.mark.slow
+def test_a_failing_training_job_fails_the_run_with_the_jobs_error(tmp_path: Path) -> None:
+    out = _firmctl(
+        "run", "critic", "--local", *[f"--param={p}" for p in _tiny_params(tmp_path / "no-such-critic")],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("error: Pipeline")
+    assert "train-critic" in out.stderr.strip().splitlines()[-1]
+    # the job's own one-line error reached the step log, and the step failed with it
+    assert "no-such-critic" in out.stderr
+    assert "job firm-sft-" in out.stderr and "failed: master-0 exited with code 1: error:" in out.stderr
+    assert "Executing task \x1b[96m'bench-critic'" not in out.stderr, "no step may run after the failed one"
+
+
+@pytest.mark.slow
+def test_stopping_the_launcher_step_cancels_its_job(tiny_critic_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM to a launcher step (what terminating a KFP run does to its pod) cancels the job it launched."""
+    from firm.curation.prepare import prepare_sft_dataset
+    from firm.launch.local_backend import LocalBackend
+
+    dataset, _ = prepare_sft_dataset("synthetic", n_items=200)
+    code = (
+        "from pipelines.components.launch import train_critic\n"
+        "class M:\n    metadata = {}\n    path = 'unused'\n"
+        "class X:\n    def log_metric(self, k, v): pass\n"
+        f"train_critic.python_func(recipe='critic/tiny_cpu', overrides=['max_steps=100000'], dataset_uri={dataset!r},"
+        f" base_model={str(tiny_critic_dir)!r}, run_id='cancelme', pool='cpu', nodes=1, nproc_per_node=2, image='',"
+        " backend='local', timeout_s=0.0, model=M(), metrics=X())\n"
+    )
+    step = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(os.environ), text=True)  # fmt: skip
+    backend = LocalBackend()
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline, "the job never started"
+        try:
+            if backend.status("firm-sft-cancelme").phase == "Running" and any(
+                "critic sft" in ln or "from step" in ln for ln in backend.logs("firm-sft-cancelme")
+            ):
+                break
+        except Exception:
+            pass
+        time.sleep(0.5)
+    step.send_signal(signal.SIGTERM)
+    output, _ = step.communicate(timeout=120)
+    assert step.returncode != 0
+    assert "cancelling job firm-sft-cancelme" in output and "cancelled: the step was stopped" in output
+    assert backend.status("firm-sft-cancelme").phase == "Cancelled"
+
+
+# ----------------------------------------------------------------------------- deploy / exit handler
+
+
+@dsl.component(install_kfp_package=False)
+def probe_endpoint(endpoint: str, fail: bool) -> str:
+    """Check that the reward service answers (its models are ready), then optionally fail the run."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(endpoint)
+    if not client.is_server_ready() or not client.is_model_ready("firm_edit_reward"):
+        raise RuntimeError(f"reward service at {endpoint} is not ready")
+    if fail:
+        raise RuntimeError("this step fails on purpose after the service came up")
+    return endpoint
+
+
+@dsl.pipeline(name="deploy-probe")
+def deploy_probe(repository: str, fail: bool) -> None:
+    stop = stop_reward_service(backend="local", run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    with dsl.ExitHandler(stop):
+        deploy = deploy_reward_service(
+            repository_uri=repository, backend="local", model="edit", run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        )
+        probe_endpoint(endpoint=deploy.output, fail=fail)
+
+
+def _tritonservers() -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                exe = (entry / "cmdline").read_bytes().split(b"\0")[0]
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if exe.endswith(b"tritonserver") and state != "Z":
+                out.append(int(entry.name))
+    return out
+
+
+@pytest.mark.slow
+def test_deploy_and_exit_handler_leave_no_tritonserver_behind(
+    formatted_critic_dir: Path, tmp_path: Path
+) -> None:
+    from kfp import local
+
+    from firm.config import get_settings
+    from firm.serving.export import ExportConfig, export_repository
+
+    repo = export_repository(
+        ExportConfig(critic=str(formatted_critic_dir), task="edit", critic_model=False, max_new_tokens=32, threads=1),
+        f"{get_settings().bucket_uris()['models']}/probe/triton",
+    )  # fmt: skip
+    before = set(_tritonservers())
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    deploy_probe(repository=repo, fail=False)  # succeeds: the service was up while the run ran
+    assert set(_tritonservers()) - before == set(), "the exit handler must stop the run's tritonserver"
+    with pytest.raises(RuntimeError, match="FAILURE"):
+        deploy_probe(repository=repo, fail=True)
+    assert set(_tritonservers()) - before == set(), "a failed run must stop its tritonserver too"
+    assert not list((get_settings().home / "services").glob("*.json")), "no service record may remain"
