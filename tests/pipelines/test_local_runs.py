@@ -201,3 +201,38 @@ def test_deploy_and_exit_handler_leave_no_tritonserver_behind(
         deploy_probe(repository=repo, fail=True)
     assert set(_tritonservers()) - before == set(), "a failed run must stop its tritonserver too"
     assert not list((get_settings().home / "services").glob("*.json")), "no service record may remain"
+
+
+@pytest.mark.slow
+def test_rl_pipeline_trains_and_evaluates_before_and_after(tmp_path: Path) -> None:
+    """RL (a 1-process local job on a tiny SD3 policy with the recipe's cheap reward) → evaluation of the base
+    policy and of the trained LoRA on the same prompts and seeds."""
+    from firm.rl.policies.tiny import build_tiny_sd3
+
+    build_tiny_sd3(tmp_path / "runs" / "tiny-sd3")
+    (tmp_path / "runs" / "tiny-rl-prompts.txt").write_text(
+        "a red apple\na blue car\na green tree\na dark night\n"
+    )
+    out = _firmctl(
+        "run", "rl", "--local", "--param=rl_recipe=rl/tiny_sd3_nft",
+        "--param=rl_overrides=[steps=4, checkpoint.every_steps=2, monitor.eval_every=0]", "--param=rl_pool=cpu",
+        "--param=rl_nodes=1", "--param=rl_nproc_per_node=1", "--param=eval_prompts=2", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = Path(json.loads(out.stdout)["run_dir"])
+    train = _executor_output(run_dir, "rl-train")
+    lora = train["parameterValues"]["Output"]
+    assert lora.endswith("/final/lora")
+    from firm.storage import read_manifest
+
+    assert any(f.path == "pytorch_lora_weights.safetensors" for f in read_manifest(lora).files)
+    rl_metrics = train["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert 0.0 <= rl_metrics["reward_mean"] <= 1.0 and rl_metrics["reward_parse_failure_rate"] == 0.0
+    curves = (run_dir / "rl-train" / "curves").read_text()
+    assert curves.count("<img") == 3 and "reward/mean" in curves
+    numbers = json.loads(_executor_output(run_dir, "eval-policy")["parameterValues"]["Output"])
+    assert set(numbers) >= {"eval/before/reward_mean", "eval/after/reward_mean"}
+    assert (
+        numbers["eval/before/reward_mean"] != numbers["eval/after/reward_mean"]
+    )  # the LoRA changed the samples
+    assert (run_dir / "eval-policy" / "samples").read_text().count("<img") == 2
