@@ -52,9 +52,11 @@ def run_cmd(
     critic: str = typer.Option(
         ...,
         "--critic",
-        help="checkpoint (HF id, path, file:// or s3:// URI) | http(s)://host:port[/v1] or openai://host:port "
+        help="checkpoint (HF id, path, file:// or s3:// URI) | http(s)://host:port or http(s)://host:port/v1 or "
+        "openai://host:port "
         "(OpenAI-compatible; model via --model or FIRM_OPENAI_MODEL, key via FIRM_OPENAI_API_KEY) | "
-        "random://SEED (chance baseline) | triton://host:port[,host:port] (FIRM reward service, gRPC)",
+        "random://SEED (chance baseline) | triton://host:port or triton://host:port,host:port (FIRM reward "
+        "service, gRPC)",
     ),
     bench: str = typer.Option(
         ..., "--bench", help="bench directory, or a published file:// / s3:// dataset URI"
