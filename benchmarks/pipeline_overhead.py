@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/pipeline_overhead.py [--repeats 2] [--steps 40]
 
-Both sides do the same work with the same sizes on tiny models, one after the other in one process tree, in a fresh
-FIRM_HOME each: curate (the synthetic SFT dataset, 200 items) → critic SFT as a 2-process local job
+Both sides do the same work with the same sizes on tiny models, one after the other, each in a fresh interpreter (so
+both pay Python start-up and imports) and a fresh FIRM_HOME: curate (the synthetic SFT dataset, 200 items) → critic SFT as a 2-process local job
 (`firm.launch.runner.run_job`, `--steps` steps) → FIRM-Bench (20 synthetic items) → export to a Triton repository.
 "direct" calls the `firm` functions the components call; "pipeline" runs `pipelines.api.run_local("critic", ...)`
 (the KFP local runner: one subprocess per step, executor I/O, artifacts). Prints one JSON line per repeat and a
@@ -23,13 +23,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def _fresh_home(root: Path, tag: str) -> None:
-    from firm.config import get_settings
-
-    os.environ["FIRM_HOME"] = str(root / tag / "home")
-    get_settings(fresh=True)
 
 
 def direct(critic: Path, steps: int) -> float:
@@ -82,14 +75,29 @@ def pipeline(critic: Path, steps: int) -> float:
     return time.perf_counter() - t0
 
 
+def _side(side: str, critic: Path, steps: int, home: Path) -> float:
+    """Wall time of one side in a fresh interpreter (`--side` below), start-up and imports included."""
+    import subprocess
+
+    env = {**os.environ, "FIRM_HOME": str(home), "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, __file__, "--side", side, "--critic", str(critic), "--steps", str(steps)],
+        env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return time.perf_counter() - t0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--side", choices=["direct", "pipeline"], help=argparse.SUPPRESS)
+    ap.add_argument("--critic", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    import logging
-
-    logging.disable(logging.INFO)
+    if args.side:  # one side, in this (fresh) interpreter
+        (direct if args.side == "direct" else pipeline)(args.critic, args.steps)
+        return 0
     from firm.models.tiny import build_tiny_critic
 
     root = Path(tempfile.mkdtemp(prefix="firm-pipeline-overhead-"))
@@ -97,10 +105,8 @@ def main() -> int:
     os.chdir(root)
     ratios, rows = [], []
     for i in range(args.repeats):
-        _fresh_home(root, f"direct-{i}")
-        d = direct(critic, args.steps)
-        _fresh_home(root, f"pipeline-{i}")
-        p = pipeline(critic, args.steps)
+        d = _side("direct", critic, args.steps, root / f"direct-{i}")
+        p = _side("pipeline", critic, args.steps, root / f"pipeline-{i}")
         rows.append(
             {"repeat": i, "direct_s": round(d, 2), "pipeline_s": round(p, 2), "ratio": round(p / d, 3)}
         )

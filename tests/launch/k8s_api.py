@@ -6,7 +6,9 @@ kubeconfig. It serves
 
 - `kubeflow.org/v1` `pytorchjobs` in a namespace: create (201; 409 when the name exists; 422 when the object fails
   the CRD schema; 403 in namespaces listed as forbidden; 404 in unknown namespaces), get, list, delete;
-- `v1` `pods` (list by label selector) and `pods/<name>/log` (plain and `follow=true`).
+- `v1` `pods` (list by label selector) and `pods/<name>/log` (plain and `follow=true`);
+- `apps/v1` `deployments/<name>` get and patch (a patch of the pod template starts a rollout that completes over the
+  next reads, or never when `stuck_rollouts` names the Deployment).
 
 Each job follows a scripted life, fixed when it is created: every GET of it moves it one step along its script
 (default Created → Running → Succeeded), creating its pods (with the Training Operator's labels) once it runs. This checks our calls and our
@@ -29,6 +31,7 @@ from urllib.parse import parse_qs, urlparse
 JOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/pytorchjobs(?:/([^/]+))?$")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
 POD_LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
+DEPLOYMENT = re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/deployments/([^/]+)$")
 
 
 def _now() -> str:
@@ -52,6 +55,8 @@ class FakeKubeAPI:
         self.pod_logs: dict[str, str] = {}
         self.requests: list[tuple[str, str, Any]] = []
         self.validate = validate  # callable(obj) raising on an invalid PyTorchJob
+        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.stuck_rollouts: set[str] = set()
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------------ life of a job
@@ -129,6 +134,9 @@ class FakeKubeAPI:
                     if all(p["metadata"]["labels"].get(k) == v for k, v in selector.items())
                 ]
                 return 200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}
+            m = DEPLOYMENT.match(path)
+            if m:
+                return self._deployment(method, m.group(1), m.group(2), body)
             m = POD_LOG.match(path)
             if m and method == "GET":
                 pod = m.group(2)
@@ -183,6 +191,47 @@ class FakeKubeAPI:
         if method == "DELETE":
             del self.jobs[(ns, name)]
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}}
+        return 405, _status(405, "MethodNotAllowed", method)
+
+    def add_deployment(self, ns: str, name: str, replicas: int = 2) -> None:
+        """A Deployment as the Helm chart creates it, fully rolled out."""
+        self.deployments[(ns, name)] = {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns, "generation": 1},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}, "annotations": {}},
+                                  "spec": {"containers": [{"name": "triton", "image": "triton:1"}]}}},
+            "status": {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+                       "readyReplicas": replicas, "availableReplicas": replicas},
+        }  # fmt: skip
+
+    def _deployment(self, method: str, ns: str, name: str, body: Any) -> tuple[int, Any]:
+        if ns in self.forbidden:
+            return 403, _status(403, "Forbidden", f'deployments.apps "{name}" is forbidden')
+        dep = self.deployments.get((ns, name))
+        if dep is None:
+            return 404, _status(404, "NotFound", f'deployments.apps "{name}" not found')
+        if method == "PATCH":
+
+            def merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
+                for k, v in src.items():
+                    if isinstance(v, dict) and isinstance(dst.get(k), dict):
+                        merge(dst[k], v)
+                    else:
+                        dst[k] = v
+
+            merge(dep, body)
+            dep["metadata"]["generation"] += 1
+            dep["status"]["updatedReplicas"] = 0  # the rollout starts
+            dep["_reads"] = 0
+            return 200, dep
+        if method == "GET":
+            reads = dep["_reads"] = dep.get("_reads", 0) + 1
+            n = dep["spec"]["replicas"]
+            if reads >= 2 and name not in self.stuck_rollouts:
+                dep["status"].update({"observedGeneration": dep["metadata"]["generation"], "updatedReplicas": n,
+                                      "readyReplicas": n, "availableReplicas": n, "replicas": n})  # fmt: skip
+            return 200, {k: v for k, v in dep.items() if not k.startswith("_")}
         return 405, _status(405, "MethodNotAllowed", method)
 
     @staticmethod
