@@ -12,7 +12,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test quickstart lint fmt clean
+.PHONY: install test quickstart lint fmt clean images images-push manifests
+
+# Container images (a container engine is needed; none exists on the project's development machines, where
+# tests/deploy lints the Dockerfiles with hadolint instead of building them). Build context: the repository root.
+IMAGE_REGISTRY ?= ghcr.io/firm-platform
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOCKER ?= docker
+IMAGE_ARGS = --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +48,16 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+images:
+	$(DOCKER) build $(IMAGE_ARGS) -f images/firm-trainer/Dockerfile -t $(IMAGE_REGISTRY)/firm-trainer:$(IMAGE_TAG) .
+	$(DOCKER) build $(IMAGE_ARGS) -f images/firm-triton/Dockerfile -t $(IMAGE_REGISTRY)/firm-triton:$(IMAGE_TAG) .
+	$(DOCKER) build $(IMAGE_ARGS) -f images/firm-triton/Dockerfile.vllm -t $(IMAGE_REGISTRY)/firm-triton-vllm:$(IMAGE_TAG) .
+	$(DOCKER) build $(IMAGE_ARGS) -f images/firm-pipeline/Dockerfile -t $(IMAGE_REGISTRY)/firm-pipeline:$(IMAGE_TAG) .
+
+images-push: images
+	for i in firm-trainer firm-triton firm-triton-vllm firm-pipeline; do $(DOCKER) push $(IMAGE_REGISTRY)/$$i:$(IMAGE_TAG); done
+
+# Regenerate the k8s/base and k8s/overlays files that come from the chart and from `firmctl job render`.
+manifests: $(STAMP)
+	$(PY) -m tests.deploy.render_manifests
