@@ -96,3 +96,16 @@ def apply_overrides(
                 node[part] = existing
             node = existing
     return data
+
+
+def blame(loc: str, overrides: list[str] | None, source: str) -> str:
+    """What to name in a validation error at `loc` (a dotted key): the override that set it (or the section above
+    or below it) when there is one, else `source` (the recipe file). An override is what the user just typed."""
+    hits = []
+    for item in overrides or []:
+        if "=" not in item:
+            continue
+        key = item.split("=", 1)[0].strip()
+        if loc and (key == loc or loc.startswith(key + ".") or key.startswith(loc + ".")):
+            hits.append(item)
+    return f"override {hits[-1]!r}" if hits else source  # the last one wins, as when they were applied

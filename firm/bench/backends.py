@@ -233,7 +233,11 @@ class OpenAICompatibleBackend:
             if isinstance(content, list):  # some servers return content parts
                 content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
             return str(content or "")
-        raise FirmError(f"critic endpoint {url}: gave up after {self.max_retries + 1} attempts ({last})")
+        # nothing answered at all (not an HTTP error status): most likely nothing is listening there
+        hint = "" if last.startswith("HTTP") else f"; is the critic service running at {self.base_url}?"
+        raise FirmError(
+            f"critic endpoint {url}: gave up after {self.max_retries + 1} attempts ({last}){hint}"
+        )
 
     async def ajudge(self, items: Sequence[BenchItem], bench: Bench) -> list[Judgement]:
         import httpx

@@ -16,6 +16,7 @@ malformed line anywhere else is an error naming file:line (nothing is silently r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -122,10 +123,36 @@ def run_bench(
         raise InputError(f"--limit must be >= 1, got {limit}")
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
+    from firm.storage.base import ensure_dir, remove_if_empty
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    created = ensure_dir(out, "--out")
     pred_path = out / PREDICTIONS_FILE
     selected = bench.items[:limit] if limit else list(bench.items)
+    try:
+        return _run(backend, bench, out, pred_path, selected, batch_size, policy, n_boot, seed, progress)
+    except BaseException:
+        # a failed start (unreachable critic, bad bench) leaves nothing behind: no empty predictions file, no
+        # empty run directory; predictions judged before the failure stay (the run resumes from them)
+        with contextlib.suppress(OSError):
+            if pred_path.stat().st_size == 0:
+                pred_path.unlink()
+        remove_if_empty(created)
+        raise
+
+
+def _run(
+    backend: CriticBackend,
+    bench: Bench,
+    out: Path,
+    pred_path: Path,
+    selected: list[BenchItem],
+    batch_size: int,
+    policy: ParseFailurePolicy,
+    n_boot: int,
+    seed: int,
+    progress: bool,
+) -> RunResult:
     done = load_predictions(pred_path)
     others = sorted({p.critic for p in done.values() if p.critic is not None and p.critic != backend.name})
     if others:
@@ -138,19 +165,10 @@ def run_bench(
 
     fd = os.open(pred_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from firm.progress import Progress
 
-        with Progress(
-            TextColumn("[bold]bench[/bold] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),  # stdout is reserved for the JSON report
-            disable=not progress,
-            transient=True,
-        ) as bar:
-            task = bar.add_task(backend.name, total=len(todo))
+        # on stderr (stdout is reserved for the JSON report): a bar on a terminal, periodic lines elsewhere
+        with Progress(f"bench {backend.name}", total=len(todo), unit="items", enabled=progress) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
                 judgements = backend.judge(batch, bench)
@@ -162,7 +180,7 @@ def run_bench(
                 _append(fd, preds)
                 for p in preds:
                     done[p.id] = p
-                bar.advance(task, len(batch))
+                bar.advance(len(batch))
     finally:
         os.close(fd)
 

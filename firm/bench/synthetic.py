@@ -46,7 +46,10 @@ def make_synthetic_bench(
     bad = set(edit_axes) - {"execution", "consistency"}
     if not edit_axes or bad:
         raise InputError(f"edit axes must be execution and/or consistency, got {list(edit_axes)}")
+    from firm.storage.base import ensure_dir
+
     out = Path(out_dir)
+    ensure_dir(out, "--out")  # a clear reason when it cannot be created
     items: list[BenchItem] = []
     for i, it in enumerate(synthetic_edit_items(n, seed=seed, size=size, requested=requested)):
         axis = edit_axes[i % len(edit_axes)]

@@ -1,4 +1,9 @@
-"""Helpers shared by `firmctl` subcommands: one-line errors and JSON output."""
+"""Helpers shared by `firmctl` subcommands: one-line errors and JSON output.
+
+Output contract: a command's result (its JSON document, its table) is the only thing on stdout; warnings,
+progress and library chatter go to stderr. `cli_errors` enforces it for every command: while the command runs,
+Python-level writes to stdout go to stderr, and `echo_json` / `echo_out` write the result to the real stdout.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -22,13 +27,27 @@ def one_line(text: object) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+_RESULT_STREAMS: list[TextIO] = []  # the real stdout of each running command (innermost last)
+
+
+def result_stream() -> TextIO:
+    """Where a command's result goes: the stdout the command was started with (not the redirected one)."""
+    return _RESULT_STREAMS[-1] if _RESULT_STREAMS else sys.stdout
+
+
 def cli_errors(fn: F) -> F:
-    """Turn FIRM and validation errors into one `error: ...` line on stderr and exit code 1 (no traceback)."""
+    """Turn FIRM and validation errors into one `error: ...` line on stderr and exit code 1 (no traceback), keep
+    stdout for the command's result (see the module docstring) and quiet expected library chatter."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from firm.logs import quiet_libraries
+
+        quiet_libraries()
+        _RESULT_STREAMS.append(sys.stdout)
         try:
-            return fn(*args, **kwargs)
+            with contextlib.redirect_stdout(sys.stderr):
+                return fn(*args, **kwargs)
         except FirmError as exc:
             typer.echo(f"error: {one_line(exc)}", err=True)
             raise typer.Exit(1) from None
@@ -41,8 +60,21 @@ def cli_errors(fn: F) -> F:
         except FileNotFoundError as exc:
             typer.echo(f"error: no such file: {exc.filename or exc}", err=True)
             raise typer.Exit(1) from None
+        finally:
+            _RESULT_STREAMS.pop()
 
     return wrapper  # type: ignore[return-value]
+
+
+def torchrun_env() -> dict[str, str]:
+    """Environment for local torchrun launches: torchrun's own log lines ("Sending process … closing signal
+    SIGTERM" to the ranks that did not fail) repeat what the failing rank's `error:` line and the launcher's
+    one-line summary already say, so torch.distributed logs errors only and torchrun's launcher logger is off —
+    unless TORCH_LOGS / LOGLEVEL are set."""
+    import os
+
+    env = {"TORCH_LOGS": "-distributed", "LOGLEVEL": "CRITICAL"}
+    return {k: v for k, v in env.items() if k not in os.environ}
 
 
 def echo_json(obj: Any) -> None:
@@ -51,8 +83,14 @@ def echo_json(obj: Any) -> None:
         obj = obj.model_dump(mode="json")
     elif isinstance(obj, list):
         obj = [o.model_dump(mode="json") if isinstance(o, BaseModel) else o for o in obj]
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    echo_out(json.dumps(obj))
+
+
+def echo_out(text: str) -> None:
+    """Print one line of a command's result on (the real) stdout."""
+    out = result_stream()
+    out.write(text + "\n")
+    out.flush()
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from firm.cli._common import cli_errors
+from firm.cli._common import cli_errors, torchrun_env
 from firm.cli.critic_cmd import app
 
 
@@ -25,14 +25,14 @@ def train_cmd(
 
     The config and the world size are checked here first, so mistakes fail before any process starts.
     """
-    from firm.critic.sft_config import load_sft_config
+    from firm.critic.sft_config import load_sft_config, preflight
     from firm.launch.local import run_local
 
     overrides = list(ctx.args)
     if resume is not None:
         overrides.append(f"resume={resume}")
     cfg = load_sft_config(config, overrides)
-    cfg.global_batch(nproc)
-    code = run_local("firm.critic.sft", ["--config", config, *overrides], nproc)
+    preflight(cfg, nproc)
+    code = run_local("firm.critic.sft", ["--config", config, *overrides], nproc, env=torchrun_env())
     if code != 0:
         raise typer.Exit(code)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import typer
 
-from firm.cli._common import cli_errors
+from firm.cli._common import cli_errors, echo_out
 
 Check = tuple[str, str, str]  # (status, name, detail)
 
@@ -114,6 +114,6 @@ def doctor() -> None:
     """Check the installation and the configured services (OK / WARN / MISSING / FAIL per line)."""
     checks = run_checks()
     for status, name, detail in checks:
-        typer.echo(f"{status:<8} {name:<13} {detail}")
+        echo_out(f"{status:<8} {name:<13} {detail}")
     if any(status in ("MISSING", "FAIL") for status, _, _ in checks):
         raise typer.Exit(1)

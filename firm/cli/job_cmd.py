@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Literal
 
 import typer
 
-from firm.cli._common import cli_errors, echo_json
+from firm.cli._common import cli_errors, echo_json, echo_out, result_stream
 
 if TYPE_CHECKING:
     from firm.launch.backend import JobBackend
@@ -56,7 +55,9 @@ def render_cmd(
     job = _resolve(config, list(ctx.args), "pytorchjob")
     if job.upload is not None:
         typer.echo(f"note: submit uploads recipe {job.upload[0]} to {job.upload[1]}", err=True)
-    sys.stdout.write(render_yaml(job, namespace or get_settings().namespace))
+    out = result_stream()
+    out.write(render_yaml(job, namespace or get_settings().namespace))
+    out.flush()
 
 
 @app.command("submit", context_settings=_EXTRA)
@@ -86,7 +87,7 @@ def submit_cmd(
         return
     if follow:
         for line in b.logs(job.name, "master", 0, follow=True):
-            typer.echo(line)
+            echo_out(line)
     status = b.wait(job.name, timeout=timeout, poll=1.0 if b.name == "local" else 5.0)
     if follow:
         typer.echo(
@@ -124,7 +125,7 @@ def logs_cmd(
 ) -> None:
     """Print one replica's log (the master is rank 0)."""
     for line in _backend(backend, namespace).logs(name, replica, index, follow=follow):
-        typer.echo(line)
+        echo_out(line)
 
 
 @app.command("cancel")
@@ -157,4 +158,4 @@ def list_cmd(
     width = max(len(j.name) for j in jobs)
     for j in jobs:
         created = j.created.strftime("%Y-%m-%d %H:%M") if j.created else "-"
-        typer.echo(f"{j.name:<{width}}  {j.phase:<10}  {created}  {j.message}")
+        echo_out(f"{j.name:<{width}}  {j.phase:<10}  {created}  {j.message}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from firm.cli._common import cli_errors, echo_json
+from firm.cli._common import cli_errors, echo_json, echo_out
 
 app = typer.Typer(
     help="FIRM's Kubeflow Pipelines (firm, critic, rl, bench): compile, run locally, submit.",
@@ -28,9 +28,9 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="JSON instead of
         echo_json(infos)
         return
     for info in infos:
-        typer.echo(f"{info.name}: {info.description}")
+        echo_out(f"{info.name}: {info.description}")
         for name, p in info.parameters.items():
-            typer.echo(f"    {name} ({p['type']}) = {p['default']!r}")
+            echo_out(f"    {name} ({p['type']}) = {p['default']!r}")
 
 
 @app.command("compile")
@@ -81,7 +81,7 @@ def submit_cmd(
     """Upload (or reuse) the pipeline version and start a run on Kubeflow Pipelines; prints the run's URL."""
     from pipelines.api import submit
 
-    typer.echo(submit(name, params, host=host, experiment=experiment, service_account=service_account))
+    echo_out(submit(name, params, host=host, experiment=experiment, service_account=service_account))
 
 
 @app.command("upload")

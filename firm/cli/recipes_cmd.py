@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from firm.cli._common import cli_errors, echo_json
+from firm.cli._common import cli_errors, echo_json, echo_out
 
 app = typer.Typer(help="Shipped recipe configs.", no_args_is_help=True)
 
@@ -19,9 +19,14 @@ def ls_cmd(
     from firm.recipes import list_recipes
 
     recipes = list_recipes(kind)
+    if kind is not None and not recipes:
+        from firm.errors import InputError
+
+        kinds = ", ".join(sorted({r.kind for r in list_recipes()}))
+        raise InputError(f"--kind {kind!r}: no such kind of recipe (kinds: {kinds})")
     if as_json:
         echo_json([{**r.model_dump(mode="json")} for r in recipes])
         return
     width = max((len(r.name) for r in recipes), default=4)
     for r in recipes:
-        typer.echo(f"{r.name:<{width}}  {r.description}")
+        echo_out(f"{r.name:<{width}}  {r.description}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from firm.cli._common import cli_errors, echo_json
+from firm.cli._common import cli_errors, echo_json, result_stream, torchrun_env
 
 app = typer.Typer(help="RL on diffusion policies with FIRM rewards.", no_args_is_help=True)
 
@@ -27,24 +27,20 @@ def train(
     """Train a policy with DiffusionNFT or Flow-GRPO. Extra `key=value` arguments override the config."""
     from firm.launch.local import run_local
     from firm.rl.config import load_config
-    from firm.rl.train import config_path
+    from firm.rl.train import config_path, preflight
 
     overrides = list(ctx.args)
     path = config_path(config)
-    cfg = load_config(path, overrides)  # validate here: bad configs fail before any process starts
-    if cfg.sampling.prompts_per_step % nproc:
-        from firm.errors import ConfigError
-
-        raise ConfigError(
-            f"sampling.prompts_per_step={cfg.sampling.prompts_per_step} is not divisible by {nproc} ranks"
-        )
+    # validate here: bad configs fail before any process starts
+    cfg = load_config(path, [*overrides, *([f"checkpoint.resume={resume}"] if resume else [])])
+    preflight(cfg, nproc)
     args = ["--config", str(path), *(["--resume", resume] if resume else []), *overrides]
     if nproc == 1:
         from firm.rl.train import main
 
-        code = main(args)
+        code = main(args, stdout=result_stream())
     else:
-        code = run_local("firm.rl.train", args, nproc)
+        code = run_local("firm.rl.train", args, nproc, env=torchrun_env())
     if code:
         raise typer.Exit(code)
 

@@ -111,6 +111,7 @@ def start(
     """Run the bundled tritonserver on a repository until SIGTERM/SIGINT; prints the endpoints when ready."""
     import signal
 
+    from firm.progress import Progress
     from firm.serving.server import ServerStartError, TritonServer
 
     server = TritonServer(
@@ -135,7 +136,9 @@ def start(
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     try:
-        server.start()
+        # loading the models can take minutes: say so on stderr (a bar on a terminal, periodic lines elsewhere)
+        with Progress(f"serve start {repository}: waiting for every model to be ready", unit=""):
+            server.start()
     except ServerStartError:
         if not received:
             raise

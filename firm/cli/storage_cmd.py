@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import typer
 
-from firm.cli._common import cli_errors
+from firm.cli._common import cli_errors, echo_out
 
 app = typer.Typer(
     help="Object store: list, copy, initialise buckets (file:// and s3://).", no_args_is_help=True
@@ -16,28 +16,12 @@ app = typer.Typer(
 
 @contextmanager
 def _byte_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A Rich progress bar on stderr (bytes, speed, ETA); yields the callback that advances it."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    """Bytes, speed and ETA on stderr (a bar on a terminal, a line every FIRM_PROGRESS_INTERVAL seconds
+    elsewhere); yields the callback that advances it (thread-safe: transfers run in parallel)."""
+    from firm.progress import Progress
 
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as progress:
-        task = progress.add_task(description, total=total or None)
-        yield lambda n: progress.advance(task, n)
+    with Progress(description, total=total or None, unit="B") as progress:
+        yield progress.advance
 
 
 def _size(n: int) -> str:
@@ -62,12 +46,12 @@ def ls_cmd(
     store, key = open_store(uri)
     if key and not key.endswith("/") and store.exists(key):
         info = store.stat(key)
-        typer.echo(f"{info.size:>12}  {store.uri(key)}")
+        echo_out(f"{info.size:>12}  {store.uri(key)}")
         return
     found = False
     for obj in store.list(dir_prefix(key), recursive=recursive):
         found = True
-        typer.echo(
+        echo_out(
             f"{'DIR':>12}  {store.uri(obj.key)}" if obj.is_dir else f"{obj.size:>12}  {store.uri(obj.key)}"
         )
     if not found and key.strip("/"):
@@ -86,7 +70,7 @@ def cp_cmd(
     plan = plan_copy(src, dst)
     with _byte_progress(f"copying {len(plan.items)} file(s)", plan.total_bytes) as advance:
         copy(src, dst, on_bytes=advance, plan=plan)
-    typer.echo(f"copied {len(plan.items)} file(s), {_size(plan.total_bytes)}: {src} -> {dst}")
+    echo_out(f"copied {len(plan.items)} file(s), {_size(plan.total_bytes)}: {src} -> {dst}")
 
 
 @app.command("init")
@@ -96,7 +80,7 @@ def init_cmd() -> None:
     from firm.storage import init_buckets
 
     for uri, created in init_buckets():
-        typer.echo(f"{'created' if created else 'exists':<8} {uri}")
+        echo_out(f"{'created' if created else 'exists':<8} {uri}")
 
 
 @app.command("publish")
@@ -114,7 +98,7 @@ def publish_cmd(
     total = sum(p.stat().st_size for p in Path(local_dir).rglob("*") if p.is_file())
     with _byte_progress("publishing", total) as advance:
         manifest = publish_dir(local_dir, uri, producer=producer, on_bytes=advance)
-    typer.echo(f"published {len(manifest.files)} file(s), {_size(manifest.total_bytes)} at {uri}")
+    echo_out(f"published {len(manifest.files)} file(s), {_size(manifest.total_bytes)} at {uri}")
 
 
 @app.command("fetch")
@@ -129,7 +113,7 @@ def fetch_cmd(
     manifest = read_manifest(uri)
     with _byte_progress("fetching", manifest.total_bytes) as advance:
         fetch_dir(uri, local_dir, on_bytes=advance)
-    typer.echo(f"fetched {len(manifest.files)} file(s), {_size(manifest.total_bytes)} into {local_dir}")
+    echo_out(f"fetched {len(manifest.files)} file(s), {_size(manifest.total_bytes)} into {local_dir}")
 
 
 @app.command("latest")
@@ -142,4 +126,4 @@ def latest_cmd(prefix: str = typer.Argument(..., help="prefix holding published 
     found = latest(prefix)
     if found is None:
         raise StorageError(f"{prefix}: no published directory (with MANIFEST.json) under this prefix")
-    typer.echo(found)
+    echo_out(found)

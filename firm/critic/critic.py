@@ -30,8 +30,9 @@ Readouts:
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -575,25 +576,10 @@ def _expected_min(probs: list[Any]) -> float:
     return float(survival.sum().clamp(1.0, 5.0))
 
 
-class _NoProgress:
-    def __enter__(self) -> Callable[[int], None]:
-        return lambda n: None
+@contextlib.contextmanager
+def _maybe_progress(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """Judging progress on stderr (a bar on a terminal, periodic lines elsewhere); a no-op when not enabled."""
+    from firm.progress import Progress
 
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _maybe_progress(enabled: bool, total: int, label: str) -> Any:
-    if not enabled:
-        return _NoProgress()
-    from contextlib import contextmanager
-
-    from rich.progress import Progress
-
-    @contextmanager
-    def bar() -> Any:
-        with Progress(transient=True) as prog:
-            task = prog.add_task(label, total=total)
-            yield lambda n: prog.advance(task, n)
-
-    return bar()
+    with Progress(label, total=total, unit="requests", enabled=enabled) as prog:
+        yield prog.advance

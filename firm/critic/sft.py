@@ -371,18 +371,11 @@ def _deepspeed_config(cfg: SFTConfig, env: DistEnv, bf16: bool) -> dict[str, Any
     }
 
 
-def _progress(enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def _progress(enabled: bool, run_name: str, total: int, start: int) -> Any:
+    """Rank 0's progress on stderr: a bar on a terminal, a line every FIRM_PROGRESS_INTERVAL seconds elsewhere."""
+    from firm.progress import Progress
 
-    return Progress(
-        TextColumn("[bold]critic sft"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )
+    return Progress(f"critic sft {run_name}", total=total, completed=start, enabled=enabled)
 
 
 def train(cfg: SFTConfig) -> TrainResult:
@@ -402,8 +395,7 @@ def train(cfg: SFTConfig) -> TrainResult:
     env = dist_env(cfg)
     global_batch = cfg.global_batch(env.world)  # fails fast, before any process group or model
     ckpt_root = cfg.checkpoint.uri or f"{get_settings().bucket_uris()['checkpoints']}/{cfg.run_name}"
-    run_dir = Path(cfg.output_dir).expanduser().resolve() / cfg.run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(cfg.output_dir).expanduser().resolve() / cfg.run_name  # made once training starts
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -476,6 +468,8 @@ def train(cfg: SFTConfig) -> TrainResult:
                 model, device_ids=[env.device.index] if env.device.type == "cuda" else None
             )
 
+        # created only now: a run that fails to start (dataset, model, config) leaves no empty run directory
+        run_dir.mkdir(parents=True, exist_ok=True)
         writer = CheckpointWriter(ckpt_root, run_dir, cfg.checkpoint.keep_last)
         logger = MetricLogger(run_dir, env.main)
         train_scores = Counter(_key(r.score) for r in train_rows)
@@ -526,8 +520,7 @@ def train(cfg: SFTConfig) -> TrainResult:
         final_eval: dict[str, float] = {}
         step = start_step
         epoch = step // steps_per_epoch
-        with _progress(env.main) as progress:
-            task = progress.add_task("train", total=total_steps, completed=start_step, info="")
+        with _progress(env.main, cfg.run_name, total_steps, start_step) as progress:
             while step < total_steps:
                 t0 = time.perf_counter()
                 epoch, micro = step_micro_batches(train_rows, cfg, env, step, steps_per_epoch)
@@ -568,9 +561,7 @@ def train(cfg: SFTConfig) -> TrainResult:
                         {"train/loss": loss_mean, "train/lr": lr, "train/grad_norm": grad_norm,
                          "train/samples_per_s": rate, "train/epoch": epoch},
                     )  # fmt: skip
-                progress.update(
-                    task, advance=1, info=f"loss {loss_mean:.4f} lr {lr:.2e} {rate:.1f} samples/s"
-                )
+                progress.update(completed=step, info=f"loss {loss_mean:.4f} lr {lr:.2e} {rate:.1f} samples/s")
                 if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0 and step < total_steps:
                     run_eval(step)
                 if (
@@ -664,18 +655,28 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    """Train; rank 0 prints the `TrainResult` JSON on stdout and nothing else goes there (library output printed
+    during the run, e.g. DeepSpeed's logger, is sent to stderr)."""
     from pydantic import ValidationError
 
+    from firm.logs import quiet_libraries
+
+    quiet_libraries()
+    out = sys.stdout
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        config, overrides = parse_args(argv)
-        cfg = load_sft_config(config, overrides)
-        result = train(cfg)
+        with contextlib.redirect_stdout(sys.stderr):
+            config, overrides = parse_args(argv)
+            cfg = load_sft_config(config, overrides)
+            result = train(cfg)
     except (FirmError, ValidationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from firm.logs import print_error
+
+        print_error(exc)  # once for all ranks
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
-        print(result.model_dump_json())
+        out.write(result.model_dump_json() + "\n")
+        out.flush()
     return 0
 
 

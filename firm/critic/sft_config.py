@@ -13,8 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from firm.errors import ConfigError
+from firm.errors import ConfigError, FirmError, InputError
 from firm.overrides import apply_overrides as _apply_overrides
+from firm.overrides import blame
 
 
 class _Cfg(BaseModel):
@@ -176,6 +177,44 @@ def load_sft_config(config: str | Path, overrides: list[str] | None = None) -> S
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err.get("loc", ()))
+        where = blame(loc, overrides, str(path))  # the override the user typed, not the recipe it overrides
         if err.get("type") == "extra_forbidden":
-            raise ConfigError(f"{path}: unknown config key {loc!r}") from None
-        raise ConfigError(f"{path}: invalid config at {loc or '(top level)'}: {err.get('msg')}") from None
+            raise ConfigError(f"{where}: unknown config key {loc!r}") from None
+        raise ConfigError(f"{where}: invalid config at {loc or '(top level)'}: {err.get('msg')}") from None
+
+
+def preflight(cfg: SFTConfig, world_size: int) -> None:
+    """What can be checked before any training process starts (`firmctl critic train`), so a mistake is one
+    `error:` line instead of one per rank: the world size against the global batch, object-store credentials for
+    every s3:// location, a local base model directory, and the dataset (its dataset.json; a published
+    dataset is fetched and verified into the local cache here, where the workers then find it)."""
+    from firm.storage import open_store
+
+    cfg.global_batch(world_size)
+    locations = {
+        "data.dataset": cfg.data.dataset,
+        "model.path": cfg.model.path,
+        "checkpoint.uri": cfg.checkpoint.uri,
+        "export.uri": cfg.export.uri,
+    }
+    for name, uri in locations.items():
+        if uri and uri.startswith("s3://"):
+            try:
+                open_store(uri)  # missing credentials fail here, without any network call
+            except FirmError as exc:
+                raise ConfigError(f"{name}={uri}: {exc}") from None
+    model = cfg.model.path  # a path (not a Hugging Face id) must be a directory
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+        raise InputError(f"model.path={model}: no such directory")
+    from firm.curation.dataset import INFO_FILE
+
+    data = cfg.data.dataset
+    if "://" in data:
+        from firm.storage import resolve_local
+
+        root = Path(resolve_local(data))
+    else:
+        root = Path(data).expanduser()
+    if not (root / INFO_FILE).is_file():
+        what = "no such directory" if not root.is_dir() else f"not a critic SFT dataset (no {INFO_FILE})"
+        raise InputError(f"data.dataset={data}: {what}")

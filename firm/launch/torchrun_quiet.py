@@ -16,6 +16,10 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    # the elastic agent's own "failed (exitcode: 1) local_rank: 0" report repeats the worker's `error:` line
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from firm.errors import StorageError
+from firm.errors import ConfigError, StorageError
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 OLD_FILE = "old_lora.safetensors"
@@ -93,6 +93,21 @@ def find_resume(resume: str, output_uri: str) -> str | None:
 
         return latest(checkpoints_prefix(output_uri))
     return resume
+
+
+def check_fresh_output(resume: str, output_uri: str) -> None:
+    """A fresh run (resume 'none') must not write into an output_uri that already holds a run's checkpoints: it
+    would restart at step 0 and overwrite some of them while later, stale ones stay behind."""
+    if resume != "none":
+        return
+    from firm.storage import latest
+
+    found = latest(checkpoints_prefix(output_uri))
+    if found is not None:
+        raise ConfigError(
+            f"output_uri {output_uri} already has checkpoints (latest: {found}): pass --resume auto "
+            "(checkpoint.resume=auto) to continue that run, or choose another output_uri"
+        )
 
 
 def load_checkpoint(uri: str) -> Loaded:

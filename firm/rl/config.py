@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from firm.errors import ConfigError
 from firm.overrides import apply_overrides as _apply_overrides
+from firm.overrides import blame
 from firm.schemas import Task
 
 
@@ -133,6 +134,19 @@ class RewardConfig(_Section):
     options: dict[str, Any] = Field(
         default_factory=dict, description="extra keyword arguments for the reward"
     )
+    max_unscored_steps: int = Field(
+        3,
+        ge=0,
+        description="fail the run after this many consecutive steps in which no sample got a parsed reward "
+        "(status 'ok'): a critic whose every answer is unparseable has nothing to teach (0 = never fail)",
+    )
+    warn_parse_failure_rate: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="warn when the parse failure rate stays above this for 2 consecutive steps (repeated every "
+        "10 steps while it lasts)",
+    )
 
 
 class DataConfig(_Section):
@@ -208,13 +222,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RLConfi
         raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping, got {type(data).__name__}")
-    return config_from_dict(apply_overrides(data, overrides or []), source=str(p))
+    return config_from_dict(apply_overrides(data, overrides or []), source=str(p), overrides=overrides)
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config") -> RLConfig:
+def config_from_dict(
+    data: dict[str, Any], source: str = "config", overrides: list[str] | None = None
+) -> RLConfig:
+    """Validate; an error names the override that caused it when there is one, else `source`."""
     try:
         return RLConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first.get("loc", ()))
-        raise ConfigError(f"{source}: {loc}: {first.get('msg')}") from exc
+        raise ConfigError(f"{blame(loc, overrides, source)}: {loc}: {first.get('msg')}") from exc

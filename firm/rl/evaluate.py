@@ -9,7 +9,6 @@ first prompts of `data.prompts`; editing → the first items of `data.prompts` (
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from pydantic import BaseModel
 
 from firm.rl.config import RLConfig
+from firm.rl.rewards import is_scored
 from firm.schemas import RewardBreakdown
 
 SUB_SCORES = ("execution", "consistency", "instruction", "quality")
@@ -51,7 +51,7 @@ class PolicyEval(BaseModel):
 
 
 def _summary(rewards: list[RewardBreakdown], grid: Path) -> SideResult:
-    scored = [r.reward for r in rewards if r.reward is not None and not math.isnan(r.reward)]
+    scored = [float(r.reward) for r in rewards if is_scored(r)]  # type: ignore[arg-type]
     subs: dict[str, float] = {}
     for k in SUB_SCORES:
         vals = [getattr(r, k) for r in rewards if getattr(r, k) is not None]
@@ -133,7 +133,7 @@ def evaluate_policy(
 
     result = PolicyEval(prompts=[it.prompt for it in items], before=side("before"))
     if lora_uri:
-        policy.pipeline.load_lora_weights(resolve_pretrained(lora_uri))
+        policy.pipeline.load_lora_weights(resolve_pretrained(lora_uri, what="lora_uri"))
         result.after = side("after")
     close = getattr(reward, "close", None)
     if close is not None:

@@ -9,6 +9,7 @@ means the critic's answer did not parse: the trainer drops that sample from its 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,12 @@ class RewardFunction(Protocol):
     task: Task
 
     def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]: ...
+
+
+def is_scored(b: RewardBreakdown) -> bool:
+    """Whether a reward counts: its status says every judgement parsed, and it has a finite value. A reward with a
+    failed status is dropped even when the parse-failure policy gave it a value (min_reward's 0)."""
+    return b.status == "ok" and b.reward is not None and math.isfinite(b.reward)
 
 
 def to_pil(img: torch.Tensor) -> Any:

@@ -56,11 +56,18 @@ def sample_images(
         from firm.rl.data import load_source
 
         src = load_source(image, resolution)  # type: ignore[arg-type]  # a bad image fails before any loading
-    cfg = policy_config(kind, policy_uri, resolution, max_sequence_length, condition_pixels)
+    lora_dir = resolve_pretrained(lora_uri, what="--lora") if lora_uri else None  # before loading the policy
+    cfg = policy_config(
+        kind,
+        resolve_pretrained(policy_uri, what="--policy"),
+        resolution,
+        max_sequence_length,
+        condition_pixels,
+    )
     policy = load_policy(cfg, pick_device(device))
     pipe = policy.pipeline
-    if lora_uri:
-        pipe.load_lora_weights(resolve_pretrained(lora_uri))
+    if lora_dir:
+        pipe.load_lora_weights(lora_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -8,13 +8,18 @@ CONFIG is a YAML path or a shipped recipe name (e.g. `rl/tiny_sd3_nft`). Errors 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 from firm.errors import FirmError
+
+if TYPE_CHECKING:
+    from firm.rl.config import RLConfig
 
 
 def config_path(name: str) -> Path:
@@ -22,6 +27,39 @@ def config_path(name: str) -> Path:
     from firm.recipes import resolve_config
 
     return resolve_config(name)
+
+
+def preflight(cfg: RLConfig, world_size: int) -> None:
+    """What can be checked before any training process starts (`firmctl rl train`), so a mistake is one `error:`
+    line instead of one per rank: prompts per step against the world size, object-store credentials for every
+    s3:// location, a local policy directory, the prompt file (read and validated), and that a fresh run does
+    not write over an existing run's checkpoints."""
+    from firm.errors import ConfigError
+    from firm.rl.checkpoint import check_fresh_output
+    from firm.rl.data import load_prompts
+    from firm.rl.policies.loading import resolve_pretrained
+    from firm.storage import open_store
+
+    if cfg.sampling.prompts_per_step % world_size:
+        raise ConfigError(
+            f"sampling.prompts_per_step={cfg.sampling.prompts_per_step} is not divisible by {world_size} ranks"
+        )
+    locations = {
+        "policy.uri": cfg.policy.uri,
+        "output_uri": cfg.output_uri,
+        "data.prompts": cfg.data.prompts,
+        "reward.critic_uri": cfg.reward.critic_uri,
+    }
+    for name, uri in locations.items():
+        if uri and uri.startswith("s3://"):
+            try:
+                open_store(uri)  # missing credentials fail here, without any network call
+            except FirmError as exc:
+                raise ConfigError(f"{name}={uri}: {exc}") from None
+    if not cfg.policy.uri.startswith(("s3://", "file://")):
+        resolve_pretrained(cfg.policy.uri)  # a missing local directory (HF ids pass)
+    load_prompts(cfg.data.prompts, cfg.task, cfg.data.max_prompt_chars)
+    check_fresh_output(cfg.checkpoint.resume, cfg.output_uri)
 
 
 def _init_distributed() -> tuple[int, int]:
@@ -40,7 +78,22 @@ def _init_distributed() -> tuple[int, int]:
     return dist.get_rank(), world
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
+    """Run; rank 0 prints the JSON summary on `stdout` (default: sys.stdout) and nothing else goes there: library
+    output printed while the run goes is sent to stderr."""
+    out = stdout if stdout is not None else sys.stdout
+    from firm.logs import quiet_libraries
+
+    quiet_libraries()
+    with contextlib.redirect_stdout(sys.stderr):
+        code, summary = _run(argv)
+    if summary is not None:
+        out.write(json.dumps(summary) + "\n")
+        out.flush()
+    return code
+
+
+def _run(argv: list[str] | None) -> tuple[int, dict[str, Any] | None]:
     ap = argparse.ArgumentParser(prog="python -m firm.rl.train", description=__doc__)
     ap.add_argument("--config", required=True)
     ap.add_argument(
@@ -50,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rank = 0
+    summary: dict[str, Any] | None = None
     try:
         from firm.rl.config import load_config
 
@@ -66,23 +120,21 @@ def main(argv: list[str] | None = None) -> int:
         from firm.rl.trainer import Trainer
 
         trainer = Trainer(cfg)
-        results = trainer.train(progress=sys.stderr.isatty())
+        results = trainer.train(progress=True)  # rank 0: a bar on a terminal, periodic lines elsewhere
         if rank == 0:
             last = results[-1].metrics if results else {}
-            print(
-                json.dumps(
-                    {
-                        "steps": trainer.step,
-                        "world_size": world,
-                        "rank_divergence": trainer.rank_divergence,
-                        "output_uri": cfg.output_uri,
-                        "last": last,
-                    }
-                )
-            )
+            summary = {
+                "steps": trainer.step,
+                "world_size": world,
+                "rank_divergence": trainer.rank_divergence,
+                "output_uri": cfg.output_uri,
+                "last": last,
+            }
     except FirmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        from firm.logs import print_error
+
+        print_error(exc)  # once for all ranks
+        return 1, None
     finally:
         try:
             import torch.distributed as dist
@@ -91,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 dist.destroy_process_group()
         except Exception:  # pragma: no cover - best effort at exit
             pass
-    return 0
+    return 0, summary
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ steps an uninterrupted run would have taken.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +29,24 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from firm.errors import ConfigError
+from firm.errors import ConfigError, FirmError
 from firm.rl import lora as lora_mod
 from firm.rl.advantages import group_advantages, optimality_probability
-from firm.rl.checkpoint import export_final, find_resume, load_checkpoint, save_checkpoint, set_rng_state
+from firm.rl.checkpoint import (
+    check_fresh_output,
+    export_final,
+    find_resume,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from firm.rl.config import RLConfig
 from firm.rl.data import PromptItem, load_prompts, load_source, step_prompts
 from firm.rl.losses import grpo_loss, nft_loss
 from firm.rl.monitor import IdentityCopyFlag, MetricLogger, detail, entropy, source_similarity
 from firm.rl.policies.base import Conditioning, DiffusionPolicy
 from firm.rl.policies.loading import load_policy, pick_device
-from firm.rl.rewards import RewardFunction, RewardItem, build_reward, with_retries
+from firm.rl.rewards import RewardFunction, RewardItem, build_reward, is_scored, with_retries
 from firm.rl.sampling import ode_rollout, sde_rollout, sde_step, train_timestep_indices
 from firm.schemas import RewardBreakdown
 
@@ -45,6 +54,17 @@ log = logging.getLogger(__name__)
 
 SUB_SCORES = ("execution", "consistency", "instruction", "quality")
 EDIT_EVAL_ITEMS = 4  # editing eval grids: the first 4 (instruction, source) items of the prompt file
+WARN_AFTER_STEPS = 2  # reward.warn_parse_failure_rate: consecutive steps above it before the first warning
+WARN_EVERY_STEPS = 10  # … and how often the warning repeats while it lasts
+
+
+class NoScoredSamplesError(FirmError):
+    """Several steps in a row without a single parsed reward: the run cannot learn anything."""
+
+
+def scored_rewards(rewards: list[RewardBreakdown]) -> list[float | None]:
+    """The rewards the advantages are computed from: None for every sample that is not scored."""
+    return [b.reward if is_scored(b) else None for b in rewards]
 
 
 @dataclass
@@ -92,6 +112,7 @@ class Trainer:
         run_dir: str | Path | None = None,
     ) -> None:
         self.cfg = cfg
+        check_fresh_output(cfg.checkpoint.resume, cfg.output_uri)  # before anything is loaded or written
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         if cfg.sampling.prompts_per_step % self.world:
@@ -117,9 +138,15 @@ class Trainer:
         )
         self.reward = reward or build_reward(cfg.reward, cfg.task)
         self.run_dir = Path(run_dir) if run_dir else _default_run_dir(cfg)
+        from firm.storage.base import missing_dirs
+
+        self._new_dirs = missing_dirs(self.run_dir)  # what a failed start must remove again
         self.metrics = MetricLogger(self.run_dir, tensorboard=cfg.monitor.tensorboard, enabled=self.rank == 0)
         self.identity_flag = IdentityCopyFlag()
         self.step = 0
+        self._unscored_steps = 0  # consecutive steps without one scored sample (all ranks)
+        self._high_failure_steps = 0  # consecutive steps above reward.warn_parse_failure_rate
+        self._statuses: dict[str, int] = {}  # this rank's failed statuses over the current unscored streak
         self._sources: dict[str, torch.Tensor] = {}
         self._pool = ThreadPoolExecutor(
             max_workers=cfg.reward.max_concurrency, thread_name_prefix="firm-reward"
@@ -260,7 +287,7 @@ class Trainer:
     def _scored(self, grp: Group, times: dict[str, float]) -> tuple[list[int], torch.Tensor] | None:
         """A group's micro-batch: the indices of its scored samples and their group advantages (None: no baseline)."""
         self._await_rewards(grp, times)
-        adv = group_advantages([[b.reward for b in grp.rewards]], clip=self._adv_clip()).advantages
+        adv = group_advantages([scored_rewards(grp.rewards)], clip=self._adv_clip()).advantages
         keep = [i for i, a in enumerate(adv) if a is not None]
         if not keep:
             return None
@@ -394,7 +421,7 @@ class Trainer:
     # ---------------------------------------------------------------- metrics
     def _reward_metrics(self, groups: list[Group], stats: Any) -> dict[str, float]:
         """Reward statistics over all ranks (sums all-reduced as one float64 vector)."""
-        rs = [b.reward for g in groups for b in g.rewards if b.reward is not None]
+        rs = [float(b.reward) for g in groups for b in g.rewards if is_scored(b)]  # type: ignore[arg-type]
         vec = [float(sum(rs)), float(sum(r * r for r in rs)), float(len(rs)), float(stats.dropped_samples)]
         vec += [float(stats.zero_std_groups), float(stats.dropped_groups), float(stats.groups)]
         for name in SUB_SCORES:
@@ -470,7 +497,7 @@ class Trainer:
             raise
         times["time/update"] = time.perf_counter() - t1 - (times["time/reward_wait"] - wait0)
         times["time/step"] = time.perf_counter() - t0
-        stats = group_advantages([[b.reward for b in g.rewards] for g in groups], clip=self._adv_clip())
+        stats = group_advantages([scored_rewards(g.rewards) for g in groups], clip=self._adv_clip())
         if stats.dropped_samples:
             log.warning("step %d: dropped %d unparseable samples", step, stats.dropped_samples)
         metrics = {**self._reward_metrics(groups, stats), **upd, **times}
@@ -479,7 +506,44 @@ class Trainer:
                 self.identity_flag.update(metrics["hacking/source_similarity"])
             )
         self.step = step + 1
+        self._track_scoring(groups, metrics)
         return StepResult(step, metrics)
+
+    def _track_scoring(self, groups: list[Group], metrics: dict[str, Any]) -> None:
+        """Count unscored steps and sustained parse failures (from the all-reduced metrics, so every rank agrees)."""
+        rc = self.cfg.reward
+        rate = float(metrics["reward/parse_failure_rate"])
+        if metrics["reward/n"] == 0:
+            self._unscored_steps += 1
+            for b in (b for g in groups for b in g.rewards if not is_scored(b)):
+                status = b.status if b.status != "ok" else "ok but no finite reward"
+                self._statuses[status] = self._statuses.get(status, 0) + 1
+        else:
+            self._unscored_steps = 0
+            self._statuses.clear()
+        self._high_failure_steps = self._high_failure_steps + 1 if rate > rc.warn_parse_failure_rate else 0
+        n = self._high_failure_steps
+        if self.rank == 0 and n >= WARN_AFTER_STEPS and (n - WARN_AFTER_STEPS) % WARN_EVERY_STEPS == 0:
+            log.warning(
+                "step %d: parse failure rate %.2f, above reward.warn_parse_failure_rate=%.2f for %d steps: %s",
+                self.step - 1,
+                rate,
+                rc.warn_parse_failure_rate,
+                n,
+                _LIKELY_CAUSE,
+            )
+
+    def _check_scoring(self) -> None:
+        """Fail once `reward.max_unscored_steps` steps in a row had no scored sample (after they were logged)."""
+        limit = self.cfg.reward.max_unscored_steps
+        if not limit or self._unscored_steps < limit:
+            return
+        seen = ", ".join(f"{k} ×{v}" for k, v in sorted(self._statuses.items(), key=lambda kv: -kv[1])[:3])
+        raise NoScoredSamplesError(
+            f"no sample got a parsed reward in {self._unscored_steps} consecutive steps (steps "
+            f"{self.step - self._unscored_steps}-{self.step - 1}; statuses: {seen or 'none'}): {_LIKELY_CAUSE}; "
+            f"reward.max_unscored_steps=0 disables this check"
+        )
 
     def _snapshot(self) -> tuple[list[torch.Tensor], dict[str, Any]]:
         return [p.detach().clone() for p in self.params], copy.deepcopy(self.optimizer.state_dict())
@@ -498,24 +562,35 @@ class Trainer:
     def train(self, progress: bool = True) -> list[StepResult]:
         cfg = self.cfg
         self.maybe_resume()
+        self._start_step = self.step
         results: list[StepResult] = []
-        from rich.progress import Progress
+        from firm.progress import Progress
 
-        with Progress(disable=not progress or self.rank != 0, transient=True) as bar:
-            task = bar.add_task(f"{cfg.algorithm} {cfg.name}", total=cfg.steps, completed=self.step)
+        with (
+            _closing_on_error(self),
+            Progress(
+                f"rl {cfg.algorithm} {cfg.name}",
+                total=cfg.steps,
+                completed=self.step,
+                enabled=progress and self.rank == 0,
+            ) as bar,
+        ):
             while self.step < cfg.steps:
                 res = self.train_step()
                 results.append(res)
                 self.metrics.log(res.step, res.metrics)
                 done = self.step
+                self._check_scoring()
                 if cfg.monitor.eval_every and done % cfg.monitor.eval_every == 0:
                     self.eval_grid(done)
                 if done % cfg.checkpoint.every_steps == 0 or done == cfg.steps:
                     self.checkpoint()
                 if dist.is_initialized():
                     dist.barrier()
+                m = res.metrics
                 bar.update(
-                    task, completed=done, description=f"{cfg.algorithm} r={res.metrics['reward/mean']:.3f}"
+                    completed=done,
+                    info=f"reward {m['reward/mean']:.3f}, parse failures {m['reward/parse_failure_rate']:.0%}",
                 )
         self.rank_divergence = self._rank_divergence()
         if self.rank == 0:
@@ -539,6 +614,32 @@ class Trainer:
         diff = (flat - ref).abs().max().reshape(1)
         dist.all_reduce(diff, op=dist.ReduceOp.MAX)
         return float(diff)
+
+
+@contextlib.contextmanager
+def _closing_on_error(trainer: Trainer) -> Iterator[None]:
+    """A failed run still flushes its metrics and stops its reward threads; a run that failed before completing a
+    single step (reward service unreachable, …) leaves no run directory behind that it created."""
+    try:
+        yield
+    except BaseException:
+        trainer.metrics.close()
+        trainer._pool.shutdown(wait=False, cancel_futures=True)
+        if trainer.step == trainer._start_step and trainer._new_dirs:
+            import shutil
+
+            from firm.storage.base import remove_if_empty
+
+            shutil.rmtree(trainer._new_dirs[-1], ignore_errors=True)  # the run dir: metrics/TensorBoard stubs
+            remove_if_empty(trainer._new_dirs)  # and the (output) directories above it, if now empty
+        raise
+
+
+_LIKELY_CAUSE = (
+    "the critic's answers do not parse; likely a critic that does not match the task or rubric "
+    "(reward.kind/reward.url/reward.critic_uri vs task), an answer cap too short to reach the score "
+    "(the critic's max_new_tokens), or a rubric pack the critic was not trained on"
+)
 
 
 def _default_run_dir(cfg: RLConfig) -> Path:

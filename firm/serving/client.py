@@ -321,7 +321,9 @@ class RewardClient:
                     ep.in_flight -= 1
                 if attempt + 1 < self.retries:
                     await asyncio.sleep(self.backoff * (2**attempt) * (0.5 + random.random()))
+        where = ", ".join(ep.url for ep in self.endpoints)
         raise RewardServiceError(
             f"{model}: no endpoint could serve the request after {self.retries} attempts "
-            f"(tried {', '.join(tried)}): {last}"
+            f"(tried {', '.join(tried)}): {last}; is the reward service running at {where}? "
+            "(start one with `firmctl serve start`)"
         )

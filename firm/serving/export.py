@@ -297,7 +297,7 @@ def export_repository(cfg: ExportConfig, out: str | Path, *, overwrite: bool = F
         return out_s
     target = Path(out_s).expanduser().resolve()
     if target.exists() and any(target.iterdir()) and not overwrite:
-        raise InputError(f"export target {target} exists and is not empty (pass overwrite to replace it)")
+        raise InputError(f"export target {target} exists and is not empty (pass --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

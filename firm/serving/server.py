@@ -12,6 +12,7 @@ are fetched and verified against their manifest into the local cache first (`fir
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from types import TracebackType
 
@@ -40,6 +42,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something is bound to (or listening on) `host:port` — a server we would start there could not bind.
+    SO_REUSEADDR makes sockets left in TIME_WAIT by a previous run count as free, as they do for tritonserver."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 _LOG_PREFIX = re.compile(r"^[EIW]\d{4} [\d:.]+ +\d+ \S+\] ")
 
 
@@ -48,14 +62,32 @@ def _clean(line: str) -> str:
     return line.split("\\n")[0].strip()  # Triton escapes newlines; keep the first line of a traceback message
 
 
+# Lines that say why tritonserver stopped, most telling first. A CPU-only machine always logs CUDA/NVML/GPU errors
+# ("CudaDriverHelper has not been initialized.") that are harmless, so they never win over a real cause.
+_CAUSES = (
+    re.compile(
+        r"already in use", re.I
+    ),  # "failed to start GRPC service: Unavailable - Socket '...' already in use"
+    re.compile(r"failed to start \S+ service", re.I),
+    re.compile(r"failed to load"),
+)
+_HARMLESS = re.compile(r"cuda|nvml|gpu|pinned memory", re.I)
+
+
 def triton_error_line(log: str) -> str:
-    """The most telling error line from a tritonserver log (model load failures first)."""
+    """The most telling error line from a tritonserver log: a port already in use or a service that failed to
+    start, then model load failures, then the first error that is not generic CUDA/GPU noise."""
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    for pattern in _CAUSES:
+        for ln in lines:
+            # gRPC core's own lines ("UNKNOWN:No address added ... {created_time: ...}") repeat it less readably
+            if pattern.search(ln) and re.match(r"^[EW]\d{4} ", ln) and "{created_time:" not in ln:
+                return _clean(ln)
     for ln in lines:
         if "failed to load" in ln:
             return _clean(ln)
     for ln in lines:
-        if re.match(r"^E\d{4} ", ln) and not any(k in ln for k in ("CUDA", "NVML", "GPU", "cuda")):
+        if re.match(r"^E\d{4} ", ln) and not _HARMLESS.search(ln) and "{created_time:" not in ln:
             return _clean(ln)
     for ln in reversed(lines):
         if "error" in ln.lower():
@@ -107,6 +139,9 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else self._workdir / "tritonserver.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.repository: Path | None = None
+        # Our server's id (`--id`, reported by GET /v2): readiness is only ever taken from this server, never from
+        # another one that happens to answer on the same HTTP port.
+        self.server_id = f"firm-{uuid.uuid4().hex[:12]}"
 
     # -- endpoints ---------------------------------------------------------------------------------------------
     @property
@@ -143,14 +178,17 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--exit-on-error=true",
+            f"--id={self.server_id}",
             f"--log-verbose={self.log_verbose}",
             *self.extra_args,
         ]
 
     def start(self) -> TritonServer:
         """Start tritonserver and block until every model is ready (or raise `ServerStartError`)."""
+        self._check_ports()  # before fetching the repository: fail fast, leave nothing behind
         self.repository = resolve_repository(self.repository_uri)
         cmd = self.command()
+        self._check_ports()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         try:
@@ -169,22 +207,73 @@ class TritonServer:
         self._wait_ready()
         return self
 
+    def _check_ports(self) -> None:
+        """Refuse to start on a port that is taken (another tritonserver, a stale `firmctl serve start`, anything):
+        tritonserver would load every model first and only then fail to bind, and meanwhile the other server's
+        readiness could be mistaken for ours."""
+        named = {"gRPC": self.grpc_port, "HTTP": self.http_port, "metrics": self.metrics_port}
+        if len(set(named.values())) < len(named):
+            self._drop_workdir()
+            raise ServerStartError(f"the gRPC, HTTP and metrics ports must differ, got {named}")
+        for name, port in named.items():
+            if port_in_use(self.host, port):
+                self._drop_workdir()
+                raise ServerStartError(
+                    f"{name} port {self.host}:{port} is already in use (another tritonserver?): stop what holds "
+                    "it or choose another port (0 picks a free one)"
+                )
+
+    def _drop_workdir(self) -> None:
+        if self.process is None and self.log_path.parent == self._workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def _get(self, path: str) -> tuple[int, bytes] | None:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=1.0) as resp:
+                return int(resp.status), resp.read()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), b""
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+            return None
+
+    def _exited_error(self, rc: int) -> ServerStartError:
+        return ServerStartError(
+            f"tritonserver exited with code {rc}: {triton_error_line(self.read_log())} (log: {self.log_path})"
+        )
+
     def _wait_ready(self) -> None:
+        """Ready means: *our* process is alive, the server answering on our HTTP port reports our `--id`, and it
+        says every model is ready."""
         assert self.process is not None
         deadline = time.monotonic() + self.startup_timeout
-        url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             rc = self.process.poll()
             if rc is not None:
+                raise self._exited_error(rc)
+            ready = self._get("/v2/health/ready")
+            if ready is not None and ready[0] == 200:
+                meta = self._get("/v2")
+                name = None
+                if meta is not None and meta[0] == 200:
+                    try:
+                        name = json.loads(meta[1]).get("name")
+                    except (ValueError, AttributeError):
+                        name = None
+                rc = self.process.poll()
+                if rc is not None:
+                    raise self._exited_error(rc)
+                if name == self.server_id:
+                    return
+                if (
+                    name is None
+                ):  # no usable answer yet: ask again (behind a foreign non-Triton server ours exits)
+                    time.sleep(0.1)
+                    continue
+                self.stop()
                 raise ServerStartError(
-                    f"tritonserver exited with code {rc}: {triton_error_line(self.read_log())} (log: {self.log_path})"
+                    f"HTTP port {self.http_url} is already in use by another server"
+                    f"{f' (id {name!r})' if name else ''}: stop it or choose another port (0 picks a free one)"
                 )
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
             time.sleep(0.1)
         self.stop()
         raise ServerStartError(

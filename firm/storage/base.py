@@ -72,6 +72,45 @@ def sha256_file(path: str | Path, chunk: int = CHUNK) -> str:
     return h.hexdigest()
 
 
+def ensure_dir(path: str | Path, what: str) -> list[Path]:
+    """Create the output directory `path` (and its parents); returns the directories this call created, so a
+    failed run can remove exactly those. A directory that cannot be made is an `InputError` naming `what` (the
+    option or setting) and the real reason — never "no such file" for a path the user asked us to create."""
+    from firm.errors import InputError
+
+    p = Path(path).expanduser()
+    missing = missing_dirs(p)
+    anc = missing[0].parent if missing else p
+    if anc.exists() and not anc.is_dir():
+        raise InputError(f"{what} {p}: {anc} is a file, not a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"{what} {p}: cannot create a directory in {anc} ({reason})") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {p}: directory is not writable")
+    return missing
+
+
+def missing_dirs(path: str | Path) -> list[Path]:
+    """The directories that do not exist yet on the way to `path` (shallowest first; empty if it exists)."""
+    missing = []
+    anc = Path(path).expanduser()
+    while not anc.exists() and anc != anc.parent:
+        missing.append(anc)
+        anc = anc.parent
+    return list(reversed(missing))
+
+
+def remove_if_empty(dirs: list[Path]) -> None:
+    """Remove directories (deepest first) that are still empty: what a failed start created and left unused.
+    `dirs` is shallowest first, as `ensure_dir` / `missing_dirs` return them."""
+    for d in reversed(dirs):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a hidden temporary path next to `path`; on success it is renamed onto `path`, on error removed.

@@ -166,16 +166,18 @@ def deploy_probe(repository: str, fail: bool) -> None:
         probe_endpoint(endpoint=deploy.output, fail=fail)
 
 
-def _tritonservers() -> list[int]:
+def _tritonservers(home: Path) -> list[int]:
+    """Live tritonserver processes serving from `home` (this test's FIRM_HOME: other servers on the machine do not
+    count)."""
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                exe = (entry / "cmdline").read_bytes().split(b"\0")[0]
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
                 state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
             except OSError:
                 continue
-            if exe.endswith(b"tritonserver") and state != "Z":
+            if argv[0].endswith(b"tritonserver") and state != "Z" and str(home).encode() in b" ".join(argv):
                 out.append(int(entry.name))
     return out
 
@@ -193,13 +195,18 @@ def test_deploy_and_exit_handler_leave_no_tritonserver_behind(
         ExportConfig(critic=str(formatted_critic_dir), task="edit", critic_model=False, max_new_tokens=32, threads=1),
         f"{get_settings().bucket_uris()['models']}/probe/triton",
     )  # fmt: skip
-    before = set(_tritonservers())
+    home = get_settings().home
+    from firm.serving.service import start_service, stop_service
+
+    start_service("filter-check", repo)  # the process filter below does see a server of this FIRM_HOME
+    assert len(_tritonservers(home)) == 1
+    assert stop_service("filter-check") and _tritonservers(home) == []
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
-    deploy_probe(repository=repo, fail=False)  # succeeds: the service was up while the run ran
-    assert set(_tritonservers()) - before == set(), "the exit handler must stop the run's tritonserver"
+    deploy_probe(repository=repo, fail=False)  # succeeds: the probe step saw the service up and ready
+    assert _tritonservers(home) == [], "the exit handler must stop the run's tritonserver"
     with pytest.raises(RuntimeError, match="FAILURE"):
         deploy_probe(repository=repo, fail=True)
-    assert set(_tritonservers()) - before == set(), "a failed run must stop its tritonserver too"
+    assert _tritonservers(home) == [], "a failed run must stop its tritonserver too"
     assert not list((get_settings().home / "services").glob("*.json")), "no service record may remain"
 
 

@@ -216,3 +216,43 @@ def test_policy_and_prompts_load_from_s3(
     write_bytes("s3://firm-datasets/rl/edits.jsonl", (line % "src-0.png").encode())
     (item,) = load_prompts("s3://firm-datasets/rl/edits.jsonl", "edit")
     assert item.source == "s3://firm-datasets/rl/src-0.png"
+
+
+def test_fresh_run_into_an_existing_run_is_refused_and_latest_is_latest_written(
+    tiny_cfg, tmp_path: Path
+) -> None:
+    """A rerun without --resume must not restart at step 0 over an existing run's checkpoints; `--resume auto`
+    resumes from the checkpoint written last, never from a stale higher step."""
+    from typer.testing import CliRunner
+
+    from firm.cli.main import app
+    from firm.errors import ConfigError
+    from firm.rl.checkpoint import find_resume
+    from firm.rl.trainer import Trainer
+    from firm.storage import read_manifest
+
+    data = tiny_cfg(as_dict=True, steps=3, checkpoint__every_steps=1)
+    Trainer(tiny_cfg(steps=3, checkpoint__every_steps=1)).train(progress=False)
+    prefix = data["output_uri"] + "/checkpoints"
+    written = {s: read_manifest(f"{prefix}/step-{s:08d}").created_at for s in (1, 2, 3)}
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(data))
+    res = CliRunner().invoke(app, ["rl", "train", "--config", str(config)])
+    assert res.exit_code == 1 and res.stdout == "", res.output
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: output_uri "), res.stderr
+    assert "already has checkpoints" in res.stderr and "--resume auto" in res.stderr
+    assert "another output_uri" in res.stderr
+    with pytest.raises(ConfigError, match="already has checkpoints"):  # `python -m firm.rl.train` too
+        Trainer(tiny_cfg(steps=3, checkpoint__every_steps=1))
+    assert {s: read_manifest(f"{prefix}/step-{s:08d}").created_at for s in (1, 2, 3)} == written
+
+    # Continue from step 1 explicitly (allowed): step-2 is rewritten after step-3, which is now stale.
+    Trainer(tiny_cfg(steps=2, checkpoint__every_steps=1, checkpoint__resume=f"{prefix}/step-00000001")).train(
+        progress=False
+    )
+    assert read_manifest(f"{prefix}/step-00000002").created_at > written[3]
+    assert find_resume("auto", data["output_uri"]).endswith(f"{prefix}/step-00000002")  # type: ignore[union-attr]
+    res = CliRunner().invoke(app, ["rl", "train", "--config", str(config), "--resume", "auto"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["steps"] == 3

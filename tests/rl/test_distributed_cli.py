@@ -37,6 +37,40 @@ def test_two_process_torchrun_run(tiny_cfg, tmp_path: Path) -> None:
     assert steps == [0, 1]  # only rank 0 logs
 
 
+def test_cli_train_piped_prints_json_on_stdout_and_progress_lines_on_stderr(
+    tiny_cfg, tiny_sd3: Path, tmp_path: Path
+) -> None:
+    """Piped (as in a KFP step or a pod): stdout is exactly the JSON summary; stderr gets a progress line every
+    FIRM_PROGRESS_INTERVAL seconds (step, rate, ETA) and none of the libraries' expected chatter."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_cfg(as_dict=True, steps=4)))
+    res = _firmctl("rl", "train", "--config", str(config), env={"FIRM_PROGRESS_INTERVAL": "0.1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout)
+    assert summary["steps"] == 4 and res.stdout.count("\n") == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("progress: rl nft test: step ")]
+    assert len(lines) >= 3, res.stderr
+    assert any("step/s, ETA" in ln for ln in lines), lines
+    assert lines[-1].startswith("progress: rl nft test: step 4/4 (100%)") and "done in" in lines[-1], lines
+    for noise in (
+        "Loading pipeline components",
+        "Loading weights",
+        "requires torchvision",
+        "cannot be saved",
+    ):
+        assert noise not in res.stderr, res.stderr
+    # sampling with the trained LoRA (transformer only): no "No LoRA keys associated to CLIPTextModel…" per encoder
+    lora = Path(summary["output_uri"]) / "final/lora"
+    res = _firmctl(
+        "rl", "sample", "--policy", str(tiny_sd3), "--lora", str(lora), "--prompt", "a red apple",
+        "--out", str(tmp_path / "samples"), "--steps", "2", "--resolution", "32", "--max-sequence-length", "16",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads(res.stdout)["images"]) == 1
+    for noise in ("No LoRA keys", "Loading pipeline components", "Loading weights", "requires torchvision"):
+        assert noise not in res.stderr, res.stderr
+
+
 def _cli(*args: str):
     from typer.testing import CliRunner
 
@@ -88,4 +122,38 @@ def test_cli_train_then_sample_with_lora(tiny_cfg, tiny_sd3: Path, tmp_path: Pat
     r = _cli(
         "rl", "sample", "--policy", str(tmp_path / "nope"), "--prompt", "x", "--out", str(tmp_path / "o")
     )
-    assert r.exit_code == 1 and "error: policy.uri=" in r.output
+    assert r.exit_code == 1 and "error: --policy=" in r.output  # the option the user typed
+    r = _cli(
+        "rl",
+        "sample",
+        "--policy",
+        str(tiny_sd3),
+        "--lora",
+        "/nope",
+        "--prompt",
+        "x",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert r.exit_code == 1 and r.stderr.startswith("error: --lora=/nope: "), r.output
+    assert not (tmp_path / "o").exists()  # a failed start leaves nothing behind
+
+
+def test_cli_checks_before_starting_processes(tiny_cfg, tmp_path: Path) -> None:
+    """`--nproc 2` with a mistake every rank would hit: one `error:` line naming it, before any process starts."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_cfg(as_dict=True, steps=1)))
+    cases = {
+        f"data.prompts={tmp_path / 'nope.txt'}": "nope.txt",
+        f"policy.uri={tmp_path / 'no-policy'}": "policy.uri=",
+        "output_uri=s3://firm-checkpoints/x": "missing S3 credentials",
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIRM_S3_")}
+    for override, reason in cases.items():
+        res = subprocess.run(
+            [sys.executable, "-m", "firm.cli.main", "rl", "train", "--config", str(config), "--nproc", "2", override],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+        assert res.returncode == 1 and res.stdout == "", (override, res.stderr)
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: "), (override, res.stderr)
+        assert reason in res.stderr, (override, res.stderr)

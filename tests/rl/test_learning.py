@@ -145,6 +145,8 @@ def test_reward_service_down_fails_the_step_after_retries(tiny_cfg, overlap: boo
         torch.equal(a, b) for a, b in zip(after, before, strict=True)
     )  # nothing trained on fabricated rewards
     assert trainer.step == 0
+    assert not trainer.run_dir.exists()  # a failed start leaves no run directory behind
+    assert not (trainer.run_dir.parent).exists()  # nor the output directory it created
 
 
 class FailsOnPrompt:
@@ -202,3 +204,68 @@ def test_step_without_scored_samples_leaves_weights_untouched(tiny_cfg) -> None:
     assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
     assert res.metrics["reward/n"] == 0 and res.metrics["reward/parse_failure_rate"] == 1.0
     assert res.metrics["groups/dropped"] == 2
+
+
+class MinRewardNeverParses:
+    """A critic whose every answer is unparseable, under the `min_reward` policy: a value (0) *with* a failed status."""
+
+    task = "gen"
+
+    def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]:
+        return [
+            RewardBreakdown(task="gen", formulation="qma", reward=0.0, status="unparseable:instruction")
+            for _ in items
+        ]
+
+
+@pytest.mark.parametrize("reward", [NeverParses(), MinRewardNeverParses()], ids=["skip", "min_reward"])
+def test_run_without_any_parsed_reward_fails_after_max_unscored_steps(tiny_cfg, reward, caplog) -> None:
+    """Every answer unparseable: the run stops after reward.max_unscored_steps steps with one clear error naming
+    the likely causes, instead of "training" to the end on nothing. Whether a sample counts is decided from its
+    status, so min_reward's 0 is not a score."""
+    from firm.rl.trainer import NoScoredSamplesError, Trainer
+
+    trainer = Trainer(tiny_cfg(steps=10, reward__max_unscored_steps=2), reward=reward)
+    with (
+        caplog.at_level("WARNING", logger="firm.rl.trainer"),
+        pytest.raises(NoScoredSamplesError) as exc,
+    ):
+        trainer.train(progress=False)
+    msg = str(exc.value)
+    assert "\n" not in msg and trainer.step == 2, (msg, trainer.step)
+    assert "no sample got a parsed reward in 2 consecutive steps" in msg
+    assert "unparseable:instruction ×16" in msg
+    assert all(k in msg for k in ("critic", "task", "max_new_tokens", "rubric", "reward.max_unscored_steps"))
+    # the failure rate stayed at 1.0 (above the 0.5 threshold) for 2 steps: warned before failing
+    assert any("parse failure rate 1.00" in r.getMessage() for r in caplog.records), caplog.text
+    rows = (trainer.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2  # the failed steps' metrics are still recorded
+
+
+def test_sustained_parse_failures_warn_but_train(tiny_cfg, caplog) -> None:
+    """Some answers parse (2 of 3): the run goes on, but a failure rate above the threshold is warned about."""
+    from firm.rl.trainer import Trainer
+
+    trainer = Trainer(tiny_cfg(steps=2, reward__warn_parse_failure_rate=0.2), reward=FlakyCritic())
+    with caplog.at_level("WARNING", logger="firm.rl.trainer"):
+        results = trainer.train(progress=False)
+    assert len(results) == 2 and all(r.metrics["reward/n"] > 0 for r in results)
+    warned = [r.getMessage() for r in caplog.records if "warn_parse_failure_rate=0.20" in r.getMessage()]
+    assert len(warned) == 1 and "step 1: parse failure rate 0.38" in warned[0], caplog.text
+
+
+def test_entrypoint_exits_nonzero_when_nothing_parses(tiny_cfg, tmp_path, monkeypatch, capsys) -> None:
+    """`python -m firm.rl.train` (what `firmctl rl train` runs): exit 1 and one `error:` line, no summary."""
+    import yaml
+
+    import firm.rl.trainer as trainer_mod
+    from firm.rl.train import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_cfg(as_dict=True, steps=5)))
+    monkeypatch.setattr(trainer_mod, "build_reward", lambda rc, task: NeverParses())
+    assert main(["--config", str(config)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "no sample got a parsed reward in 3 consecutive steps" in errors[0], err

@@ -165,12 +165,19 @@ def test_two_process_torchrun_learns_and_checkpoints_to_s3(
     firmctl = Path(sys.executable).parent / "firmctl"
     proc = subprocess.run(
         [str(firmctl), "critic", "train", "--config", str(config), "--nproc", "2"],
-        env=_env(), capture_output=True, text=True, timeout=600,
+        env=_env(FIRM_PROGRESS_INTERVAL="1"), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = TrainResult.model_validate_json(proc.stdout.strip().splitlines()[-1])
-    # the Rich progress bar (its final render, non-TTY) comes from rank 0 only; metrics JSONL + TensorBoard exist
-    assert (proc.stdout + proc.stderr).count("critic sft ") == 1, proc.stdout[-2000:]
+    result = TrainResult.model_validate_json(proc.stdout)  # stdout is the JSON summary and nothing else
+    # progress (non-TTY: periodic lines on stderr) comes from rank 0 only: one closing line; metrics JSONL +
+    # TensorBoard exist
+    assert "progress: critic sft ddp: step" in proc.stderr and "progress" not in proc.stdout
+    closing = [
+        ln
+        for ln in proc.stderr.splitlines()
+        if ln.startswith("progress: critic sft ddp:") and "done in" in ln
+    ]
+    assert len(closing) == 1 and f"step {LEARN_STEPS}/{LEARN_STEPS} (100%)" in closing[0], proc.stderr[-2000:]
     assert (result.run_dir / "metrics.jsonl").is_file()
     assert any(p.name.startswith("events.out.tfevents") for p in (result.run_dir / "tb").iterdir())
     losses = train_losses(result.run_dir)
@@ -185,6 +192,28 @@ def test_two_process_torchrun_learns_and_checkpoints_to_s3(
     state = json.loads(store.get_bytes(f"checkpoints/ddp/step-{LEARN_STEPS}/trainer_state.json"))
     assert state["world_size"] == 2 and state["global_batch"] == 8
     assert len(json.loads(store.get_bytes(f"checkpoints/ddp/step-{LEARN_STEPS}/MANIFEST.json"))["files"]) > 5
+
+
+def test_cli_stdout_is_only_the_json_summary(
+    tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path
+) -> None:
+    """`firmctl critic train | jq`: stdout holds the summary and nothing else (no DeepSpeed accelerator warning, no
+    progress bar); progress goes to stderr as periodic lines when stderr is not a terminal; the expected library
+    chatter (accelerator detection, weight-loading bars) is gone."""
+    cfg = sft_config(tiny_critic_dir, sft_dataset, tmp_path, max_steps=6, eval__max_samples=2)
+    config = write_config(cfg, tmp_path / "run.yaml")
+    firmctl = Path(sys.executable).parent / "firmctl"
+    proc = subprocess.run(
+        [str(firmctl), "critic", "train", "--config", str(config)],
+        env=_env(FIRM_PROGRESS_INTERVAL="0.2"), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["steps"] == 6 and proc.stdout.count("\n") == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("progress: critic sft t: ")]
+    assert len(lines) >= 2 and lines[-1].startswith("progress: critic sft t: step 6/6 (100%)"), proc.stderr
+    for noise in ("Setting accelerator to CPU", "Loading weights", "Writing model shards"):
+        assert noise not in proc.stdout + proc.stderr, proc.stderr
 
 
 def test_lora_trains_and_exports_a_merged_critic(
@@ -258,6 +287,7 @@ def test_bad_input_fails_clearly_and_publishes_nothing(
     cfg = sft_config(tiny_critic_dir, bad, tmp_path, max_steps=2, checkpoint__every_n_steps=1)
     with pytest.raises(InputError, match=r"shards/(train|val)-00000\.jsonl:\d+: image .* corrupt"):
         train(SFTConfig.model_validate(cfg))
+    assert not (tmp_path / "runs").exists()  # a failed start leaves no (empty) run directory behind
     assert latest(cfg["checkpoint"]["uri"]) is None
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("MANIFEST.json"))
 
@@ -311,3 +341,54 @@ def test_deepspeed_zero3_two_processes_exports_gathered_weights(
     assert all(exported[k].shape == base[k].shape for k in base)  # full tensors, not ZeRO-3 shards
     assert sum(not (exported[k] == base[k]).all() for k in base) > len(base) // 2
     _judge_val(result.export_dir, sft_dataset, require_ok=False)
+
+
+def test_cli_checks_before_starting_processes(
+    tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--nproc 2` with a mistake torchrun would otherwise hit in every rank: one `error:` line, no process."""
+    from typer.testing import CliRunner
+
+    from firm.cli.main import app
+
+    config = write_config(sft_config(tiny_critic_dir, sft_dataset, tmp_path), tmp_path / "run.yaml")
+    monkeypatch.delenv("FIRM_S3_ACCESS_KEY", raising=False)
+    monkeypatch.delenv("FIRM_S3_SECRET_KEY", raising=False)
+    cases = {
+        f"data.dataset={tmp_path / 'nope'}": "no such directory",
+        f"data.dataset={tmp_path}": "not a critic SFT dataset (no dataset.json)",
+        "data.dataset=s3://firm-datasets/edit-v1": "missing S3 credentials",
+        f"model.path={tmp_path / 'no-model'}": "no such directory",
+        "batch.global_size=12": "world size",
+    }
+    for override, reason in cases.items():
+        res = CliRunner().invoke(app, ["critic", "train", "--config", str(config), "--nproc", "2", override])
+        assert res.exit_code == 1 and res.stdout == "", (override, res.output)
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: "), (override, res.stderr)
+        assert reason in res.stderr, (override, res.stderr)
+
+
+def test_an_error_in_every_rank_is_printed_once(
+    tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path
+) -> None:
+    """Both ranks fail alike (a model directory without a model, found only when loading): one `error:` line
+    from rank 0 and the launcher's summary, no repeat from rank 1 and no torchrun SIGTERM chatter."""
+    (tmp_path / "empty-model").mkdir()
+    cfg = sft_config(tiny_critic_dir, sft_dataset, tmp_path, batch__per_device=4)
+    cfg["model"]["path"] = str(tmp_path / "empty-model")
+    config = write_config(cfg, tmp_path / "run.yaml")
+    firmctl = Path(sys.executable).parent / "firmctl"
+    env = _env()
+    env.pop("TORCH_LOGS", None)
+    env.pop("LOGLEVEL", None)
+    proc = subprocess.run(
+        [str(firmctl), "critic", "train", "--config", str(config), "--nproc", "2"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 2, proc.stderr  # the rank's error, then the launcher's summary naming the rank
+    assert "cannot load a model config" in errors[0] and errors[1].startswith(
+        "error: firm.critic.sft failed on"
+    )
+    assert "SIGTERM" not in proc.stderr, proc.stderr

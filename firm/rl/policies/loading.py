@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_pretrained(uri: str) -> str:
-    """A local directory for file:// and s3:// URIs (fetched and verified via firm.storage), else the path or HF id."""
+def resolve_pretrained(uri: str, what: str = "policy.uri") -> str:
+    """A local directory for file:// and s3:// URIs (fetched and verified via firm.storage), else the path or HF id.
+    `what` names the setting or option the URI came from in errors (e.g. `--lora`)."""
     if uri.startswith(("s3://", "file://")):
         from firm.storage import resolve_local
 
@@ -27,7 +28,7 @@ def resolve_pretrained(uri: str) -> str:
     if p.exists():
         return str(p)
     if uri.startswith(("/", "./", "../")):
-        raise ConfigError(f"policy.uri={uri}: local directory does not exist")
+        raise ConfigError(f"{what}={uri}: local directory does not exist")
     return uri  # a Hugging Face id
 
 
@@ -48,6 +49,11 @@ def pick_device(spec: str) -> torch.device:
 
 def load_policy(cfg: PolicyConfig, device: torch.device) -> DiffusionPolicy:
     """Load the policy named by `cfg` onto `device`, frozen, in eval mode (the LoRA is added by firm.rl.lora)."""
+    import diffusers  # noqa: F401  (lazy module: cheap) so that its loading bars can be quieted
+
+    from firm.logs import quiet_loaded
+
+    quiet_loaded()
     if cfg.kind == "sd3":
         from firm.rl.policies.sd3 import SD3Policy
 

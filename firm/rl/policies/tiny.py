@@ -356,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", default=None, help="also write a small prompt file here")
     ap.add_argument("--sample-size", type=int, default=4, help="latent side (4 → 32 px, 8 → 64 px)")
     args = ap.parse_args(argv)
+    from firm.logs import quiet_libraries
+
+    quiet_libraries()  # e.g. diffusers' "text_encoder_3=None … cannot be saved": tiny policies have no T5
     if args.kind == "sd3":
         build_tiny_sd3(args.out_dir, sample_size=args.sample_size)
         if args.prompts:

@@ -1,0 +1,147 @@
+"""`TritonServer` start-up: readiness is *our* server's, and a failed start names Triton's own cause.
+
+The CLI test needs no tritonserver (the port check fails first); the last test runs the real binary on a port that
+is taken after the check, so the cause has to come out of Triton's log.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from firm.serving.server import ServerStartError, TritonServer, free_port, triton_error_line
+
+# What tritonserver 2.51 logs on a CPU machine when its gRPC port is taken (abridged from a real log).
+_SOCKET_IN_USE_LOG = """\
+W1130 16:45:58.719354 17326 pinned_memory_manager.cc:273] "Unable to allocate pinned system memory, pinned memory pool will not be available: CUDA driver version is insufficient for CUDA runtime version"
+I1130 16:45:58.719439 17326 cuda_memory_manager.cc:117] "CUDA memory pool disabled"
+E1130 16:45:58.719522 17326 server.cc:241] "CudaDriverHelper has not been initialized."
+I1130 16:46:04.553501 17326 model_lifecycle.cc:839] "successfully loaded 'firm_edit_reward'"
+E1130 16:46:04.555548752   17326 chttp2_server.cc:1060]                UNKNOWN:No address added out of total 1 resolved for '127.0.0.1:18801' {created_time:"2026-11-30T16:46:04.555470917+00:00", children:[UNKNOWN:Address already in use {syscall:"bind", os_error:"Address already in use", errno:98}]}
+E1130 16:46:04.559112 17326 main.cc:245] "failed to start GRPC service: Unavailable - Socket '127.0.0.1:18801' already in use "
+"""
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port held by a plain listening socket on 127.0.0.1 (not a Triton server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
+
+
+def _fake_repository(root: Path) -> Path:
+    (root / "m").mkdir(parents=True)
+    (root / "m" / "config.pbtxt").write_text('name: "m"\nbackend: "python"\n')
+    return root
+
+
+def test_triton_error_line_prefers_socket_in_use_over_cuda_noise() -> None:
+    line = triton_error_line(_SOCKET_IN_USE_LOG)
+    assert line == "failed to start GRPC service: Unavailable - Socket '127.0.0.1:18801' already in use", line
+    # model load failures still win over CUDA noise; CUDA noise is never the answer when anything else is there
+    load_failure = (
+        "E1130 16:46:04.5 17326 model_lifecycle.cc:642] \"failed to load 'firm_gen_reward' version 1\""
+    )
+    log = [*_SOCKET_IN_USE_LOG.splitlines()[:4], load_failure]
+    assert triton_error_line("\n".join(log)).startswith("failed to load 'firm_gen_reward'")
+
+
+@pytest.mark.parametrize("which", ["--grpc-port", "--http-port", "--metrics-port"])
+def test_serve_start_on_port_in_use_fails_with_the_port(held_port: int, tmp_path: Path, which: str) -> None:
+    from firm.cli.main import app
+
+    ports = {p: str(free_port()) for p in ("--grpc-port", "--http-port", "--metrics-port")}
+    ports[which] = str(held_port)
+    r = CliRunner().invoke(
+        app,
+        [
+            "serve",
+            "start",
+            "--repository",
+            str(_fake_repository(tmp_path / "repo")),
+            *[a for kv in ports.items() for a in kv],
+        ],
+    )
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    assert r.stdout == ""  # no endpoints of any server
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert f"127.0.0.1:{held_port} is already in use" in r.stderr, r.stderr
+
+
+class _ForeignTriton(http.server.BaseHTTPRequestHandler):
+    """Answers like a ready Triton server with another id."""
+
+    def do_GET(self) -> None:
+        body = json.dumps({"name": "triton", "version": "2.51.0"}).encode() if self.path == "/v2" else b""
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_readiness_of_another_server_is_not_ours(tmp_path: Path) -> None:
+    """Another server answering "ready" on our HTTP port (it grabbed the port after our check) is not readiness."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ForeignTriton)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    srv = TritonServer(tmp_path, http_port=httpd.server_address[1], startup_timeout=10)
+    srv.process = subprocess.Popen(["sleep", "30"])  # our (still loading) server: alive, not answering
+    try:
+        with pytest.raises(ServerStartError, match="already in use by another server") as exc:
+            srv._wait_ready()
+        assert "'triton'" in str(exc.value)
+        assert srv.process.poll() is not None  # ours was stopped
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        if srv.process.poll() is None:
+            srv.process.kill()
+        srv.process.wait()
+        shutil.rmtree(srv._workdir, ignore_errors=True)
+
+
+def test_readiness_needs_our_process_alive(tmp_path: Path) -> None:
+    """Our process exited: that is the answer, whatever answers on the HTTP port."""
+    srv = TritonServer(tmp_path, startup_timeout=10)
+    srv.log_path.write_text(_SOCKET_IN_USE_LOG)
+    srv.process = subprocess.Popen(["sh", "-c", "exit 1"])
+    srv.process.wait()
+    try:
+        with pytest.raises(ServerStartError, match=r"code 1: failed to start GRPC service.*already in use"):
+            srv._wait_ready()
+    finally:
+        shutil.rmtree(srv._workdir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_port_taken_after_the_check_reports_triton_cause(
+    held_port: int, tmp_path: Path, tiny_critic_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real tritonserver on a gRPC port taken between our check and its bind: Triton's own cause."""
+    import firm.serving.server as server_mod
+    from firm.serving.export import ExportConfig, export_repository
+
+    repo = export_repository(
+        ExportConfig(critic=str(tiny_critic_dir), task="edit", critic_model=False, weights="reference"),
+        tmp_path / "repo",
+    )
+    monkeypatch.setattr(server_mod, "port_in_use", lambda host, port: False)
+    srv = TritonServer(repo, grpc_port=held_port, startup_timeout=120)
+    with pytest.raises(ServerStartError) as exc:
+        srv.start()
+    msg = str(exc.value)
+    assert f"Socket '127.0.0.1:{held_port}' already in use" in msg and "CudaDriver" not in msg, msg
+    assert not srv.is_running()
