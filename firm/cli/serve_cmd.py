@@ -62,6 +62,10 @@ def export(
         "skip", help="Unparsed answers: skip (reward null) | min_reward (0 + status)."
     ),
     overwrite: bool = typer.Option(False, help="Replace an existing local export."),
+    vllm_models_root: str = typer.Option(
+        "/models",
+        help="--engine vllm: where the serving container mounts the repository (the Helm chart: /models/repo).",
+    ),
 ) -> None:
     """Write a Triton model repository (firm_critic + reward model(s)) for a critic."""
     from firm.serving.export import BatchingConfig, ExportConfig, export_repository
@@ -86,6 +90,7 @@ def export(
         gen_w_bonus=gen_w_bonus,
         gen_quality=gen_quality,
         policy=policy,
+        vllm_models_root=vllm_models_root,
         batching=BatchingConfig(
             enabled=dynamic_batching,
             max_batch_size=max_batch_size,

@@ -180,3 +180,18 @@ def test_serve_export_cli(tmp_path: Path, tiny_critic_dir: Path) -> None:
     ]
     r = CliRunner().invoke(app, bad)
     assert r.exit_code == 1 and r.stderr.startswith("error:") and "preferred_batch_sizes" in r.stderr
+
+
+def test_cli_vllm_export_for_the_helm_chart_mount(tmp_path: Path, tiny_critic_dir: Path) -> None:
+    """The chart mounts the fetched repository at /models/repo: `--vllm-models-root` points model.json there."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "firm.cli.main", "serve", "export", "--critic", str(tiny_critic_dir), "--task", "edit",
+         "--engine", "vllm", "--device", "gpu", "--out", str(tmp_path / "repo"), "--vllm-models-root", "/models/repo"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    engine = json.loads((tmp_path / "repo" / "firm_critic" / "1" / "model.json").read_text())
+    assert engine["model"] == "/models/repo/firm_critic/1/critic"
