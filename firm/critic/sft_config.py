@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from firm.errors import ConfigError, FirmError, InputError
+from firm.errors import ConfigError, InputError
 from firm.overrides import apply_overrides as _apply_overrides
 from firm.overrides import blame
 
@@ -188,21 +188,17 @@ def preflight(cfg: SFTConfig, world_size: int) -> None:
     `error:` line instead of one per rank: the world size against the global batch, object-store credentials for
     every s3:// location, a local base model directory, and the dataset (its dataset.json; a published
     dataset is fetched and verified into the local cache here, where the workers then find it)."""
-    from firm.storage import open_store
+    from firm.storage import check_store_access
 
     cfg.global_batch(world_size)
-    locations = {
-        "data.dataset": cfg.data.dataset,
-        "model.path": cfg.model.path,
-        "checkpoint.uri": cfg.checkpoint.uri,
-        "export.uri": cfg.export.uri,
-    }
-    for name, uri in locations.items():
-        if uri and uri.startswith("s3://"):
-            try:
-                open_store(uri)  # missing credentials fail here, without any network call
-            except FirmError as exc:
-                raise ConfigError(f"{name}={uri}: {exc}") from None
+    check_store_access(
+        {
+            "data.dataset": cfg.data.dataset,
+            "model.path": cfg.model.path,
+            "checkpoint.uri": cfg.checkpoint.uri,
+            "export.uri": cfg.export.uri,
+        }
+    )
     model = cfg.model.path  # a path (not a Hugging Face id) must be a directory
     if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
         raise InputError(f"model.path={model}: no such directory")

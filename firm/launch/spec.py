@@ -295,6 +295,29 @@ class JobSpec(_Model):
         return ENTRYPOINTS.get(self.entrypoint, self.entrypoint)
 
 
+def step_job_spec(
+    entrypoint: str,
+    run_id: str,
+    *,
+    recipe: str,
+    overrides: list[str],
+    pool: str,
+    nodes: int,
+    nproc_per_node: int,
+    image: str,
+) -> JobSpec:
+    """The job of a pipeline's launcher step: named `firm-<entrypoint>-<run id>` (cut to a valid name), one job per
+    pipeline run; `nproc_per_node=0` and `image=""` mean the pool's / settings' defaults."""
+    name = re.sub(r"[^a-z0-9-]", "-", f"firm-{entrypoint}-{run_id}".lower())[:MAX_NAME].strip("-")
+    try:
+        return JobSpec(
+            name=name, entrypoint=entrypoint, recipe=recipe, overrides=list(overrides), pool=pool, nodes=nodes,
+            nproc_per_node=nproc_per_node or None, image=image or None,
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise _field_error(f"of step {name}", exc) from None
+
+
 # ------------------------------------------------------------------------------------------------ loading
 
 

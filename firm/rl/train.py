@@ -38,24 +38,20 @@ def preflight(cfg: RLConfig, world_size: int) -> None:
     from firm.rl.checkpoint import check_fresh_output
     from firm.rl.data import load_prompts
     from firm.rl.policies.loading import resolve_pretrained
-    from firm.storage import open_store
+    from firm.storage import check_store_access
 
     if cfg.sampling.prompts_per_step % world_size:
         raise ConfigError(
             f"sampling.prompts_per_step={cfg.sampling.prompts_per_step} is not divisible by {world_size} ranks"
         )
-    locations = {
-        "policy.uri": cfg.policy.uri,
-        "output_uri": cfg.output_uri,
-        "data.prompts": cfg.data.prompts,
-        "reward.critic_uri": cfg.reward.critic_uri,
-    }
-    for name, uri in locations.items():
-        if uri and uri.startswith("s3://"):
-            try:
-                open_store(uri)  # missing credentials fail here, without any network call
-            except FirmError as exc:
-                raise ConfigError(f"{name}={uri}: {exc}") from None
+    check_store_access(
+        {
+            "policy.uri": cfg.policy.uri,
+            "output_uri": cfg.output_uri,
+            "data.prompts": cfg.data.prompts,
+            "reward.critic_uri": cfg.reward.critic_uri,
+        }
+    )
     if not cfg.policy.uri.startswith(("s3://", "file://")):
         resolve_pretrained(cfg.policy.uri)  # a missing local directory (HF ids pass)
     load_prompts(cfg.data.prompts, cfg.task, cfg.data.max_prompt_chars)

@@ -20,7 +20,7 @@ from firm.storage.publish import (
     write_bytes,
 )
 from firm.storage.s3 import RetryPolicy, S3Store
-from firm.storage.stores import init_buckets, open_store
+from firm.storage.stores import check_store_access, init_buckets, open_store
 from firm.storage.transfer import copy, plan_copy
 from firm.storage.uris import StoreURI, is_uri, join_uri, parse_uri, to_uri
 
@@ -34,6 +34,7 @@ __all__ = [
     "RetryPolicy",
     "S3Store",
     "StoreURI",
+    "check_store_access",
     "copy",
     "fetch_dir",
     "init_buckets",

@@ -43,6 +43,19 @@ def open_store(uri: str | Path, settings: FirmSettings | None = None) -> tuple[O
     return store_for(parsed, settings), parsed.key
 
 
+def check_store_access(locations: dict[str, str | None]) -> None:
+    """Fail before any work starts when an `s3://` location cannot be opened (e.g. missing credentials; no network
+    call is made): `ConfigError` naming the setting, e.g. `data.dataset=s3://...: <why>`."""
+    from firm.errors import ConfigError, FirmError
+
+    for name, uri in locations.items():
+        if uri and uri.startswith("s3://"):
+            try:
+                open_store(uri)
+            except FirmError as exc:
+                raise ConfigError(f"{name}={uri}: {exc}") from None
+
+
 def init_buckets(settings: FirmSettings | None = None) -> list[tuple[str, bool]]:
     """Create the configured datasets/checkpoints/models buckets (directories for a `file://` store).
 

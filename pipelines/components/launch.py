@@ -27,13 +27,12 @@ def train_critic(
 ) -> str:
     """Critic SFT of `recipe` on `dataset_uri`; returns the URI of the published `save_pretrained` critic."""
     from firm.launch.runner import run_job
-    from firm.launch.spec import JobSpec
+    from firm.launch.spec import step_job_spec
 
     extra = [f"data.dataset={dataset_uri}", *([f"model.path={base_model}"] if base_model else [])]
-    spec = JobSpec(
-        name=f"firm-sft-{run_id}".lower()[:45].rstrip("-"), entrypoint="sft", recipe=recipe,
-        overrides=[*overrides, *extra], pool=pool, nodes=nodes, nproc_per_node=nproc_per_node or None,
-        image=image or None,
+    spec = step_job_spec(
+        "sft", run_id, recipe=recipe, overrides=[*overrides, *extra], pool=pool, nodes=nodes,
+        nproc_per_node=nproc_per_node, image=image,
     )  # fmt: skip
     run = run_job(spec, backend, timeout=timeout_s or None)  # type: ignore[arg-type]
     uri = f"{run.job.checkpoint_uri}/export"
@@ -63,14 +62,13 @@ def rl_train(
 ) -> str:
     """RL of `recipe` with rewards from the reward service at `reward_url`; returns the final LoRA's URI."""
     from firm.launch.runner import run_job
-    from firm.launch.spec import JobSpec
+    from firm.launch.spec import step_job_spec
     from firm.rl.report import curves_html, read_run_metrics
 
     extra = ["reward.kind=triton", f"reward.url={reward_url}"] if reward_url else []
-    spec = JobSpec(
-        name=f"firm-rl-{run_id}".lower()[:45].rstrip("-"), entrypoint="rl", recipe=recipe,
-        overrides=[*overrides, *extra], pool=pool, nodes=nodes, nproc_per_node=nproc_per_node or None,
-        image=image or None,
+    spec = step_job_spec(
+        "rl", run_id, recipe=recipe, overrides=[*overrides, *extra], pool=pool, nodes=nodes,
+        nproc_per_node=nproc_per_node, image=image,
     )  # fmt: skip
     run = run_job(spec, backend, timeout=timeout_s or None)  # type: ignore[arg-type]
     uri = f"{run.job.checkpoint_uri}/final/lora"

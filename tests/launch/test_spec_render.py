@@ -216,3 +216,16 @@ def test_recipe_headers_point_at_their_cluster_spec() -> None:
         if spec.name.endswith("2x8") and spec.entrypoint == "sft":
             continue  # the 1x8 spec is the recipe's cluster line; 2x8 is its multi-node variant
         assert f"k8s/jobs/{path.name}" in header, f"{spec.recipe} header does not name {path.name}"
+
+
+def test_pipeline_step_jobs_get_valid_names_from_any_run_id() -> None:
+    from firm.launch.spec import step_job_spec
+
+    uuid = "3F2504E0-4F89-11D3-9A0C-0305E82C3301"  # a KFP run id on a cluster
+    spec = step_job_spec("sft", uuid, recipe="critic/tiny_cpu", overrides=[], pool="cpu", nodes=1,
+                         nproc_per_node=0, image="")  # fmt: skip
+    assert spec.name == "firm-sft-3f2504e0-4f89-11d3-9a0c-0305e82c3301"[:45].strip("-")
+    assert len(spec.name) <= 45 and spec.nproc_per_node is None and spec.image is None
+    with pytest.raises(ConfigError, match="job spec of step firm-rl-x: field 'nodes'"):
+        step_job_spec("rl", "x", recipe="rl/tiny_sd3_nft", overrides=[], pool="cpu", nodes=0, nproc_per_node=0,
+                      image="")  # fmt: skip
