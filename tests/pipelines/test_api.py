@@ -86,3 +86,33 @@ def test_cli_rejects_bad_input_before_submitting_and_names_an_unreachable_host()
     )
     listed = json.loads(_firmctl("list", "--json").stdout)
     assert [p["name"] for p in listed] == ["firm", "critic", "rl", "bench"]
+
+
+def test_submit_and_upload_through_kfp_client_against_a_local_endpoint() -> None:
+    """`submit` uploads the pipeline once, reuses the version while the compiled IR is unchanged, starts runs with
+    typed parameters as the pipeline-runner service account; `upload` adds every pipeline (the real kfp.Client
+    against tests/pipelines/kfp_api.py: FIRM's calls, not KFP)."""
+    from pipelines.api import submit, upload_all
+    from tests.pipelines.kfp_api import FakeKFP, serve
+
+    api = FakeKFP()
+    with serve(api) as host:
+        first = submit("bench", ["bench_items=3", "critic=triton://firm-reward-edit:8001"], host=host)
+        second = submit("bench", ["bench_items=4"], host=host, experiment="firm")
+        ids = upload_all(host)
+    assert first == f"{host}/#/runs/details/run-1" and second.endswith("/run-2")
+    run = api.runs[0]
+    assert run["runtime_config"]["parameters"] == {
+        "bench_items": 3,
+        "critic": "triton://firm-reward-edit:8001",
+    }
+    assert run["service_account"] == "firm-pipeline-runner" and run["experiment_id"] == "exp-1"
+    version = run["pipeline_version_reference"]
+    assert api.runs[1]["pipeline_version_reference"] == version, (
+        "an unchanged pipeline must reuse its version"
+    )
+    assert len(api.experiments) == 1
+    assert {p["display_name"] for p in api.pipelines} == {"firm", "firm-critic", "firm-rl", "firm-bench"}
+    assert ids["bench"] == (version["pipeline_id"], version["pipeline_version_id"])
+    uploaded = dict(api.uploads)
+    assert b"# Name: firm-bench" in uploaded["firm-bench"]
