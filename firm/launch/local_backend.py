@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -254,13 +253,6 @@ class LocalBackend(JobBackend):
                     os.kill(int(node_pid), signal.SIGKILL)
             write_state(d, {**state, "phase": "Cancelled", "finished": time.time(), "message": "cancelled"})
         return self.status(name)
-
-    def remove(self, name: str) -> None:
-        """Forget a finished local job (its checkpoints in the object store stay)."""
-        d = self._require(name)
-        if not self.status(name).done:
-            raise JobError(f"job {name} is still running; cancel it first")
-        shutil.rmtree(d)
 
 
 def _grew(log: Path, pos: int) -> bool:

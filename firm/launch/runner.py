@@ -18,7 +18,6 @@ import contextlib
 import json
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -80,30 +79,37 @@ def run_job(
     namespace: str | None = None,
     timeout: float | None = None,
     on_line: Callable[[str], None] = print,
-    poll: float = 2.0,
+    poll: float = 1.0,
 ) -> JobRun:
     """Submit `spec`, stream its master log to `on_line`, wait; `JobError` unless it succeeded (see module doc)."""
     b = get_backend(backend, namespace=namespace)
     job = resolve_job(spec, b.name)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    result: dict[str, Any] | None = None
+    result: list[dict[str, Any]] = []
+
+    def pump_logs() -> None:
+        """Rank 0's log into the step's log, while the main thread waits (and receives the signals)."""
+        try:
+            for line in b.logs(job.name, "master", 0, follow=True):
+                on_line(line)
+                if (obj := _json_line(line)) is not None:
+                    result.append(obj)
+        except Exception as exc:  # the log is a convenience: losing it never fails the job
+            on_line(f"[firm] log stream of job {job.name} ended: {exc}")
+
     with _cancel_on_signal():
         try:
             status = b.submit(job)
             on_line(f"[firm] job {job.name} submitted ({b.name}): {status.phase}")
-            for line in b.logs(job.name, "master", 0, follow=True):
-                on_line(line)
-                result = _json_line(line) or result
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            status = b.wait(job.name, timeout=remaining, poll=poll)
+            logs = threading.Thread(target=pump_logs, daemon=True)
+            logs.start()
+            status = b.wait(job.name, timeout=timeout, poll=poll)
+            logs.join(timeout=30.0)  # the tail of the log, written as the job ended
         except _Stop as stop:
             on_line(f"[firm] stopped by signal {stop.signum}: cancelling job {job.name}")
             b.cancel(job.name)
             raise JobError(f"job {job.name} cancelled: the step was stopped (signal {stop.signum})") from None
-        except (TimeoutError, JobError) as exc:
-            if isinstance(exc, JobError) and "did not finish within" not in str(exc):
+        except JobError as exc:
+            if "did not finish within" not in str(exc):
                 raise
             with contextlib.suppress(JobError):
                 b.cancel(job.name)
@@ -111,4 +117,4 @@ def run_job(
     on_line(f"[firm] job {job.name}: {status.phase}{f' — {status.message}' if status.message else ''}")
     if not status.succeeded:
         raise JobError(f"job {job.name} {status.phase.lower()}: {status.message or 'see its log above'}")
-    return JobRun(job=job, status=status, result=result)
+    return JobRun(job=job, status=status, result=result[-1] if result else None)

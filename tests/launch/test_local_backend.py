@@ -195,3 +195,24 @@ def test_unknown_local_job_lists_the_known_ones(tmp_path: Path) -> None:
 
     with pytest.raises(JobError, match="no local job named 'nope' \\(local jobs: none"):
         LocalBackend().status("nope")
+
+
+@pytest.mark.slow
+def test_run_job_cancels_a_job_that_outlives_its_timeout(job_cwd: Path) -> None:
+    """What a launcher step does with `timeout_s`: the job is cancelled and the step fails, even while the job is
+    silent (the log is followed on the side; the wait owns the deadline)."""
+    from firm.launch.backend import JobError
+    from firm.launch.runner import run_job
+
+    spec = load_job_spec(TINY, ["name=tiny-timeout", "recipe.max_steps=100000"])
+    lines: list[str] = []
+    t0 = time.monotonic()
+    with pytest.raises(JobError, match="job tiny-timeout did not finish within 6 s and was cancelled"):
+        run_job(spec, "local", timeout=6, on_line=lines.append, poll=0.2)
+    assert time.monotonic() - t0 < 60
+    assert LocalBackend().status("tiny-timeout").phase == "Cancelled"
+    assert lines[0].startswith("[firm] job tiny-timeout submitted (local)")
+    deadline = time.monotonic() + 10
+    while _procs_mentioning("tiny-timeout") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _procs_mentioning("tiny-timeout") == []
