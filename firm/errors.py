@@ -20,5 +20,9 @@ class StorageError(FirmError):
     """An object-store operation failed; the message names the URI."""
 
 
+class MissingBucketError(StorageError):
+    """The S3 bucket a URI names does not exist (a run that writes there creates it; a reader finds nothing)."""
+
+
 class ParseError(FirmError):
     """A critic's text could not be turned into a score and the policy says to raise."""

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
-from firm.critic.sft_config import SFTConfig, load_sft_config
+from firm.critic.sft_config import SFTConfig, check_fresh_run, load_sft_config
 from firm.errors import ConfigError, FirmError, InputError
 
 log = logging.getLogger("firm.critic.sft")
@@ -380,7 +380,6 @@ def _progress(enabled: bool, run_name: str, total: int, start: int) -> Any:
 
 def train(cfg: SFTConfig) -> TrainResult:
     """Run (or resume) a critic SFT run described by `cfg`; see the module docstring."""
-    from firm.config import get_settings
     from firm.critic.collate import SFTCollator, pack_by_image_count
     from firm.critic.sft_checkpoint import (
         CheckpointWriter,
@@ -394,7 +393,8 @@ def train(cfg: SFTConfig) -> TrainResult:
 
     env = dist_env(cfg)
     global_batch = cfg.global_batch(env.world)  # fails fast, before any process group or model
-    ckpt_root = cfg.checkpoint.uri or f"{get_settings().bucket_uris()['checkpoints']}/{cfg.run_name}"
+    ckpt_root = cfg.checkpoint_root()
+    check_fresh_run(cfg)
     run_dir = Path(cfg.output_dir).expanduser().resolve() / cfg.run_name  # made once training starts
 
     if cfg.threads is not None:

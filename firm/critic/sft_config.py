@@ -143,6 +143,12 @@ class SFTConfig(_Cfg):
             )
         return self
 
+    def checkpoint_root(self) -> str:
+        """Where this run's checkpoints go: `checkpoint.uri`, else `<checkpoints bucket>/<run_name>`."""
+        from firm.config import get_settings
+
+        return self.checkpoint.uri or f"{get_settings().bucket_uris()['checkpoints']}/{self.run_name}"
+
     def global_batch(self, world_size: int) -> int:
         """Rows per optimizer step; raises `ConfigError` when it disagrees with `batch.global_size`."""
         g = self.batch.per_device * self.batch.grad_accum * world_size
@@ -183,6 +189,26 @@ def load_sft_config(config: str | Path, overrides: list[str] | None = None) -> S
         raise ConfigError(f"{where}: invalid config at {loc or '(top level)'}: {err.get('msg')}") from None
 
 
+def check_fresh_run(cfg: SFTConfig) -> None:
+    """A fresh run (`resume=none`) must not write into a checkpoint root that already holds a run: it would append
+    to that run's metrics and prune old and new checkpoints together."""
+    if cfg.resume != "none":
+        return
+    from firm.errors import MissingBucketError
+    from firm.storage import latest
+
+    root = cfg.checkpoint_root()
+    try:
+        found = latest(root)
+    except MissingBucketError:  # the run's first checkpoint creates the bucket
+        return
+    if found is not None:
+        raise ConfigError(
+            f"run {cfg.run_name}: {root} already has checkpoints (latest: {found}); pass --resume auto to continue "
+            "that run, or choose another run_name (or checkpoint.uri)"
+        )
+
+
 def preflight(cfg: SFTConfig, world_size: int) -> None:
     """What can be checked before any training process starts (`firmctl critic train`), so a mistake is one
     `error:` line instead of one per rank: the world size against the global batch, object-store credentials for
@@ -214,3 +240,4 @@ def preflight(cfg: SFTConfig, world_size: int) -> None:
     if not (root / INFO_FILE).is_file():
         what = "no such directory" if not root.is_dir() else f"not a critic SFT dataset (no {INFO_FILE})"
         raise InputError(f"data.dataset={data}: {what}")
+    check_fresh_run(cfg)

@@ -100,9 +100,13 @@ def check_fresh_output(resume: str, output_uri: str) -> None:
     would restart at step 0 and overwrite some of them while later, stale ones stay behind."""
     if resume != "none":
         return
+    from firm.errors import MissingBucketError
     from firm.storage import latest
 
-    found = latest(checkpoints_prefix(output_uri))
+    try:
+        found = latest(checkpoints_prefix(output_uri))
+    except MissingBucketError:  # nothing was ever written there
+        return
     if found is not None:
         raise ConfigError(
             f"output_uri {output_uri} already has checkpoints (latest: {found}): pass --resume auto "

@@ -23,7 +23,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from firm.config import FirmSettings
-from firm.errors import StorageError
+from firm.errors import MissingBucketError, StorageError
 from firm.storage.base import CHUNK, ByteCallback, ObjectInfo, ObjectStore, atomic_path
 
 T = TypeVar("T")
@@ -159,7 +159,7 @@ class S3Store(ObjectStore):
         if isinstance(exc, S3Error):
             code = exc.code
             if code == "NoSuchBucket":
-                return StorageError(self._no_bucket(where))
+                return MissingBucketError(self._no_bucket(where))
             if code in ("NoSuchKey", "ResourceNotFound"):
                 return StorageError(f"{where}: no such object")
             if code in DENIED_CODES:
@@ -291,7 +291,7 @@ class S3Store(ObjectStore):
             if isinstance(exc.__cause__, S3Error) and exc.__cause__.code in ("NoSuchKey", "ResourceNotFound"):
                 # a HEAD answer has no body: tell a missing object from a missing bucket
                 if not self.bucket_exists():
-                    raise StorageError(self._no_bucket(self.uri(key))) from exc
+                    raise MissingBucketError(self._no_bucket(self.uri(key))) from exc
                 return False
             raise
         return True

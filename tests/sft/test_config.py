@@ -193,3 +193,23 @@ def test_every_header_command_is_a_valid_launch() -> None:
             assert cfg.global_batch(nproc) >= nproc, argv
             checked += 1
     assert checked >= 8
+
+
+def test_a_fresh_run_into_an_existing_run_is_refused(tmp_path: Path) -> None:
+    """Two fresh runs with one run name would append to one metrics file and prune each other's checkpoints."""
+    from firm.critic.sft import train
+    from firm.critic.sft_config import check_fresh_run
+    from firm.storage import publish_dir
+
+    cfg = load_sft_config("critic/tiny_cpu", [f"data.dataset={tmp_path / 'no-data'}", "run_name=twice"])
+    check_fresh_run(cfg)  # nothing there yet
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "trainer_state.json").write_text("{}")
+    publish_dir(ckpt, f"{cfg.checkpoint_root()}/step-10")
+    with pytest.raises(ConfigError, match=r"run twice: .*twice already has checkpoints \(latest: .*step-10\); pass"):
+        check_fresh_run(cfg)
+    with pytest.raises(ConfigError, match="already has checkpoints"):
+        train(cfg)  # refused before the (missing) dataset is even opened
+    resumed = load_sft_config("critic/tiny_cpu", [f"data.dataset={tmp_path / 'no-data'}", "run_name=twice", "resume=auto"])
+    check_fresh_run(resumed)  # continuing the run is fine

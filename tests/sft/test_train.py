@@ -303,7 +303,8 @@ def test_bad_input_fails_clearly_and_publishes_nothing(
     # a model directory without a model: one clear line naming it (HF's multi-line message folded)
     (tmp_path / "no-model").mkdir()
     with pytest.raises(InputError, match=r"model.path .*no-model: cannot load a model config") as info:
-        train(SFTConfig.model_validate({**cfg_skip, "model": {"path": str(tmp_path / "no-model")}}))
+        fresh = {**cfg_skip["checkpoint"], "uri": cfg_skip["checkpoint"]["uri"] + "-2"}  # the run above is done
+        train(SFTConfig.model_validate({**cfg_skip, "model": {"path": str(tmp_path / "no-model")}, "checkpoint": fresh}))
     assert "\n" not in str(info.value)
 
     # the world size must divide the global batch: fails before any process group or model exists
