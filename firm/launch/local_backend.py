@@ -29,6 +29,7 @@ from typing import Any
 
 from firm.launch.backend import TERMINAL, JobBackend, JobError, JobStatus
 from firm.launch.spec import ResolvedJob
+from firm.processes import pid_alive
 
 CANCEL_TIMEOUT_S = 60.0
 
@@ -51,23 +52,7 @@ def write_state(job_dir: Path, state: dict[str, Any]) -> None:
 
 def _alive(pid: int | None) -> bool:
     """True when `pid` is a live (non-zombie) FIRM supervisor."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-            return b"firm.launch.supervisor" in (proc / "cmdline").read_bytes()
-        except OSError:
-            return False
-    return True
+    return pid_alive(pid, b"firm.launch.supervisor")
 
 
 def _ts(v: Any) -> datetime | None:

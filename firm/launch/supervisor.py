@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from firm.processes import descendants
+
 GRACE_S = 30.0
 POLL_S = 0.2
 
@@ -36,29 +38,6 @@ def _set_subreaper() -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of `pid` (reads /proc; empty where there is none)."""
-    children: dict[int, list[int]] = {}
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
 
 
 def _signal_all(pids: list[int], sig: int) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 
 from firm.errors import FirmError, InputError
+from firm.processes import descendants
 from firm.serving.runtime import backend_dir, find_runtime, server_env
 
 
@@ -318,7 +319,7 @@ class TritonServer:
         if not self.is_running():
             return 0
         assert self.process is not None
-        pids = [self.process.pid, *_descendants(self.process.pid)]
+        pids = [self.process.pid, *descendants(self.process.pid)]
         total = 0
         for pid in pids:
             try:
@@ -347,22 +348,3 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(d.name))
-    out: list[int] = []
-    stack = [pid]
-    while stack:
-        for c in children.get(stack.pop(), []):
-            out.append(c)
-            stack.append(c)
-    return out

@@ -22,6 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from firm.errors import FirmError
+from firm.processes import pid_alive
 
 
 class ServiceError(FirmError):
@@ -44,26 +45,13 @@ def _root() -> Path:
     return get_settings().home / "services"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError):
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
 def get_service(name: str) -> ServiceRecord | None:
     """The record of a running service called `name` (None if there is none or it died)."""
     path = _root() / f"{name}.json"
     if not path.is_file():
         return None
     rec = ServiceRecord.model_validate_json(path.read_text())
-    return rec if _alive(rec.pid) else None
+    return rec if pid_alive(rec.pid) else None
 
 
 def start_service(name: str, repository: str, *, startup_timeout: float = 600.0) -> ServiceRecord:
@@ -116,7 +104,7 @@ def _kill_group(pid: int, grace: float = 30.0) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
@@ -128,7 +116,7 @@ def stop_service(name: str) -> bool:
     if not path.is_file():
         return False
     rec = ServiceRecord.model_validate_json(path.read_text())
-    running = _alive(rec.pid)
+    running = pid_alive(rec.pid)
     if running:
         _kill_group(rec.pid)
     path.unlink(missing_ok=True)

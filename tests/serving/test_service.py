@@ -542,8 +542,8 @@ def test_serve_start_sigterm_while_models_load(tmp_path: Path, tiny_critic_dir: 
     import os
     import signal
 
+    from firm.processes import descendants as _descendants
     from firm.serving.export import ExportConfig, export_repository
-    from firm.serving.server import _descendants
 
     repo = export_repository(
         ExportConfig(critic=str(tiny_critic_dir), task="edit", critic_model=False, weights="reference"),

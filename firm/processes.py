@@ -1,0 +1,57 @@
+"""Process-tree helpers (Linux `/proc`; elsewhere they degrade to what `os.kill` can tell) shared by the local job
+supervisor, the local reward service and the Triton server wrapper."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first); None when unreadable."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def pid_alive(pid: int | None, cmdline_contains: bytes | None = None) -> bool:
+    """True when `pid` runs and is not a zombie; with `cmdline_contains`, its command line must also hold those
+    bytes (a reused pid of another program does not count)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not Path(f"/proc/{pid}").is_dir():
+        return True  # no /proc: os.kill is all we know
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] == "Z":
+        return False
+    if cmdline_contains is None:
+        return True
+    try:
+        return cmdline_contains in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (children first); empty where /proc does not exist."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    children: dict[int, list[int]] = {}
+    for entry in proc.iterdir():
+        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out: list[int] = []
+    stack = [pid]
+    while stack:
+        for c in children.get(stack.pop(), []):
+            out.append(c)
+            stack.append(c)
+    return out
