@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Task = Literal["edit", "gen"]
 Axis = Literal["execution", "consistency", "instruction", "quality"]
-ParseStatus = Literal["ok", "unparseable", "out_of_range"]
+ParseStatus = Literal["ok", "unparseable", "out_of_range", "truncated"]
 Readout = Literal["text", "expected"]
 
 EDIT_AXES: tuple[Axis, ...] = ("execution", "consistency")

@@ -23,6 +23,7 @@ from firm.cli import (
     recipes_cmd,
     reward_cmd,
     rl_cmd,
+    rubrics_cmd,
     serve_cmd,
     storage_cmd,
 )
@@ -52,6 +53,7 @@ app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(serve_cmd.app, name="serve")
 app.add_typer(recipes_cmd.app, name="recipes")
 app.add_typer(rl_cmd.app, name="rl")
+app.add_typer(rubrics_cmd.app, name="rubrics")
 app.add_typer(job_cmd.app, name="job")
 app.add_typer(pipeline_cmd.app, name="pipeline")
 

@@ -6,8 +6,15 @@ a published directory (fetched and verified by `firm.storage.resolve_local`). Th
 torchvision on this machine) the image-only `firm.models.processors` subclass is built instead.
 
 Inference: requests are grouped into batches and run through ONE greedy `generate` call per batch (left padding).
-The chat messages come from `firm.critic.messages.build_messages` (shared with SFT), the rubric from
-`firm.rewards.rubrics.get_rubric(task, axis, "student")`, the score from `firm.rewards.parsing.parse_answer`.
+The chat messages come from `firm.critic.messages.build_messages` (shared with SFT), the rubric from the critic's
+rubric pack (`rubrics=`: a pack name, path or URI; `firm-v1` by default — `firm.rewards.packs`), the score from
+`firm.rewards.parsing.parse_answer`. The pack also decides each rubric's image codec, pixel bounds and answer
+budget (`max_new_tokens` per (task, axis); an explicit `max_new_tokens` overrides it for every rubric). Loading a
+critic whose recorded training pack (or, for the released FIRM critics, whose official pack) differs from the one
+in use logs a warning.
+
+Statuses: `ok`, `unparseable`, `out_of_range` (from the parser) and `truncated` — the answer used its whole token
+budget and no score could be read, i.e. it was cut off (raise the pack's or the caller's `max_new_tokens`).
 
 Readouts:
 - `text` (the paper's): the parsed score. A failed parse gives `status != "ok"` and `score=None`, never a number.
@@ -39,22 +46,25 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from firm.critic.images import DEFAULT_MAX_DECODE_PIXELS, fit_pixels, load_image
-from firm.critic.messages import build_messages, render_prompt
+from firm.critic.messages import build_messages, encode_images, message_images, render_prompt
 from firm.errors import ConfigError, InputError
+from firm.rewards.packs import load_pack, warn_if_mismatched
 from firm.rewards.parsing import ParseResult, parse_answer
-from firm.rewards.rubrics import Rubric, get_rubric
+from firm.rewards.rubrics import N_IMAGES, Rubric, RubricPack
 from firm.schemas import AXES_BY_TASK, EditSample, GenSample, Judgement, Readout, RewardBreakdown
 
 DIGITS = ("1", "2", "3", "4", "5")
 TEACHER_FORCED = "teacher_forced"
 # Canonical answer skeleton per answer format, forced after the prompt when the digit must be read there.
 CANONICAL_PREFIX = {"edit": '{"score": [', "gen": "Final Alignment Rating: ", "quality": '{"score": ['}
-DEFAULT_MAX_NEW_TOKENS = 256
+DEFAULT_MAX_NEW_TOKENS = 256  # `generate_texts` without a rubric
+TRUNCATED = "truncated"
 
 
 class CriticRequest(BaseModel):
     """One thing to judge: a (task, axis) rubric, its images (edit: source then edited; gen: the image) and the
-    instruction (edit) or prompt (gen instruction axis). Images may be PIL images, bytes, paths or URIs."""
+    instruction (edit) or prompt (gen instruction axis), and the optional per-sample `requirement` some packs show
+    (the official templates' "requirement"). Images may be PIL images, bytes, paths or URIs."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
@@ -63,6 +73,7 @@ class CriticRequest(BaseModel):
     images: list[Any] = Field(min_length=1)
     instruction: str | None = None
     prompt: str | None = None
+    requirement: str | None = None
     sample_id: str | None = None
 
     @field_validator("images", mode="before")
@@ -80,20 +91,18 @@ class CriticRequest(BaseModel):
                 f"unknown axis {self.axis!r} for task {self.task!r}{who}; "
                 f"expected one of {', '.join(AXES_BY_TASK[self.task])}"
             )
-        rubric = self.rubric
-        if len(self.images) != rubric.n_images:
-            raise InputError(
-                f"{self.task}/{self.axis}{who} needs {rubric.n_images} image(s), got {len(self.images)}"
-            )
+        n_images = N_IMAGES[self.task]
+        if len(self.images) != n_images:
+            raise InputError(f"{self.task}/{self.axis}{who} needs {n_images} image(s), got {len(self.images)}")
         if self.task == "edit" and not (self.instruction and self.instruction.strip()):
             raise InputError(f"edit/{self.axis}{who}: instruction must not be empty")
         if self.task == "gen" and self.axis == "instruction" and not (self.prompt and self.prompt.strip()):
             raise InputError(f"gen/instruction{who}: prompt must not be empty")
         return self
 
-    @property
-    def rubric(self) -> Rubric:
-        return get_rubric(self.task, self.axis, "student")
+    def fields(self) -> dict[str, str | None]:
+        """The rubric template fields this request fills."""
+        return {"instruction": self.instruction, "prompt": self.prompt, "requirement": self.requirement}
 
 
 class EditInput(BaseModel):
@@ -195,10 +204,14 @@ class Critic:
         processor: Any,
         *,
         max_pixels: int | None = None,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        max_new_tokens: int | None = None,
         max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS,
+        rubrics: str | RubricPack | None = None,
         name: str = "critic",
     ) -> None:
+        """`max_pixels`: per-image pixel budget for every rubric (None: the pack's, else the processor's);
+        `max_new_tokens`: answer budget for every rubric (None: the pack's per (task, axis));
+        `rubrics`: the rubric pack (name, path, URI or loaded pack; None: firm-v1)."""
         import torch
 
         self.model = model.eval()
@@ -206,19 +219,25 @@ class Critic:
         # left padding is asked for per call: the (possibly shared) processor is never modified
         self.tokenizer = processor.tokenizer
         self.name = name
+        self.pack = load_pack(rubrics)
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.max_new_tokens = max_new_tokens
         self.max_decode_pixels = max_decode_pixels
         ip = processor.image_processor
         self.factor = int(ip.patch_size) * int(ip.merge_size)
         size = getattr(ip, "size", None) or {}
-        budget = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
-        if max_pixels is not None:
-            if max_pixels < self.factor**2:
-                raise ConfigError(f"max_pixels={max_pixels} is below one {self.factor}x{self.factor} patch")
-            budget = max_pixels
-        self.max_pixels = int(budget) if budget else 1024 * self.factor**2
-        # passed on every processor call (the shared processor object is never modified)
-        self._size = {"shortest_edge": self.factor**2, "longest_edge": self.max_pixels}
+
+        def _edge(key: str) -> Any:
+            return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+        budget, floor = _edge("longest_edge"), _edge("shortest_edge")
+        if max_pixels is not None and max_pixels < self.factor**2:
+            raise ConfigError(f"max_pixels={max_pixels} is below one {self.factor}x{self.factor} patch")
+        self.explicit_max_pixels = max_pixels
+        self.processor_max_pixels = int(budget) if budget else 1024 * self.factor**2
+        self.processor_min_pixels = int(floor) if floor else self.factor**2
+        self.max_pixels = max_pixels or self.processor_max_pixels
         self.digit_ids = self._digit_ids()
         eos = self.model.generation_config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
@@ -226,6 +245,21 @@ class Critic:
         self.stop_ids = {i for i in [*eos_ids, im_end, self.tokenizer.pad_token_id] if isinstance(i, int)}
         self.device = next(self.model.parameters()).device
         self._torch = torch
+
+    def rubric(self, task: str, axis: str) -> Rubric:
+        """The student rubric this critic asks with for (task, axis)."""
+        return self.pack.get(task, axis, "student")
+
+    def pixel_bounds(self, rubric: Rubric) -> tuple[int, int]:
+        """(min, max) pixels per image: the explicit budget, else the rubric's, else the processor's."""
+        hi = self.explicit_max_pixels or rubric.images.max_pixels or self.processor_max_pixels
+        lo = rubric.images.min_pixels or self.processor_min_pixels
+        lo = max(self.factor**2, min(lo, hi))
+        return lo, max(hi, self.factor**2)
+
+    def answer_budget(self, rubric: Rubric) -> int:
+        """Max new tokens for an answer to `rubric`: the explicit budget, else the rubric's."""
+        return self.max_new_tokens or rubric.generation.max_new_tokens
 
     # ------------------------------------------------------------------------------------------------ loading
 
@@ -237,17 +271,20 @@ class Critic:
         device: str = "cpu",
         dtype: Any = None,
         max_pixels: int | None = None,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        max_new_tokens: int | None = None,
+        rubrics: str | RubricPack | None = None,
     ) -> Critic:
         """Load a critic from a HF id, a local directory or a `file://`/`s3://` URI of a published directory.
 
         `dtype`: a torch dtype or its name ("bfloat16"); None keeps the checkpoint's. `max_pixels`: per-image
-        pixel budget (None: the processor's). The model is put in eval mode.
+        pixel budget (None: the pack's, else the processor's). `rubrics`: the rubric pack (None: firm-v1); a
+        warning is logged when the critic was trained with another pack. The model is put in eval mode.
         """
         import torch
         from transformers import AutoConfig, AutoModelForImageTextToText
 
         _check_device(device)
+        pack = load_pack(rubrics)
         path = resolve_model_source(src)
         if isinstance(dtype, str) and dtype != "auto":
             resolved = getattr(torch, dtype, None)
@@ -267,7 +304,10 @@ class Critic:
             raise InputError(f"critic model {src}: cannot load its weights ({exc})") from None
         model = model.to(device).eval()
         processor = load_processor(path, config.model_type)
-        return cls(model, processor, max_pixels=max_pixels, max_new_tokens=max_new_tokens, name=str(src))
+        warn_if_mismatched(str(src), path if Path(path).is_dir() else None, pack)
+        return cls(
+            model, processor, max_pixels=max_pixels, max_new_tokens=max_new_tokens, rubrics=pack, name=str(src)
+        )
 
     def _digit_ids(self) -> list[int]:
         ids = []
@@ -308,26 +348,34 @@ class Critic:
         return out
 
     def _prepare(self, req: CriticRequest, index: int) -> tuple[CriticRequest, str, list[Any]]:
+        """(request, chat prompt, images in placeholder order) — the rubric's codec and pixel bounds applied."""
         who = req.sample_id or f"#{index}"
+        rubric = self.rubric(req.task, req.axis)
         names = ("source image", "edited image") if req.task == "edit" else ("image",)
-        images = []
+        loaded = []
         for name, src in zip(names, req.images, strict=True):
             label = f"{name} of sample {who}" + (f" ({src})" if isinstance(src, str | Path) else "")
-            img = load_image(src, name=label, max_decode_pixels=self.max_decode_pixels)
-            images.append(fit_pixels(img, self.max_pixels, self.factor))
-        messages = build_messages(req.rubric, images, instruction=req.instruction, prompt=req.prompt)
-        return req, render_prompt(self.processor, messages), images
+            loaded.append(load_image(src, name=label, max_decode_pixels=self.max_decode_pixels))
+        lo, hi = self.pixel_bounds(rubric)
+        images = [fit_pixels(img, hi, self.factor, min_pixels=lo) for img in encode_images(rubric, loaded)]
+        messages = build_messages(rubric, images, **req.fields())
+        return req, render_prompt(self.processor, messages), message_images(messages)
 
-    def _encode(self, prompts: list[str], images: list[Any]) -> Any:
+    def _encode(self, prompts: list[str], images: list[Any], size: dict[str, int] | None = None) -> Any:
         enc = self.processor(
             text=prompts,
             images=images,
             padding=True,
             padding_side="left",
             return_tensors="pt",
-            size=self._size,
+            size=size or {"shortest_edge": self.factor**2, "longest_edge": self.max_pixels},
         )
         return enc.to(self.device)
+
+    def _batch_size(self, batch: list[tuple[CriticRequest, str, list[Any]]]) -> dict[str, int]:
+        """Processor size bounds loose enough for every image of the batch (each was already fitted to its own)."""
+        bounds = [self.pixel_bounds(self.rubric(req.task, req.axis)) for req, _, _ in batch]
+        return {"shortest_edge": min(b[0] for b in bounds), "longest_edge": max(b[1] for b in bounds)}
 
     def generate_texts(
         self, prompts: list[str], images: list[Any], *, max_new_tokens: int | None = None
@@ -335,23 +383,21 @@ class Critic:
         """Greedy answers for already-rendered chat prompts (`firm.critic.messages.render_prompt`); `images` are
         the prompts' images in order, already sized with `fit_pixels`. The building block for serving the critic
         behind other protocols (e.g. an OpenAI-compatible chat endpoint)."""
-        gc = self._generation_config()
-        if max_new_tokens is not None:
-            gc.max_new_tokens = max_new_tokens
+        gc = self._generation_config(max_new_tokens or self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
         enc = self._encode(prompts, images)
         with self._torch.inference_mode():
             out = self.model.generate(**enc, generation_config=gc)
         new = out.sequences[:, enc["input_ids"].shape[1] :].tolist()
         return [self.tokenizer.decode(self._trim(ids), skip_special_tokens=True) for ids in new]
 
-    def _generation_config(self) -> Any:
+    def _generation_config(self, max_new_tokens: int) -> Any:
         gc = copy.deepcopy(self.model.generation_config)
         gc.do_sample = False
         gc.temperature = None
         gc.top_p = None
         gc.top_k = None
         gc.num_beams = 1
-        gc.max_new_tokens = self.max_new_tokens
+        gc.max_new_tokens = max_new_tokens
         gc.return_dict_in_generate = True
         gc.pad_token_id = self.tokenizer.pad_token_id
         return gc
@@ -363,21 +409,29 @@ class Critic:
         want = readout == "expected"
         prompts = [p for _, p, _ in batch]
         images = [im for _, _, ims in batch for im in ims]
-        enc = self._encode(prompts, images)
+        enc = self._encode(prompts, images, self._batch_size(batch))
+        rubrics = [self.rubric(req.task, req.axis) for req, _, _ in batch]
+        limits = [self.answer_budget(r) for r in rubrics]
         # the expected readout records only the five digit logits of each step, never (B, T, vocab) logits
         recorder = _DigitLogits(self.digit_ids) if want else None
+        stop = _RowBudgets(enc["input_ids"].shape[1], limits)
         with torch.inference_mode():
             out = self.model.generate(
-                **enc, generation_config=self._generation_config(), logits_processor=_processors(recorder)
+                **enc,
+                generation_config=self._generation_config(max(limits)),
+                logits_processor=_processors(recorder),
+                stopping_criteria=_stopping(stop),
             )
         new = out.sequences[:, enc["input_ids"].shape[1] :].tolist()
         logits = recorder.stacked() if recorder is not None else None  # (B, T, 5)
         results: list[Judgement] = []
         forced: list[int] = []
         for row, (req, _, _) in enumerate(batch):
-            ids = self._trim(new[row])
+            ids = self._trim(new[row][: limits[row]])
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            parsed = parse_answer(req.rubric.answer_format, text)
+            parsed = parse_answer(rubrics[row].answer_format, text)
+            if not parsed.ok and len(ids) >= limits[row]:  # cut off at the budget before a score was written
+                parsed = parsed.model_copy(update={"status": TRUNCATED})
             expected: float | None = None
             parsed_from = parsed.parsed_from
             if want:
@@ -446,14 +500,14 @@ class Critic:
     def _expected_teacher_forced(self, batch: list[tuple[CriticRequest, str, list[Any]]]) -> list[float]:
         """Force the canonical answer skeleton after each prompt and read the digit distribution(s) there."""
         torch = self._torch
-        fmts = [req.rubric.answer_format for req, _, _ in batch]
+        fmts = [self.rubric(req.task, req.axis).answer_format for req, _, _ in batch]
         prefixes = [CANONICAL_PREFIX[f] for f in fmts]
         n_pos = [3 if f == "quality" else 1 for f in fmts]
         images = [im for _, _, ims in batch for im in ims]
         probs: list[list[Any]] = [[] for _ in batch]
         for step in range(max(n_pos)):
             prompts = [p + prefixes[i] for i, (_, p, _) in enumerate(batch)]
-            enc = self._encode(prompts, images)
+            enc = self._encode(prompts, images, self._batch_size(batch))
             with torch.inference_mode():
                 last = self.model(**enc, logits_to_keep=1).logits[:, -1, self.digit_ids]
             for i in range(len(batch)):
@@ -558,6 +612,28 @@ class _DigitLogits:
         import torch
 
         return torch.stack(self.steps, dim=1).cpu()  # (batch, generated tokens, 5)
+
+
+class _RowBudgets:
+    """A stopping criterion that ends each row at its own answer budget (rubrics in one batch may differ)."""
+
+    def __init__(self, prompt_len: int, limits: list[int]) -> None:
+        self.prompt_len = prompt_len
+        self.limits = limits
+        self._t: Any = None
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        if self._t is None:
+            self._t = torch.tensor(self.limits, device=input_ids.device)
+        return (input_ids.shape[1] - self.prompt_len) >= self._t
+
+
+def _stopping(budgets: _RowBudgets) -> Any:
+    from transformers import StoppingCriteriaList
+
+    return StoppingCriteriaList([budgets])
 
 
 def _processors(recorder: _DigitLogits | None) -> Any:

@@ -100,12 +100,11 @@ SPECS: dict[str, TinyCriticSpec] = {
 
 def _corpus() -> list[str]:
     """Sentences to train the tiny tokenizer on: FIRM's rubric texts and answers in the critics' formats."""
-    from firm.rewards.rubrics import RUBRICS
+    from firm.rewards.packs import load_pack
 
     lines: list[str] = []
-    for rubric in RUBRICS.values():
+    for rubric in load_pack().rubrics:
         lines.extend(rubric.template.splitlines())
-        lines.extend(rubric.context_template.splitlines())
     colours = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "grey", "pink"]
     shapes = ["square", "circle", "triangle", "star", "cat", "dog", "car", "tree", "house", "person"]
     verbs = ["Add", "Remove", "Replace", "Change", "Make", "Turn", "Put", "Move"]

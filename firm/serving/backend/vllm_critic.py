@@ -30,38 +30,53 @@ def _b64_png(img: Any) -> bytes:
     return base64.b64encode(buf.getvalue())
 
 
-def render_request(processor: Any, req: Any, max_pixels: int, factor: int) -> tuple[str, list[bytes]]:
-    """(prompt text, base64 PNG images) for one `CriticRequest`, exactly as the in-process critic lays it out."""
+def render_request(
+    processor: Any, req: Any, max_pixels: int | None, factor: int, pack: Any = None
+) -> tuple[str, list[bytes]]:
+    """(prompt text, base64 PNG images in placeholder order) for one `CriticRequest`, laid out by the pack's
+    rubric exactly as the in-process critic lays it out (codec, pixel budget, message layout)."""
     from firm.critic.images import fit_pixels
-    from firm.critic.messages import build_messages, render_prompt
+    from firm.critic.messages import build_messages, encode_images, message_images, render_prompt
+    from firm.rewards.packs import load_pack
 
-    images = [fit_pixels(im, max_pixels, factor) for im in req.images]
-    messages = build_messages(req.rubric, images, instruction=req.instruction, prompt=req.prompt)
-    return render_prompt(processor, messages), [_b64_png(im) for im in images]
+    rubric = load_pack(pack).get(req.task, req.axis, "student")
+    budget = max_pixels or rubric.images.max_pixels or 16_777_216
+    lo = max(factor * factor, min(rubric.images.min_pixels or factor * factor, budget))
+    images = [fit_pixels(im, budget, factor, min_pixels=lo) for im in encode_images(rubric, req.images)]
+    messages = build_messages(rubric, images, **req.fields())
+    return render_prompt(processor, messages), [_b64_png(im) for im in message_images(messages)]
 
 
 class VllmCritic:
     """Critic facade over BLS calls to a vLLM-backend `firm_critic`."""
 
-    def __init__(self, location: str, *, max_pixels: int, max_new_tokens: int) -> None:
+    def __init__(
+        self, location: str, *, max_pixels: int | None, max_new_tokens: int | None, rubrics: Any = None
+    ) -> None:
         from transformers import AutoConfig
 
         from firm.critic.critic import load_processor, resolve_model_source
+        from firm.rewards.packs import load_pack
 
         path = resolve_model_source(location)
         self.processor = load_processor(path, AutoConfig.from_pretrained(path).model_type)
         ip = self.processor.image_processor
         self.factor = int(ip.patch_size) * int(ip.merge_size)
         self.max_pixels = max_pixels
-        self.sampling = json.dumps({"temperature": 0.0, "max_tokens": max_new_tokens})
+        self.max_new_tokens = max_new_tokens
+        self.pack = load_pack(rubrics)
 
-    def _generate(self, prompt: str, images: list[bytes]) -> Any:
+    def _budget(self, req: Any) -> int:
+        return self.max_new_tokens or self.pack.get(req.task, req.axis).generation.max_new_tokens
+
+    def _generate(self, prompt: str, images: list[bytes], max_tokens: int) -> Any:
         import triton_python_backend_utils as pb_utils
 
+        sampling = json.dumps({"temperature": 0.0, "max_tokens": max_tokens})
         inputs = [
             pb_utils.Tensor("text_input", np.array([prompt.encode("utf-8")], dtype=np.object_)),
             pb_utils.Tensor("image", np.array(images, dtype=np.object_)),
-            pb_utils.Tensor("sampling_parameters", np.array([self.sampling.encode()], dtype=np.object_)),
+            pb_utils.Tensor("sampling_parameters", np.array([sampling.encode()], dtype=np.object_)),
             pb_utils.Tensor("exclude_input_in_output", np.array([True], dtype=bool)),
             pb_utils.Tensor("stream", np.array([False], dtype=bool)),
         ]
@@ -75,15 +90,19 @@ class VllmCritic:
 
         from firm.rewards.parsing import parse_answer
 
-        prompt, images = render_request(self.processor, req, self.max_pixels, self.factor)
+        prompt, images = render_request(self.processor, req, self.max_pixels, self.factor, self.pack)
+        budget = self._budget(req)
         text = ""
-        async for resp in await self._generate(prompt, images):
+        async for resp in await self._generate(prompt, images, budget):
             if resp.has_error():
                 raise RuntimeError(f"{CRITIC_MODEL}: {resp.error().message()}")
             out = pb_utils.get_output_tensor_by_name(resp, "text_output")
             if out is not None:
                 text += b"".join(bytes(x) for x in out.as_numpy().reshape(-1)).decode("utf-8", "replace")
-        parsed = parse_answer(req.rubric.answer_format, text)
+        parsed = parse_answer(self.pack.get(req.task, req.axis).answer_format, text)
+        # the engine returns text only: an unparsed answer as long as the budget was cut off there
+        if not parsed.ok and len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) >= budget:
+            parsed = parsed.model_copy(update={"status": "truncated"})
         return Judgement(
             task=req.task,
             axis=req.axis,
