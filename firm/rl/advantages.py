@@ -1,44 +1,58 @@
-"""Per-prompt group advantages and DiffusionNFT's optimality probability r.
+"""Advantages of a step's prompt groups and DiffusionNFT's optimality probability r.
 
-A prompt's K rollouts form a group; A = (R − mean)/(std + 1e-4) with the group's population std, clipped to
-±clip. A sample whose reward is None (its critic output did not parse) is dropped from its group — never scored as
-0; a group left with fewer than 2 scored samples has no baseline and is dropped as a whole.
+A prompt's K rollouts form a group. A = (R − group mean) / (std + 1e-4), clipped to ±clip, where std is the
+population std of either every reward of the step (`std="global"`, the official trainers' `global_std=True`) or of
+the prompt's own group (`std="group"`). A sample whose reward is None (dropped by the `skip` parse-failure policy)
+takes no part; a group left with fewer than 2 rewards has no baseline and is dropped as a whole. The global std is
+taken over the rewards of the groups that are kept.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 STD_EPS = 1e-4
+AdvantageStd = Literal["global", "group"]
 
 
 @dataclass
 class GroupStats:
-    advantages: list[float | None]  # one per sample, None = dropped
+    advantages: list[float | None]  # one per sample, flattened in group order; None = not trained on
     dropped_samples: int  # samples with reward None
-    dropped_groups: int  # groups with < 2 scored samples
-    zero_std_groups: int
+    dropped_groups: int  # groups with < 2 rewards
+    zero_std_groups: int  # kept groups whose rewards are all equal
     groups: int
 
 
-def group_advantages(groups: list[list[float | None]], clip: float = 5.0) -> GroupStats:
+def _valid(rewards: list[float | None]) -> list[float]:
+    return [r for r in rewards if r is not None]
+
+
+def group_advantages(
+    groups: list[list[float | None]], clip: float = 5.0, std: AdvantageStd = "group"
+) -> GroupStats:
     """Advantages for each sample of each group (flattened in order)."""
+    kept = [len(_valid(g)) >= 2 for g in groups]
+    pooled = [r for g, k in zip(groups, kept, strict=True) if k for r in _valid(g)]
+    global_std = torch.tensor(pooled, dtype=torch.float64).std(unbiased=False) if pooled else None
     out: list[float | None] = []
     dropped = dropped_groups = zero_std = 0
-    for rewards in groups:
-        valid = [r for r in rewards if r is not None]
+    for rewards, keep in zip(groups, kept, strict=True):
+        valid = _valid(rewards)
         dropped += len(rewards) - len(valid)
-        if len(valid) < 2:
+        if not keep:
             dropped_groups += 1
             out.extend([None] * len(rewards))
             continue
         t = torch.tensor(valid, dtype=torch.float64)
-        mean, std = t.mean(), t.std(unbiased=False)
-        if float(std) == 0.0:
+        group_std = t.std(unbiased=False)
+        if float(group_std) == 0.0:
             zero_std += 1
-        adv = ((t - mean) / (std + STD_EPS)).clamp(-clip, clip).tolist()
+        scale = global_std if std == "global" else group_std
+        adv = ((t - t.mean()) / (scale + STD_EPS)).clamp(-clip, clip).tolist()
         it = iter(adv)
         out.extend([next(it) if r is not None else None for r in rewards])
     return GroupStats(out, dropped, dropped_groups, zero_std, len(groups))

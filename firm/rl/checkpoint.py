@@ -1,9 +1,11 @@
 """RL checkpoints: the LoRA in diffusers format plus everything needed to resume exactly.
 
 Layout of `<output_uri>/checkpoints/step-<N>/` (published atomically with firm.storage.publish_dir, MANIFEST last):
-  pytorch_lora_weights.safetensors   trainable LoRA, loadable with `pipe.load_lora_weights(dir)`
-  old_lora.safetensors               the EMA ("old") adapter
-  trainer_state.pt                   optimizer state, RNG states, step (torch.load(weights_only=True))
+  pytorch_lora_weights.safetensors   the exported LoRA — the parameter EMA (`ema.enabled`, else the trained adapter) —
+                                     loadable with `pipe.load_lora_weights(dir)`
+  trainable_lora.safetensors         the trained adapter itself (resume)
+  old_lora.safetensors               NFT's old-policy ("old") adapter
+  trainer_state.pt                   optimizer state, RNG states, step, optimizer steps (torch.load(weights_only=True))
   state.json                         step, algorithm, config
   metrics.jsonl                      the run's metrics up to this step (pods' local disks do not survive)
 """
@@ -23,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from firm.errors import ConfigError, StorageError
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+TRAINABLE_FILE = "trainable_lora.safetensors"
 OLD_FILE = "old_lora.safetensors"
 STATE_FILE = "trainer_state.pt"
 
@@ -38,7 +41,8 @@ def step_uri(output_uri: str, step: int) -> str:
 @dataclass
 class Loaded:
     step: int
-    lora: dict[str, torch.Tensor]
+    lora: dict[str, torch.Tensor]  # the exported LoRA (the EMA when the run keeps one)
+    trainable: dict[str, torch.Tensor]
     old_lora: dict[str, torch.Tensor]
     trainer_state: dict[str, Any]
     uri: str
@@ -62,20 +66,27 @@ def save_checkpoint(
     output_uri: str,
     step: int,
     lora: dict[str, torch.Tensor],
+    trainable: dict[str, torch.Tensor],
     old_lora: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     meta: dict[str, Any],
     extra_files: list[Path] | None = None,
 ) -> str:
-    """Write and publish the checkpoint of `step` (plus `extra_files`, e.g. the metrics so far); returns its URI."""
+    """Write and publish the checkpoint of `step` (plus `extra_files`, e.g. the metrics so far); returns its URI.
+    `lora` is what the checkpoint exports, `trainable` the trained adapter; `meta["optimizer_steps"]` (if given) goes
+    into the trainer state too."""
     from firm.storage import publish_dir
 
     uri = step_uri(output_uri, step)
     with tempfile.TemporaryDirectory(prefix="firm-rl-ckpt-") as tmp:
         d = Path(tmp)
         policy.save_lora(d, lora)
+        save_file(trainable, str(d / TRAINABLE_FILE))
         save_file(old_lora, str(d / OLD_FILE))
-        torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state(), "step": step}, d / STATE_FILE)
+        state = {"optimizer": optimizer.state_dict(), "rng": rng_state(), "step": step}
+        if "optimizer_steps" in meta:
+            state["optimizer_steps"] = int(meta["optimizer_steps"])
+        torch.save(state, d / STATE_FILE)
         (d / "state.json").write_text(json.dumps({"step": step, **meta}, indent=2, default=str))
         for f in extra_files or []:
             if f.exists():
@@ -123,7 +134,9 @@ def load_checkpoint(uri: str) -> Loaded:
             raise StorageError(f"{uri}: checkpoint is missing {f}")
     state = torch.load(d / STATE_FILE, weights_only=True, map_location="cpu")
     lora = _transformer_keys(load_file(str(d / LORA_FILE)))
-    return Loaded(int(state["step"]), lora, load_file(str(d / OLD_FILE)), state, uri)
+    # checkpoints written before the parameter EMA exported the trained adapter itself
+    trainable = load_file(str(d / TRAINABLE_FILE)) if (d / TRAINABLE_FILE).exists() else lora
+    return Loaded(int(state["step"]), lora, trainable, load_file(str(d / OLD_FILE)), state, uri)
 
 
 def _transformer_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -144,7 +157,7 @@ def export_final(policy: Any, output_uri: str, lora: dict[str, torch.Tensor], me
         publish_dir(d, out["lora"], producer="firm.rl")
         if merged:
             m = Path(tmp) / "merged"
-            policy.save_merged(m)
+            policy.save_merged(m, lora)
             out["merged"] = output_uri.rstrip("/") + "/final/merged"
             publish_dir(m, out["merged"], producer="firm.rl")
             shutil.rmtree(m, ignore_errors=True)

@@ -2,8 +2,12 @@
 
 Recipes under `firm/recipes/rl/*.yaml` are YAML dumps of this model; `key.sub=value` overrides on the command line
 are applied on top (values parsed as YAML, so `training.steps=5` is an int and `reward.kind=redness` a string).
-Paper settings are the defaults where the paper gives one (LoRA r=32/α=64, β=1, advantage clip 5, KL 1e-4,
-AdamW wd 1e-4, grad-clip 1.0, EMA decay ramping up to 0.5, ~99% of rollout timesteps trained on).
+Defaults are the paper's settings where the paper gives one (LoRA r=32/α=64, β=1, advantage clip 5, KL 1e-4, AdamW
+wd 1e-4, grad-clip 1.0) and the official FIRM-Reward / DiffusionNFT / Flow-GRPO trainers' values elsewhere: one std over
+all rewards of a step, one accumulated optimizer step per RL step, an EMA (decay 0.9) of the LoRA for export and
+evaluation, the deterministic second-order "dpm2" rollout solver, int(0.99·T) timesteps drawn per sample, the
+`attn.*` LoRA targets, and Flow-GRPO's CFG 4.5 and in-order timesteps. `firm/rl/README.md` lists each of them with
+the official file and function it was checked against.
 """
 
 from __future__ import annotations
@@ -53,18 +57,19 @@ class LoraSettings(_Section):
     rank: int = Field(32, ge=1)
     alpha: float = Field(64.0, gt=0)
     init: Literal["gaussian", "default"] = "gaussian"
-    target_modules: list[str] = Field(
-        default_factory=lambda: [
-            "to_q",
-            "to_k",
-            "to_v",
-            "to_out.0",
-            "add_q_proj",
-            "add_k_proj",
-            "add_v_proj",
-            "to_add_out",
-        ]
+    target_modules: list[str] | None = Field(
+        None,
+        description="module-name suffixes that get a LoRA; None = the policy's official list "
+        "(`firm.rl.lora.POLICY_LORA_TARGETS`: the `attn.*` projections, which on SD3.5 leave the second attention "
+        "`attn2` of the dual-attention blocks untouched)",
     )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or any(not t.strip() for t in v)):
+            raise ValueError(f"target_modules must be a non-empty list of module names (got {v!r})")
+        return v
 
 
 class SamplingConfig(_Section):
@@ -74,6 +79,11 @@ class SamplingConfig(_Section):
     eval_num_steps: int = Field(40, ge=1, description="steps for eval sample grids")
     rollout_policy: Literal["old", "current"] = Field(
         "old", description="NFT: collect rollouts with the EMA (old) policy"
+    )
+    solver: Literal["dpm2", "euler"] = Field(
+        "dpm2",
+        description="NFT rollout ODE solver: dpm2 = deterministic multistep second order (the official trainers'), "
+        "euler = first order",
     )
 
     @field_validator("group_size")
@@ -95,17 +105,37 @@ class NFTConfig(_Section):
     space: Literal["x0", "velocity"] = Field(
         "x0", description="x0: reference code's adaptive x0-space weighting"
     )
-    timestep_fraction: float = Field(0.99, gt=0, le=1, description="fraction of rollout timesteps trained on")
+    timestep_fraction: float = Field(
+        0.99, gt=0, le=1, description="int(fraction·T) of the T rollout timesteps are trained on (at least 1)"
+    )
+    timestep_draw: Literal["per_sample", "shared"] = Field(
+        "per_sample",
+        description="per_sample: each sample draws its own random subset (official); shared: one subset per step",
+    )
     ema_max_decay: float = Field(0.5, ge=0, lt=1, description="old-policy EMA decay ramps up to this")
-    ema_ramp: float = Field(0.001, ge=0, description="decay grows by this per step")
+    ema_ramp: float = Field(0.001, ge=0, description="decay grows by this per optimizer step")
 
 
 class GRPOConfig(_Section):
     noise_level: float = Field(0.7, gt=0, description="SDE noise level a")
     clip_range: float = Field(1e-4, gt=0)
-    kl_coef: float = Field(0.04, ge=0, description="KL to the reference policy on the SDE step means")
+    kl_coef: float = Field(
+        0.04,
+        ge=0,
+        description="KL to the reference policy on the SDE step means: ‖μ_θ − μ_ref‖² / (2·std_t²)",
+    )
     adv_clip: float = Field(5.0, gt=0)
-    timestep_fraction: float = Field(0.99, gt=0, le=1)
+    timestep_fraction: float = Field(
+        0.99, gt=0, le=1, description="int(fraction·T) of the T rollout timesteps are trained on (at least 1)"
+    )
+    timestep_draw: Literal["first", "shared"] = Field(
+        "first",
+        description="first: the first int(fraction·T) timesteps in order (Flow-GRPO); shared: a random subset per "
+        "step",
+    )
+    guidance_scale: float = Field(
+        4.5, ge=1.0, description="classifier-free guidance in SDE sampling and in training (1.0 = off)"
+    )
     inner_epochs: int = Field(1, ge=1)
 
 
@@ -115,6 +145,32 @@ class OptimConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     grad_clip: float = Field(1.0, gt=0)
+    updates_per_step: int = Field(
+        1,
+        ge=1,
+        description="optimizer steps per RL step; gradients are accumulated over the step's prompt groups on all "
+        "ranks, so the count does not depend on the number of GPUs (each rank's groups must divide evenly)",
+    )
+
+
+class AdvantageConfig(_Section):
+    std: Literal["global", "group"] = Field(
+        "global",
+        description="A = (R − group mean) / (std + 1e-4) with the std of all rewards of the step (global, official) "
+        "or of the prompt's group",
+    )
+
+
+class EMAConfig(_Section):
+    """An exponential moving average of the trained LoRA: what checkpoints export and evaluation samples."""
+
+    enabled: bool = True
+    decay: float = Field(0.9, ge=0, lt=1, description="EMA decay (official: 0.9)")
+    warmup: bool = Field(
+        True,
+        description="decay at optimizer step k is min(decay, (1 + k)/(10 + k)), as the official EMA wrapper",
+    )
+    update_every: int = Field(1, ge=1, description="update the EMA every N optimizer steps")
 
 
 class RewardConfig(_Section):
@@ -133,6 +189,13 @@ class RewardConfig(_Section):
     max_concurrency: int = Field(2, ge=1, description="async: reward calls in flight at once (groups)")
     options: dict[str, Any] = Field(
         default_factory=dict, description="extra keyword arguments for the reward"
+    )
+    parse_failure: Literal["skip", "min_reward", "official"] = Field(
+        "skip",
+        description="what a sample whose reward status is not 'ok' trains on: skip = dropped from its group (FIRM); "
+        "min_reward = reward 0; official = the official trainers' value (editing: a failed judgement scores raw 0 in "
+        "CME, so an execution failure gives 0; generation: a quality failure gives the instruction term alone, an "
+        "instruction failure 0). Every non-ok status counts in reward/parse_failure_rate whatever the policy",
     )
     max_unscored_steps: int = Field(
         3,
@@ -188,6 +251,8 @@ class RLConfig(_Section):
     nft: NFTConfig = Field(default_factory=NFTConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    advantages: AdvantageConfig = Field(default_factory=AdvantageConfig)
+    ema: EMAConfig = Field(default_factory=EMAConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     data: DataConfig
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
@@ -198,12 +263,29 @@ class RLConfig(_Section):
         want = {"sd3": "gen", "qwen_edit": "edit"}[self.policy.kind]
         if self.task != want:
             raise ValueError(f"policy.kind={self.policy.kind} trains task '{want}', but task='{self.task}'")
+        if self.sampling.prompts_per_step % self.optim.updates_per_step:
+            raise ValueError(
+                f"optim.updates_per_step={self.optim.updates_per_step} does not divide "
+                f"sampling.prompts_per_step={self.sampling.prompts_per_step}: every update needs whole prompt groups"
+            )
         if self.task == "edit" and self.data.eval_prompts:
             raise ValueError(
                 "data.eval_prompts is for generation: editing eval grids use the first 4 items of data.prompts "
                 "(instruction + source image)"
             )
         return self
+
+
+def check_world_size(cfg: RLConfig, world: int) -> None:
+    """The step's prompts must split evenly over `world` ranks, and each rank's groups over the updates."""
+    per_step = cfg.sampling.prompts_per_step
+    if per_step % world:
+        raise ConfigError(f"sampling.prompts_per_step={per_step} is not divisible by {world} ranks")
+    if (per_step // world) % cfg.optim.updates_per_step:
+        raise ConfigError(
+            f"optim.updates_per_step={cfg.optim.updates_per_step} does not divide the {per_step // world} prompt "
+            f"groups each of {world} ranks rolls out (sampling.prompts_per_step={per_step})"
+        )
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -17,6 +17,26 @@ from firm.errors import ConfigError
 TRAINABLE = "default"
 OLD = "old"
 
+# The official trainers' LoRA targets (FIRM-Reward `train_nft_sd3.py` / `train_nft_qwen_image_edit.py`, `main`):
+# the projections of each block's `attn`. Bare names (`to_q`, ...) would also hit `attn2`, the second attention of
+# SD3.5's dual-attention blocks.
+_ATTN_TARGETS = [
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+]
+POLICY_LORA_TARGETS: dict[str, list[str]] = {"sd3": _ATTN_TARGETS, "qwen_edit": _ATTN_TARGETS}
+
+
+def lora_targets(policy_kind: str, configured: list[str] | None) -> list[str]:
+    """`lora.target_modules` when set, else the policy's official list."""
+    return list(configured) if configured is not None else list(POLICY_LORA_TARGETS[policy_kind])
+
 
 def _lora_config(rank: int, alpha: float, init: str, targets: list[str]):
     from peft import LoraConfig

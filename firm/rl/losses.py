@@ -6,7 +6,12 @@ In "x0" space (the reference implementation) both terms are measured on x̂0 = x
 weight (the detached mean absolute x0 error), and divided by β.
 
 Flow-GRPO: clipped policy ratio on the SDE step log-probs with group advantages, plus a KL to the reference policy on
-the step means: ‖μ_θ − μ_ref‖² / (2 s²).
+the step means: mean‖μ_θ − μ_ref‖² / (2·std_t²) with std_t = a·√(σ/(1−σ)), the step's std without its √(σ−σ')
+factor (Flow-GRPO's `train_sd3.py`).
+
+Both take optional per-sample `weights` [B]: the loss is then Σ w_i·loss_i instead of the batch mean, so a step's
+gradient can be accumulated over groups and ranks as one mean over all of its trained samples (a weight of 0 drops a
+sample). The logged `policy` and `kl` are plain means over the samples with a positive weight.
 """
 
 from __future__ import annotations
@@ -31,6 +36,16 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
 
 
+def _reduce(per_sample: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what is back-propagated, what is logged) for a per-sample loss term."""
+    if weights is None:
+        return per_sample.mean(), per_sample.detach().mean()
+    w = weights.to(per_sample.device, per_sample.dtype)
+    live = w > 0
+    logged = per_sample.detach()[live].mean() if bool(live.any()) else per_sample.detach().sum() * 0
+    return (per_sample * w).sum(), logged
+
+
 def nft_loss(
     v_theta: torch.Tensor,
     v_old: torch.Tensor,
@@ -44,8 +59,10 @@ def nft_loss(
     kl_coef: float = 1e-4,
     space: str = "x0",
     scale: float = 1.0,
+    weights: torch.Tensor | None = None,
 ) -> LossParts:
-    """DiffusionNFT loss averaged over the batch. `sigma` and `r` are [B]; `scale` multiplies the policy term."""
+    """DiffusionNFT loss (batch mean, or Σ weights·loss). `sigma` and `r` are [B]; `scale` multiplies the policy
+    term."""
     v_theta, v_old, x0, noise = v_theta.float(), v_old.float().detach(), x0.float(), noise.float()
     v_pos = (1 - beta) * v_old + beta * v_theta
     v_neg = (1 + beta) * v_old - beta * v_theta
@@ -66,12 +83,12 @@ def nft_loss(
         neg = _per_sample_mean((x0_neg - x0) ** 2 / w_neg) / beta
     else:
         raise ValueError(f"unknown NFT space {space!r}")
-    policy = (rr * pos + (1 - rr) * neg).mean() * scale
+    policy, policy_log = _reduce((rr * pos + (1 - rr) * neg) * scale, weights)
     if v_ref is not None and kl_coef > 0:
-        kl = _per_sample_mean((v_theta - v_ref.float().detach()) ** 2).mean()
+        kl, kl_log = _reduce(_per_sample_mean((v_theta - v_ref.float().detach()) ** 2), weights)
     else:
-        kl = torch.zeros((), device=v_theta.device)
-    return LossParts(loss=policy + kl_coef * kl, policy=policy.detach(), kl=kl.detach())
+        kl = kl_log = torch.zeros((), device=v_theta.device)
+    return LossParts(loss=policy + kl_coef * kl, policy=policy_log, kl=kl_log)
 
 
 def grpo_loss(
@@ -80,20 +97,23 @@ def grpo_loss(
     advantages: torch.Tensor,
     mean: torch.Tensor,
     ref_mean: torch.Tensor | None,
-    std: float,
+    std_t: float,
     *,
     clip_range: float = 1e-4,
     kl_coef: float = 0.04,
+    weights: torch.Tensor | None = None,
 ) -> tuple[LossParts, torch.Tensor]:
-    """Flow-GRPO loss for one timestep of a batch; also returns the fraction of clipped ratios."""
+    """Flow-GRPO loss for one timestep of a batch; also returns the fraction of clipped ratios. `std_t` is the SDE's
+    a·√(σ/(1−σ)) at this timestep (`SDEStep.std_t`)."""
     adv = advantages.float().to(log_prob.device)
     ratio = torch.exp(log_prob - old_log_prob.detach())
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
-    policy = torch.maximum(unclipped, clipped).mean()
-    clip_frac = ((ratio - 1.0).abs() > clip_range).float().mean().detach()
+    policy, policy_log = _reduce(torch.maximum(unclipped, clipped), weights)
+    clipped_frac = ((ratio - 1.0).abs() > clip_range).float().detach()
+    clip_frac = _reduce(clipped_frac, weights)[1]
     if ref_mean is not None and kl_coef > 0:
-        kl = (_per_sample_mean((mean - ref_mean.detach()) ** 2) / (2 * std**2)).mean()
+        kl, kl_log = _reduce(_per_sample_mean((mean - ref_mean.detach()) ** 2) / (2 * std_t**2), weights)
     else:
-        kl = torch.zeros((), device=log_prob.device)
-    return LossParts(loss=policy + kl_coef * kl, policy=policy.detach(), kl=kl.detach()), clip_frac
+        kl = kl_log = torch.zeros((), device=log_prob.device)
+    return LossParts(loss=policy + kl_coef * kl, policy=policy_log, kl=kl_log), clip_frac

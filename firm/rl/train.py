@@ -31,19 +31,16 @@ def config_path(name: str) -> Path:
 
 def preflight(cfg: RLConfig, world_size: int) -> None:
     """What can be checked before any training process starts (`firmctl rl train`), so a mistake is one `error:`
-    line instead of one per rank: prompts per step against the world size, object-store credentials for every
+    line instead of one per rank: prompts per step (and their split over updates) against the world size, object-store credentials for every
     s3:// location, a local policy directory, the prompt file (read and validated), and that a fresh run does
     not write over an existing run's checkpoints."""
-    from firm.errors import ConfigError
     from firm.rl.checkpoint import check_fresh_output
+    from firm.rl.config import check_world_size
     from firm.rl.data import load_prompts
     from firm.rl.policies.loading import resolve_pretrained
     from firm.storage import check_store_access
 
-    if cfg.sampling.prompts_per_step % world_size:
-        raise ConfigError(
-            f"sampling.prompts_per_step={cfg.sampling.prompts_per_step} is not divisible by {world_size} ranks"
-        )
+    check_world_size(cfg, world_size)
     check_store_access(
         {
             "policy.uri": cfg.policy.uri,

@@ -1,21 +1,25 @@
 """One RL trainer loop for both algorithms (DiffusionNFT, Flow-GRPO) and both tasks (edit, gen).
 
-A step: each rank takes its share of the step's prompts; for each prompt it rolls out a group of K samples (ODE for
-NFT with the old/EMA policy, SDE with log-probs for GRPO with the current policy) and hands the decoded images to the
-reward (in a background thread when `reward.async_overlap`, so group i is scored while group i+1 rolls out); group
-advantages are computed per prompt (unparseable samples dropped); then the LoRA is updated, one micro-batch and
-optimizer step per prompt group, with gradients averaged over ranks (data parallel over prompts), clipped, AdamW; NFT
-then moves the old adapter towards the new weights (EMA). With async rewards each group's scores are awaited only
-when the update reaches that group, so the scoring of the last groups overlaps the update of the first ones; if a
-reward call fails mid-update the step's weight and optimizer changes are rolled back before the error propagates.
-All randomness of a step is drawn from generators seeded by (seed, step, rank), so a resumed run repeats exactly the
-steps an uninterrupted run would have taken.
+A step: the step's prompts are drawn in a fixed order (a function of seed and step); rank r rolls out the prompt slots
+r, r + world, … For each prompt it rolls out a group of K samples (NFT: an ODE solver, `sampling.solver`, with the
+old/EMA policy; GRPO: the SDE with log-probs and classifier-free guidance, with the current policy) and hands the
+decoded images to the reward (in a background thread when `reward.async_overlap`, so group i is scored while group
+i+1 rolls out). Each sample trains on its reward when its status is "ok", else on what `reward.parse_failure` says
+(`firm.rl.failures`). Once every rank has its rewards they are shared (`firm.rl.step_rewards`) and every rank computes
+the same advantages — the group mean over one std of all rewards of the step, or per group (`advantages.std`). The
+step then makes `optim.updates_per_step` optimizer steps, each on a fixed share of the step's groups, with the
+gradients of all those groups on all ranks accumulated into one mean (so the update count and, up to float
+rounding, the update itself do not depend on the number of ranks); clipped, AdamW; after each optimizer step the
+parameter EMA (`ema`) that checkpoints export and evaluation samples is updated; NFT then moves the old adapter
+towards the new weights. While the last rewards are scored the update's no-grad predictions are computed ahead
+(`firm.rl.update`). A reward call that fails fails the step on every rank before any weight changes. All randomness
+of a step is drawn from generators seeded by (seed, step, prompt slot), so a resumed run repeats exactly the steps an
+uninterrupted run would have taken.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import os
@@ -29,9 +33,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from firm.errors import ConfigError, FirmError
+from firm.errors import FirmError
 from firm.rl import lora as lora_mod
-from firm.rl.advantages import group_advantages, optimality_probability
 from firm.rl.checkpoint import (
     check_fresh_output,
     export_final,
@@ -40,14 +43,17 @@ from firm.rl.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from firm.rl.config import RLConfig
+from firm.rl.config import RLConfig, check_world_size
 from firm.rl.data import PromptItem, load_prompts, load_source, step_prompts
-from firm.rl.losses import grpo_loss, nft_loss
+from firm.rl.ema import ParamEMA
+from firm.rl.failures import training_reward
 from firm.rl.monitor import IdentityCopyFlag, MetricLogger, detail, entropy, source_similarity
 from firm.rl.policies.base import Conditioning, DiffusionPolicy
 from firm.rl.policies.loading import load_policy, pick_device
 from firm.rl.rewards import RewardFunction, RewardItem, build_reward, is_scored, with_retries
-from firm.rl.sampling import ode_rollout, sde_rollout, sde_step, train_timestep_indices
+from firm.rl.sampling import guided, ode_rollout, sde_rollout
+from firm.rl.step_rewards import StepRewards, share, slot_of, update_of
+from firm.rl.update import Batch, StepUpdate
 from firm.schemas import RewardBreakdown
 
 log = logging.getLogger(__name__)
@@ -63,7 +69,7 @@ class NoScoredSamplesError(FirmError):
 
 
 def scored_rewards(rewards: list[RewardBreakdown]) -> list[float | None]:
-    """The rewards the advantages are computed from: None for every sample that is not scored."""
+    """The rewards whose answer parsed (status ok): None for every other sample."""
     return [b.reward if is_scored(b) else None for b in rewards]
 
 
@@ -72,12 +78,9 @@ class Group:
     """One prompt's K rollouts."""
 
     prompt: str
-    cond: Conditioning  # repeated K times
-    final: torch.Tensor  # [K, ...] clean latents
+    batch: Batch  # slot, conditioning, latents (and GRPO trajectory) for the update
     images: torch.Tensor  # [K, 3, H, W]
     source: torch.Tensor | None
-    states: torch.Tensor | None = None  # GRPO: [K, T+1, ...]
-    log_probs: torch.Tensor | None = None  # GRPO: [K, T]
     rewards: list[RewardBreakdown] = field(default_factory=list)
     pending: Future[list[RewardBreakdown]] | None = None  # async: the reward call still in flight
 
@@ -115,17 +118,18 @@ class Trainer:
         check_fresh_output(cfg.checkpoint.resume, cfg.output_uri)  # before anything is loaded or written
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
-        if cfg.sampling.prompts_per_step % self.world:
-            raise ConfigError(
-                f"sampling.prompts_per_step={cfg.sampling.prompts_per_step} is not divisible by {self.world} ranks"
-            )
+        check_world_size(cfg, self.world)
         self.device = pick_device(cfg.device)
         self.prompts: list[PromptItem] = load_prompts(cfg.data.prompts, cfg.task, cfg.data.max_prompt_chars)
         self.policy = policy or load_policy(cfg.policy, self.device)
         lc = cfg.lora
         torch.manual_seed(cfg.seed)  # the same LoRA init on every rank …
         lora_mod.add_lora(
-            self.policy.transformer, rank=lc.rank, alpha=lc.alpha, init=lc.init, targets=lc.target_modules
+            self.policy.transformer,
+            rank=lc.rank,
+            alpha=lc.alpha,
+            init=lc.init,
+            targets=lora_mod.lora_targets(cfg.policy.kind, lc.target_modules),
         )
         self.params = lora_mod.trainable_params(self.policy.transformer)
         if self.world > 1:  # … and rank 0's weights everywhere, whatever the RNG did
@@ -136,6 +140,13 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.params, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay
         )
+        ec = cfg.ema
+        self.ema = (
+            ParamEMA(self.params, ec.decay, warmup=ec.warmup, update_every=ec.update_every)
+            if ec.enabled
+            else None
+        )
+        self.optimizer_steps = 0  # over the whole run: the EMA schedules count these
         self.reward = reward or build_reward(cfg.reward, cfg.task)
         self.run_dir = Path(run_dir) if run_dir else _default_run_dir(cfg)
         from firm.storage.base import missing_dirs
@@ -158,14 +169,33 @@ class Trainer:
         if uri is None:
             return None
         ck = load_checkpoint(uri)
-        lora_mod.load_adapter_state(self.policy.transformer, ck.lora, lora_mod.TRAINABLE)
-        lora_mod.load_adapter_state(self.policy.transformer, ck.old_lora, lora_mod.OLD)
+        t = self.policy.transformer
+        if self.ema is not None:  # the exported LoRA of a checkpoint is the EMA
+            lora_mod.load_adapter_state(t, ck.lora, lora_mod.TRAINABLE)
+            self.ema.load([p.detach() for p in self.params])
+        lora_mod.load_adapter_state(t, ck.trainable, lora_mod.TRAINABLE)
+        lora_mod.load_adapter_state(t, ck.old_lora, lora_mod.OLD)
         self.optimizer.load_state_dict(ck.trainer_state["optimizer"])
         set_rng_state(ck.trainer_state["rng"])
         self.step = ck.step
+        self.optimizer_steps = int(ck.trainer_state.get("optimizer_steps", ck.step))
         self.metrics.truncate_after(ck.step)
         log.info("resumed from %s at step %d", uri, ck.step)
         return uri
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """The LoRA that checkpoints export and evaluation uses: the EMA when enabled, else the trained adapter."""
+        with self.ema_applied():
+            return lora_mod.adapter_state(self.policy.transformer)
+
+    @contextlib.contextmanager
+    def ema_applied(self) -> Iterator[None]:
+        """Inside the block the trainable adapter holds the EMA weights (a no-op without EMA)."""
+        if self.ema is None:
+            yield
+            return
+        with self.ema.applied(self.params):
+            yield
 
     def checkpoint(self) -> str | None:
         if self.rank != 0:
@@ -175,12 +205,14 @@ class Trainer:
             self.policy,
             self.cfg.output_uri,
             self.step,
+            self.export_state(),
             lora_mod.adapter_state(t, lora_mod.TRAINABLE),
             lora_mod.adapter_state(t, lora_mod.OLD),
             self.optimizer,
             {
                 "algorithm": self.cfg.algorithm,
                 "task": self.cfg.task,
+                "optimizer_steps": self.optimizer_steps,
                 "config": self.cfg.model_dump(mode="json"),
             },
             extra_files=[self.metrics.path],
@@ -194,25 +226,34 @@ class Trainer:
             self._sources[item.source] = load_source(item.source, self.policy.resolution)
         return self._sources[item.source]
 
-    def _rollout_group(self, item: PromptItem, step: int, gi: int) -> Group:
+    def _guidance(self) -> float:
+        return self.cfg.grpo.guidance_scale if self.cfg.algorithm == "grpo" else 1.0
+
+    def _uncond(self, source: torch.Tensor | None, k: int) -> Conditioning | None:
+        """The unconditional (empty prompt) conditioning for classifier-free guidance, or None without it."""
+        if self._guidance() == 1.0:
+            return None
+        return self.policy.encode([""], [source] if source is not None else None).repeat(k)
+
+    def _rollout_group(self, item: PromptItem, step: int, slot: int) -> Group:
         cfg, pol = self.cfg, self.policy
         k = cfg.sampling.group_size
         source = self._source(item)
-        cond1 = pol.encode([item.prompt], [source] if source is not None else None)
-        cond = cond1.repeat(k)
-        g = _gen(cfg.seed, step, self.rank, gi, 1)
+        cond = pol.encode([item.prompt], [source] if source is not None else None).repeat(k)
+        uncond = self._uncond(source, k)
+        g = _gen(cfg.seed, step, slot, 1)
         noise = pol.initial_noise(k, g, cond)
         sigmas = pol.sigmas(cfg.sampling.num_steps, cond)
         if cfg.algorithm == "nft":
             adapter = lora_mod.OLD if cfg.sampling.rollout_policy == "old" else lora_mod.TRAINABLE
             with lora_mod.using(pol.transformer, adapter):
-                traj = ode_rollout(pol.velocity, noise, sigmas, cond)
+                traj = ode_rollout(pol.velocity, noise, sigmas, cond, solver=cfg.sampling.solver)
         else:
-            traj = sde_rollout(
-                pol.velocity, noise, sigmas, cond, noise_level=cfg.grpo.noise_level, generator=g
-            )
+            velocity = pol.velocity if uncond is None else guided(pol.velocity, uncond, self._guidance())
+            traj = sde_rollout(velocity, noise, sigmas, cond, noise_level=cfg.grpo.noise_level, generator=g)
         images = pol.decode(traj.final, cond)
-        return Group(item.prompt, cond, traj.final, images, source, traj.states, traj.log_probs)
+        batch = Batch(slot, cond, uncond, traj.final, traj.states, traj.log_probs)
+        return Group(item.prompt, batch, images, source)
 
     def _score(self, group: Group) -> list[RewardBreakdown]:
         rc = self.cfg.reward
@@ -230,10 +271,10 @@ class Trainer:
         t_roll = t_wait = 0.0
         for gi, pi in enumerate(idx):
             t0 = time.perf_counter()
-            grp = self._rollout_group(self.prompts[pi], step, gi)
+            grp = self._rollout_group(self.prompts[pi], step, slot_of(self.rank, self.world, gi))
             t_roll += time.perf_counter() - t0
             groups.append(grp)
-            if self.cfg.reward.async_overlap:  # scored while the next group rolls out; awaited by the update
+            if self.cfg.reward.async_overlap:  # scored while the next group rolls out
                 grp.pending = self._pool.submit(self._score, grp)
             else:
                 t0 = time.perf_counter()
@@ -241,189 +282,131 @@ class Trainer:
                 t_wait += time.perf_counter() - t0
         return groups, {"time/rollout": t_roll, "time/reward_wait": t_wait}
 
-    def _await_rewards(self, grp: Group, times: dict[str, float]) -> None:
-        """Block until the group's async reward call is done (its wait is counted as reward wait)."""
-        if grp.pending is None:
-            return
-        t0 = time.perf_counter()
+    def _await_rewards(
+        self, groups: list[Group], upd: StepUpdate, times: dict[str, float]
+    ) -> BaseException | None:
+        """Wait for every async reward call, computing the update's no-grad predictions while any is pending; only
+        the time blocked with nothing left to compute counts as reward wait. Returns a reward failure, if any."""
+        waiting = 0.0
         try:
-            grp.rewards = grp.pending.result()  # raises RewardServiceError: the step fails
+            for grp in groups:
+                if grp.pending is None:
+                    continue
+                while not grp.pending.done() and upd.precompute_next():
+                    pass
+                t0 = time.perf_counter()
+                try:
+                    grp.rewards = grp.pending.result()
+                finally:
+                    waiting += time.perf_counter() - t0
+                    grp.pending = None
+        except Exception as exc:  # RewardServiceError after retries, or a caller error: every rank must know
+            return exc
         finally:
-            times["time/reward_wait"] = times.get("time/reward_wait", 0.0) + time.perf_counter() - t0
-        grp.pending = None
+            times["time/reward_wait"] = times.get("time/reward_wait", 0.0) + waiting
+        return None
+
+    def _share_rewards(self, groups: list[Group], failed: BaseException | None) -> StepRewards:
+        policy = self.cfg.reward.parse_failure
+        train = [[training_reward(b, policy) for b in g.rewards] for g in groups] if failed is None else []
+        parsed = [[is_scored(b) for b in g.rewards] for g in groups] if failed is None else []
+        if failed is not None:  # the shape still has to match the other ranks'
+            k = self.cfg.sampling.group_size
+            train, parsed = [[None] * k for _ in groups], [[False] * k for _ in groups]
+        return share(train, parsed, failed, self.rank, self.world)
 
     # ---------------------------------------------------------------- update
-    def _all_reduce_grads(self, has_data: bool) -> int:
-        """Average the LoRA gradients over ranks; returns how many ranks had scored samples in this micro-batch."""
-        if self.world == 1:
-            return int(has_data)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flag = torch.ones(1, dtype=grads[0].dtype, device=grads[0].device) * float(has_data)
-        flat = torch.cat([g.reshape(-1) for g in grads] + [flag])
-        dist.all_reduce(flat)
-        contributing = round(float(flat[-1]))
-        flat /= self.world
-        off = 0
-        for p, g in zip(self.params, grads, strict=True):
-            n = g.numel()
-            p.grad = flat[off : off + n].view_as(p).clone()
-            off += n
-        return contributing
-
-    def _optimizer_step(self, has_data: bool) -> float:
-        if self._all_reduce_grads(has_data) == 0:
-            # no rank scored a sample of this micro-batch: nothing to learn from, so AdamW's momentum and weight
-            # decay must not move the weights either
+    def _optimizer_step(self, n_trained: int) -> float | None:
+        """Sum the update's gradients over ranks (each rank's loss is already divided by the update's global count),
+        clip, step, update the EMA. No trained sample on any rank → no step: AdamW's momentum and weight decay must
+        not move the weights on nothing."""
+        if n_trained == 0:
             self.optimizer.zero_grad(set_to_none=True)
-            return 0.0
+            return None
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+        if self.world > 1:
+            flat = torch.cat([p.grad.reshape(-1) for p in self.params])  # type: ignore[union-attr]
+            dist.all_reduce(flat)
+            off = 0
+            for p in self.params:
+                n = p.numel()
+                p.grad = flat[off : off + n].view_as(p).clone()
+                off += n
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
+        if self.ema is not None:
+            self.ema.update(self.params, self.optimizer_steps)
         return float(norm)
 
-    def _scored(self, grp: Group, times: dict[str, float]) -> tuple[list[int], torch.Tensor] | None:
-        """A group's micro-batch: the indices of its scored samples and their group advantages (None: no baseline)."""
-        self._await_rewards(grp, times)
-        adv = group_advantages([scored_rewards(grp.rewards)], clip=self._adv_clip()).advantages
-        keep = [i for i, a in enumerate(adv) if a is not None]
-        if not keep:
-            return None
-        return keep, torch.tensor([adv[i] for i in keep], dtype=torch.float32)
-
-    def update(self, step: int, groups: list[Group], times: dict[str, float]) -> dict[str, float]:
-        """One micro-batch and optimizer step per prompt group, in order (the same count on every rank)."""
-        g = _gen(self.cfg.seed, step, self.rank, 2)
-        sigmas = self.policy.sigmas(self.cfg.sampling.num_steps, groups[0].cond)
-        if self.cfg.algorithm == "nft":
-            return self._update_nft(step, groups, times, sigmas, g)
-        return self._update_grpo(groups, times, sigmas, g)
-
-    def _update_nft(
-        self,
-        step: int,
-        groups: list[Group],
-        times: dict[str, float],
-        sigmas: torch.Tensor,
-        g: torch.Generator,
+    def update(
+        self, groups: list[Group], shared: StepRewards, upd: StepUpdate, stats: Any
     ) -> dict[str, float]:
-        nc, pol, t = self.cfg.nft, self.policy, self.policy.transformer
-        t_idx = train_timestep_indices(self.cfg.sampling.num_steps, nc.timestep_fraction, g)
-        sums = {"loss/policy": 0.0, "loss/kl": 0.0}
-        count, norms = 0, []
+        """`optim.updates_per_step` optimizer steps, each accumulating its share of the step's groups."""
+        updates = self.cfg.optim.updates_per_step
+        per_rank = len(groups)
+        adv = stats.advantages
+        k = self.cfg.sampling.group_size
+        trained = [[a is not None for a in adv[s * k : (s + 1) * k]] for s in range(len(shared.train))]
+        n_update = [0] * updates
+        for s, flags in enumerate(trained):
+            n_update[update_of(s // self.world, per_rank, updates)] += sum(flags)
+        epochs = self.cfg.grpo.inner_epochs if self.cfg.algorithm == "grpo" else 1
+        sums: dict[str, float] = {}
+        norms: list[float] = []
+        for epoch in range(epochs):
+            for u in range(updates):
+                for gi, grp in enumerate(groups):
+                    slot = grp.batch.slot
+                    if update_of(gi, per_rank, updates) != u or not any(trained[slot]):
+                        continue
+                    a = torch.tensor([x if x is not None else 0.0 for x in adv[slot * k : (slot + 1) * k]])
+                    w = torch.tensor([1.0 / n_update[u] if f else 0.0 for f in trained[slot]])
+                    for key, val in upd.backward(grp.batch, a, w, epoch).items():
+                        sums[key] = sums.get(key, 0.0) + val
+                norm = self._optimizer_step(n_update[u])
+                if norm is not None:
+                    norms.append(norm)
         for grp in groups:
-            batch = self._scored(grp, times)
-            if batch is not None:
-                keep, advantages = batch
-                x0, cond = grp.final[keep], grp.cond.select(keep)
-                r = optimality_probability(advantages, nc.adv_clip)
-                for j in t_idx:
-                    s = torch.full((len(keep),), float(sigmas[j]))
-                    eps = torch.randn(x0.shape, generator=g).to(x0.device, x0.dtype)
-                    sb = s.to(x0.device, x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
-                    xt = (1 - sb) * x0 + sb * eps
-                    with torch.no_grad(), lora_mod.using(t, lora_mod.OLD):
-                        v_old = pol.velocity(xt, s, cond)
-                    v_ref = None
-                    if nc.kl_coef > 0:
-                        with torch.no_grad(), lora_mod.using(t, None):
-                            v_ref = pol.velocity(xt, s, cond)
-                    v = pol.velocity(xt, s, cond)
-                    parts = nft_loss(
-                        v,
-                        v_old,
-                        v_ref,
-                        x0,
-                        eps,
-                        s,
-                        r,
-                        beta=nc.beta,
-                        kl_coef=nc.kl_coef,
-                        space=nc.space,
-                        scale=nc.adv_clip,
-                    )
-                    (parts.loss / len(t_idx)).backward()
-                    sums["loss/policy"] += float(parts.policy)
-                    sums["loss/kl"] += float(parts.kl)
-                    count += 1
-            norms.append(self._optimizer_step(batch is not None))
-        decay = lora_mod.ema_decay(step, nc.ema_max_decay, nc.ema_ramp)
-        lora_mod.ema_update(t, decay)
-        out = {k: v / max(count, 1) for k, v in sums.items()}
-        out.update({"grad_norm": sum(norms) / len(norms), "ema_decay": decay})
-        return out
-
-    def _update_grpo(
-        self,
-        groups: list[Group],
-        times: dict[str, float],
-        sigmas: torch.Tensor,
-        g: torch.Generator,
-    ) -> dict[str, float]:
-        gc, pol, t = self.cfg.grpo, self.policy, self.policy.transformer
-        from firm.rl.sampling import sigma_max_of
-
-        smax = sigma_max_of(sigmas)
-        sums = {"loss/policy": 0.0, "loss/kl": 0.0, "clip_frac": 0.0}
-        count, norms = 0, []
-        for _ in range(gc.inner_epochs):
-            t_idx = train_timestep_indices(self.cfg.sampling.num_steps, gc.timestep_fraction, g)
-            for grp in groups:
-                batch = self._scored(grp, times)
-                if batch is not None and grp.states is not None and grp.log_probs is not None:
-                    keep, advantages = batch
-                    states, old_lp, cond = grp.states[keep], grp.log_probs[keep], grp.cond.select(keep)
-                    a = advantages.clamp(-gc.adv_clip, gc.adv_clip)
-                    for j in t_idx:
-                        s, s_next = float(sigmas[j]), float(sigmas[j + 1])
-                        x, x_next = states[:, j], states[:, j + 1]
-                        sv = torch.full((len(keep),), s)
-                        xin = x.to(self.policy.dtype)
-                        v = pol.velocity(xin, sv, cond)
-                        st = sde_step(
-                            v, x, s, s_next, noise_level=gc.noise_level, sigma_max=smax, next_state=x_next
-                        )
-                        ref_mean = None
-                        if gc.kl_coef > 0:
-                            with torch.no_grad(), lora_mod.using(t, None):
-                                v_ref = pol.velocity(xin, sv, cond)
-                            ref_mean = sde_step(
-                                v_ref,
-                                x,
-                                s,
-                                s_next,
-                                noise_level=gc.noise_level,
-                                sigma_max=smax,
-                                next_state=x_next,
-                            ).mean
-                        parts, cf = grpo_loss(
-                            st.log_prob,
-                            old_lp[:, j].to(st.log_prob.device),
-                            a,
-                            st.mean,
-                            ref_mean,
-                            st.std,
-                            clip_range=gc.clip_range,
-                            kl_coef=gc.kl_coef,
-                        )
-                        (parts.loss / len(t_idx)).backward()
-                        sums["loss/policy"] += float(parts.policy)
-                        sums["loss/kl"] += float(parts.kl)
-                        sums["clip_frac"] += float(cf)
-                        count += 1
-                norms.append(self._optimizer_step(batch is not None))
-        out = {k: v / max(count, 1) for k, v in sums.items()}
-        out["grad_norm"] = sum(norms) / len(norms)
+            upd.release(grp.batch)
+        count = max(sums.pop("count", 0.0), 1.0)
+        out = {key: val / count for key, val in sums.items()}
+        out.setdefault("loss/policy", 0.0)
+        out.setdefault("loss/kl", 0.0)
+        if self.cfg.algorithm == "grpo":
+            out.setdefault("clip_frac", 0.0)
+        out["grad_norm"] = sum(norms) / len(norms) if norms else 0.0
+        out["optim/updates"] = float(len(norms))
+        if self.cfg.algorithm == "nft":
+            nc = self.cfg.nft
+            decay = lora_mod.ema_decay(self.optimizer_steps, nc.ema_max_decay, nc.ema_ramp)
+            lora_mod.ema_update(self.policy.transformer, decay)
+            out["ema_decay"] = decay
         return out
 
     # ---------------------------------------------------------------- metrics
-    def _reward_metrics(self, groups: list[Group], stats: Any) -> dict[str, float]:
-        """Reward statistics over all ranks (sums all-reduced as one float64 vector)."""
-        rs = [float(b.reward) for g in groups for b in g.rewards if is_scored(b)]  # type: ignore[arg-type]
-        vec = [float(sum(rs)), float(sum(r * r for r in rs)), float(len(rs)), float(stats.dropped_samples)]
-        vec += [float(stats.zero_std_groups), float(stats.dropped_groups), float(stats.groups)]
+    def _reward_metrics(self, groups: list[Group], shared: StepRewards, stats: Any) -> dict[str, float]:
+        """Reward statistics of the whole step: from the shared rewards, plus sub-scores and reward-hacking
+        monitors summed over ranks (all-reduced as one float64 vector)."""
+        parsed = shared.parsed_rewards
+        total = sum(len(p) for p in shared.parsed)
+        trained = [r for rs in shared.train for r in rs if r is not None]
+        n = max(len(parsed), 1)
+        mean = sum(parsed) / n
+        m: dict[str, float] = {
+            "reward/mean": mean,
+            "reward/n": float(len(parsed)),
+            "reward/std": math.sqrt(max(sum(r * r for r in parsed) / n - mean * mean, 0.0)),
+            "reward/parse_failure_rate": (total - len(parsed)) / max(total, 1),
+            "reward/trained": float(sum(a is not None for a in stats.advantages)),
+            "reward/trained_mean": sum(trained) / max(len(trained), 1),
+            "groups/zero_std_ratio": stats.zero_std_groups / max(stats.groups, 1),
+            "groups/dropped": float(stats.dropped_groups),
+        }
+        vec: list[float] = []
         for name in SUB_SCORES:
             vals = [getattr(b, name) for g in groups for b in g.rewards if getattr(b, name) is not None]
             vec += [float(sum(vals)), float(len(vals))]
@@ -438,17 +421,7 @@ class Trainer:
         if self.world > 1:
             dist.all_reduce(t)
         v = t.tolist()
-        n = max(v[2], 1.0)
-        mean = v[0] / n
-        m: dict[str, float] = {
-            "reward/mean": mean,
-            "reward/n": v[2],
-            "reward/std": math.sqrt(max(v[1] / n - mean * mean, 0.0)),
-            "reward/parse_failure_rate": v[3] / max(v[2] + v[3], 1.0),
-            "groups/zero_std_ratio": v[4] / max(v[6], 1.0),
-            "groups/dropped": v[5],
-        }
-        off = 7
+        off = 0
         for name in SUB_SCORES:
             if v[off + 1] > 0:
                 m[f"reward/{name}"] = v[off] / v[off + 1]
@@ -463,44 +436,53 @@ class Trainer:
 
     @torch.no_grad()
     def eval_grid(self, step: int) -> Path | None:
+        """A sample grid of the fixed eval prompts with the exported (EMA) LoRA: the Euler ODE sampler, with the
+        training's guidance."""
         prompts = self.cfg.data.eval_prompts
         if self.rank != 0 or (self.cfg.task == "gen" and not prompts):
             return None
         # editing needs source images: the fixed eval set is the first items of the prompt file
         items = [PromptItem(p) for p in prompts] if self.cfg.task == "gen" else self.prompts[:EDIT_EVAL_ITEMS]
         imgs = []
-        for i, it in enumerate(items):
-            source = self._source(it)
-            cond = self.policy.encode([it.prompt], [source] if source is not None else None)
-            noise = self.policy.initial_noise(1, _gen(self.cfg.seed, 7919, i), cond)
-            traj = ode_rollout(
-                self.policy.velocity, noise, self.policy.sigmas(self.cfg.sampling.eval_num_steps, cond), cond
-            )
-            imgs.append(self.policy.decode(traj.final, cond))
+        with self.ema_applied():
+            for i, it in enumerate(items):
+                source = self._source(it)
+                cond = self.policy.encode([it.prompt], [source] if source is not None else None)
+                uncond = self._uncond(source, 1)
+                velocity = (
+                    self.policy.velocity
+                    if uncond is None
+                    else guided(self.policy.velocity, uncond, self._guidance())
+                )
+                noise = self.policy.initial_noise(1, _gen(self.cfg.seed, 7919, i), cond)
+                sigmas = self.policy.sigmas(self.cfg.sampling.eval_num_steps, cond)
+                traj = ode_rollout(velocity, noise, sigmas, cond)
+                imgs.append(self.policy.decode(traj.final, cond))
         out = self.run_dir / "samples" / f"step-{step:08d}.png"
         self.metrics.image_grid(step, torch.cat(imgs), out)
         return out
 
     # ---------------------------------------------------------------- loop
+    def _adv_clip(self) -> float:
+        return self.cfg.nft.adv_clip if self.cfg.algorithm == "nft" else self.cfg.grpo.adv_clip
+
     def train_step(self) -> StepResult:
         step = self.step
         t0 = time.perf_counter()
         groups, times = self.collect(step)
         t1, wait0 = time.perf_counter(), times["time/reward_wait"]
-        # async: rewards still in flight may fail mid-update; the step then leaves weights and optimizer untouched
-        snapshot = self._snapshot() if any(gr.pending is not None for gr in groups) else None
-        try:
-            upd = self.update(step, groups, times)
-        except BaseException:
-            if snapshot is not None:
-                self._restore(snapshot)
-            raise
+        sigmas = self.policy.sigmas(self.cfg.sampling.num_steps, groups[0].batch.cond)
+        upd = StepUpdate(self.cfg, self.policy, step, sigmas, _gen)
+        upd.batches = [g.batch for g in groups]
+        failed = self._await_rewards(groups, upd, times)
+        shared = self._share_rewards(groups, failed)  # raises on every rank if any rank's reward calls failed
+        stats = shared.advantages(self._adv_clip(), self.cfg.advantages.std)
+        if stats.dropped_samples:
+            log.warning("step %d: dropped %d samples whose reward did not parse", step, stats.dropped_samples)
+        out = self.update(groups, shared, upd, stats)
         times["time/update"] = time.perf_counter() - t1 - (times["time/reward_wait"] - wait0)
         times["time/step"] = time.perf_counter() - t0
-        stats = group_advantages([scored_rewards(g.rewards) for g in groups], clip=self._adv_clip())
-        if stats.dropped_samples:
-            log.warning("step %d: dropped %d unparseable samples", step, stats.dropped_samples)
-        metrics = {**self._reward_metrics(groups, stats), **upd, **times}
+        metrics = {**self._reward_metrics(groups, shared, stats), **out, **times}
         if self.cfg.task == "edit":
             metrics["hacking/identity_copy_flag"] = float(
                 self.identity_flag.update(metrics["hacking/source_similarity"])
@@ -545,20 +527,6 @@ class Trainer:
             f"reward.max_unscored_steps=0 disables this check"
         )
 
-    def _snapshot(self) -> tuple[list[torch.Tensor], dict[str, Any]]:
-        return [p.detach().clone() for p in self.params], copy.deepcopy(self.optimizer.state_dict())
-
-    @torch.no_grad()
-    def _restore(self, snapshot: tuple[list[torch.Tensor], dict[str, Any]]) -> None:
-        params, opt_state = snapshot
-        for p, saved in zip(self.params, params, strict=True):
-            p.copy_(saved)
-        self.optimizer.load_state_dict(opt_state)
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def _adv_clip(self) -> float:
-        return self.cfg.nft.adv_clip if self.cfg.algorithm == "nft" else self.cfg.grpo.adv_clip
-
     def train(self, progress: bool = True) -> list[StepResult]:
         cfg = self.cfg
         self.maybe_resume()
@@ -594,12 +562,7 @@ class Trainer:
                 )
         self.rank_divergence = self._rank_divergence()
         if self.rank == 0:
-            export_final(
-                self.policy,
-                cfg.output_uri,
-                lora_mod.adapter_state(self.policy.transformer),
-                cfg.checkpoint.export_merged,
-            )
+            export_final(self.policy, cfg.output_uri, self.export_state(), cfg.checkpoint.export_merged)
         self.metrics.close()
         self._pool.shutdown(wait=True)
         return results

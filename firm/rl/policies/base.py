@@ -91,14 +91,15 @@ class DiffusionPolicy(ABC):
             transformer_lora_adapter_metadata=meta,
         )
 
-    def save_merged(self, out_dir: str | Path) -> None:
-        """Save a full pipeline with the trainable LoRA fused into the base weights (reloads the base: 2× memory)."""
+    def save_merged(self, out_dir: str | Path, lora_state: dict[str, torch.Tensor] | None = None) -> None:
+        """Save a full pipeline with a LoRA (default: the trainable adapter) fused into the base weights (reloads the
+        base: 2× memory)."""
         import tempfile
 
         from firm.rl.lora import adapter_state
 
         with tempfile.TemporaryDirectory(prefix="firm-rl-merge-") as tmp:
-            self.save_lora(tmp, adapter_state(self.transformer))
+            self.save_lora(tmp, lora_state if lora_state is not None else adapter_state(self.transformer))
             pipe = self.load_base_pipeline()
             pipe.load_lora_weights(tmp)
             pipe.fuse_lora()
