@@ -53,7 +53,7 @@ class ParamEMA:
                     p.copy_(s)
 
     def state(self) -> list[torch.Tensor]:
-        return [s.detach().cpu().contiguous() for s in self.shadow]
+        return [s.detach().cpu().clone() for s in self.shadow]
 
     @torch.no_grad()
     def load(self, tensors: Sequence[torch.Tensor]) -> None:

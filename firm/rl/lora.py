@@ -133,7 +133,9 @@ def adapter_state(transformer: torch.nn.Module, adapter: str = TRAINABLE) -> dic
     from peft.utils import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(transformer, adapter_name=adapter)
-    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    return {
+        k: v.detach().cpu().clone().contiguous() for k, v in state.items()
+    }  # a copy, never a view of the weights
 
 
 @torch.no_grad()

@@ -63,8 +63,9 @@ def test_final_lora_loads_with_load_lora_weights(tiny_cfg, tiny_sd3: Path, tmp_p
     pol = trainer.policy
     cond = pol.encode(["a red apple"])
     x, s = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0.6])
-    with torch.no_grad():
+    with torch.no_grad(), trainer.ema_applied():  # the exported LoRA is the parameter EMA
         ours = pol.velocity(x, s, cond)
+    with torch.no_grad():
         theirs = pipe.transformer(
             hidden_states=x,
             encoder_hidden_states=cond.tensors["prompt_embeds"],

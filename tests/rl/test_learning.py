@@ -164,8 +164,8 @@ class FailsOnPrompt:
 
 
 def test_async_reward_failure_mid_update_rolls_the_step_back(tiny_cfg) -> None:
-    """Async rewards are awaited group by group during the update, so group 0 is trained on before group 1's
-    reward fails: the failed step must still leave the LoRA and the optimizer exactly as they were."""
+    """Group 1's reward fails after group 0's was scored (and while the update's no-grad predictions were being
+    computed ahead): the failed step must leave the LoRA and the optimizer exactly as they were."""
     from firm.rl import lora
     from firm.rl.data import step_prompts
     from firm.rl.trainer import Trainer

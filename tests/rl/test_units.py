@@ -227,6 +227,28 @@ def test_shipped_rl_recipes_validate() -> None:
                 "edit",
                 "triton",
             )
+            assert cfg.optim.lr == 1.5e-3  # the official editing config's learning rate
+        if r.name.startswith(("rl/sd35m", "rl/qwen_edit_2509")):  # the official trainers' dynamics
+            assert (cfg.advantages.std, cfg.ema.enabled, cfg.ema.decay) == ("global", True, 0.9)
+            assert cfg.lora.target_modules is not None
+            assert all(t.startswith("attn.") for t in cfg.lora.target_modules)
+            assert cfg.reward.parse_failure == "skip"  # FIRM's choice, named in the header
+            head = r.path.read_text().split("\nname:")[0]
+            assert all(word in head for word in ("paper", "official", "FIRM")), r.name
+        if r.name.startswith("rl/sd35m_nft") or r.name == "rl/qwen_edit_2509_nft_cme":
+            assert (cfg.optim.updates_per_step, cfg.sampling.solver, cfg.nft.timestep_draw) == (
+                1,
+                "dpm2",
+                "per_sample",
+            )
+        if r.name == "rl/sd35m_grpo_qma":  # Flow-GRPO's settings
+            g = cfg.grpo
+            assert (g.guidance_scale, g.timestep_draw, g.kl_coef, cfg.optim.updates_per_step) == (
+                4.5,
+                "first",
+                0.04,
+                2,
+            )
 
 
 @pytest.mark.parametrize(
