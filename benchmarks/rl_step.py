@@ -1,8 +1,12 @@
 """RL step time and its split (rollout / reward wait / update): synchronous vs asynchronous rewards, NFT vs GRPO.
 
-Tiny SD3 policy (32 px), rewards from the tiny FIRM critic behind the real tritonserver (gRPC), all on this machine.
-With `reward.async_overlap` the critic scores prompt group i while group i+1 rolls out, so the step pays only the
-reward latency that rollouts could not hide.
+Tiny SD3 policy, rewards from the tiny FIRM critic behind the real tritonserver (gRPC), all on this machine, with the
+trainer's defaults — the official trainers' update schedule: one std over the step's rewards and one accumulated
+optimizer step per RL step (so the update can only start once every reward of the step is in), dpm2 NFT rollouts,
+per-sample timesteps, GRPO with CFG (`--guidance`). With `reward.async_overlap` the critic scores prompt group i while
+group i+1 rolls out, and while the last groups are scored the trainer computes the update's no-grad predictions
+(NFT's old-policy and reference velocities, GRPO's reference means), so the step pays only the reward latency that
+neither could hide.
 
     .venv/bin/python benchmarks/rl_step.py --steps 4 --prompts 4 --group 4 --num-steps 20 --out /tmp/rl_step.md
 """
@@ -46,7 +50,7 @@ def run(
                     "prompts_per_step": args.prompts,
                 },
                 "nft": {"timestep_fraction": args.train_fraction},
-                "grpo": {"timestep_fraction": args.train_fraction},
+                "grpo": {"timestep_fraction": args.train_fraction, "guidance_scale": args.guidance},
                 "reward": {"kind": "triton", "url": url, "async_overlap": overlap, "quality": False},
                 "data": {"prompts": str(prompts)},
                 "checkpoint": {"every_steps": 10_000},
@@ -75,6 +79,9 @@ def main() -> None:
         "in sync and async mode; a small one keeps it from drowning the overlap being measured)",
     )
     ap.add_argument("--resolution", type=int, default=64)
+    ap.add_argument(
+        "--guidance", type=float, default=4.5, help="GRPO classifier-free guidance (Flow-GRPO: 4.5)"
+    )
     ap.add_argument(
         "--new-tokens", type=int, default=40, help="the tiny critic needs ~40 to finish an answer"
     )
@@ -120,8 +127,10 @@ def main() -> None:
     lines = [
         f"Tiny SD3 ({args.resolution} px, {args.num_steps} rollout steps), {args.prompts} prompts × group "
         f"{args.group} per step, tiny critic (instruction axis, ≤{args.new_tokens} new tokens, 1 thread) behind "
-        f"tritonserver on 127.0.0.1, trainer on 1 thread; medians of {args.steps} steps after one warm-up × "
-        f"{args.repeats} alternating runs; seconds. Shared 2-core CPU machine (other jobs running): expect noise.",
+        f"tritonserver on 127.0.0.1, trainer on 1 thread; one accumulated update per step, global-std advantages, "
+        f"NFT dpm2 rollouts, {args.train_fraction:g} of the timesteps trained, GRPO CFG {args.guidance:g}; medians "
+        f"of {args.steps} steps after one warm-up × {args.repeats} alternating runs; seconds. Shared 2-core CPU "
+        "machine (other jobs running): expect noise.",
         "",
         "| algorithm | rewards | step | rollout | reward wait | update | parse failures | async / sync: step | "
         "async / sync: rollout + reward wait |",
@@ -145,11 +154,11 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         header = (
-            "## RL step (issue 7): sync vs async rewards, NFT vs GRPO\n\n"
+            "## RL step (issues 7, 14): sync vs async rewards, NFT vs GRPO\n\n"
             "Command: `.venv/bin/python benchmarks/rl_step.py "
             f"--steps {args.steps} --prompts {args.prompts} --group {args.group} --num-steps {args.num_steps} "
             f"--resolution {args.resolution} --new-tokens {args.new_tokens} --repeats {args.repeats} "
-            f"--train-fraction {args.train_fraction} "
+            f"--train-fraction {args.train_fraction} --guidance {args.guidance:g} "
             f"--out {args.out}`\n\n"
         )
         args.out.write_text(header + text + "\n")
