@@ -55,3 +55,25 @@ def descendants(pid: int) -> list[int]:
             out.append(c)
             stack.append(c)
     return out
+
+
+def tree_memory(pid: int) -> dict[str, int]:
+    """Resident memory of `pid` and all its descendants, in bytes: `rss` (each process's resident set, shared pages
+    counted in every process) and `pss` (proportional: a page shared by n processes counts 1/n in each, so the sum
+    is what the tree really holds). Zeros where /proc does not exist."""
+    total = {"rss": 0, "pss": 0, "processes": 0}
+    for p in [pid, *descendants(pid)]:
+        try:
+            text = Path(f"/proc/{p}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        fields = {}
+        for line in text.splitlines()[1:]:
+            name, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                fields[name.strip()] = int(parts[0]) * 1024
+        total["rss"] += fields.get("Rss", 0)
+        total["pss"] += fields.get("Pss", 0)
+        total["processes"] += 1
+    return total

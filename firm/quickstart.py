@@ -37,7 +37,7 @@ class QuickstartResult(BaseModel):
     dataset: str
     trained_critic: Path
     checkpoints: list[str]
-    final_eval: dict[str, float]
+    final_eval: dict[str, float | None]
     bench_mae: dict[str, float | None]
     rewards: list[RewardBreakdown] = []
     expected_execution: list[int] = []
@@ -155,7 +155,7 @@ def _serve_and_score(critic: Path, work: Path, con: Console) -> tuple[list[Rewar
     from firm.serving.server import TritonServer
 
     repo = export_repository(
-        ExportConfig(critic=str(critic), task="edit", critic_model=False, max_new_tokens=48, threads=1),
+        ExportConfig(critic=str(critic), task="edit", max_new_tokens=48, threads=1),
         work / "triton-repo",
         overwrite=True,
     )

@@ -1,12 +1,14 @@
 """Critic backends for FIRM-Bench: anything that turns bench items into `firm.schemas.Judgement`s.
 
 `CriticBackend` is the one interface the runner sees (`judge(items, bench) -> list[Judgement]`, same order, one per
-item, `sample_id` = item id, `raw_text` kept). Implementations:
+item, `sample_id` = item id, `raw_text` kept; `rubrics` names the rubric pack the critic is asked with, recorded in
+the report). Implementations:
 
 - `LocalCriticBackend` — the in-process `firm.critic.Critic` (HF id, local path, or `file://`/`s3://` URI).
 - `OpenAICompatibleBackend` — an OpenAI-compatible `/v1/chat/completions` endpoint (vLLM, SGLang, a commercial API)
-  over httpx: the same rubric prompt as the local critic (`firm.critic.messages.build_messages`), images sent as
-  base64 PNG data URLs, bounded concurrency, retries with exponential backoff on connection errors, 408/409/429 and
+  over httpx: the same rubric prompt as the local critic (`firm.critic.messages.build_messages`, the pack's layout,
+  codec and per-rubric answer budget), images sent as base64 PNG data URLs (after the pack's codec), bounded
+  concurrency, retries with exponential backoff on connection errors, 408/409/429 and
   5xx; the answer is parsed with `firm.rewards.parsing.parse_answer`, so failures are `unparseable`, never a 0.
   Configuration: base URL, model and key as arguments or from `FIRM_OPENAI_BASE_URL`, `FIRM_OPENAI_MODEL`,
   `FIRM_OPENAI_API_KEY` (the key is only ever read from the environment or passed in; it is never logged).
@@ -17,7 +19,8 @@ item, `sample_id` = item id, `raw_text` kept). Implementations:
   its execution and consistency items. Per item: `raw_scores[axis]` → `score` (the text readout's integer; an
   expected-readout float is rounded and kept as `expected_score`), a failed axis → its status from the breakdown
   (`unparseable:execution` → `unparseable`), `reasoning[axis]` → reasoning. The service does not return the
-  critic's full text, so `raw_text` holds the breakdown's JSON.
+  critic's full text, so `raw_text` holds the breakdown's JSON. Its `rubrics` is the pack the server was exported
+  with (read from the `firm_edit_reward` / `firm_gen_reward` config parameters).
 
 `make_backend(spec)` parses the `--critic` argument of `firmctl bench run` (see its docstring for the schemes).
 """
@@ -46,10 +49,14 @@ class CriticBackend(Protocol):
     """Judges bench items; returns one `Judgement` per item, in order, with `sample_id` = item id."""
 
     name: str
+    rubrics: str
 
     def judge(self, items: Sequence[BenchItem], bench: Bench) -> list[Judgement]: ...
 
     def close(self) -> None: ...
+
+
+ANSWER_STATUSES = ("unparseable", "out_of_range", "truncated")
 
 
 def _fields(item: BenchItem) -> dict[str, str | None]:
@@ -63,6 +70,7 @@ class RandomBackend:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self.name = f"random(seed={seed})"
+        self.rubrics = ""
 
     def judge(self, items: Sequence[BenchItem], bench: Bench) -> list[Judgement]:
         out = []
@@ -98,16 +106,18 @@ class LocalCriticBackend:
         batch_size: int = 8,
         device: str | None = None,
         max_new_tokens: int | None = None,
+        rubrics: str | None = None,
         critic: Any | None = None,
     ) -> None:
         from firm.critic import Critic
 
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"rubrics": rubrics}
         if device is not None:
             kwargs["device"] = device
         if max_new_tokens is not None:
             kwargs["max_new_tokens"] = max_new_tokens
         self.critic = critic if critic is not None else Critic.from_pretrained(model, **kwargs)
+        self.rubrics = self.critic.pack.ref
         self.readout: Readout = readout
         self.batch_size = batch_size
         self.name = str(model)
@@ -135,13 +145,16 @@ def image_data_url(img: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def openai_messages(item: BenchItem, bench: Bench) -> tuple[list[dict[str, Any]], str]:
-    """The chat messages for one item (FIRM's student rubric, images first) and the rubric's answer format."""
-    from firm.critic.messages import build_messages
-    from firm.rewards.rubrics import get_rubric
+def openai_messages(
+    item: BenchItem, bench: Bench, pack: Any = None
+) -> tuple[list[dict[str, Any]], str, int]:
+    """The chat messages for one item (the pack's student rubric and layout, its image codec applied), the
+    rubric's answer format and its answer budget."""
+    from firm.critic.messages import build_messages, encode_images
+    from firm.rewards.packs import load_pack
 
-    rubric = get_rubric(item.task, item.axis)
-    msgs = build_messages(rubric, bench.open_images(item), **_fields(item))
+    rubric = load_pack(pack).get(item.task, item.axis, "student")
+    msgs = build_messages(rubric, encode_images(rubric, bench.open_images(item)), **_fields(item))
     wire: list[dict[str, Any]] = []
     for m in msgs:
         content = []
@@ -151,7 +164,7 @@ def openai_messages(item: BenchItem, bench: Bench) -> tuple[list[dict[str, Any]]
             else:
                 content.append({"type": "text", "text": part["text"]})
         wire.append({"role": m["role"], "content": content})
-    return wire, rubric.answer_format
+    return wire, rubric.answer_format, rubric.generation.max_new_tokens
 
 
 class OpenAICompatibleBackend:
@@ -167,9 +180,13 @@ class OpenAICompatibleBackend:
         max_retries: int = 4,
         backoff_s: float = 0.5,
         timeout_s: float = 120.0,
-        max_tokens: int = 512,
+        max_tokens: int | None = None,
         temperature: float = 0.0,
+        rubrics: str | None = None,
     ) -> None:
+        """`max_tokens`: answer budget for every item (None: the rubric pack's per (task, axis))."""
+        from firm.rewards.packs import load_pack
+
         base = base_url or os.environ.get("FIRM_OPENAI_BASE_URL")
         if not base:
             raise ConfigError("OpenAI-compatible critic: no base URL (pass one or set FIRM_OPENAI_BASE_URL)")
@@ -187,6 +204,8 @@ class OpenAICompatibleBackend:
         self.concurrency, self.max_retries, self.backoff_s = concurrency, max_retries, backoff_s
         self.timeout_s, self.max_tokens, self.temperature = timeout_s, max_tokens, temperature
         self.name = f"{self.model} @ {self.base_url}"
+        self.pack = load_pack(rubrics)
+        self.rubrics = self.pack.ref
         self.requests_sent = 0  # including retries (for tests and monitoring)
 
     def __repr__(self) -> str:  # never show the key
@@ -198,13 +217,16 @@ class OpenAICompatibleBackend:
             h["Authorization"] = f"Bearer {self._api_key}"
         return h
 
-    async def _complete(self, client: Any, sem: asyncio.Semaphore, messages: list[dict[str, Any]]) -> str:
+    async def _complete(
+        self, client: Any, sem: asyncio.Semaphore, messages: list[dict[str, Any]], max_tokens: int
+    ) -> tuple[str, bool]:
+        """(answer text, whether the endpoint stopped it at max_tokens: finish_reason "length")."""
         import httpx
 
         payload = {
             "model": self.model,
             "messages": messages,
-            "max_tokens": self.max_tokens,
+            "max_tokens": self.max_tokens or max_tokens,
             "temperature": self.temperature,
         }
         url = f"{self.base_url}/chat/completions"
@@ -225,14 +247,15 @@ class OpenAICompatibleBackend:
             if resp.status_code != 200:
                 raise FirmError(f"critic endpoint {url}: HTTP {resp.status_code}: {resp.text[:300]}")
             try:
-                content = resp.json()["choices"][0]["message"]["content"]
+                choice = resp.json()["choices"][0]
+                content = choice["message"]["content"]
             except (ValueError, KeyError, IndexError, TypeError):
                 raise FirmError(
                     f"critic endpoint {url}: not a chat-completions response: {resp.text[:300]}"
                 ) from None
             if isinstance(content, list):  # some servers return content parts
                 content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return str(content or "")
+            return str(content or ""), choice.get("finish_reason") == "length"
         # nothing answered at all (not an HTTP error status): most likely nothing is listening there
         hint = "" if last.startswith("HTTP") else f"; is the critic service running at {self.base_url}?"
         raise FirmError(
@@ -244,18 +267,19 @@ class OpenAICompatibleBackend:
 
         from firm.rewards.parsing import parse_answer
 
-        prepared = [openai_messages(it, bench) for it in items]
+        prepared = [openai_messages(it, bench, self.pack) for it in items]
         sem = asyncio.Semaphore(self.concurrency)
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-            texts = await asyncio.gather(*(self._complete(client, sem, msgs) for msgs, _ in prepared))
+            answers = await asyncio.gather(*(self._complete(client, sem, m, budget) for m, _, budget in prepared))
         out = []
-        for it, (_, fmt), text in zip(items, prepared, texts, strict=True):
+        for it, (_, fmt, _), (text, cut) in zip(items, prepared, answers, strict=True):
             res = parse_answer(fmt, text)
+            status = "truncated" if cut and not res.ok else res.status
             out.append(
                 Judgement(
                     task=it.task,
                     axis=it.axis,
-                    status=res.status,
+                    status=status,
                     score=res.score if res.ok else None,
                     reasoning=res.reasoning,
                     raw_text=text,
@@ -276,7 +300,7 @@ class OpenAICompatibleBackend:
 def _axis_status(status: str, axis: str) -> str:
     for part in status.split(","):
         name, _, ax = part.partition(":")
-        if ax == axis and name in ("unparseable", "out_of_range"):
+        if ax == axis and name in ANSWER_STATUSES:
             return name
     return "unparseable"
 
@@ -294,6 +318,7 @@ class TritonBackend:
         self.client = client
         eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self.name = "triton://" + ",".join(eps)
+        self.rubrics = _served_pack(client)
         self.samples_scored = 0  # distinct samples sent (an edit serves both of its axes)
 
     def judge(self, items: Sequence[BenchItem], bench: Bench) -> list[Judgement]:
@@ -338,6 +363,15 @@ class TritonBackend:
         self.client.close()
 
 
+def _served_pack(client: Any) -> str:
+    """The rubric pack (name@sha256[:12]) the reward service was exported with, "" when it does not say."""
+    served = getattr(client, "served_rubrics", None)
+    try:
+        return served() if callable(served) else ""
+    except FirmError:
+        return ""
+
+
 # ---------------------------------------------------------------------------------------------------- --critic
 def make_backend(
     spec: str,
@@ -348,6 +382,7 @@ def make_backend(
     concurrency: int = 8,
     device: str | None = None,
     max_new_tokens: int | None = None,
+    rubrics: str | None = None,
 ) -> CriticBackend:
     """Build a backend from `firmctl bench run --critic SPEC`:
 
@@ -357,6 +392,9 @@ def make_backend(
       the key from `FIRM_OPENAI_API_KEY`;
     - `triton://host:port[,host:port...]` — the FIRM reward service (gRPC endpoints of Triton);
     - anything else — a critic checkpoint: HF id, local path, or `file://`/`s3://` URI (`LocalCriticBackend`).
+
+    `rubrics` (a pack name, path or URI) applies to the local critic and to endpoints; a reward service asks with
+    the pack it was exported with, so passing one there is an error.
     """
     s = spec.strip()
     if not s:
@@ -374,13 +412,19 @@ def make_backend(
             base = "http://" + s[len("openai://") :]
         else:
             base = s
-        kw = {"max_tokens": max_new_tokens} if max_new_tokens else {}
-        return OpenAICompatibleBackend(base, model, concurrency=concurrency, **kw)
+        return OpenAICompatibleBackend(
+            base, model, concurrency=concurrency, max_tokens=max_new_tokens, rubrics=rubrics
+        )
     if s.startswith("triton://"):
         eps = [e.strip() for e in s[len("triton://") :].split(",") if e.strip()]
         if not eps:
             raise InputError(f"--critic {spec}: triton:// needs host:port (comma-separated for several)")
+        if rubrics is not None:
+            raise InputError(
+                "--rubrics cannot be used with a triton:// critic: the reward service asks with the rubric pack "
+                "it was exported with (firmctl serve export --rubrics)"
+            )
         return TritonBackend(eps)
     return LocalCriticBackend(
-        s, readout=readout, batch_size=batch_size, device=device, max_new_tokens=max_new_tokens
+        s, readout=readout, batch_size=batch_size, device=device, max_new_tokens=max_new_tokens, rubrics=rubrics
     )

@@ -104,6 +104,15 @@ def render_markdown(report: BenchReport, critic: str) -> str:
         f"({report.meta.get('bootstrap', {})}). Pearson/Spearman are `–` when undefined (a constant side).",
         "",
     ]
+    by_status = report.meta.get("parse_failures_by_status")
+    if by_status:
+        shown = ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items()))  # type: ignore[union-attr]
+        parts += [
+            f"Parse failures by status: {shown} (`truncated`: the answer hit its token budget before a score).",
+            "",
+        ]
+    if report.meta.get("rubrics"):
+        parts += [f"Rubric pack: `{report.meta['rubrics']}`.", ""]
     return "\n".join(parts)
 
 

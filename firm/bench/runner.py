@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,10 @@ def _run(
     report = compute_report(humans, scores, policy=policy, n_boot=n_boot, seed=seed)
     report.meta["judged_this_run"] = len(todo)
     report.meta["resumed"] = skipped
+    # failures by status: `truncated` (answer cut at its token budget) is counted apart from `unparseable`
+    statuses = Counter(done[it.id].status or "unparseable" for it in selected if done[it.id].score is None)
+    report.meta["parse_failures_by_status"] = dict(sorted(statuses.items()))
+    report.meta["rubrics"] = getattr(backend, "rubrics", "") or None
     files = write_report(report, out, critic=backend.name)
     files["predictions.jsonl"] = pred_path
     files["human.jsonl"] = out / HUMAN_FILE

@@ -12,6 +12,7 @@ from __future__ import annotations
 import typer
 
 from firm.cli._common import cli_errors, echo_json
+from firm.cli.rubrics_cmd import RUBRICS_HELP
 from firm.errors import InputError
 
 app = typer.Typer(help="FIRM-Bench: evaluate critics against human scores.", no_args_is_help=True)
@@ -74,6 +75,9 @@ def run_cmd(
         None, "--max-new-tokens", help="answer length cap (local critic; max_tokens for endpoints)"
     ),
     parse_failure: str = typer.Option("worst", "--parse-failure", help=_POLICY_HELP),
+    rubrics: str | None = typer.Option(
+        None, "--rubrics", help=RUBRICS_HELP + " (local critic and endpoints; default firm-v1)"
+    ),
 ) -> None:
     """Judge the bench with a critic, then write predictions.jsonl and the reports into --out."""
     from firm.bench.backends import make_backend
@@ -93,6 +97,7 @@ def run_cmd(
         concurrency=concurrency,
         device=device,
         max_new_tokens=max_new_tokens,
+        rubrics=rubrics,
     )
     try:
         result = run_bench(backend, the_bench, out, limit=limit, batch_size=batch_size, policy=policy)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ import typer
 
 from firm.cli._common import cli_errors, echo_json, library_output_to_stderr
 from firm.cli.critic_cmd import app
+from firm.cli.rubrics_cmd import RUBRICS_HELP
 from firm.errors import InputError
 
 
@@ -34,7 +35,10 @@ def score_cmd(
     policy: str = typer.Option("skip", "--policy", help="on a parse failure: skip | min_reward | raise"),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda"),
     dtype: str | None = typer.Option(None, "--dtype", help="e.g. bfloat16 (default: the checkpoint's)"),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="generation budget per answer"),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", help="answer budget for every rubric (default: the rubric pack's per axis)"
+    ),
+    rubrics: str | None = typer.Option(None, "--rubrics", help=RUBRICS_HELP + " (default: firm-v1)"),
     max_pixels: int | None = typer.Option(
         None, "--max-pixels", help="per-image pixel budget (default: processor's)"
     ),
@@ -44,7 +48,7 @@ def score_cmd(
         raise InputError(f"unknown --task {task!r}; expected edit or gen")
     if readout not in ("text", "expected"):
         raise InputError(f"unknown --readout {readout!r}; expected text or expected")
-    if max_new_tokens < 1:
+    if max_new_tokens is not None and max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if task == "edit":
         _reject(task, image=image, prompt=prompt, quality=quality)
@@ -70,7 +74,12 @@ def score_cmd(
         from firm.rewards.formulas import EditRewardConfig, GenRewardConfig
 
         critic = Critic.from_pretrained(
-            model, device=device, dtype=dtype, max_pixels=max_pixels, max_new_tokens=max_new_tokens
+            model,
+            device=device,
+            dtype=dtype,
+            max_pixels=max_pixels,
+            max_new_tokens=max_new_tokens,
+            rubrics=rubrics,
         )
         if task == "edit":
             item = EditInput(source=source, edited=edited, instruction=instruction or "", sample_id="cli")
@@ -86,5 +95,6 @@ def score_cmd(
         {
             "judgements": [j.model_dump(mode="json") for j in judgements if j is not None],
             "reward": reward.model_dump(mode="json"),
+            "rubrics": critic.pack.ref,
         }
     )

@@ -24,7 +24,9 @@ def _ints(text: str, what: str) -> list[int]:
 @cli_errors
 def export(
     critic: str = typer.Option(..., help="Critic: local dir, file:// or s3:// URI, or a Hugging Face id."),
-    task: str = typer.Option(..., help="edit | gen | all: which reward model(s) to export."),
+    task: str = typer.Option(
+        ..., help="edit | gen | all: which reward model(s) to export next to firm_critic (critic: it alone)."
+    ),
     out: str = typer.Option(
         ..., help="Target: local directory, or file:// / s3:// URI (published atomically)."
     ),
@@ -42,12 +44,16 @@ def export(
     weights: str = typer.Option(
         "copy", help="copy the weights into the repository, or reference the critic URI."
     ),
-    critic_model: bool = typer.Option(
-        True, "--critic-model/--no-critic-model", help="Also serve firm_critic."
-    ),
     readout: str = typer.Option("text", help="text | expected."),
-    max_pixels: int = typer.Option(512 * 512, help="Per-image pixel budget of the critic."),
-    max_new_tokens: int = typer.Option(64, help="Critic answer length."),
+    rubrics: str | None = typer.Option(
+        None, help="Rubric pack (name, YAML path or URI; default firm-v1), copied into the repository."
+    ),
+    max_pixels: int | None = typer.Option(
+        None, help="Per-image pixel budget for every rubric (default: the pack's, else the processor's)."
+    ),
+    max_new_tokens: int | None = typer.Option(
+        None, help="Answer budget for every rubric (default: the pack's per axis, e.g. 256 for edits)."
+    ),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16."),
     threads: int = typer.Option(0, help="torch threads per model instance (0: torch's default)."),
     edit_formulation: str = typer.Option("cme", help="cme | sum | guard."),
@@ -77,8 +83,8 @@ def export(
         device=device,
         instances=instances,
         weights=weights,
-        critic_model=critic_model,
         readout=readout,
+        rubrics=rubrics,
         max_pixels=max_pixels,
         max_new_tokens=max_new_tokens,
         dtype=dtype,
@@ -99,7 +105,9 @@ def export(
         ),
     )
     where = export_repository(cfg, out, overwrite=overwrite)
-    echo_json({"repository": where, "task": cfg.task, "engine": cfg.engine})
+    from firm.rewards.packs import load_pack
+
+    echo_json({"repository": where, "task": cfg.task, "engine": cfg.engine, "rubrics": load_pack(rubrics).ref})
 
 
 @app.command("start")

@@ -14,19 +14,25 @@ from typing import Any
 
 import torch
 
-from firm.critic.messages import build_messages
+from firm.critic.messages import build_messages, encode_images, message_images
 from firm.curation.dataset import CriticSFTRow, SFTDataset
 from firm.errors import InputError
-from firm.rewards.rubrics import get_rubric
+from firm.rewards.packs import load_pack
+from firm.rewards.rubrics import RubricPack
 
 IGNORE_INDEX = -100
 
 
 def row_messages(
-    row: CriticSFTRow, images: Sequence[Any], *, with_answer: bool = True
+    row: CriticSFTRow,
+    images: Sequence[Any],
+    *,
+    with_answer: bool = True,
+    pack: str | RubricPack | None = None,
 ) -> list[dict[str, Any]]:
-    """Chat messages for a row: the student rubric's user turn (+ the target as the assistant turn)."""
-    rubric = get_rubric(row.task, row.axis, role="student")
+    """Chat messages for a row: the pack's student rubric (+ the target as the assistant turn). `images` in the
+    canonical order (source, edited); the rubric's layout places them."""
+    rubric = load_pack(pack).get(row.task, row.axis, "student")
     return build_messages(rubric, images, answer=row.target if with_answer else None, **row.rubric_fields())
 
 
@@ -34,8 +40,16 @@ class SFTCollator:
     """Tokenizes rows with the processor and builds right-padded `input_ids`, `attention_mask`, `labels`,
     `pixel_values`, `image_grid_thw`. Only the assistant answer and its end-of-turn token are learned."""
 
-    def __init__(self, processor: Any, dataset: SFTDataset, *, max_pixels: int | None = None):
+    def __init__(
+        self,
+        processor: Any,
+        dataset: SFTDataset,
+        *,
+        max_pixels: int | None = None,
+        pack: str | RubricPack | None = None,
+    ):
         self.processor = processor
+        self.pack = load_pack(pack)
         self.dataset = dataset
         self.max_pixels = max_pixels
         tok = processor.tokenizer
@@ -55,10 +69,11 @@ class SFTCollator:
 
     def encode(self, row: CriticSFTRow) -> dict[str, torch.Tensor]:
         """One row → unpadded tensors; labels are -100 except on the answer tokens and the closing <|im_end|>."""
-        images = self.load_images(row)
-        messages = row_messages(row, images)
+        rubric = self.pack.get(row.task, row.axis, "student")
+        images = encode_images(rubric, self.load_images(row))
+        messages = row_messages(row, images, pack=self.pack)
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-        enc = self.processor(text=[text], images=images, return_tensors="pt")
+        enc = self.processor(text=[text], images=message_images(messages), return_tensors="pt")
         ids = enc["input_ids"][0]
         answer_ids = self.processor.tokenizer(row.target, add_special_tokens=False)["input_ids"]
         # The answer is followed by <|im_end|> and the template's trailing newline(s): find the last <|im_end|>.

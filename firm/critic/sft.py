@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
 
 from firm.critic.sft_config import SFTConfig, check_fresh_run, load_sft_config
 from firm.errors import ConfigError, FirmError, InputError
@@ -61,11 +61,21 @@ class TrainResult(BaseModel):
 
     run_dir: Path
     steps: int
-    final_eval: dict[str, float]
+    final_eval: dict[str, float | None] = Field(
+        description="the last evaluation; null where undefined (e.g. val/mae when no answer parsed)"
+    )
     export_dir: Path | None
     checkpoints: list[str]
     resumed_from: str | None = None
     skipped_rows: int = 0
+    rubrics: str = ""  # the rubric pack trained on, name@sha256[:12]
+
+    @field_validator("final_eval", mode="before")
+    @classmethod
+    def _undefined_is_null(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: None if isinstance(x, float) and math.isnan(x) else x for k, x in v.items()}
+        return v
 
 
 # ----------------------------------------------------------------------------------------------- distributed
@@ -265,7 +275,11 @@ def evaluate(
         metrics["val/loss"] = total / max(count, 1)
         if cfg.eval.generate:
             critic = Critic(
-                net, processor, max_pixels=cfg.model.max_pixels, max_new_tokens=cfg.eval.max_new_tokens
+                net,
+                processor,
+                max_pixels=cfg.model.max_pixels,
+                max_new_tokens=cfg.eval.max_new_tokens,
+                rubrics=collator.pack,
             )
             requests = [
                 CriticRequest(
@@ -390,9 +404,11 @@ def train(cfg: SFTConfig) -> TrainResult:
         load_checkpoint,
         restore_rng_state,
     )
+    from firm.rewards.packs import load_pack
 
     env = dist_env(cfg)
     global_batch = cfg.global_batch(env.world)  # fails fast, before any process group or model
+    pack = load_pack(cfg.rubrics)
     ckpt_root = cfg.checkpoint_root()
     check_fresh_run(cfg)
     run_dir = Path(cfg.output_dir).expanduser().resolve() / cfg.run_name  # made once training starts
@@ -422,7 +438,13 @@ def train(cfg: SFTConfig) -> TrainResult:
         )
     ckpt = load_checkpoint(resume_uri) if resume_uri else None
     if ckpt is not None:
-        check_compatible(ckpt, world_size=env.world, global_batch=global_batch, finetune=cfg.finetune)
+        check_compatible(
+            ckpt,
+            world_size=env.world,
+            global_batch=global_batch,
+            finetune=cfg.finetune,
+            rubrics_sha256=pack.sha256,
+        )
 
     created_group = init_distributed(env, cfg)
     logger: MetricLogger | None = None
@@ -430,7 +452,7 @@ def train(cfg: SFTConfig) -> TrainResult:
         bf16 = env.bf16 = _use_bf16(cfg, env)
         model, processor = load_model(cfg, _param_dtype(cfg, bf16), ckpt.model_dir if ckpt else None)
         model.to(env.device)
-        collator = SFTCollator(processor, ds, max_pixels=cfg.model.max_pixels)
+        collator = SFTCollator(processor, ds, max_pixels=cfg.model.max_pixels, pack=pack)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params,
@@ -487,7 +509,7 @@ def train(cfg: SFTConfig) -> TrainResult:
                 state = TrainerState(
                     step=step, epoch=epoch, world_size=env.world, global_batch=global_batch,
                     steps_per_epoch=steps_per_epoch, total_steps=total_steps, run_name=cfg.run_name,
-                    finetune=cfg.finetune, seed=cfg.seed,
+                    finetune=cfg.finetune, seed=cfg.seed, rubrics_sha256=pack.sha256,
                 )  # fmt: skip
                 published.append(
                     writer.publish(
@@ -587,6 +609,7 @@ def train(cfg: SFTConfig) -> TrainResult:
             checkpoints=published,
             resumed_from=resume_uri,
             skipped_rows=len(ds.skipped),
+            rubrics=pack.ref,
         )
     finally:
         if logger is not None:
@@ -626,6 +649,9 @@ def export_model(
         shutil.rmtree(tmp, ignore_errors=True)
         net.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         processor.save_pretrained(tmp)
+        from firm.rewards.packs import load_pack, write_provenance
+
+        write_provenance(tmp, load_pack(cfg.rubrics))  # which prompts this critic learned to answer
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
         if cfg.export.uri:

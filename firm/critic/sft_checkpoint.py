@@ -42,6 +42,7 @@ class TrainerState(BaseModel):
     run_name: str
     finetune: str
     seed: int
+    rubrics_sha256: str | None = None  # the rubric pack trained on (None: written before packs existed)
 
 
 def step_uri(root: str, step: int) -> str:
@@ -188,9 +189,22 @@ def load_checkpoint(uri: str) -> LoadedCheckpoint:
     return LoadedCheckpoint(uri=uri, dir=local, state=state)
 
 
-def check_compatible(ckpt: LoadedCheckpoint, *, world_size: int, global_batch: int, finetune: str) -> None:
-    """Resuming must keep the data order: same world size, global batch and fine-tuning mode."""
+def check_compatible(
+    ckpt: LoadedCheckpoint,
+    *,
+    world_size: int,
+    global_batch: int,
+    finetune: str,
+    rubrics_sha256: str | None = None,
+) -> None:
+    """Resuming must keep the data order (same world size, global batch and fine-tuning mode) and the prompts
+    (same rubric pack)."""
     s = ckpt.state
+    if rubrics_sha256 and s.rubrics_sha256 and s.rubrics_sha256 != rubrics_sha256:
+        raise ConfigError(
+            f"cannot resume from {ckpt.uri}: it was trained with rubric pack sha256 {s.rubrics_sha256[:12]}, this "
+            f"run uses {rubrics_sha256[:12]} (the prompts would change mid-run; use the same rubrics= or a new run)"
+        )
     if s.world_size != world_size or s.global_batch != global_batch:
         raise ConfigError(
             f"cannot resume from {ckpt.uri}: it was trained with world size {s.world_size} and global batch "

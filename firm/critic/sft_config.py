@@ -102,6 +102,11 @@ class SFTConfig(_Cfg):
     """A critic SFT run (see firm/recipes/critic/*.yaml for the shipped ones)."""
 
     run_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    rubrics: str = Field(
+        default="firm-v1",
+        description="rubric pack whose student prompts the critic learns to answer (name, YAML path or URI); "
+        "its name and sha256 are recorded in checkpoints and in the export (firm_rubrics.json)",
+    )
     output_dir: str = Field(default="runs", description="local run dir parent: metrics, TensorBoard, export")
     seed: int = 42
     finetune: Literal["full", "lora"] = "full"

@@ -18,6 +18,21 @@ readout uses them to find the token whose digit distribution it reads.
 Scores outside 1..5 give ``out_of_range``; disagreeing answers (two different boxed scores, a boxed score that
 disagrees with the rating line, two JSON answers with different scores) and missing scores give ``unparseable``.
 A parse failure never becomes a score of 0: ``score`` is None unless ``status == "ok"``.
+
+Where FIRM's parser is deliberately stricter than the official reward servers' (read in FIRM-Reward's
+``editing/reward_server/reward_server_qwen3_vl_8b_sft.py`` and ``generation/flow_grpo/reward_model_server.py``):
+
+- a non-integer score (``3.5``, a quality list with ``4.5``) is ``unparseable``; the official servers truncate it
+  (``int(3.5) == 3``), which biases every half score downwards and hides that the answer left the scale;
+- a number outside 1..5 is ``out_of_range``; the official fallback regex ``\\[?\\s*([1-5])`` reads ``10`` as ``1``;
+- disagreeing answers are ``unparseable``: two different ``\\boxed{}`` scores, or a ``\\boxed{}`` that contradicts
+  the ``Final Alignment Rating`` line; the official servers take the first match;
+- a failure is a status, never a 0: the official servers return score 0 for an unparsed answer (the RL reward then
+  follows from that 0); FIRM leaves the decision to the caller's parse-failure policy (the RL trainer's
+  ``official`` policy reproduces the official rewards).
+
+Accepted like the official servers: ``\\boxed{[k]}``, ``\\boxed{{k}}``, ``\\boxed{{[k]}}``, ``Final Alignment Rating:
+[k]``, a one-element score list, a digit string, and ``4.0`` for 4.
 """
 
 from __future__ import annotations
@@ -393,8 +408,10 @@ _QUALITY_LIST = re.compile(
     + r"""\s*["']?\s*\]""",
     re.IGNORECASE,
 )
-_BOXED = re.compile(  # also \boxed{[4]} and \boxed{{4}}, which the official reward servers accept
-    r"\\?boxed\s*\{\s*(?:\\(?:text|mathbf|textbf)\s*\{\s*|[\[{]\s*)?" + _NUM + r"\s*(?:/\s*5\s*)?[\]}]?\s*\}"
+_BOXED = re.compile(  # also \boxed{[4]}, \boxed{{4}} and \boxed{{[4]}}, which the official reward servers accept
+    r"\\?boxed\s*\{+\s*(?:\\(?:text|mathbf|textbf)\s*\{\s*)?(?:\[\s*)?"
+    + _NUM
+    + r"\s*(?:/\s*5\s*)?(?:\]\s*)?\}+"
 )
 _RATING_LINE = re.compile(r"final\s+alignment\s+rating\s*\*{0,2}\s*:?\s*\*{0,2}\s*" + _NUM, re.IGNORECASE)
 

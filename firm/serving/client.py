@@ -183,6 +183,27 @@ class RewardClient:
             ep.down_until = 0.0 if ok else time.monotonic() + self.cooldown
         return out
 
+    async def aserved_rubrics(self) -> str:
+        """The rubric pack the service asks its critic with, `name@sha256[:12]` (from the reward models' config
+        parameters, first endpoint that answers); "" when no endpoint says (a repository exported before packs)."""
+        limit = min(self.timeout, 5.0)
+        for ep in self.endpoints:
+            for model in (self.edit_model, self.gen_model):
+                try:
+                    cfg = await asyncio.wait_for(self._client(ep).get_model_config(model, as_json=True), limit)
+                except Exception:
+                    continue
+                params = cfg.get("config", {}).get("parameters", {})
+                name = params.get("rubrics_name", {}).get("string_value")
+                sha = params.get("rubrics_sha256", {}).get("string_value")
+                if name and sha:
+                    return f"{name}@{sha[:12]}"
+        return ""
+
+    def served_rubrics(self) -> str:
+        """Sync twin of `aserved_rubrics`."""
+        return self._sync(self.aserved_rubrics())
+
     def score_edit(self, items: Sequence[Any]) -> list[RewardBreakdown]:
         """Sync twin of `ascore_edit`."""
         return self._sync(self.ascore_edit(items))

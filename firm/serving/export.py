@@ -5,8 +5,14 @@ Layout (python engine, the default)::
     <repo>/firm_critic/config.pbtxt          python backend: one judgement per row (images + rubric id + text)
     <repo>/firm_critic/1/model.py            imports firm.serving.backend.critic_model
     <repo>/firm_critic/1/critic/             the critic's weights + processor (weights="copy")
-    <repo>/firm_edit_reward/{config.pbtxt,1/model.py}   CME/… reward, both axes in one batched generate
+    <repo>/firm_critic/1/rubrics.yaml        the rubric pack the critic is asked with (a server is self-contained)
+    <repo>/firm_edit_reward/{config.pbtxt,1/model.py}   CME/… reward: both axes of a batch in one firm_critic call
     <repo>/firm_gen_reward/{config.pbtxt,1/model.py}    QMA reward, instruction + quality
+
+`firm_critic` holds the server's only copy of the weights: the reward models call it through BLS
+(`firm.serving.backend.bls_critic`). Every model's config parameters name the pack (`rubrics_name`,
+`rubrics_sha256`), so clients and bench reports can say which prompts produced a score. Answer budgets and pixel
+bounds come from the pack per (task, axis) unless `max_new_tokens` / `max_pixels` override them.
 
 With `engine="vllm"` the critic becomes a Triton vLLM-backend model (`firm_critic/1/model.json` holds the engine
 args, continuous batching on GPUs, `max_batch_size: 0` as that backend requires) and the reward models stay python
@@ -48,6 +54,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from firm.errors import ConfigError, InputError
+from firm.rewards.rubrics import RubricPack
 from firm.schemas import Readout, Record
 from firm.serving.pbtxt import render_config
 from firm.serving.spec import CRITIC, EDIT_REWARD, GEN_REWARD, ModelSpec
@@ -84,20 +91,34 @@ class ExportConfig(Record):
     """Everything `firmctl serve export` writes into the repository's config parameters."""
 
     critic: str = Field(description="critic weights: local dir, file:// or s3:// URI, or a Hugging Face id")
-    task: Literal["edit", "gen", "all"] = Field(
-        description="which reward model(s) to export next to firm_critic"
+    task: Literal["edit", "gen", "all", "critic"] = Field(
+        description="which reward model(s) to export next to firm_critic (critic: firm_critic alone)"
     )
     engine: Literal["python", "vllm"] = "python"
     device: Literal["cpu", "gpu"] = "cpu"
     instances: int = Field(default=1, ge=1, le=64)
-    critic_model: bool = Field(default=True, description="also serve the per-rubric firm_critic model")
+    critic_model: bool = Field(
+        default=True,
+        description="kept so older configs load: firm_critic is always served, the reward models call it "
+        "(one copy of the weights); False changes nothing",
+    )
+    rubrics: str | None = Field(
+        default=None,
+        description="rubric pack (name, YAML path or URI; None: firm-v1), copied into the repository",
+    )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     weights: Literal["copy", "reference"] = Field(
         default="copy", description="copy the weights into the repository, or reference the critic URI/id"
     )
     readout: Readout = "text"
-    max_pixels: int = Field(default=512 * 512, ge=28 * 28)
-    max_new_tokens: int = Field(default=64, ge=1, le=8192)
+    max_pixels: int | None = Field(
+        default=None,
+        ge=28 * 28,
+        description="per-image pixel budget (None: the pack's, else the processor's)",
+    )
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, le=32768, description="answer budget for every rubric (None: the pack's per axis)"
+    )
     dtype: str = Field(
         default="auto", description="torch dtype for the critic: auto, float32, bfloat16, float16"
     )
@@ -136,7 +157,7 @@ class ExportConfig(Record):
 
     @property
     def tasks(self) -> list[str]:
-        return ["edit", "gen"] if self.task == "all" else [self.task]
+        return {"all": ["edit", "gen"], "critic": []}.get(self.task, [self.task])
 
 
 def _critic_source_dir(critic: str) -> Path | None:
@@ -157,16 +178,22 @@ def _critic_source_dir(critic: str) -> Path | None:
     raise InputError(f"critic {critic}: no such directory, and not a URI or a Hugging Face id")
 
 
-def _model_params(cfg: ExportConfig, critic_ref: str, model: str) -> dict[str, str]:
+RUBRICS_FILE = "rubrics.yaml"  # inside firm_critic/1/
+
+
+def _model_params(cfg: ExportConfig, critic_ref: str, model: str, pack: RubricPack) -> dict[str, str]:
     params = {
         "critic": critic_ref,
+        "rubrics": f"{CRITIC.name}/1/{RUBRICS_FILE}",
+        "rubrics_name": pack.name,
+        "rubrics_sha256": pack.sha256,
         "engine": cfg.engine,
         "device": cfg.device,
         "dtype": cfg.dtype,
         "threads": str(cfg.threads),
         "readout": cfg.readout,
-        "max_pixels": str(cfg.max_pixels),
-        "max_new_tokens": str(cfg.max_new_tokens),
+        "max_pixels": str(cfg.max_pixels or 0),  # 0: the pack's, else the processor's
+        "max_new_tokens": str(cfg.max_new_tokens or 0),  # 0: the pack's, per (task, axis)
         "policy": cfg.policy,
     }
     if model == EDIT_REWARD.name:
@@ -188,7 +215,7 @@ def _model_params(cfg: ExportConfig, critic_ref: str, model: str) -> dict[str, s
 
 
 def _write_python_model(
-    root: Path, spec: ModelSpec, cfg: ExportConfig, critic_ref: str, reward_max_batch: int
+    root: Path, spec: ModelSpec, cfg: ExportConfig, critic_ref: str, reward_max_batch: int, pack: RubricPack
 ) -> None:
     d = root / spec.name
     (d / "1").mkdir(parents=True, exist_ok=True)
@@ -205,7 +232,7 @@ def _write_python_model(
             instances=cfg.instances,
             # vLLM-engine reward models only render prompts, call the critic and parse: they stay on the CPU.
             kind="KIND_GPU" if cfg.device == "gpu" and cfg.engine == "python" else "KIND_CPU",
-            parameters=_model_params(cfg, critic_ref, spec.name),
+            parameters=_model_params(cfg, critic_ref, spec.name, pack),
         )
     )
     (d / "1" / "model.py").write_text(
@@ -223,15 +250,16 @@ def vllm_engine_args(cfg: ExportConfig, model_path: str) -> dict[str, object]:
         "gpu_memory_utilization": 0.85,
         "max_model_len": 8192,
         "limit_mm_per_prompt": {"image": 2},
-        "mm_processor_kwargs": {"max_pixels": cfg.max_pixels},
         "enforce_eager": False,
         "trust_remote_code": False,
     }
+    if cfg.max_pixels:
+        args["mm_processor_kwargs"] = {"max_pixels": cfg.max_pixels}
     args.update(cfg.vllm_engine_args)
     return args
 
 
-def _write_vllm_critic(root: Path, cfg: ExportConfig, model_path: str) -> None:
+def _write_vllm_critic(root: Path, cfg: ExportConfig, model_path: str, pack: RubricPack) -> None:
     d = root / CRITIC.name
     (d / "1").mkdir(parents=True, exist_ok=True)
     # The vLLM backend declares its own tensors (text_input, image, sampling_parameters, … → text_output), is
@@ -246,7 +274,11 @@ def _write_vllm_critic(root: Path, cfg: ExportConfig, model_path: str) -> None:
             dynamic_batching=False,
             instances=cfg.instances,
             kind="KIND_MODEL",
-            parameters={"REPORT_CUSTOM_METRICS": "true"},
+            parameters={
+                "REPORT_CUSTOM_METRICS": "true",
+                "rubrics_name": pack.name,
+                "rubrics_sha256": pack.sha256,
+            },
             declare_io=False,
             decoupled=True,
         )
@@ -258,12 +290,15 @@ def build_repository(cfg: ExportConfig, out_dir: Path) -> Path:
     """Write the complete model repository into `out_dir` (which must be empty or absent)."""
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InputError(f"export target {out_dir} is not empty")
+    from firm.rewards.packs import load_pack, save_pack, warn_if_mismatched
+
+    pack = load_pack(cfg.rubrics)
     out_dir.mkdir(parents=True, exist_ok=True)
     src = _critic_source_dir(cfg.critic)
+    warn_if_mismatched(cfg.critic, src, pack)
     reward_models = [EDIT_REWARD if t == "edit" else GEN_REWARD for t in cfg.tasks]
     # Copied weights live inside a model's version directory (a top-level folder would be taken for a model).
-    holder = CRITIC.name if (cfg.critic_model or cfg.engine == "vllm") else reward_models[0].name
-    weights_ref = f"{holder}/1/{WEIGHTS_DIR}"
+    weights_ref = f"{CRITIC.name}/1/{WEIGHTS_DIR}"
     if cfg.weights == "copy" and src is not None:
         shutil.copytree(src, out_dir / weights_ref, ignore=shutil.ignore_patterns("MANIFEST.json", ".*"))
         critic_ref = weights_ref  # relative to the repository root
@@ -275,11 +310,16 @@ def build_repository(cfg: ExportConfig, out_dir: Path) -> Path:
         model_path = (
             f"{cfg.vllm_models_root.rstrip('/')}/{weights_ref}" if critic_ref == weights_ref else critic_ref
         )
-        _write_vllm_critic(out_dir, cfg, model_path)
-    elif cfg.critic_model:
-        _write_python_model(out_dir, CRITIC, cfg, critic_ref, cfg.batching.max_batch_size)
+        _write_vllm_critic(out_dir, cfg, model_path, pack)
+    else:
+        _write_python_model(out_dir, CRITIC, cfg, critic_ref, cfg.batching.max_batch_size, pack)
+    save_pack(
+        pack,
+        out_dir / CRITIC.name / "1" / RUBRICS_FILE,
+        header=f"# rubric pack {pack.ref}, exported with this repository",
+    )
     for spec in reward_models:
-        _write_python_model(out_dir, spec, cfg, critic_ref, cfg.batching.max_batch_size)
+        _write_python_model(out_dir, spec, cfg, critic_ref, cfg.batching.max_batch_size, pack)
     (out_dir / "firm_export.json").write_text(cfg.model_dump_json(indent=2) + "\n")
     return out_dir
 

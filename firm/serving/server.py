@@ -290,6 +290,12 @@ class TritonServer:
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def memory(self) -> dict[str, int]:
+        """Resident memory of the server and its python-backend stubs (`firm.processes.tree_memory`)."""
+        from firm.processes import tree_memory
+
+        return tree_memory(self.process.pid) if self.is_running() and self.process else {"rss": 0, "pss": 0}
+
     def send_signal(self, sig: int) -> None:
         if self.is_running():
             assert self.process is not None

@@ -40,7 +40,8 @@ def train_critic(
         {"firm_uri": uri, "checkpoints": f"{run.job.checkpoint_uri}/checkpoints", "recipe": recipe}
     )
     for key, value in ((run.result or {}).get("final_eval") or {}).items():
-        metrics.log_metric(key.replace("/", "_"), float(value))
+        if value is not None:  # null: undefined (e.g. val/mae when no answer parsed)
+            metrics.log_metric(key.replace("/", "_"), float(value))
     return uri
 
 

@@ -40,7 +40,8 @@ class ChatServer:
             self.fail_first, self.requests, self.max_in_flight = fail_first, 0, 0
 
     # ---------------------------------------------------------------------------------------------- the model
-    def complete(self, body: dict[str, Any]) -> str:
+    def complete(self, body: dict[str, Any]) -> tuple[str, str]:
+        """(answer, finish_reason): "length" when the answer used all of max_tokens, as vLLM reports it."""
         from firm.critic.images import fit_pixels
         from firm.critic.messages import render_prompt
 
@@ -63,11 +64,11 @@ class ChatServer:
                     content.append({"type": "text", "text": part["text"]})
             messages.append({"role": m["role"], "content": content})
         prompt = render_prompt(critic.processor, messages)
+        budget = int(body.get("max_tokens") or critic.max_new_tokens or 256)
         with self._model_lock:
-            (text,) = critic.generate_texts(
-                [prompt], images, max_new_tokens=int(body.get("max_tokens") or critic.max_new_tokens)
-            )
-        return text
+            (text,) = critic.generate_texts([prompt], images, max_new_tokens=budget)
+        used = len(critic.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return text, "length" if used >= budget else "stop"
 
     # ----------------------------------------------------------------------------------------------- the HTTP
     def handler(self) -> type[BaseHTTPRequestHandler]:
@@ -106,7 +107,7 @@ class ChatServer:
                         return self._send(
                             404, {"error": {"message": f"model {body.get('model')} not served"}}
                         )
-                    text = server.complete(body)
+                    text, finish = server.complete(body)
                     self._send(
                         200,
                         {
@@ -117,7 +118,7 @@ class ChatServer:
                                 {
                                     "index": 0,
                                     "message": {"role": "assistant", "content": text},
-                                    "finish_reason": "stop",
+                                    "finish_reason": finish,
                                 }
                             ],
                         },

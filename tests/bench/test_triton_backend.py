@@ -1,9 +1,6 @@
-"""TritonBackend against a real tritonserver serving the tiny critic (loopback only).
-
-The random-init tiny critic keeps this within the bench test budget; its judgements must equal the in-process
-critic's item by item (same rubric, pixels, greedy decode). With `formatted_critic_dir` (answers parse; ~5 min to
-build on 2 busy cores) the same test also passed on the ok path when this backend was written.
-"""
+"""TritonBackend against a real tritonserver serving the format-taught tiny critic (loopback only): on the
+success path (every answer parses) its judgements equal the in-process critic's item by item (same rubric pack,
+pixels, greedy decode), and the report names the pack the server was exported with."""
 
 from __future__ import annotations
 
@@ -18,8 +15,8 @@ from firm.bench.backends import LocalCriticBackend, TritonBackend
 from firm.bench.loaders import Bench
 from firm.bench.synthetic import make_synthetic_bench
 from firm.cli.main import app
+from firm.rewards.packs import load_pack
 
-MAX_NEW_TOKENS = 12
 MAX_PIXELS = 56 * 56
 
 
@@ -32,16 +29,14 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
 
 
 @pytest.fixture(scope="module")
-def triton(tiny_critic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def triton(formatted_critic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from firm.serving.export import BatchingConfig, ExportConfig, export_repository
     from firm.serving.server import TritonServer
 
     cfg = ExportConfig(
-        critic=str(tiny_critic_dir),
+        critic=str(formatted_critic_dir),
         task="all",
-        critic_model=False,
         gen_quality=False,
-        max_new_tokens=MAX_NEW_TOKENS,
         max_pixels=MAX_PIXELS,
         batching=BatchingConfig(max_batch_size=8, preferred_batch_sizes=[4, 8], max_queue_delay_us=2000),
     )
@@ -50,7 +45,7 @@ def triton(tiny_critic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         yield srv.grpc_url
 
 
-def test_triton_backend_matches_in_process_critic(triton: str, tiny_critic_dir: Path, bench: Bench) -> None:
+def test_triton_backend_matches_in_process_critic(triton: str, formatted_critic_dir: Path, bench: Bench) -> None:
     from firm.critic import Critic
 
     backend = TritonBackend(triton)
@@ -59,12 +54,12 @@ def test_triton_backend_matches_in_process_critic(triton: str, tiny_critic_dir: 
     finally:
         backend.close()
     assert backend.samples_scored == len(bench.items) - 1  # the twin edit shared its call
-    critic = Critic.from_pretrained(tiny_critic_dir, max_pixels=MAX_PIXELS, max_new_tokens=MAX_NEW_TOKENS)
+    critic = Critic.from_pretrained(formatted_critic_dir, max_pixels=MAX_PIXELS)
     want = LocalCriticBackend("local", critic=critic).judge(bench.items, bench)
     assert [(j.sample_id, j.axis) for j in got] == [(it.id, it.axis) for it in bench.items]
-    assert [(j.status, j.score) for j in got] == [(j.status, j.score) for j in want]
-    # the random-init critic's answers rarely parse: then the axis status comes from the breakdown's status
-    assert all(j.status in ("ok", "unparseable", "out_of_range") for j in got)
+    assert [j.status for j in got] == ["ok"] * len(got)  # the success path
+    assert [(j.score, j.reasoning) for j in got] == [(j.score, j.reasoning) for j in want]
+    assert backend.rubrics == load_pack().ref == LocalCriticBackend("local", critic=critic).rubrics
     for j in got:
         assert json.loads(j.raw_text)["task"] == j.task  # the service's breakdown is kept for audit
 
@@ -86,3 +81,7 @@ def test_cli_run_with_triton_uri(triton: str, bench: Bench, tmp_path: Path) -> N
     assert len(preds) == 3 and all(p["critic"] == f"triton://{triton}" for p in preds)
     doc = json.loads(res.stdout)  # the bench on disk (no twin): 2 edits + 1 gen
     assert doc["edit"]["overall"]["n"] == 2 and doc["gen"]["overall"]["n"] == 1
+    assert doc["meta"]["rubrics"] == load_pack().ref and doc["meta"]["parse_failures_by_status"] == {}
+    assert f"Rubric pack: `{load_pack().ref}`" in (tmp_path / "o" / "report.md").read_text()
+    res = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "o2"), "--rubrics", "firm-v1"])
+    assert res.exit_code == 1 and "--rubrics cannot be used with a triton:// critic" in res.stderr

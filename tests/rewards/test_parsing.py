@@ -109,6 +109,8 @@ CASES: list[tuple[str, str, str, object, str | None]] = [
     ("gen", "Everything matches.\n\\boxed{5/5}", "ok", 5, "boxed"),
     ("gen", "Mostly there.\n\\boxed{[4]}", "ok", 4, "boxed"),
     ("gen", "Mostly there.\n\\boxed{{4}}", "ok", 4, "boxed"),
+    ("gen", "All good.\n\\boxed{{[5]}}", "ok", 5, "boxed"),
+    ("gen", "**Final Alignment Rating: [3]**\n\\boxed{{[3]}}", "ok", 3, "boxed"),
     # ---------------- gen: malformed
     ("gen", "Analysis...\n\\boxed{3}\nOn reflection \\boxed{4}", "unparseable", None, "boxed"),
     ("gen", "Final Alignment Rating: 5\n\\boxed{4}", "unparseable", None, "boxed"),

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from firm.errors import InputError
+from firm.rewards.packs import load_pack, save_pack
 from firm.serving.export import BatchingConfig, ExportConfig, export_repository
 from firm.serving.spec import SPECS
 
@@ -49,6 +50,11 @@ def test_python_export_writes_three_batched_models(tmp_path: Path, tiny_critic_d
         assert (repo / name / "1" / "model.py").read_text().count("TritonPythonModel") == 1
         p = _params(text)
         assert p["critic"] == "firm_critic/1/critic" and p["readout"] == "expected" and p["device"] == "gpu"
+        # every model names the rubric pack; the pack itself travels in the repository
+        assert p["rubrics"] == "firm_critic/1/rubrics.yaml"
+        assert (p["rubrics_name"], p["rubrics_sha256"]) == ("firm-v1", load_pack().sha256)
+        assert (p["max_new_tokens"], p["max_pixels"]) == ("0", "0")  # the pack's budgets and bounds
+    assert load_pack(repo / "firm_critic" / "1" / "rubrics.yaml") == load_pack()
     edit = _params((repo / "firm_edit_reward" / "config.pbtxt").read_text())
     assert (edit["formulation"], edit["w_base"], edit["w_bonus"], edit["guard_threshold"]) == (
         "guard",
@@ -63,20 +69,32 @@ def test_python_export_writes_three_batched_models(tmp_path: Path, tiny_critic_d
     assert json.loads((repo / "firm_export.json").read_text())["task"] == "all"
 
 
-def test_no_dynamic_batching_and_single_task(tmp_path: Path, tiny_critic_dir: Path) -> None:
+def test_no_dynamic_batching_single_task_and_another_pack(tmp_path: Path, tiny_critic_dir: Path) -> None:
+    other = load_pack().model_copy(update={"name": "other"})
+    pack_file = Path(save_pack(other, tmp_path / "other.yaml"))
     cfg = ExportConfig(
         critic=str(tiny_critic_dir),
         task="edit",
-        critic_model=False,
         weights="reference",
+        rubrics=str(pack_file),
+        max_new_tokens=77,
         batching=BatchingConfig(enabled=False),
     )
     repo = Path(export_repository(cfg, tmp_path / "repo"))
-    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["firm_edit_reward"]
+    # firm_critic is always there: the reward model calls it (one copy of the weights per server)
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["firm_critic", "firm_edit_reward"]
     text = (repo / "firm_edit_reward" / "config.pbtxt").read_text()
     assert "dynamic_batching" not in text and "kind: KIND_CPU" in text
-    assert _params(text)["critic"] == str(tiny_critic_dir.resolve())  # referenced, not copied
-    assert not (repo / "firm_edit_reward" / "1" / "critic").exists()
+    p = _params(text)
+    assert p["critic"] == str(tiny_critic_dir.resolve())  # referenced, not copied
+    assert (p["rubrics_name"], p["rubrics_sha256"], p["max_new_tokens"]) == ("other", other.sha256, "77")
+    assert (
+        load_pack(repo / p["rubrics"]).sha256 == other.sha256
+    )  # self-contained: no need for the source file
+    assert not (repo / "firm_critic" / "1" / "critic").exists()
+    # firm_critic alone
+    only = Path(export_repository(ExportConfig(critic=str(tiny_critic_dir), task="critic"), tmp_path / "c"))
+    assert sorted(p.name for p in only.iterdir() if p.is_dir()) == ["firm_critic"]
 
 
 def test_vllm_variant_is_structurally_valid(tmp_path: Path, tiny_critic_dir: Path) -> None:
@@ -131,6 +149,11 @@ def test_export_bad_input(tmp_path: Path, tiny_critic_dir: Path) -> None:
         BatchingConfig(max_batch_size=8, preferred_batch_sizes=[16])
     with pytest.raises(ValidationError):
         ExportConfig(critic=str(tiny_critic_dir), task="video")
+    with pytest.raises(InputError, match="rubric pack 'nope' not found"):
+        export_repository(
+            ExportConfig(critic=str(tiny_critic_dir), task="edit", rubrics="nope"), tmp_path / "r3"
+        )
+    assert not (tmp_path / "r3").exists()
 
 
 def test_serve_export_cli(tmp_path: Path, tiny_critic_dir: Path) -> None:
@@ -160,7 +183,12 @@ def test_serve_export_cli(tmp_path: Path, tiny_critic_dir: Path) -> None:
     ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout) == {"repository": str(out.resolve()), "task": "gen", "engine": "python"}
+    assert json.loads(r.stdout) == {
+        "repository": str(out.resolve()),
+        "task": "gen",
+        "engine": "python",
+        "rubrics": load_pack().ref,
+    }
     text = (out / "firm_gen_reward" / "config.pbtxt").read_text()
     assert "preferred_batch_size: [ 2, 4 ]" in text and "max_queue_delay_microseconds: 700" in text
     assert "count: 3" in text and _params(text)["quality"] == "false"

@@ -135,7 +135,7 @@ def test_port_taken_after_the_check_reports_triton_cause(
     from firm.serving.export import ExportConfig, export_repository
 
     repo = export_repository(
-        ExportConfig(critic=str(tiny_critic_dir), task="edit", critic_model=False, weights="reference"),
+        ExportConfig(critic=str(tiny_critic_dir), task="edit", weights="reference"),
         tmp_path / "repo",
     )
     monkeypatch.setattr(server_mod, "port_in_use", lambda host, port: False)

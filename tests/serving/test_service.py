@@ -20,6 +20,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from firm.models.images import edit_pair, png_bytes, shapes_image
+from firm.rewards.packs import load_pack
 from firm.serving.client import RewardClient
 from firm.serving.spec import SPECS
 from tests.serving.conftest import MAX_NEW_TOKENS, MAX_PIXELS
@@ -76,6 +77,10 @@ def test_live_ready_metadata_and_config(server, grpc) -> None:
         cfg = http.get_model_config(name)
         assert cfg["max_batch_size"] > 0 and cfg["dynamic_batching"]["preferred_batch_size"] == [4, 8, 16]
         assert cfg["parameters"]["critic"]["string_value"] == "firm_critic/1/critic"
+        # the Triton config names the rubric pack the critic is asked with
+        assert cfg["parameters"]["rubrics_sha256"]["string_value"] == load_pack().sha256
+    with RewardClient(server.grpc_url) as client:
+        assert client.served_rubrics() == load_pack().ref
     # Served from the s3:// repository, fetched into the local cache with its manifest.
     assert server.repository_uri.startswith("s3://") and (server.repository / "MANIFEST.json").exists()
 
@@ -335,7 +340,6 @@ def test_failover_and_serve_start_cli(server, tmp_path: Path, tiny_critic_dir: P
         ExportConfig(
             critic=str(tiny_critic_dir),
             task="edit",
-            critic_model=False,
             max_new_tokens=8,
             max_pixels=MAX_PIXELS,
         ),
@@ -370,7 +374,8 @@ def test_failover_and_serve_start_cli(server, tmp_path: Path, tiny_critic_dir: P
         )
         b = f"127.0.0.1:{port}"
         items = _edits(4)
-        # B's critic is untaught and answers in 8 tokens: its parse failures show up per axis on B's metrics.
+        # B's critic is untaught and cut at 8 tokens: its failures show up per axis and status on B's metrics
+        # (`truncated` apart from `unparseable`), for the reward model and for firm_critic it called.
         direct = grpcclient.InferenceServerClient(b).infer(
             "firm_edit_reward",
             [
@@ -382,16 +387,22 @@ def test_failover_and_serve_start_cli(server, tmp_path: Path, tiny_critic_dir: P
         statuses = [x.decode() for x in direct.as_numpy("status")[:, 0]]
         assert all(math.isnan(r) for r in direct.as_numpy("reward")[:, 0]), statuses  # never a fabricated 0
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
-        for axis in ("execution", "consistency"):
-            failed = sum(
-                float(ln.split()[-1])
-                for ln in metrics.splitlines()
-                if ln.startswith("firm_parse_failures_total{") and f'axis="{axis}"' in ln
-            )
-            assert failed == sum(st.endswith(f":{axis}") or f":{axis}," in st for st in statuses) > 0, (
-                axis,
-                statuses,
-            )
+        for model in ("firm_edit_reward", "firm_critic"):
+            for axis in ("execution", "consistency"):
+                lines = [
+                    ln
+                    for ln in metrics.splitlines()
+                    if ln.startswith("firm_parse_failures_total{")
+                    and f'axis="{axis}"' in ln
+                    and f'model="{model}"' in ln
+                ]
+                failed = sum(float(ln.split()[-1]) for ln in lines)
+                want = sum(st.endswith(f":{axis}") or f":{axis}," in st for st in statuses)
+                assert failed == want > 0, (model, axis, statuses)
+                by_status = {ln.split('status="')[1].split('"')[0] for ln in lines}
+                assert by_status == {
+                    st.split(":")[0] for part in statuses for st in part.split(",") if st.endswith(f":{axis}")
+                }
         with RewardClient([b, server.grpc_url], max_batch=1, retries=3, backoff=0.05, cooldown=30) as client:
             assert client.health() == {b: True, server.grpc_url: True}
             first = client.score_edit(items)
@@ -419,11 +430,11 @@ def test_serve_start_reports_model_load_failure(tmp_path: Path, tiny_critic_dir:
 
     repo = Path(
         export_repository(
-            ExportConfig(critic=str(tiny_critic_dir), task="gen", critic_model=False, weights="reference"),
+            ExportConfig(critic=str(tiny_critic_dir), task="gen", weights="reference"),
             tmp_path / "repo",
         )
     )
-    cfg = repo / "firm_gen_reward" / "config.pbtxt"
+    cfg = repo / "firm_critic" / "config.pbtxt"  # the one model that loads the weights
     cfg.write_text(cfg.read_text().replace(str(tiny_critic_dir.resolve()), str(tmp_path / "missing-critic")))
     t = time.monotonic()
     r = subprocess.run(
@@ -447,9 +458,7 @@ def test_serve_start_reports_model_load_failure(tmp_path: Path, tiny_critic_dir:
         timeout=120,
     )
     assert r.returncode == 1, r.stderr
-    assert (
-        r.stderr.startswith("error: tritonserver exited") and "failed to load 'firm_gen_reward'" in r.stderr
-    )
+    assert r.stderr.startswith("error: tritonserver exited") and "failed to load 'firm_critic'" in r.stderr
     assert "missing-critic" in r.stderr and time.monotonic() - t < 120
 
 
@@ -546,7 +555,7 @@ def test_serve_start_sigterm_while_models_load(tmp_path: Path, tiny_critic_dir: 
     from firm.serving.export import ExportConfig, export_repository
 
     repo = export_repository(
-        ExportConfig(critic=str(tiny_critic_dir), task="edit", critic_model=False, weights="reference"),
+        ExportConfig(critic=str(tiny_critic_dir), task="edit", weights="reference"),
         tmp_path / "repo",
     )
     ports = [a for p in ("--grpc-port", "--http-port", "--metrics-port") for a in (p, "0")]
@@ -577,3 +586,53 @@ def test_serve_start_sigterm_while_models_load(tmp_path: Path, tiny_critic_dir: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _stub_maps(pid: int, model: str) -> str:
+    """The memory map of the python-backend stub serving `model` under tritonserver `pid`."""
+    from firm.processes import descendants
+
+    for p in descendants(pid):
+        try:
+            if f"/{model}/1/model.py".encode() in Path(f"/proc/{p}/cmdline").read_bytes():
+                return Path(f"/proc/{p}/maps").read_text()
+        except OSError:
+            continue
+    raise AssertionError(f"no stub process for {model}")
+
+
+def test_one_copy_of_the_critic_per_server(server, formatted_critic_dir: Path, tmp_path: Path) -> None:
+    """The reward models hold no weights: a server with all three models stays within 1.2x the memory (PSS of the
+    whole process tree) of firm_critic alone, and the reward models' stubs never load torch. Runs last in this
+    module, after every model of `server` has served requests."""
+    from firm.serving.export import ExportConfig, export_repository
+    from firm.serving.server import TritonServer
+
+    for model in ("firm_edit_reward", "firm_gen_reward"):
+        assert "libtorch" not in _stub_maps(server.process.pid, model), model
+    assert "libtorch" in _stub_maps(server.process.pid, "firm_critic")
+    all_three = server.memory()
+
+    repo = export_repository(
+        ExportConfig(
+            critic=str(formatted_critic_dir),
+            task="critic",
+            max_new_tokens=MAX_NEW_TOKENS,
+            max_pixels=MAX_PIXELS,
+        ),
+        tmp_path / "critic-only",
+    )
+    src, dst, ins = edit_pair()
+    with TritonServer(repo) as alone:
+        client = grpcclient.InferenceServerClient(alone.grpc_url)
+        arr = np.array([[png_bytes(src), png_bytes(dst)]], dtype=np.object_)
+        images = grpcclient.InferInput("images", list(arr.shape), "BYTES")
+        images.set_data_from_numpy(arr)
+        out = client.infer(
+            "firm_critic", [images, _inp("rubric_id", [b"edit.execution"]), _inp("text", [ins.encode()])]
+        )
+        assert out.as_numpy("status")[0, 0] == b"ok"
+        time.sleep(0.5)
+        one = alone.memory()
+    assert all_three["processes"] == one["processes"] + 2  # two more stubs, each without the critic
+    assert all_three["pss"] <= 1.2 * one["pss"], (all_three, one)

@@ -84,6 +84,11 @@ def test_single_process_learns_the_task(
     # The export is a plain save_pretrained critic that Critic.from_pretrained loads and that scores the same.
     assert result.export_dir is not None
     assert _judge_val(result.export_dir, sft_dataset) == pytest.approx(ev["val/mae"])
+    # the run and its export record the rubric pack trained on, so serving can warn on another one
+    from firm.rewards.packs import load_pack, read_provenance
+
+    assert result.rubrics == load_pack().ref
+    assert read_provenance(result.export_dir) == {"name": "firm-v1", "version": "1", "sha256": load_pack().sha256}
 
 
 def test_checkpoints_are_published_and_pruned(learned: tuple[TrainResult, dict[str, Any]]) -> None:

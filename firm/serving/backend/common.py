@@ -50,13 +50,22 @@ class ModelParams:
     def get_bool(self, key: str, default: bool) -> bool:
         return str(self.raw.get(key, str(default))).lower() in ("1", "true", "yes", "on")
 
-    @property
-    def critic_location(self) -> str:
-        """The critic's weights: a path relative to the repository root (weights copied in), else as written."""
-        ref = self.get("critic")
+    def location(self, key: str) -> str:
+        """A path relative to the repository root (copied in), else the reference as written."""
+        ref = self.get(key)
         if "://" not in ref and not ref.startswith("/") and (self.repository / ref).exists():
             return str(self.repository / ref)
         return ref
+
+    @property
+    def critic_location(self) -> str:
+        """The critic's weights: copied into the repository, or the referenced URI / HF id."""
+        return self.location("critic")
+
+    @property
+    def rubrics_location(self) -> str | None:
+        """The rubric pack copied into the repository (None in repositories exported before packs: firm-v1)."""
+        return self.location("rubrics") if "rubrics" in self.raw else None
 
 
 def parse_args(args: dict[str, Any]) -> tuple[dict[str, Any], ModelParams]:

@@ -1,6 +1,8 @@
-"""`firm_critic`: one judgement per row — the rubric's images, its id (e.g. `edit.execution.student.v1`) and its text
-field (the instruction for edits, the prompt for gen/instruction, ignored for quality) → score, expected score,
-parse status, reasoning and the raw answer. Used by benchmarks, debugging and any caller that wants single axes."""
+"""`firm_critic`: one judgement per row — the rubric's images, its id (`task.axis`, optionally `.student` and the
+pack's name, e.g. `edit.execution.student.firm-v1`) and its text field (the instruction for edits, the prompt for
+gen/instruction, ignored for quality) → score, expected score, parse status, reasoning and the raw answer. It asks
+with the rubric pack copied into the repository. The reward models call it through BLS (it holds the server's
+only copy of the weights); benchmarks, debugging and callers that want single axes call it directly."""
 
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ class CriticModel(CriticBackedModel):
 
     def _decode(self, request: Any) -> list[Any]:
         from firm.critic.critic import CriticRequest
-        from firm.rewards.rubrics import rubric_by_id
 
         images = self._input(request, "images", cols=None)
         rubric_ids = self._input(request, "rubric_id")
@@ -29,7 +30,7 @@ class CriticModel(CriticBackedModel):
             raise InputError("inputs images, rubric_id and text disagree on batch size")
         out = []
         for r in range(images.shape[0]):
-            rubric = rubric_by_id(decode_text(rubric_ids[r, 0], f"rubric_id[{r}]"))
+            rubric = self.critic.pack.by_id(decode_text(rubric_ids[r, 0], f"rubric_id[{r}]"))
             if rubric.role != "student":
                 raise InputError(
                     f"rubric_id[{r}]: {rubric.id} is a teacher rubric; the critic serves student rubrics"

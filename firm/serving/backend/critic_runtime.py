@@ -25,20 +25,36 @@ def quiet_transformers() -> None:
         pass
 
 
-def load_critic(params: ModelParams, args: dict[str, Any]) -> Any:
-    """`Critic.from_pretrained` on the repository's weights (or the referenced URI / HF id), on this instance's device.
+def _optional_int(params: ModelParams, key: str) -> int | None:
+    """An integer parameter where 0 or absent means "not set" (the rubric pack's or the processor's value)."""
+    value = params.get_int(key, 0)
+    return value or None
 
-    KIND_GPU instances get `cuda:<model_instance_device_id>`; KIND_CPU instances run on the CPU.
-    """
-    quiet_transformers()
-    if params.get("engine", "python") == "vllm":  # firm_critic is a vLLM-backend model: call it through BLS
+
+def load_remote_critic(params: ModelParams) -> Any:
+    """The reward models' critic: `firm_critic` of the same server, called through BLS. On the python engine that
+    is `BlsCritic` (no weights, no torch in this stub); on the vLLM engine `VllmCritic` renders the prompts."""
+    if params.get("engine", "python") == "vllm":
+        quiet_transformers()
         from firm.serving.backend.vllm_critic import VllmCritic
 
         return VllmCritic(
             params.critic_location,
-            max_pixels=params.get_int("max_pixels", 512 * 512),
-            max_new_tokens=params.get_int("max_new_tokens", 64),
+            max_pixels=_optional_int(params, "max_pixels"),
+            max_new_tokens=_optional_int(params, "max_new_tokens"),
+            rubrics=params.rubrics_location,
         )
+    from firm.serving.backend.bls_critic import BlsCritic
+
+    return BlsCritic()
+
+
+def load_critic(params: ModelParams, args: dict[str, Any]) -> Any:
+    """`Critic.from_pretrained` on the repository's weights (or the referenced URI / HF id) with the repository's
+    rubric pack, on this instance's device. KIND_GPU instances get `cuda:<model_instance_device_id>`; KIND_CPU
+    instances run on the CPU.
+    """
+    quiet_transformers()
     from firm.critic.critic import Critic
 
     threads = params.get_int("threads", 0)
@@ -54,17 +70,20 @@ def load_critic(params: ModelParams, args: dict[str, Any]) -> Any:
         params.critic_location,
         device=device,
         dtype=None if dtype == "auto" else dtype,
-        max_pixels=params.get_int("max_pixels", 512 * 512),
-        max_new_tokens=params.get_int("max_new_tokens", 64),
+        max_pixels=_optional_int(params, "max_pixels"),
+        max_new_tokens=_optional_int(params, "max_new_tokens"),
+        rubrics=params.rubrics_location,
     )
 
 
 class CriticBackedModel:
-    """Base of FIRM's python-backend models: loads the critic once per instance, reads inputs, and serves each
+    """Base of FIRM's python-backend models: gets its critic once per instance, reads inputs, and serves each
     merged batch through `serve_batch` (per-request INVALID_ARGUMENT, one batched critic call for the rest).
+    `firm_critic` holds the weights (`remote = False`); the reward models call it (`remote = True`).
     Subclasses set `name` and implement `_decode`, `_score`, `_encode` (and optionally `_setup`)."""
 
     name = ""
+    remote = False
 
     def initialize(self, args: dict[str, Any]) -> None:
         import triton_python_backend_utils as pb_utils
@@ -72,7 +91,7 @@ class CriticBackedModel:
         self.pb = pb_utils
         _config, self.params = parse_args(args)
         self.max_decode_pixels = self.params.get_int("max_decode_pixels", DEFAULT_MAX_DECODE_PIXELS)
-        self.critic = load_critic(self.params, args)
+        self.critic = load_remote_critic(self.params) if self.remote else load_critic(self.params, args)
         self.metrics = Metrics(pb_utils, self.name)
         self._setup()
 

@@ -1,11 +1,10 @@
 """`firm_edit_reward` and `firm_gen_reward`: Base-and-Bonus rewards computed on the server.
 
-Design choice — the critic runs *in-process* in each reward model instance, not behind BLS calls to
-`firm_critic`: the reward model is the RL hot path, and one merged batch of N requests becomes exactly one batched
-`generate` over 2N rubric prompts (both axes) followed by CME/QMA, with no second queue, no second dynamic-batching
-delay and no shared-memory copy of every image into another stub. The cost is one more copy of the weights per
-model, which is negligible for the CPU/tiny critics this engine targets; on GPUs the `--engine vllm` export keeps a
-single vLLM critic and its reward models call it instead.
+The reward models hold no critic: each merged batch of N requests becomes ONE call to `firm_critic` of the same
+server (BLS; 2N rubric rows for edits, both axes), then CME/QMA. So a server holds one copy of the critic's weights
+whatever models it serves — with an 8B critic, three in-process copies would not fit one GPU. On the vLLM engine
+the same calls go to the vLLM-backend `firm_critic` (`firm.serving.backend.vllm_critic`). The images are validated
+here (one bad image fails only its request) and forwarded as the bytes the client sent.
 """
 
 from __future__ import annotations
@@ -30,6 +29,14 @@ def _raw_single(v: Any) -> float | None:
 
 class _RewardModel(CriticBackedModel):
     """Shared by the two reward models: parse-failure policy, metrics per breakdown, common output tensors."""
+
+    remote = True
+
+    def _image(self, value: Any, what: str) -> Any:
+        """Validate an encoded image here (decodable, within the pixel budget, a judgeable aspect ratio) and keep
+        the client's bytes for firm_critic; the vLLM engine renders prompts here, so it keeps the decoded image."""
+        img = decode_image(value, what, self.max_decode_pixels)
+        return img if self.params.get("engine", "python") == "vllm" else bytes(value)
 
     @property
     def policy(self) -> str:
@@ -85,8 +92,8 @@ class EditRewardModel(_RewardModel):
         for r in range(src.shape[0]):
             out.append(
                 EditInput(
-                    source=decode_image(src[r, 0], f"source_image[{r}]", self.max_decode_pixels),
-                    edited=decode_image(edi[r, 0], f"edited_image[{r}]", self.max_decode_pixels),
+                    source=self._image(src[r, 0], f"source_image[{r}]"),
+                    edited=self._image(edi[r, 0], f"edited_image[{r}]"),
                     instruction=decode_text(ins[r, 0], f"instruction[{r}]"),
                 )
             )
@@ -138,7 +145,7 @@ class GenRewardModel(_RewardModel):
             raise InputError(f"inputs disagree on batch size: image {img.shape[0]}, prompt {prm.shape[0]}")
         return [
             GenInput(
-                image=decode_image(img[r, 0], f"image[{r}]", self.max_decode_pixels),
+                image=self._image(img[r, 0], f"image[{r}]"),
                 prompt=decode_text(prm[r, 0], f"prompt[{r}]"),
             )
             for r in range(img.shape[0])

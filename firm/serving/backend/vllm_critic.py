@@ -1,6 +1,6 @@
 """The reward models' critic when `firm_critic` is a Triton vLLM-backend model (`firmctl serve export --engine vllm`).
 
-It mirrors the `Critic.edit_rewards` / `Critic.gen_rewards` calls the reward models make, but instead of running
+It serves the `edit_rewards` / `gen_rewards` calls the reward models make (`RemoteCritic`), but instead of running
 `generate` itself it renders the same chat prompt (`firm.critic.messages`, the critic's own processor and chat
 template), sends it with the base64 images to `firm_critic` through BLS (the vLLM backend is decoupled and batches
 continuously), parses the answer with `firm.rewards.parsing` and applies the same formulas. Only the `text`
@@ -20,6 +20,7 @@ import numpy as np
 
 from firm.errors import ConfigError
 from firm.schemas import Judgement
+from firm.serving.backend.remote_critic import RemoteCritic
 
 CRITIC_MODEL = "firm_critic"
 
@@ -47,7 +48,7 @@ def render_request(
     return render_prompt(processor, messages), [_b64_png(im) for im in message_images(messages)]
 
 
-class VllmCritic:
+class VllmCritic(RemoteCritic):
     """Critic facade over BLS calls to a vLLM-backend `firm_critic`."""
 
     def __init__(
@@ -124,36 +125,3 @@ class VllmCritic:
             return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
         return asyncio.run(run())
-
-    def edit_rewards(self, items: Sequence[Any], config: Any, policy: str, batch_size: int = 0) -> list[Any]:
-        from firm.critic.critic import CriticRequest
-        from firm.rewards.formulas import edit_reward
-
-        reqs = [
-            CriticRequest(task="edit", axis=axis, images=[e.source, e.edited], instruction=e.instruction)
-            for e in items
-            for axis in ("execution", "consistency")
-        ]
-        js = self.judge(reqs, config.readout)
-        return [
-            (edit_reward(js[2 * i], js[2 * i + 1], config, policy), (js[2 * i], js[2 * i + 1]))
-            for i in range(len(items))
-        ]
-
-    def gen_rewards(
-        self, items: Sequence[Any], quality: bool, config: Any, policy: str, batch_size: int = 0
-    ) -> list[Any]:
-        from firm.critic.critic import CriticRequest
-        from firm.rewards.formulas import gen_reward
-
-        axes = ("instruction", "quality") if quality else ("instruction",)
-        reqs = [
-            CriticRequest(task="gen", axis=a, images=[g.image], prompt=g.prompt) for g in items for a in axes
-        ]
-        js = self.judge(reqs, config.readout)
-        k = len(axes)
-        out = []
-        for i in range(len(items)):
-            q = js[k * i + 1] if quality else None
-            out.append((gen_reward(js[k * i], q, config, policy), (js[k * i], q)))
-        return out
