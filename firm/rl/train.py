@@ -65,7 +65,9 @@ def _init_distributed() -> tuple[int, int]:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
+        # CUDA tensors (gradients) go over NCCL; the small CPU ones (a step's rewards, the metric sums) over gloo,
+        # since NCCL has no CPU collectives
+        dist.init_process_group("cpu:gloo,cuda:nccl")
     else:
         dist.init_process_group("gloo")
     return dist.get_rank(), world
