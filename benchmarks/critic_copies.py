@@ -4,12 +4,12 @@ Run (CPU; what BENCHMARKS.md reports):
     .venv/bin/python benchmarks/critic_copies.py --sizes tiny small
 
 Layouts, each exported from the same critic directory and started as a real tritonserver on loopback ports:
-- `critic`: `firm_critic` alone (the floor: one copy of the weights, one torch process);
-- `all`: `firm_critic` + `firm_edit_reward` + `firm_gen_reward` as exported today — the reward models call
-  `firm_critic` through BLS and hold no weights (their stubs never import torch);
-- `three-copies`: `firm_critic` and two renamed copies of it in the same server — what the earlier design cost,
-  where each reward model loaded its own critic in its own python stub (measured as three critic-holding models,
-  since that design is no longer exported).
+- `critic`: `firm_critic` alone (`firm_engine` + the `firm_critic` ensemble: one copy of the weights, one stub);
+- `all`: `firm_critic` + `firm_edit_reward` + `firm_gen_reward` as exported today — three ensembles over the one
+  `firm_engine`, so still one stub and one copy of the weights;
+- `three-copies`: `firm_engine` and two renamed copies of it in the same server — what the earlier design cost,
+  where `firm_critic` and each reward model loaded their own critic in their own python stub (measured as three
+  critic-holding models, since that design is no longer exported).
 
 Every model gets one request first (weights loaded, first generate done), then the whole process tree
 (tritonserver + one python stub per model instance) is measured from /proc: PSS (shared pages split between the
@@ -36,11 +36,11 @@ def export(critic: Path, layout: str, out: Path) -> Path:
     task = "critic" if layout in ("critic", "three-copies") else "all"
     repo = Path(export_repository(ExportConfig(critic=str(critic), task=task, max_new_tokens=16), out))
     if layout == "three-copies":
-        for k in (2, 3):
-            copy = repo / f"firm_critic_{k}"
-            shutil.copytree(repo / "firm_critic", copy, ignore=shutil.ignore_patterns("critic", "rubrics.yaml"))
+        for k in (2, 3):  # the weights stay where the engine's `critic` parameter points; each copy loads them
+            copy = repo / f"firm_engine_{k}"
+            shutil.copytree(repo / "firm_engine", copy, ignore=shutil.ignore_patterns("critic"))
             cfg = copy / "config.pbtxt"
-            cfg.write_text(re.sub(r'name: "firm_critic"', f'name: "firm_critic_{k}"', cfg.read_text(), count=1))
+            cfg.write_text(re.sub(r'name: "firm_engine"', f'name: "firm_engine_{k}"', cfg.read_text(), count=1))
     return repo
 
 
@@ -61,7 +61,7 @@ def warm(url: str, models: list[str]) -> None:
         return i
 
     for m in models:
-        if m.startswith("firm_critic"):
+        if m.startswith(("firm_critic", "firm_engine_")):
             inputs = [col("images", [png_bytes(src), png_bytes(dst)], 2), col("rubric_id", [b"edit.execution"]),
                       col("text", [ins.encode()])]  # fmt: skip
         elif m == "firm_edit_reward":
@@ -77,7 +77,7 @@ def measure(critic: Path, layout: str, root: Path) -> dict[str, object]:
     from firm.serving.server import TritonServer
 
     repo = export(critic, layout, root / f"repo-{layout}")
-    models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").exists())
+    models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").exists() and p.name != "firm_engine")
     t0 = time.perf_counter()
     with TritonServer(repo) as srv:
         start_s = time.perf_counter() - t0

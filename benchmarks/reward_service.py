@@ -140,7 +140,6 @@ def export(critic_dir: Path, args: argparse.Namespace, batching: bool, root: Pat
         critic=str(critic_dir),
         task="edit",
         threads=args.threads,
-        critic_model=False,
         max_new_tokens=args.max_new_tokens,
         max_pixels=args.max_pixels,
         batching=BatchingConfig(

@@ -2,15 +2,17 @@
 
 Layout (python engine, the default)::
 
-    <repo>/firm_critic/config.pbtxt          python backend: one judgement per row (images + rubric id + text)
-    <repo>/firm_critic/1/model.py            imports firm.serving.backend.critic_model
-    <repo>/firm_critic/1/critic/             the critic's weights + processor (weights="copy")
-    <repo>/firm_critic/1/rubrics.yaml        the rubric pack the critic is asked with (a server is self-contained)
-    <repo>/firm_edit_reward/{config.pbtxt,1/model.py}   CME/… reward: both axes of a batch in one firm_critic call
-    <repo>/firm_gen_reward/{config.pbtxt,1/model.py}    QMA reward, instruction + quality
+    <repo>/firm_engine/config.pbtxt          python backend: the one model that holds the critic (dynamic batching)
+    <repo>/firm_engine/1/model.py            imports firm.serving.backend.engine
+    <repo>/firm_engine/1/critic/             the critic's weights + processor (weights="copy")
+    <repo>/firm_engine/1/rubrics.yaml        the rubric pack the critic is asked with (a server is self-contained)
+    <repo>/firm_critic/config.pbtxt          ensemble → firm_engine: one judgement per row (images + rubric id + text)
+    <repo>/firm_edit_reward/config.pbtxt     ensemble → firm_engine: CME/… reward, both axes in one critic call
+    <repo>/firm_gen_reward/config.pbtxt      ensemble → firm_engine: QMA reward, instruction + quality
 
-`firm_critic` holds the server's only copy of the weights: the reward models call it through BLS
-(`firm.serving.backend.bls_critic`). Every model's config parameters name the pack (`rubrics_name`,
+One copy of the weights per server: the three public models are one-step ensembles (no process, no queue of their
+own) over `firm_engine`, whose dynamic batcher merges requests of all three into one critic call
+(`firm.serving.backend.engine`). Every model's config parameters name the pack (`rubrics_name`,
 `rubrics_sha256`), so clients and bench reports can say which prompts produced a score. Answer budgets and pixel
 bounds come from the pack per (task, axis) unless `max_new_tokens` / `max_pixels` override them.
 
@@ -56,13 +58,13 @@ from pydantic import Field, model_validator
 from firm.errors import ConfigError, InputError
 from firm.rewards.rubrics import RubricPack
 from firm.schemas import Readout, Record
-from firm.serving.pbtxt import render_config
-from firm.serving.spec import CRITIC, EDIT_REWARD, GEN_REWARD, ModelSpec
+from firm.serving.pbtxt import render_config, render_ensemble
+from firm.serving.spec import CRITIC, EDIT_REWARD, ENGINE, GEN_REWARD, ModelSpec
 
-WEIGHTS_DIR = "critic"  # inside firm_critic/1/
+WEIGHTS_DIR = "critic"  # inside <holder>/1/: firm_engine (python engine) or firm_critic (vLLM engine)
 
 _SHIMS = {
-    CRITIC.name: "from firm.serving.backend.critic_model import CriticModel as TritonPythonModel",
+    ENGINE.name: "from firm.serving.backend.engine import EngineModel as TritonPythonModel",
     EDIT_REWARD.name: "from firm.serving.backend.reward_models import EditRewardModel as TritonPythonModel",
     GEN_REWARD.name: "from firm.serving.backend.reward_models import GenRewardModel as TritonPythonModel",
 }
@@ -178,13 +180,18 @@ def _critic_source_dir(critic: str) -> Path | None:
     raise InputError(f"critic {critic}: no such directory, and not a URI or a Hugging Face id")
 
 
-RUBRICS_FILE = "rubrics.yaml"  # inside firm_critic/1/
+RUBRICS_FILE = "rubrics.yaml"  # next to the weights
+
+
+def _holder(cfg: ExportConfig) -> str:
+    """The model whose version directory holds the weights and the pack."""
+    return CRITIC.name if cfg.engine == "vllm" else ENGINE.name
 
 
 def _model_params(cfg: ExportConfig, critic_ref: str, model: str, pack: RubricPack) -> dict[str, str]:
     params = {
         "critic": critic_ref,
-        "rubrics": f"{CRITIC.name}/1/{RUBRICS_FILE}",
+        "rubrics": f"{_holder(cfg)}/1/{RUBRICS_FILE}",
         "rubrics_name": pack.name,
         "rubrics_sha256": pack.sha256,
         "engine": cfg.engine,
@@ -196,7 +203,7 @@ def _model_params(cfg: ExportConfig, critic_ref: str, model: str, pack: RubricPa
         "max_new_tokens": str(cfg.max_new_tokens or 0),  # 0: the pack's, per (task, axis)
         "policy": cfg.policy,
     }
-    if model == EDIT_REWARD.name:
+    if model in (EDIT_REWARD.name, ENGINE.name):
         params |= {
             "formulation": cfg.edit_formulation,
             "w_base": str(cfg.edit_w_base),
@@ -204,11 +211,12 @@ def _model_params(cfg: ExportConfig, critic_ref: str, model: str, pack: RubricPa
         }
         if cfg.edit_guard_threshold is not None:
             params["guard_threshold"] = str(cfg.edit_guard_threshold)
-    elif model == GEN_REWARD.name:
+    if model in (GEN_REWARD.name, ENGINE.name):
+        prefix = "gen_" if model == ENGINE.name else ""  # the engine serves both rewards: their weights apart
         params |= {
-            "formulation": cfg.gen_formulation,
-            "w_base": str(cfg.gen_w_base),
-            "w_bonus": str(cfg.gen_w_bonus),
+            f"{prefix}formulation": cfg.gen_formulation,
+            f"{prefix}w_base": str(cfg.gen_w_base),
+            f"{prefix}w_bonus": str(cfg.gen_w_bonus),
             "quality": str(cfg.gen_quality).lower(),
         }
     return params
@@ -220,8 +228,8 @@ def _write_python_model(
     d = root / spec.name
     (d / "1").mkdir(parents=True, exist_ok=True)
     b = cfg.batching
-    # The critic judges two rows (both axes) per edit: give it room for a full reward batch.
-    max_batch = 2 * reward_max_batch if spec.name == CRITIC.name else b.max_batch_size
+    # The engine takes firm_critic requests of up to 2 × the reward batch (both axes of a full edit batch).
+    max_batch = 2 * reward_max_batch if spec.name == ENGINE.name else b.max_batch_size
     (d / "config.pbtxt").write_text(
         render_config(
             spec,
@@ -298,7 +306,7 @@ def build_repository(cfg: ExportConfig, out_dir: Path) -> Path:
     warn_if_mismatched(cfg.critic, src, pack)
     reward_models = [EDIT_REWARD if t == "edit" else GEN_REWARD for t in cfg.tasks]
     # Copied weights live inside a model's version directory (a top-level folder would be taken for a model).
-    weights_ref = f"{CRITIC.name}/1/{WEIGHTS_DIR}"
+    weights_ref = f"{_holder(cfg)}/1/{WEIGHTS_DIR}"
     if cfg.weights == "copy" and src is not None:
         shutil.copytree(src, out_dir / weights_ref, ignore=shutil.ignore_patterns("MANIFEST.json", ".*"))
         critic_ref = weights_ref  # relative to the repository root
@@ -311,15 +319,28 @@ def build_repository(cfg: ExportConfig, out_dir: Path) -> Path:
             f"{cfg.vllm_models_root.rstrip('/')}/{weights_ref}" if critic_ref == weights_ref else critic_ref
         )
         _write_vllm_critic(out_dir, cfg, model_path, pack)
+        for spec in reward_models:  # python models that call the vLLM critic through BLS
+            _write_python_model(out_dir, spec, cfg, critic_ref, cfg.batching.max_batch_size, pack)
     else:
-        _write_python_model(out_dir, CRITIC, cfg, critic_ref, cfg.batching.max_batch_size, pack)
+        _write_python_model(out_dir, ENGINE, cfg, critic_ref, cfg.batching.max_batch_size, pack)
+        for spec in [CRITIC, *reward_models]:
+            max_batch = cfg.batching.max_batch_size * (2 if spec is CRITIC else 1)
+            # An ensemble still needs a version directory; a file keeps it in object stores, which have no folders.
+            (out_dir / spec.name / "1").mkdir(parents=True, exist_ok=True)
+            (out_dir / spec.name / "1" / "ENSEMBLE").write_text(f"{spec.name} is served by {ENGINE.name}\n")
+            (out_dir / spec.name / "config.pbtxt").write_text(
+                render_ensemble(
+                    spec,
+                    engine=ENGINE.name,
+                    max_batch_size=max_batch,
+                    parameters={"rubrics_name": pack.name, "rubrics_sha256": pack.sha256},
+                )
+            )
     save_pack(
         pack,
-        out_dir / CRITIC.name / "1" / RUBRICS_FILE,
+        out_dir / _holder(cfg) / "1" / RUBRICS_FILE,
         header=f"# rubric pack {pack.ref}, exported with this repository",
     )
-    for spec in reward_models:
-        _write_python_model(out_dir, spec, cfg, critic_ref, cfg.batching.max_batch_size, pack)
     (out_dir / "firm_export.json").write_text(cfg.model_dump_json(indent=2) + "\n")
     return out_dir
 

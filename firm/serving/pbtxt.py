@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
-from firm.serving.spec import ModelSpec, TensorSpec
+from firm.serving.spec import ModelSpec, TensorSpec, engine_output_name
 
 
 def _q(s: str) -> str:
@@ -14,7 +14,8 @@ def _q(s: str) -> str:
 
 def _tensor(t: TensorSpec) -> str:
     dims = ", ".join(str(d) for d in t.dims)
-    return f"  {{\n    name: {_q(t.name)}\n    data_type: {t.config_dtype}\n    dims: [ {dims} ]\n  }}"
+    optional = "\n    optional: true" if t.optional else ""
+    return f"  {{\n    name: {_q(t.name)}\n    data_type: {t.config_dtype}\n    dims: [ {dims} ]{optional}\n  }}"
 
 
 def _tensors(kind: str, tensors: Iterable[TensorSpec]) -> str:
@@ -55,8 +56,38 @@ def render_config(
     parts.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]")
     if decoupled:
         parts.append("model_transaction_policy {\n  decoupled: true\n}")
-    for key, value in parameters.items():
-        parts.append(f"parameters {{\n  key: {_q(key)}\n  value: {{ string_value: {_q(str(value))} }}\n}}")
+    parts += _parameters(parameters)
+    return "\n".join(parts) + "\n"
+
+
+def _parameters(parameters: Mapping[str, str]) -> list[str]:
+    return [
+        f"parameters {{\n  key: {_q(key)}\n  value: {{ string_value: {_q(str(value))} }}\n}}"
+        for key, value in parameters.items()
+    ]
+
+
+def render_ensemble(
+    spec: ModelSpec, *, engine: str, max_batch_size: int, parameters: Mapping[str, str]
+) -> str:
+    """A config.pbtxt for a one-step ensemble: `spec`'s tensors, routed to and from `engine` (same names, except
+    outputs the engine renames, `firm.serving.spec.engine_output_name`).
+    An ensemble has no process and no queue of its own: the engine's dynamic batcher merges its requests."""
+    step = [f"      model_name: {_q(engine)}", "      model_version: -1"]
+    step += [f"      input_map {{ key: {_q(t.name)} value: {_q(t.name)} }}" for t in spec.inputs]
+    step += [
+        f"      output_map {{ key: {_q(engine_output_name(t.name))} value: {_q(t.name)} }}" for t in spec.outputs
+    ]
+    parts = [
+        f"# Written by `firmctl serve export` (firm/serving/export.py). Model: {spec.name}, served by {engine}.",
+        f"name: {_q(spec.name)}",
+        'platform: "ensemble"',
+        f"max_batch_size: {max_batch_size}",
+        _tensors("input", spec.inputs),
+        _tensors("output", spec.outputs),
+        "ensemble_scheduling {\n  step [\n    {\n" + "\n".join(step) + "\n    }\n  ]\n}",
+        *_parameters(parameters),
+    ]
     return "\n".join(parts) + "\n"
 
 

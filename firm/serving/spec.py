@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CRITIC_MODEL = "firm_critic"
+ENGINE_MODEL = "firm_engine"  # python engine: the one model that holds the critic; the three above are ensembles
 EDIT_REWARD_MODEL = "firm_edit_reward"
 GEN_REWARD_MODEL = "firm_gen_reward"
 REWARD_MODEL_FOR_TASK = {"edit": EDIT_REWARD_MODEL, "gen": GEN_REWARD_MODEL}
@@ -20,6 +21,7 @@ class TensorSpec:
     name: str
     dtype: str  # the KServe-v2 / tritonclient name: "BYTES", "FP32"
     dims: tuple[int, ...] = (1,)
+    optional: bool = False
 
     @property
     def config_dtype(self) -> str:
@@ -87,3 +89,29 @@ GEN_REWARD = ModelSpec(
 )
 
 SPECS: dict[str, ModelSpec] = {s.name: s for s in (CRITIC, EDIT_REWARD, GEN_REWARD)}
+
+
+def engine_output_name(name: str) -> str:
+    """The engine's name for a public output: the same, except where an input of another model has that name
+    (firm_gen_reward's `instruction` score vs firm_edit_reward's `instruction` text)."""
+    clash = any(t.name == name for spec in SPECS.values() for t in spec.inputs)
+    return f"{name}_score" if clash else name
+
+
+def _engine_spec() -> ModelSpec:
+    """`firm_engine`: every public model's inputs (all optional: a request carries one model's set) and the union
+    of their outputs (a response carries the requested ones). Tensors of the same name agree on type and dims."""
+    inputs: dict[str, TensorSpec] = {}
+    outputs: dict[str, TensorSpec] = {}
+    for spec in SPECS.values():
+        for t in spec.inputs:
+            inputs[t.name] = TensorSpec(t.name, t.dtype, t.dims, optional=True)
+        for t in spec.outputs:
+            e = TensorSpec(engine_output_name(t.name), t.dtype, t.dims)
+            if e.name in outputs and outputs[e.name] != e:
+                raise AssertionError(f"output {t.name} differs between models")  # a contract bug, caught at import
+            outputs[e.name] = e
+    return ModelSpec(ENGINE_MODEL, inputs=tuple(inputs.values()), outputs=tuple(outputs.values()))
+
+
+ENGINE = _engine_spec()

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from firm.errors import InputError
 from firm.rewards.packs import load_pack, save_pack
 from firm.serving.export import BatchingConfig, ExportConfig, export_repository
-from firm.serving.spec import SPECS
+from firm.serving.spec import ENGINE, SPECS
 
 
 def _params(text: str) -> dict[str, str]:
@@ -36,35 +36,49 @@ def test_python_export_writes_three_batched_models(tmp_path: Path, tiny_critic_d
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == [
         "firm_critic",
         "firm_edit_reward",
+        "firm_engine",
         "firm_gen_reward",
     ]
+    # the engine: the one python model, holding the weights and the pack; every public tensor, optional inputs
+    text = (repo / "firm_engine" / "config.pbtxt").read_text()
+    assert 'backend: "python"' in text and "max_batch_size: 48" in text
+    assert "preferred_batch_size: [ 6, 12 ]" in text and "max_queue_delay_microseconds: 1500" in text
+    assert "count: 2" in text and "kind: KIND_GPU" in text
+    assert text.count("optional: true") == len(ENGINE.inputs) == 8
+    assert (
+        'name: "instruction_score"' in text
+    )  # firm_gen_reward's score, apart from firm_edit_reward's text input
+    assert (repo / "firm_engine" / "1" / "model.py").read_text().count("TritonPythonModel") == 1
+    p = _params(text)
+    assert p["critic"] == "firm_engine/1/critic" and p["readout"] == "expected" and p["device"] == "gpu"
+    assert p["rubrics"] == "firm_engine/1/rubrics.yaml"
+    assert (p["rubrics_name"], p["rubrics_sha256"]) == ("firm-v1", load_pack().sha256)
+    assert (p["max_new_tokens"], p["max_pixels"]) == ("0", "0")  # the pack's budgets and bounds
+    assert (p["w_base"], p["gen_w_base"]) == ("0.5", "0.4")  # edit and gen weights apart
+    assert load_pack(repo / "firm_engine" / "1" / "rubrics.yaml") == load_pack()
+    # the public models: ensembles with the public tensors, routed to the engine, naming the pack
     for name, spec in SPECS.items():
         text = (repo / name / "config.pbtxt").read_text()
-        assert f'name: "{name}"' in text and 'backend: "python"' in text
+        assert f'name: "{name}"' in text and 'platform: "ensemble"' in text and "backend:" not in text
         mbs = int(re.search(r"max_batch_size: (\d+)", text).group(1))
         assert mbs == (48 if name == "firm_critic" else 24)
-        assert "preferred_batch_size: [ 6, 12 ]" in text and "max_queue_delay_microseconds: 1500" in text
-        assert "count: 2" in text and "kind: KIND_GPU" in text
         for t in (*spec.inputs, *spec.outputs):
             assert re.search(rf'name: "{t.name}"\s*data_type: {t.config_dtype}', text), (name, t.name)
-        assert (repo / name / "1" / "model.py").read_text().count("TritonPythonModel") == 1
-        p = _params(text)
-        assert p["critic"] == "firm_critic/1/critic" and p["readout"] == "expected" and p["device"] == "gpu"
-        # every model names the rubric pack; the pack itself travels in the repository
-        assert p["rubrics"] == "firm_critic/1/rubrics.yaml"
-        assert (p["rubrics_name"], p["rubrics_sha256"]) == ("firm-v1", load_pack().sha256)
-        assert (p["max_new_tokens"], p["max_pixels"]) == ("0", "0")  # the pack's budgets and bounds
-    assert load_pack(repo / "firm_critic" / "1" / "rubrics.yaml") == load_pack()
-    edit = _params((repo / "firm_edit_reward" / "config.pbtxt").read_text())
-    assert (edit["formulation"], edit["w_base"], edit["w_bonus"], edit["guard_threshold"]) == (
+        assert 'model_name: "firm_engine"' in text and not (repo / name / "1" / "model.py").exists()
+        assert _params(text)["rubrics_sha256"] == load_pack().sha256
+    assert (
+        'output_map { key: "instruction_score" value: "instruction" }'
+        in (repo / "firm_gen_reward" / "config.pbtxt").read_text()
+    )
+    engine = _params((repo / "firm_engine" / "config.pbtxt").read_text())
+    assert (engine["formulation"], engine["w_base"], engine["w_bonus"], engine["guard_threshold"]) == (
         "guard",
         "0.5",
         "0.5",
         "3.0",
     )
-    gen = _params((repo / "firm_gen_reward" / "config.pbtxt").read_text())
-    assert (gen["w_base"], gen["w_bonus"], gen["quality"]) == ("0.4", "0.6", "true")
-    weights = repo / "firm_critic" / "1" / "critic"
+    assert (engine["gen_w_base"], engine["gen_w_bonus"], engine["quality"]) == ("0.4", "0.6", "true")
+    weights = repo / "firm_engine" / "1" / "critic"
     assert (weights / "config.json").read_bytes() == (tiny_critic_dir / "config.json").read_bytes()
     assert json.loads((repo / "firm_export.json").read_text())["task"] == "all"
 
@@ -81,9 +95,13 @@ def test_no_dynamic_batching_single_task_and_another_pack(tmp_path: Path, tiny_c
         batching=BatchingConfig(enabled=False),
     )
     repo = Path(export_repository(cfg, tmp_path / "repo"))
-    # firm_critic is always there: the reward model calls it (one copy of the weights per server)
-    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["firm_critic", "firm_edit_reward"]
-    text = (repo / "firm_edit_reward" / "config.pbtxt").read_text()
+    # firm_critic is always there, and the engine behind both
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == [
+        "firm_critic",
+        "firm_edit_reward",
+        "firm_engine",
+    ]
+    text = (repo / "firm_engine" / "config.pbtxt").read_text()
     assert "dynamic_batching" not in text and "kind: KIND_CPU" in text
     p = _params(text)
     assert p["critic"] == str(tiny_critic_dir.resolve())  # referenced, not copied
@@ -91,10 +109,10 @@ def test_no_dynamic_batching_single_task_and_another_pack(tmp_path: Path, tiny_c
     assert (
         load_pack(repo / p["rubrics"]).sha256 == other.sha256
     )  # self-contained: no need for the source file
-    assert not (repo / "firm_critic" / "1" / "critic").exists()
+    assert not (repo / "firm_engine" / "1" / "critic").exists()
     # firm_critic alone
     only = Path(export_repository(ExportConfig(critic=str(tiny_critic_dir), task="critic"), tmp_path / "c"))
-    assert sorted(p.name for p in only.iterdir() if p.is_dir()) == ["firm_critic"]
+    assert sorted(p.name for p in only.iterdir() if p.is_dir()) == ["firm_critic", "firm_engine"]
 
 
 def test_vllm_variant_is_structurally_valid(tmp_path: Path, tiny_critic_dir: Path) -> None:
@@ -189,9 +207,10 @@ def test_serve_export_cli(tmp_path: Path, tiny_critic_dir: Path) -> None:
         "engine": "python",
         "rubrics": load_pack().ref,
     }
-    text = (out / "firm_gen_reward" / "config.pbtxt").read_text()
+    text = (out / "firm_engine" / "config.pbtxt").read_text()
     assert "preferred_batch_size: [ 2, 4 ]" in text and "max_queue_delay_microseconds: 700" in text
     assert "count: 3" in text and _params(text)["quality"] == "false"
+    assert "max_batch_size: 4" in (out / "firm_gen_reward" / "config.pbtxt").read_text()
     bad = [
         "serve",
         "export",

@@ -56,7 +56,7 @@ def local_critic(server):
     from firm.critic.critic import Critic
 
     return Critic.from_pretrained(
-        server.repository / "firm_critic" / "1" / "critic",
+        server.repository / "firm_engine" / "1" / "critic",
         max_pixels=MAX_PIXELS,
         max_new_tokens=MAX_NEW_TOKENS,
     )
@@ -75,10 +75,12 @@ def test_live_ready_metadata_and_config(server, grpc) -> None:
             (t.name, t.dtype) for t in spec.outputs
         ]
         cfg = http.get_model_config(name)
-        assert cfg["max_batch_size"] > 0 and cfg["dynamic_batching"]["preferred_batch_size"] == [4, 8, 16]
-        assert cfg["parameters"]["critic"]["string_value"] == "firm_critic/1/critic"
+        assert cfg["max_batch_size"] > 0 and cfg["platform"] == "ensemble"  # routed to firm_engine
         # the Triton config names the rubric pack the critic is asked with
         assert cfg["parameters"]["rubrics_sha256"]["string_value"] == load_pack().sha256
+    engine = http.get_model_config("firm_engine")
+    assert engine["dynamic_batching"]["preferred_batch_size"] == [4, 8, 16]
+    assert engine["parameters"]["critic"]["string_value"] == "firm_engine/1/critic"
     with RewardClient(server.grpc_url) as client:
         assert client.served_rubrics() == load_pack().ref
     # Served from the s3:// repository, fetched into the local cache with its manifest.
@@ -177,8 +179,9 @@ def test_dynamic_batching_merges_concurrent_requests(server) -> None:
             await c.close()
 
     def counts() -> tuple[int, int]:
+        # firm_edit_reward is an ensemble: the batching happens in firm_engine behind it
         st = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(
-            "firm_edit_reward", as_json=True
+            "firm_engine", as_json=True
         )
         s = st["model_stats"][0]
         return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
@@ -375,7 +378,7 @@ def test_failover_and_serve_start_cli(server, tmp_path: Path, tiny_critic_dir: P
         b = f"127.0.0.1:{port}"
         items = _edits(4)
         # B's critic is untaught and cut at 8 tokens: its failures show up per axis and status on B's metrics
-        # (`truncated` apart from `unparseable`), for the reward model and for firm_critic it called.
+        # (`truncated` apart from `unparseable`), under the public model that was asked.
         direct = grpcclient.InferenceServerClient(b).infer(
             "firm_edit_reward",
             [
@@ -387,7 +390,7 @@ def test_failover_and_serve_start_cli(server, tmp_path: Path, tiny_critic_dir: P
         statuses = [x.decode() for x in direct.as_numpy("status")[:, 0]]
         assert all(math.isnan(r) for r in direct.as_numpy("reward")[:, 0]), statuses  # never a fabricated 0
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
-        for model in ("firm_edit_reward", "firm_critic"):
+        for model in ("firm_edit_reward",):
             for axis in ("execution", "consistency"):
                 lines = [
                     ln
@@ -434,7 +437,7 @@ def test_serve_start_reports_model_load_failure(tmp_path: Path, tiny_critic_dir:
             tmp_path / "repo",
         )
     )
-    cfg = repo / "firm_critic" / "config.pbtxt"  # the one model that loads the weights
+    cfg = repo / "firm_engine" / "config.pbtxt"  # the one model that loads the weights
     cfg.write_text(cfg.read_text().replace(str(tiny_critic_dir.resolve()), str(tmp_path / "missing-critic")))
     t = time.monotonic()
     r = subprocess.run(
@@ -458,7 +461,7 @@ def test_serve_start_reports_model_load_failure(tmp_path: Path, tiny_critic_dir:
         timeout=120,
     )
     assert r.returncode == 1, r.stderr
-    assert r.stderr.startswith("error: tritonserver exited") and "failed to load 'firm_critic'" in r.stderr
+    assert r.stderr.startswith("error: tritonserver exited") and "failed to load 'firm_engine'" in r.stderr
     assert "missing-critic" in r.stderr and time.monotonic() - t < 120
 
 
@@ -588,29 +591,30 @@ def test_serve_start_sigterm_while_models_load(tmp_path: Path, tiny_critic_dir: 
             proc.wait()
 
 
-def _stub_maps(pid: int, model: str) -> str:
-    """The memory map of the python-backend stub serving `model` under tritonserver `pid`."""
+def _stubs(pid: int) -> dict[str, str]:
+    """model name → memory map of its python-backend stub process, for tritonserver `pid`."""
     from firm.processes import descendants
 
+    out = {}
     for p in descendants(pid):
         try:
-            if f"/{model}/1/model.py".encode() in Path(f"/proc/{p}/cmdline").read_bytes():
-                return Path(f"/proc/{p}/maps").read_text()
-        except OSError:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+            if cmd and cmd[0].endswith(b"triton_python_backend_stub"):
+                out[Path(cmd[1].decode()).parents[1].name] = Path(f"/proc/{p}/maps").read_text()
+        except (OSError, IndexError):
             continue
-    raise AssertionError(f"no stub process for {model}")
+    return out
 
 
 def test_one_copy_of_the_critic_per_server(server, formatted_critic_dir: Path, tmp_path: Path) -> None:
-    """The reward models hold no weights: a server with all three models stays within 1.2x the memory (PSS of the
-    whole process tree) of firm_critic alone, and the reward models' stubs never load torch. Runs last in this
-    module, after every model of `server` has served requests."""
+    """The three public models are ensembles over firm_engine: the server runs ONE python stub, which holds the
+    weights, and stays within 1.2x the memory (PSS of the whole process tree) of a server with firm_critic alone.
+    Runs last in this module, after every model of `server` has served requests."""
     from firm.serving.export import ExportConfig, export_repository
     from firm.serving.server import TritonServer
 
-    for model in ("firm_edit_reward", "firm_gen_reward"):
-        assert "libtorch" not in _stub_maps(server.process.pid, model), model
-    assert "libtorch" in _stub_maps(server.process.pid, "firm_critic")
+    stubs = _stubs(server.process.pid)
+    assert list(stubs) == ["firm_engine"] and "libtorch" in stubs["firm_engine"]
     all_three = server.memory()
 
     repo = export_repository(
@@ -632,7 +636,8 @@ def test_one_copy_of_the_critic_per_server(server, formatted_critic_dir: Path, t
             "firm_critic", [images, _inp("rubric_id", [b"edit.execution"]), _inp("text", [ins.encode()])]
         )
         assert out.as_numpy("status")[0, 0] == b"ok"
+        assert not client.is_model_ready("firm_edit_reward")
         time.sleep(0.5)
         one = alone.memory()
-    assert all_three["processes"] == one["processes"] + 2  # two more stubs, each without the critic
+    assert all_three["processes"] == one["processes"] == 2  # tritonserver + the engine's stub
     assert all_three["pss"] <= 1.2 * one["pss"], (all_three, one)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,49 +192,3 @@ class Metrics:
     def reward(self, value: float | None) -> None:
         if value is not None and not math.isnan(value):
             self._reward_metric.observe(float(value))
-
-
-# -- the execute loop -------------------------------------------------------------------------------------------
-
-
-def serve_batch(
-    pb_utils: Any,
-    requests: list[Any],
-    decode: Callable[[Any], list[Any]],
-    score: Callable[[list[Any]], list[Any]],
-    encode: Callable[[list[Any]], list[Any]],
-    metrics: Metrics | None = None,
-) -> list[Any]:
-    """Decode each request (an `InputError` → that request's INVALID_ARGUMENT), score every valid row of every
-    request in ONE call, and split the results back into one response per request, in order."""
-    invalid_code = pb_utils.TritonError.INVALID_ARG
-    responses: list[Any] = [None] * len(requests)
-    decoded: list[tuple[int, list[Any]]] = []
-    for i, request in enumerate(requests):
-        try:
-            decoded.append((i, decode(request)))
-        except InputError as exc:
-            if metrics:
-                metrics.invalid()
-            responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), invalid_code))
-    flat = [row for _, rows in decoded for row in rows]
-    if flat:
-        try:
-            results = score(flat)
-        except (
-            InputError
-        ) as exc:  # e.g. an image the processor refuses: fail only those requests, rescoring the rest
-            if len(decoded) == 1:
-                i = decoded[0][0]
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), invalid_code))
-                return responses
-            for i, rows in decoded:
-                sub = serve_batch(pb_utils, [requests[i]], lambda _r, rows=rows: rows, score, encode, metrics)
-                responses[i] = sub[0]
-            return responses
-        at = 0
-        for i, rows in decoded:
-            part = results[at : at + len(rows)]
-            at += len(rows)
-            responses[i] = pb_utils.InferenceResponse(output_tensors=encode(part))
-    return responses

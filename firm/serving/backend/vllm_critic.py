@@ -1,10 +1,11 @@
 """The reward models' critic when `firm_critic` is a Triton vLLM-backend model (`firmctl serve export --engine vllm`).
 
-It serves the `edit_rewards` / `gen_rewards` calls the reward models make (`RemoteCritic`), but instead of running
-`generate` itself it renders the same chat prompt (`firm.critic.messages`, the critic's own processor and chat
-template), sends it with the base64 images to `firm_critic` through BLS (the vLLM backend is decoupled and batches
-continuously), parses the answer with `firm.rewards.parsing` and applies the same formulas. Only the `text`
-readout is available this way. It needs the NGC vLLM Triton image and a GPU, so it is not exercised on CPU CI;
+It judges the reward models' rubric requests (`firm.serving.backend.apis`) like the in-process critic, but instead
+of running `generate` itself it renders the same chat prompt (`firm.critic.messages`: the rubric pack's layout and
+codec, the critic's own processor and chat template), sends it with the base64 images to `firm_critic` through BLS
+(the vLLM backend is decoupled and batches continuously; the answer budget is the pack's per axis) and parses the
+answer with `firm.rewards.parsing`; the formulas are applied by the caller. Only the `text` readout is available
+this way. It needs the NGC vLLM Triton image and a GPU, so it is not exercised on CPU CI;
 `render_request` (the part that decides what vLLM sees) is tested directly.
 """
 
@@ -20,7 +21,6 @@ import numpy as np
 
 from firm.errors import ConfigError
 from firm.schemas import Judgement
-from firm.serving.backend.remote_critic import RemoteCritic
 
 CRITIC_MODEL = "firm_critic"
 
@@ -48,7 +48,7 @@ def render_request(
     return render_prompt(processor, messages), [_b64_png(im) for im in message_images(messages)]
 
 
-class VllmCritic(RemoteCritic):
+class VllmCritic:
     """Critic facade over BLS calls to a vLLM-backend `firm_critic`."""
 
     def __init__(
