@@ -192,7 +192,7 @@ def test_deploy_and_exit_handler_leave_no_tritonserver_behind(
     from firm.serving.export import ExportConfig, export_repository
 
     repo = export_repository(
-        ExportConfig(critic=str(formatted_critic_dir), task="edit", critic_model=False, max_new_tokens=32, threads=1),
+        ExportConfig(critic=str(formatted_critic_dir), task="edit", max_new_tokens=32, threads=1),
         f"{get_settings().bucket_uris()['models']}/probe/triton",
     )  # fmt: skip
     home = get_settings().home
