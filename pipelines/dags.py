@@ -29,7 +29,7 @@ def _critic_steps(
     dataset_source: str, dataset_items: int, seed: int, critic_recipe: str, critic_overrides: list,
     base_model: str, train_pool: str, train_nodes: int, train_nproc_per_node: int, trainer_image: str,
     backend: str, job_timeout_s: float, bench: str, bench_items: int, bench_max_new_tokens: int,
-    bench_batch_size: int, export_task: str, export_device: str, export_max_new_tokens: int,
+    bench_batch_size: int, export_task: str, export_device: str, export_max_new_tokens: int, rubrics: str,
 ) -> dsl.PipelineTask:  # fmt: skip
     """curate → train → bench → export; returns the export task (its output is the repository URI)."""
     curate = place(curate_dataset(source=dataset_source, n_items=dataset_items, seed=seed), CPU)
@@ -39,6 +39,7 @@ def _critic_steps(
             recipe=critic_recipe, overrides=critic_overrides, dataset_uri=curate.outputs["Output"],
             base_model=base_model, run_id=RUN_ID, pool=train_pool, nodes=train_nodes,
             nproc_per_node=train_nproc_per_node, image=trainer_image, backend=backend, timeout_s=job_timeout_s,
+            rubrics=rubrics,
         ),
         LAUNCHER,
     )  # fmt: skip
@@ -46,7 +47,7 @@ def _critic_steps(
     scored = place(
         bench_critic(
             critic=train.outputs["Output"], bench=bench, n_items=bench_items, max_new_tokens=bench_max_new_tokens,
-            batch_size=bench_batch_size, run_id=RUN_ID,
+            batch_size=bench_batch_size, rubrics=rubrics, run_id=RUN_ID,
         ),
         GPU,
     )  # fmt: skip
@@ -54,7 +55,7 @@ def _critic_steps(
     export = place(
         export_to_triton(
             critic_uri=train.outputs["Output"], task=export_task, device=export_device,
-            max_new_tokens=export_max_new_tokens, run_id=RUN_ID,
+            max_new_tokens=export_max_new_tokens, rubrics=rubrics, run_id=RUN_ID,
         ),
         CPU,
     )  # fmt: skip
@@ -83,12 +84,13 @@ def critic_pipeline(
     bench_batch_size: int = 8,
     export_task: str = "edit",
     export_device: str = "gpu",
-    export_max_new_tokens: int = 256,
+    export_max_new_tokens: int = 0,
+    rubrics: str = "",
 ) -> None:
     _critic_steps(
         dataset_source, dataset_items, seed, critic_recipe, critic_overrides, base_model, train_pool, train_nodes,
         train_nproc_per_node, trainer_image, backend, job_timeout_s, bench, bench_items, bench_max_new_tokens,
-        bench_batch_size, export_task, export_device, export_max_new_tokens,
+        bench_batch_size, export_task, export_device, export_max_new_tokens, rubrics,
     )  # fmt: skip
 
 
@@ -141,11 +143,12 @@ def bench_pipeline(
     bench_items: int = 40,
     max_new_tokens: int = 0,
     batch_size: int = 8,
+    rubrics: str = "",
 ) -> None:
     task = place(
         bench_critic(
             critic=critic, bench=bench, n_items=bench_items, max_new_tokens=max_new_tokens, batch_size=batch_size,
-            run_id=RUN_ID,
+            rubrics=rubrics, run_id=RUN_ID,
         ),
         GPU,
     )  # fmt: skip
@@ -175,7 +178,8 @@ def firm_pipeline(
     bench_batch_size: int = 8,
     export_task: str = "edit",
     export_device: str = "gpu",
-    export_max_new_tokens: int = 256,
+    export_max_new_tokens: int = 0,
+    rubrics: str = "",
     rl_recipe: str = "rl/qwen_edit_2509_nft_cme",
     rl_overrides: list = [],  # noqa: B006
     rl_pool: str = _GPU_POOL,
@@ -189,7 +193,7 @@ def firm_pipeline(
         export = _critic_steps(
             dataset_source, dataset_items, seed, critic_recipe, critic_overrides, base_model, train_pool,
             train_nodes, train_nproc_per_node, trainer_image, backend, job_timeout_s, bench, bench_items,
-            bench_max_new_tokens, bench_batch_size, export_task, export_device, export_max_new_tokens,
+            bench_max_new_tokens, bench_batch_size, export_task, export_device, export_max_new_tokens, rubrics,
         )  # fmt: skip
         deploy = place(
             deploy_reward_service(

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from firm.errors import ConfigError, InputError
+from firm.errors import ConfigError, FirmError, InputError
 from firm.overrides import apply_overrides as _apply_overrides
 from firm.overrides import blame
 
@@ -217,11 +217,16 @@ def check_fresh_run(cfg: SFTConfig) -> None:
 def preflight(cfg: SFTConfig, world_size: int) -> None:
     """What can be checked before any training process starts (`firmctl critic train`), so a mistake is one
     `error:` line instead of one per rank: the world size against the global batch, object-store credentials for
-    every s3:// location, a local base model directory, and the dataset (its dataset.json; a published
-    dataset is fetched and verified into the local cache here, where the workers then find it)."""
+    every s3:// location, a local base model directory, the rubric pack, and the dataset (its dataset.json; a
+    published dataset is fetched and verified into the local cache here, where the workers then find it)."""
+    from firm.rewards.packs import load_pack
     from firm.storage import check_store_access
 
     cfg.global_batch(world_size)
+    try:
+        load_pack(cfg.rubrics)
+    except FirmError as exc:
+        raise InputError(f"rubrics={cfg.rubrics}: {exc}") from None
     check_store_access(
         {
             "data.dataset": cfg.data.dataset,

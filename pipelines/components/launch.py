@@ -22,14 +22,17 @@ def train_critic(
     image: str,
     backend: str,
     timeout_s: float,
+    rubrics: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ) -> str:
-    """Critic SFT of `recipe` on `dataset_uri`; returns the URI of the published `save_pretrained` critic."""
+    """Critic SFT of `recipe` on `dataset_uri` with rubric pack `rubrics` ("": the recipe's); returns the URI of the
+    published `save_pretrained` critic (which records the pack in firm_rubrics.json)."""
     from firm.launch.runner import run_job
     from firm.launch.spec import step_job_spec
 
     extra = [f"data.dataset={dataset_uri}", *([f"model.path={base_model}"] if base_model else [])]
+    extra += [f"rubrics={rubrics}"] if rubrics else []
     spec = step_job_spec(
         "sft", run_id, recipe=recipe, overrides=[*overrides, *extra], pool=pool, nodes=nodes,
         nproc_per_node=nproc_per_node, image=image,

@@ -7,16 +7,27 @@ from pipelines.components import component
 
 @component
 def export_to_triton(
-    critic_uri: str, task: str, device: str, max_new_tokens: int, run_id: str, repository: Output[Model]
+    critic_uri: str,
+    task: str,
+    device: str,
+    max_new_tokens: int,
+    rubrics: str,
+    run_id: str,
+    repository: Output[Model],
 ) -> str:
-    """`firmctl serve export` as a step: publishes the repository under the run and returns its URI."""
+    """`firmctl serve export` as a step: publishes the repository under the run and returns its URI.
+    `max_new_tokens` 0 and `rubrics` "" mean the pack's budgets and firm-v1."""
     from firm.config import get_settings
+    from firm.rewards.packs import load_pack
     from firm.serving.export import ExportConfig, export_repository
 
     uri = f"{get_settings().bucket_uris()['models']}/runs/{run_id}/triton-{task}"
-    cfg = ExportConfig(critic=critic_uri, task=task, device=device, max_new_tokens=max_new_tokens)  # type: ignore[arg-type]
+    cfg = ExportConfig(
+        critic=critic_uri, task=task, device=device, max_new_tokens=max_new_tokens or None, rubrics=rubrics or None
+    )  # type: ignore[arg-type]
     export_repository(cfg, uri, overwrite=True)
-    repository.metadata.update({"firm_uri": uri, "critic": critic_uri, "task": task})
+    pack = load_pack(rubrics or None)
+    repository.metadata.update({"firm_uri": uri, "critic": critic_uri, "task": task, "rubrics": pack.ref})
     return uri
 
 

@@ -85,6 +85,13 @@ def test_critic_pipeline_runs_end_to_end_with_visible_artifacts(
 
     files = {f.path for f in read_manifest(repo).files}
     assert any(p.startswith("firm_edit_reward/") for p in files) and "firm_critic/config.pbtxt" in files
+    # the rubric pack trained on is the one benchmarked and served
+    from firm.rewards.packs import load_pack
+
+    ref = load_pack().ref
+    assert bench["artifacts"]["report"]["artifacts"][0]["metadata"]["rubrics"] == ref
+    assert export["artifacts"]["repository"]["artifacts"][0]["metadata"]["rubrics"] == ref
+    assert "firm_engine/1/rubrics.yaml" in files and "firm_engine/1/critic/firm_rubrics.json" in files
     # the training job ran as a 2-process local job, and its log is the step's log
     assert "world 2, global batch 8" in out.stderr and "[firm] job firm-sft-" in out.stderr
 

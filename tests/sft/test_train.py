@@ -366,6 +366,7 @@ def test_cli_checks_before_starting_processes(
         "data.dataset=s3://firm-datasets/edit-v1": "missing S3 credentials",
         f"model.path={tmp_path / 'no-model'}": "no such directory",
         "batch.global_size=12": "world size",
+        "rubrics=no-such-pack": "rubrics=no-such-pack: rubric pack 'no-such-pack' not found",
     }
     for override, reason in cases.items():
         res = CliRunner().invoke(app, ["critic", "train", "--config", str(config), "--nproc", "2", override])
