@@ -20,22 +20,26 @@ from pathlib import Path
 
 
 def run(
-    algorithm: str, overlap: bool, args: argparse.Namespace, policy_dir: Path, prompts: Path, url: str
-) -> dict:
+    algorithm: str, args: argparse.Namespace, policy_dir: Path, prompts: Path, url: str
+) -> dict[bool, list[dict]]:
+    """One trainer; after a warm-up step, `args.steps` pairs of steps, one synchronous and one asynchronous in
+    alternating order, so both modes are measured side by side under the same machine load."""
     import torch
 
     from firm.rl.config import config_from_dict
     from firm.rl.trainer import Trainer
 
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as out:
+    keys = ("time/step", "time/rollout", "time/reward_wait", "time/update", "reward/parse_failure_rate")
+    out: dict[bool, list[dict]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory() as tmp:
         cfg = config_from_dict(
             {
                 "name": "bench",
                 "task": "gen",
                 "algorithm": algorithm,
-                "output_uri": out,
-                "steps": args.steps + 1,
+                "output_uri": tmp,
+                "steps": 2 * args.steps + 1,
                 "device": "cpu",
                 "policy": {
                     "kind": "sd3",
@@ -51,22 +55,27 @@ def run(
                 },
                 "nft": {"timestep_fraction": args.train_fraction},
                 "grpo": {"timestep_fraction": args.train_fraction, "guidance_scale": args.guidance},
-                "reward": {"kind": "triton", "url": url, "async_overlap": overlap, "quality": False},
+                "reward": {"kind": "triton", "url": url, "async_overlap": True, "quality": False},
                 "data": {"prompts": str(prompts)},
                 "checkpoint": {"every_steps": 10_000},
                 "monitor": {"tensorboard": False},
             }
         )
         trainer = Trainer(cfg)
-        results = trainer.train(progress=False)[1:]  # the first step warms up both sides
+        trainer.train_step()  # warm-up
+        for pair in range(args.steps):
+            for overlap in (False, True) if pair % 2 == 0 else (True, False):
+                trainer.cfg.reward.async_overlap = overlap
+                metrics = trainer.train_step().metrics
+                out[overlap].append({k: metrics[k] for k in keys})
+        trainer.metrics.close()
         trainer.reward.close()  # type: ignore[attr-defined]
-    keys = ("time/step", "time/rollout", "time/reward_wait", "time/update", "reward/parse_failure_rate")
-    return {k: statistics.median(r.metrics[k] for r in results) for k in keys}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=6, help="pairs of (sync, async) steps per run")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--num-steps", type=int, default=4)
@@ -85,7 +94,9 @@ def main() -> None:
     ap.add_argument(
         "--new-tokens", type=int, default=40, help="the tiny critic needs ~40 to finish an answer"
     )
-    ap.add_argument("--repeats", type=int, default=2, help="sync/async runs alternate; medians over all")
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="trainers per algorithm; medians over all their steps"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -118,8 +129,8 @@ def main() -> None:
         for algorithm in ("nft", "grpo"):
             runs: dict[bool, list[dict]] = {False: [], True: []}
             for _ in range(args.repeats):
-                for overlap in (False, True):
-                    runs[overlap].append(run(algorithm, overlap, args, policy_dir, prompts, srv.grpc_url))
+                for overlap, steps in run(algorithm, args, policy_dir, prompts, srv.grpc_url).items():
+                    runs[overlap] += steps
             sync, asyn = (
                 {k: statistics.median(r[k] for r in runs[o]) for k in runs[o][0]} for o in (False, True)
             )
@@ -129,7 +140,8 @@ def main() -> None:
         f"{args.group} per step, tiny critic (instruction axis, ≤{args.new_tokens} new tokens, 1 thread) behind "
         f"tritonserver on 127.0.0.1, trainer on 1 thread; one accumulated update per step, global-std advantages, "
         f"NFT dpm2 rollouts, {args.train_fraction:g} of the timesteps trained, GRPO CFG {args.guidance:g}; medians "
-        f"of {args.steps} steps after one warm-up × {args.repeats} alternating runs; seconds. Shared 2-core CPU "
+        f"over {args.repeats} runs × {args.steps} pairs of steps after a warm-up, each pair one sync and one async "
+        "step in alternating order (side by side under the same load); seconds. Shared 2-core CPU "
         "machine (other jobs running): expect noise.",
         "",
         "| algorithm | rewards | step | rollout | reward wait | update | parse failures | async / sync: step | "
