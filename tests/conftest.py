@@ -18,4 +18,4 @@ if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.models"]
+pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.models", "tests.fixtures.home"]

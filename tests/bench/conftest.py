@@ -9,16 +9,8 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _firm_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    from firm.config import get_settings
-
-    home = tmp_path_factory.mktemp("firm_home")
-    monkeypatch.setenv("FIRM_HOME", str(home))
-    monkeypatch.delenv("FIRM_STORE_URI", raising=False)
-    get_settings(fresh=True)
-    yield home
-    monkeypatch.undo()
-    get_settings(fresh=True)
+def _firm_home(firm_home: Path) -> Path:
+    return firm_home
 
 
 @pytest.fixture(autouse=True, scope="module")

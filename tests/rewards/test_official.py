@@ -35,19 +35,6 @@ def _module(rel: str) -> ModuleType:
     return mod
 
 
-@pytest.fixture
-def firm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    from firm.config import get_settings
-
-    home = tmp_path / "home"
-    monkeypatch.setenv("FIRM_HOME", str(home))
-    monkeypatch.delenv("FIRM_CONFIG", raising=False)
-    get_settings(fresh=True)
-    yield home
-    monkeypatch.undo()
-    get_settings(fresh=True)
-
-
 def test_rendered_text_equals_the_official_formatting() -> None:
     pack = import_official(str(FIXTURE))
     edit, gen = _module(EDIT_FILE), _module(GEN_FILE)

@@ -115,19 +115,6 @@ def test_unknown_rubric_and_pack_list_what_exists() -> None:
 # ----------------------------------------------------------------------------------------------- pack files
 
 
-@pytest.fixture
-def firm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from firm.config import get_settings
-
-    home = tmp_path / "home"
-    monkeypatch.setenv("FIRM_HOME", str(home))
-    monkeypatch.delenv("FIRM_CONFIG", raising=False)
-    get_settings(fresh=True)
-    yield home
-    monkeypatch.undo()
-    get_settings(fresh=True)
-
-
 def _data() -> dict:
     return yaml.safe_load(dump_pack(load_pack()))
 
