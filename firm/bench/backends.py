@@ -6,10 +6,11 @@ the report). Implementations:
 
 - `LocalCriticBackend` — the in-process `firm.critic.Critic` (HF id, local path, or `file://`/`s3://` URI).
 - `OpenAICompatibleBackend` — an OpenAI-compatible `/v1/chat/completions` endpoint (vLLM, SGLang, a commercial API)
-  over httpx: the same rubric prompt as the local critic (`firm.critic.messages.build_messages`, the pack's layout,
+  through FIRM's one chat client (`firm.llm.openai_client.OpenAIChatClient`, shared with the curation teachers):
+  the same rubric prompt as the local critic (`firm.critic.messages.build_messages`, the pack's layout,
   codec and per-rubric answer budget), images sent as base64 PNG data URLs (after the pack's codec), bounded
-  concurrency, retries with exponential backoff on connection errors, 408/409/429 and
-  5xx; the answer is parsed with `firm.rewards.parsing.parse_answer`, so failures are `unparseable`, never a 0.
+  concurrency, retries with exponential backoff and jitter on connection errors,
+  408/409/429 and 5xx; the answer is parsed with `firm.rewards.parsing.parse_answer`, so failures are `unparseable`, never a 0.
   Configuration: base URL, model and key as arguments or from `FIRM_OPENAI_BASE_URL`, `FIRM_OPENAI_MODEL`,
   `FIRM_OPENAI_API_KEY` (the key is only ever read from the environment or passed in; it is never logged).
 - `RandomBackend` — a seeded uniform-random critic: the chance-level baseline a trained critic must beat.
@@ -28,20 +29,22 @@ the report). Implementations:
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
-import io
-import os
 import random
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from firm.bench.loaders import Bench
 from firm.bench.records import BenchItem
-from firm.errors import ConfigError, FirmError, InputError
+from firm.errors import FirmError, InputError
+from firm.llm.openai_client import (  # noqa: F401  (image_data_url, RETRY_STATUS: re-exported)
+    RETRY_STATUS,
+    ChatResult,
+    OpenAIChatClient,
+    image_data_url,
+    to_wire,
+)
 from firm.schemas import Judgement, Readout
-
-RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
 @runtime_checkable
@@ -138,16 +141,7 @@ class LocalCriticBackend:
 
 
 # ----------------------------------------------------------------------------------------------- OpenAI-compatible
-def image_data_url(img: Any) -> str:
-    """A PIL image as a `data:image/png;base64,...` URL (lossless, as OpenAI-compatible servers accept)."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def openai_messages(
-    item: BenchItem, bench: Bench, pack: Any = None
-) -> tuple[list[dict[str, Any]], str, int]:
+def openai_messages(item: BenchItem, bench: Bench, pack: Any = None) -> tuple[list[dict[str, Any]], str, int]:
     """The chat messages for one item (the pack's student rubric and layout, its image codec applied), the
     rubric's answer format and its answer budget."""
     from firm.critic.messages import build_messages, encode_images
@@ -155,20 +149,11 @@ def openai_messages(
 
     rubric = load_pack(pack).get(item.task, item.axis, "student")
     msgs = build_messages(rubric, encode_images(rubric, bench.open_images(item)), **_fields(item))
-    wire: list[dict[str, Any]] = []
-    for m in msgs:
-        content = []
-        for part in m["content"]:
-            if part["type"] == "image":
-                content.append({"type": "image_url", "image_url": {"url": image_data_url(part["image"])}})
-            else:
-                content.append({"type": "text", "text": part["text"]})
-        wire.append({"role": m["role"], "content": content})
-    return wire, rubric.answer_format, rubric.generation.max_new_tokens
+    return to_wire(msgs), rubric.answer_format, rubric.generation.max_new_tokens
 
 
 class OpenAICompatibleBackend:
-    """A critic behind an OpenAI-compatible chat-completions endpoint."""
+    """A critic behind an OpenAI-compatible chat-completions endpoint (HTTP through `firm.llm.OpenAIChatClient`)."""
 
     def __init__(
         self,
@@ -187,94 +172,35 @@ class OpenAICompatibleBackend:
         """`max_tokens`: answer budget for every item (None: the rubric pack's per (task, axis))."""
         from firm.rewards.packs import load_pack
 
-        base = base_url or os.environ.get("FIRM_OPENAI_BASE_URL")
-        if not base:
-            raise ConfigError("OpenAI-compatible critic: no base URL (pass one or set FIRM_OPENAI_BASE_URL)")
-        self.base_url = base.rstrip("/")
-        if not self.base_url.endswith("/v1"):
-            self.base_url += "/v1"
-        self.model = model or os.environ.get("FIRM_OPENAI_MODEL")
-        if not self.model:
-            raise ConfigError(
-                "OpenAI-compatible critic: no model name (pass --model or set FIRM_OPENAI_MODEL)"
-            )
-        self._api_key = api_key if api_key is not None else os.environ.get("FIRM_OPENAI_API_KEY")
-        if concurrency < 1 or max_retries < 0:
-            raise ConfigError("OpenAI-compatible critic: concurrency must be >= 1 and max_retries >= 0")
-        self.concurrency, self.max_retries, self.backoff_s = concurrency, max_retries, backoff_s
-        self.timeout_s, self.max_tokens, self.temperature = timeout_s, max_tokens, temperature
+        self.client = OpenAIChatClient(
+            base_url, model, api_key=api_key, concurrency=concurrency, max_retries=max_retries,
+            backoff_s=backoff_s, timeout_s=timeout_s, temperature=temperature, label="critic",
+        )  # fmt: skip
+        self.base_url, self.model = self.client.base_url, self.client.model
+        self.max_tokens = max_tokens
         self.name = f"{self.model} @ {self.base_url}"
         self.pack = load_pack(rubrics)
         self.rubrics = self.pack.ref
-        self.requests_sent = 0  # including retries (for tests and monitoring)
+
+    @property
+    def requests_sent(self) -> int:
+        """Requests sent, including retries (for tests and monitoring)."""
+        return self.client.requests_sent
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAICompatibleBackend(base_url={self.base_url!r}, model={self.model!r})"
 
-    def _headers(self) -> dict[str, str]:
-        h = {"Content-Type": "application/json"}
-        if self._api_key:
-            h["Authorization"] = f"Bearer {self._api_key}"
-        return h
-
-    async def _complete(
-        self, client: Any, sem: asyncio.Semaphore, messages: list[dict[str, Any]], max_tokens: int
-    ) -> tuple[str, bool]:
-        """(answer text, whether the endpoint stopped it at max_tokens: finish_reason "length")."""
-        import httpx
-
-        payload = {
-            "model": self.model,
-            "messages": messages,
-            "max_tokens": self.max_tokens or max_tokens,
-            "temperature": self.temperature,
-        }
-        url = f"{self.base_url}/chat/completions"
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-            async with sem:
-                self.requests_sent += 1
-                try:
-                    resp = await client.post(url, json=payload, headers=self._headers())
-                except (httpx.TransportError, httpx.TimeoutException) as exc:
-                    last = f"{type(exc).__name__}: {exc}"
-                    continue
-            if resp.status_code in RETRY_STATUS:
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                continue
-            if resp.status_code != 200:
-                raise FirmError(f"critic endpoint {url}: HTTP {resp.status_code}: {resp.text[:300]}")
-            try:
-                choice = resp.json()["choices"][0]
-                content = choice["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise FirmError(
-                    f"critic endpoint {url}: not a chat-completions response: {resp.text[:300]}"
-                ) from None
-            if isinstance(content, list):  # some servers return content parts
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return str(content or ""), choice.get("finish_reason") == "length"
-        # nothing answered at all (not an HTTP error status): most likely nothing is listening there
-        hint = "" if last.startswith("HTTP") else f"; is the critic service running at {self.base_url}?"
-        raise FirmError(
-            f"critic endpoint {url}: gave up after {self.max_retries + 1} attempts ({last}){hint}"
-        )
-
     async def ajudge(self, items: Sequence[BenchItem], bench: Bench) -> list[Judgement]:
-        import httpx
-
         from firm.rewards.parsing import parse_answer
 
         prepared = [openai_messages(it, bench, self.pack) for it in items]
-        sem = asyncio.Semaphore(self.concurrency)
-        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-            answers = await asyncio.gather(*(self._complete(client, sem, m, budget) for m, _, budget in prepared))
+        jobs = [(m, self.max_tokens or budget) for m, _, budget in prepared]
+        answers = await self.client.amap(jobs)
         out = []
-        for it, (_, fmt, _), (text, cut) in zip(items, prepared, answers, strict=True):
-            res = parse_answer(fmt, text)
-            status = "truncated" if cut and not res.ok else res.status
+        for it, (_, fmt, _), ans in zip(items, prepared, answers, strict=True):
+            assert isinstance(ans, ChatResult)  # amap raises failures (return_errors=False)
+            res = parse_answer(fmt, ans.text)
+            status = "truncated" if ans.truncated and not res.ok else res.status
             out.append(
                 Judgement(
                     task=it.task,
@@ -282,7 +208,7 @@ class OpenAICompatibleBackend:
                     status=status,
                     score=res.score if res.ok else None,
                     reasoning=res.reasoning,
-                    raw_text=text,
+                    raw_text=ans.text,
                     parsed_from=res.parsed_from,
                     sample_id=it.id,
                 )
@@ -426,5 +352,10 @@ def make_backend(
             )
         return TritonBackend(eps)
     return LocalCriticBackend(
-        s, readout=readout, batch_size=batch_size, device=device, max_new_tokens=max_new_tokens, rubrics=rubrics
+        s,
+        readout=readout,
+        batch_size=batch_size,
+        device=device,
+        max_new_tokens=max_new_tokens,
+        rubrics=rubrics,
     )

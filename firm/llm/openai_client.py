@@ -1,0 +1,306 @@
+"""The one OpenAI-compatible `/v1/chat/completions` client of FIRM (vLLM, SGLang, a commercial API).
+
+Used by the FIRM-Bench endpoint backend (`firm.bench.backends.OpenAICompatibleBackend`) and the curation teachers
+(`firm.curation.teachers.HTTPTeacher`). What it does:
+
+- configuration: base URL, model and key as arguments or from `FIRM_OPENAI_BASE_URL`, `FIRM_OPENAI_MODEL`,
+  `FIRM_OPENAI_API_KEY` (the key is read from the environment or passed in; it is never logged or shown in `repr`);
+  `/v1` is appended to the base URL when missing;
+- bounded concurrency (a semaphore per batch of calls), an optional rate limit (requests started per second),
+  per-request timeouts;
+- retries on connection errors, timeouts and HTTP 408/409/429/5xx with exponential backoff and jitter
+  (`backoff_s · 2^(attempt-1)`, each delay scaled by a random factor in `[1 - jitter, 1]`); other HTTP errors
+  (401, 404, ...) are not retried and are `fatal`: they mean the configuration is wrong, not the request;
+- token accounting from the response's `usage` (prompt and completion tokens) and the time of each call;
+- `finish_reason == "length"` is reported, so callers can tell a truncated answer from a bad one.
+
+Images travel as `data:image/png;base64,...` URLs (`image_data_url`); `to_wire(messages)` turns FIRM's chat
+messages (`firm.critic.messages.build_messages`: `{"type": "image", "image": PIL}` parts) into the wire format.
+A failed call raises `ChatCallError` with a short `reason` (`timeout`, `connection`, `http_429`, `http_5xx`,
+`http_<code>`, `bad_response`) that callers count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from firm.errors import ConfigError, FirmError
+
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+Messages = list[dict[str, Any]]
+
+
+class ChatResult(BaseModel):
+    """One answered chat completion."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    attempts: int = 1
+
+    @property
+    def truncated(self) -> bool:
+        """The endpoint stopped the answer at max_tokens."""
+        return self.finish_reason == "length"
+
+
+class ChatCallError(FirmError):
+    """A call that produced no answer: `reason` is a short countable label, `fatal` says retrying cannot help."""
+
+    def __init__(self, message: str, reason: str, *, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.fatal = fatal
+
+
+def image_data_url(img: Any) -> str:
+    """A PIL image as a `data:image/png;base64,...` URL (lossless, as OpenAI-compatible servers accept)."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def to_wire(messages: Messages) -> Messages:
+    """FIRM chat messages (image parts hold PIL images) → OpenAI chat messages (image parts are data URLs)."""
+    wire: Messages = []
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, str):
+            wire.append({"role": m["role"], "content": content})
+            continue
+        parts = []
+        for part in content:
+            if part["type"] == "image":
+                parts.append({"type": "image_url", "image_url": {"url": image_data_url(part["image"])}})
+            else:
+                parts.append({"type": "text", "text": part["text"]})
+        wire.append({"role": m["role"], "content": parts})
+    return wire
+
+
+def normalize_base_url(base: str) -> str:
+    url = base.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+class _RateLimiter:
+    """Spaces request starts at least `1/rps` seconds apart (shared by the calls of one batch)."""
+
+    def __init__(self, rps: float) -> None:
+        self.interval = 1.0 / rps
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class OpenAIChatClient:
+    """An OpenAI-compatible chat-completions endpoint (see the module docstring)."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+        jitter: float = 0.5,
+        timeout_s: float = 120.0,
+        rate_limit_rps: float | None = None,
+        temperature: float = 0.0,
+        label: str = "critic",
+    ) -> None:
+        """`label` names the endpoint in errors ("critic endpoint URL: ...", "teacher endpoint URL: ...")."""
+        self.label = label
+        base = base_url or os.environ.get("FIRM_OPENAI_BASE_URL")
+        if not base:
+            raise ConfigError(
+                f"OpenAI-compatible {label}: no base URL (pass one or set FIRM_OPENAI_BASE_URL)"
+            )
+        if not base.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"OpenAI-compatible {label}: base URL {base!r} must start with http:// or https://"
+            )
+        self.base_url = normalize_base_url(base)
+        self.model = model or os.environ.get("FIRM_OPENAI_MODEL") or ""
+        if not self.model:
+            raise ConfigError(
+                f"OpenAI-compatible {label}: no model name (pass --model or set FIRM_OPENAI_MODEL)"
+            )
+        self._api_key = api_key if api_key is not None else os.environ.get("FIRM_OPENAI_API_KEY")
+        if concurrency < 1 or max_retries < 0:
+            raise ConfigError(f"OpenAI-compatible {label}: concurrency must be >= 1 and max_retries >= 0")
+        if not 0 <= jitter <= 1 or backoff_s < 0 or timeout_s <= 0:
+            raise ConfigError(
+                f"OpenAI-compatible {label}: jitter must be in [0, 1], backoff_s >= 0 and timeout_s > 0"
+            )
+        if rate_limit_rps is not None and rate_limit_rps <= 0:
+            raise ConfigError(f"OpenAI-compatible {label}: rate_limit_rps must be > 0")
+        self.concurrency, self.max_retries, self.backoff_s = concurrency, max_retries, backoff_s
+        self.jitter, self.timeout_s, self.rate_limit_rps = jitter, timeout_s, rate_limit_rps
+        self.temperature = temperature
+        self._rng = random.Random()
+        # accounting (including retries); plain counters: all calls run on one event loop
+        self.requests_sent = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAIChatClient(base_url={self.base_url!r}, model={self.model!r})"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/chat/completions"
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json"}
+        if self._api_key:
+            h["Authorization"] = f"Bearer {self._api_key}"
+        return h
+
+    def _delay(self, attempt: int) -> float:
+        base = self.backoff_s * 2 ** (attempt - 1)
+        return base * (1 - self.jitter * self._rng.random())
+
+    async def acomplete(
+        self,
+        http: Any,
+        sem: asyncio.Semaphore,
+        messages: Messages,
+        max_tokens: int,
+        limiter: _RateLimiter | None = None,
+    ) -> ChatResult:
+        """One completion of wire-format `messages` (see `to_wire`) through the shared `http` client."""
+        import httpx
+
+        payload = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": self.temperature,
+        }
+        url = self.url
+        last, reason = "", "connection"
+        t0 = time.monotonic()
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                await asyncio.sleep(self._delay(attempt))
+            async with sem:
+                if limiter is not None:
+                    await limiter.wait()
+                self.requests_sent += 1
+                try:
+                    resp = await http.post(url, json=payload, headers=self._headers())
+                except httpx.TimeoutException as exc:
+                    last, reason = f"{type(exc).__name__}: {exc}", "timeout"
+                    continue
+                except httpx.TransportError as exc:
+                    last, reason = f"{type(exc).__name__}: {exc}", "connection"
+                    continue
+            if resp.status_code in RETRY_STATUS:
+                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                reason = "http_5xx" if resp.status_code >= 500 else f"http_{resp.status_code}"
+                continue
+            if resp.status_code != 200:
+                raise ChatCallError(
+                    f"{self.label} endpoint {url}: HTTP {resp.status_code}: {resp.text[:300]}",
+                    f"http_{resp.status_code}",
+                    fatal=True,
+                )
+            return self._result(resp, url, time.monotonic() - t0, attempt + 1)
+        # nothing answered at all (not an HTTP error status): most likely nothing is listening there
+        hint = "" if last.startswith("HTTP") else f"; is the {self.label} service running at {self.base_url}?"
+        raise ChatCallError(
+            f"{self.label} endpoint {url}: gave up after {self.max_retries + 1} attempts ({last}){hint}",
+            reason,
+        )
+
+    def _result(self, resp: Any, url: str, seconds: float, attempts: int) -> ChatResult:
+        try:
+            body = resp.json()
+            choice = body["choices"][0]
+            content = choice["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ChatCallError(
+                f"{self.label} endpoint {url}: not a chat-completions response: {resp.text[:300]}",
+                "bad_response",
+            ) from None
+        if isinstance(content, list):  # some servers return content parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        usage = body.get("usage") or {}
+        pt, ct = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        self.prompt_tokens += pt
+        self.completion_tokens += ct
+        return ChatResult(
+            text=str(content or ""),
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=pt,
+            completion_tokens=ct,
+            seconds=seconds,
+            attempts=attempts,
+        )
+
+    async def amap(
+        self, jobs: Sequence[tuple[Messages, int]], *, return_errors: bool = False
+    ) -> list[ChatResult | ChatCallError]:
+        """Complete every (wire messages, max_tokens) job, at most `concurrency` at a time, in order.
+
+        `return_errors=False` raises the first failure; True puts each `ChatCallError` in its job's place (a fatal
+        one — a wrong key, an unknown model — is still raised)."""
+        import httpx
+
+        sem = asyncio.Semaphore(self.concurrency)
+        limiter = _RateLimiter(self.rate_limit_rps) if self.rate_limit_rps else None
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as http:
+            results = await asyncio.gather(
+                *(self.acomplete(http, sem, m, n, limiter) for m, n in jobs), return_exceptions=True
+            )
+        out: list[ChatResult | ChatCallError] = []
+        for r in results:
+            if isinstance(r, ChatCallError):
+                if r.fatal or not return_errors:
+                    raise r
+                out.append(r)
+            elif isinstance(r, BaseException):
+                raise r
+            else:
+                out.append(r)
+        return out
+
+    def map(
+        self, jobs: Sequence[tuple[Messages, int]], *, return_errors: bool = False
+    ) -> list[ChatResult | ChatCallError]:
+        """`amap` from synchronous code."""
+        return asyncio.run(self.amap(jobs, return_errors=return_errors))
+
+    def check_reachable(self, timeout_s: float = 10.0) -> None:
+        """Fail fast, in one line naming the URL, when nothing answers at the base URL (`GET /v1/models`; any HTTP
+        answer counts as reachable: some endpoints do not serve the model list)."""
+        import httpx
+
+        try:
+            httpx.get(f"{self.base_url}/models", headers=self._headers(), timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise FirmError(
+                f"{self.label} endpoint {self.base_url} is unreachable ({type(exc).__name__}: {exc})"
+            ) from None
