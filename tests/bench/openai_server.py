@@ -2,8 +2,13 @@
 
 It behaves like a vLLM endpoint serving the critic: it knows nothing about FIRM rubrics; it decodes the
 `image_url` data URLs of the chat messages, applies the model's chat template, generates greedily (`max_tokens`)
-and returns the text. It listens on 127.0.0.1 only, checks the bearer key, counts requests and concurrent requests,
-and can answer the first `fail_first` requests with 503 to exercise client retries.
+and returns the text with a `usage` block. It listens on 127.0.0.1 only, checks the bearer key, counts requests and
+concurrent requests, answers `GET /v1/models`, and can answer the first `fail_first` requests with `fail_status`
+(503 by default; 429 for rate limiting) to exercise client retries.
+
+For deterministic teacher tests it can run without a model: `script(body) -> text | (status, message) | None`
+answers from the request itself (None: the model answers), and `latency_s` is a fixed artificial latency per
+request (default 0.02 s, which also lets concurrent requests overlap so a concurrency limit is observable).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,25 +28,36 @@ from PIL import Image
 
 class ChatServer:
     def __init__(
-        self, critic: Any, *, model_name: str = "firm-tiny-critic", api_key: str | None = None
+        self,
+        critic: Any,
+        *,
+        model_name: str = "firm-tiny-critic",
+        api_key: str | None = None,
+        script: Callable[[dict[str, Any]], str | tuple[int, str] | None] | None = None,
+        latency_s: float = 0.02,
     ) -> None:
         self.critic = critic
         self.model_name = model_name
         self.api_key = api_key
+        self.script = script
+        self.latency_s = latency_s
         self.fail_first = 0
+        self.fail_status = 503
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
 
-    def reset(self, fail_first: int = 0) -> None:
+    def reset(self, fail_first: int = 0, fail_status: int = 503) -> None:
         with self._lock:
             self.fail_first, self.requests, self.max_in_flight = fail_first, 0, 0
+            self.fail_status = fail_status
 
     # ---------------------------------------------------------------------------------------------- the model
-    def complete(self, body: dict[str, Any]) -> tuple[str, str]:
-        """(answer, finish_reason): "length" when the answer used all of max_tokens, as vLLM reports it."""
+    def complete(self, body: dict[str, Any]) -> tuple[str, str, int, int]:
+        """(answer, finish_reason, prompt tokens, completion tokens): finish_reason is "length" when the answer
+        used all of max_tokens, as vLLM reports it."""
         from firm.critic.images import fit_pixels
         from firm.critic.messages import render_prompt
 
@@ -66,9 +82,10 @@ class ChatServer:
         prompt = render_prompt(critic.processor, messages)
         budget = int(body.get("max_tokens") or critic.max_new_tokens or 256)
         with self._model_lock:
-            (text,) = critic.generate_texts([prompt], images, max_new_tokens=budget)
+            (text,) = critic.generate_texts([prompt], images or None, max_new_tokens=budget)
         used = len(critic.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return text, "length" if used >= budget else "stop"
+        n_prompt = len(critic.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return text, "length" if used >= budget else "stop", n_prompt, used
 
     # ----------------------------------------------------------------------------------------------- the HTTP
     def handler(self) -> type[BaseHTTPRequestHandler]:
@@ -86,6 +103,11 @@ class ChatServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_GET(self) -> None:
+                if self.path != "/v1/models":
+                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                self._send(200, {"object": "list", "data": [{"id": server.model_name, "object": "model"}]})
+
             def do_POST(self) -> None:
                 with server._lock:
                     server.requests += 1
@@ -96,18 +118,32 @@ class ChatServer:
                         server.fail_first -= 1
                 try:
                     body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                    time.sleep(0.02)  # let concurrent requests overlap so the limit is observable
+                    time.sleep(server.latency_s)  # also lets concurrent requests overlap (limits observable)
                     if self.path != "/v1/chat/completions":
                         return self._send(404, {"error": {"message": f"no route {self.path}"}})
                     if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
                         return self._send(401, {"error": {"message": "invalid api key"}})
                     if fail:
-                        return self._send(503, {"error": {"message": "overloaded, retry"}})
+                        return self._send(server.fail_status, {"error": {"message": "overloaded, retry"}})
                     if body.get("model") != server.model_name:
                         return self._send(
                             404, {"error": {"message": f"model {body.get('model')} not served"}}
                         )
-                    text, finish = server.complete(body)
+                    scripted = server.script(body) if server.script is not None else None
+                    if isinstance(scripted, tuple):
+                        return self._send(scripted[0], {"error": {"message": scripted[1]}})
+                    if scripted is not None:
+                        budget = int(body.get("max_tokens") or 256)
+                        words = scripted.split()
+                        cut = len(words) > budget  # a word stands for a token
+                        text = " ".join(words[:budget]) if cut else scripted
+                        finish, n_prompt, used = (
+                            ("length" if cut else "stop"),
+                            len(json.dumps(body)) // 4,
+                            len(words),
+                        )
+                    else:
+                        text, finish, n_prompt, used = server.complete(body)
                     self._send(
                         200,
                         {
@@ -121,6 +157,11 @@ class ChatServer:
                                     "finish_reason": finish,
                                 }
                             ],
+                            "usage": {
+                                "prompt_tokens": n_prompt,
+                                "completion_tokens": used,
+                                "total_tokens": n_prompt + used,
+                            },
                         },
                     )
                 finally:

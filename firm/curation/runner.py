@@ -1,0 +1,375 @@
+"""The machinery both curation pipelines share (`firm.curation.edit`, `firm.curation.gen`).
+
+A run reads the manifest in chunks (`chunk_size` items), drops what cannot be used before paying a teacher
+(malformed lines, missing or unreadable images, empty instructions, near-duplicates), hands the rest to the
+pipeline's `process` function (the teacher stages) and appends one `ItemRecord` per item to a journal
+(`<work_dir>/items.jsonl`, flushed per chunk). Items already in the journal are skipped on a rerun (resume); the
+teacher-call cache (`firm.curation.teachers.CachedTeacher`) makes a rerun after a crash pay for nothing twice.
+
+Finishing: the journal's samples are balanced per axis (`selection.balance`), split train/val by item-id hash,
+written as a critic SFT dataset (`firm.curation.dataset`) with `stats.json` and `histogram.png`, and published with
+`firm.storage.publish_dir` (files first, MANIFEST.json last): nothing half-written becomes visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from firm.curation.inputs import Kind, LoadedImage, ManifestItem, dedupe_key, load_item_image, read_manifest
+from firm.curation.leaks import LeakPolicy
+from firm.errors import InputError
+
+STATS_FILE = "stats.json"
+HISTOGRAM_FILE = "histogram.png"
+
+
+class CurationConfig(BaseModel):
+    """What both pipelines take. Every field is checked at the boundary (a bad one fails naming the field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(min_length=1, description="JSONL manifest: a local path or file:// / s3:// URI")
+    out: str = Field(min_length=1, description="where the dataset is published: a local dir or a URI")
+    name: str = Field(default="curated", min_length=1, description="the dataset's name (dataset.json)")
+    rubrics: str | None = Field(default=None, description="rubric pack for stage 2 (None: firm-v1)")
+    val_fraction: float = Field(default=0.01, ge=0.0, lt=1.0, description="held-out share, by item-id hash")
+    leak_policy: LeakPolicy = Field(default="clean", description="rationales that mention the report/plan")
+    balance: dict[str, str | dict[int, float]] = Field(
+        default_factory=dict, description="axis -> target score distribution (preset name or score:weight)"
+    )
+    cache: str | None = Field(
+        default=None, description="teacher-call cache URI (None: <datasets>/teacher-cache; 'off': none)"
+    )
+    work_dir: str | None = Field(
+        default=None, description="journal dir (None: $FIRM_HOME/curation/<run hash>)"
+    )
+    resume: bool = Field(default=True, description="skip items already in the journal")
+    chunk_size: int = Field(default=32, ge=1, le=100_000)
+    limit: int | None = Field(default=None, ge=1, description="only the first N manifest items")
+    seed: int = 0
+    progress: bool = True
+
+
+class Sample(BaseModel):
+    """One (item, axis) training sample as the journal keeps it."""
+
+    id: str
+    axis: str
+    score: int
+    target: str
+    text: str = Field(description="the instruction (edit) or prompt (gen) the student sees")
+    rewritten: bool = False
+
+
+class ItemRecord(BaseModel):
+    """What happened to one manifest item."""
+
+    id: str
+    dropped: str | None = None
+    images: list[str] = Field(default_factory=list, description="image references (re-read when writing)")
+    image_names: list[str] = Field(default_factory=list)
+    dedupe: str | None = None
+    samples: list[Sample] = Field(default_factory=list)
+    drops: dict[str, str] = Field(default_factory=dict, description="axis -> why its sample was dropped")
+    notes: list[str] = Field(default_factory=list, description="leak_cleaned, leak_kept, rewritten, ...")
+    teacher: dict[str, float] = Field(default_factory=dict, description="calls, cache_hits, tokens, seconds")
+
+
+class Prepared(BaseModel):
+    """An item that passed the input checks: its images are loaded."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    item: ManifestItem
+    images: list[LoadedImage]
+    dedupe: str
+
+
+class CurationResult(BaseModel):
+    uri: str
+    stats: dict[str, Any]
+
+
+def add_usage(rec: ItemRecord, ans: Any) -> None:
+    """Account one teacher answer to its item."""
+    t = rec.teacher
+    t["calls"] = t.get("calls", 0) + 1
+    t["cache_hits"] = t.get("cache_hits", 0) + int(ans.cached)
+    t["prompt_tokens"] = t.get("prompt_tokens", 0) + ans.prompt_tokens
+    t["completion_tokens"] = t.get("completion_tokens", 0) + ans.completion_tokens
+    t["seconds"] = round(t.get("seconds", 0.0) + ans.seconds, 6)
+
+
+def run_fingerprint(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def work_dir_for(cfg: CurationConfig, fingerprint: str) -> Path:
+    if cfg.work_dir:
+        return Path(cfg.work_dir)
+    from firm.config import get_settings
+
+    return get_settings().home / "curation" / fingerprint
+
+
+def default_cache(cfg: CurationConfig) -> str | None:
+    if cfg.cache == "off":
+        return None
+    if cfg.cache:
+        return cfg.cache
+    from firm.config import get_settings
+
+    return f"{get_settings().bucket_uris()['datasets']}/teacher-cache"
+
+
+class Journal:
+    """Append-only JSONL of `ItemRecord`s; a torn last line (a crash mid-write) is ignored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> dict[str, ItemRecord]:
+        done: dict[str, ItemRecord] = {}
+        if not self.path.is_file():
+            return done
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = ItemRecord.model_validate_json(line)
+            except ValueError:
+                continue
+            done[rec.id] = rec
+        return done
+
+    def append(self, records: list[ItemRecord]) -> None:
+        if not records:
+            return
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write("".join(r.model_dump_json() + "\n" for r in records))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _prepare(item: ManifestItem, seen: set[str]) -> Prepared | ItemRecord:
+    if item.problem:
+        return ItemRecord(id=item.id, dropped=item.problem, images=list(item.images))
+    loaded: list[LoadedImage] = []
+    for ref in item.images:
+        try:
+            loaded.append(load_item_image(ref))
+        except InputError as exc:
+            return ItemRecord(id=item.id, dropped=str(exc).split(":", 1)[0], images=list(item.images))
+    key = dedupe_key([im.sha256 for im in loaded], item.text)
+    if key in seen:
+        return ItemRecord(id=item.id, dropped="duplicate", images=list(item.images), dedupe=key)
+    seen.add(key)
+    return Prepared(item=item, images=loaded, dedupe=key)
+
+
+def image_names(p: Prepared) -> list[str]:
+    return [f"{im.sha256[:24]}{im.ext}" for im in p.images]
+
+
+def run_curation(
+    cfg: CurationConfig,
+    kind: Kind,
+    process: Callable[[list[Prepared]], list[ItemRecord]],
+    *,
+    fingerprint: dict[str, Any],
+    axes: tuple[str, ...],
+    meta: dict[str, Any],
+    teachers: list[Any],
+) -> CurationResult:
+    """Drive a curation run (see the module docstring); `process` turns prepared items into records."""
+    from firm.progress import Progress
+
+    fp = run_fingerprint(fingerprint)
+    journal = Journal(work_dir_for(cfg, fp) / "items.jsonl")
+    done = journal.load() if cfg.resume else {}
+    if not cfg.resume and journal.path.exists():
+        journal.path.unlink()
+    seen = {r.dedupe for r in done.values() if r.dedupe and r.dropped != "duplicate"}
+    order: list[str] = []
+    ids: set[str] = set()
+    t0 = time.monotonic()
+    resumed = 0
+    new: dict[str, ItemRecord] = {}
+    with Progress(f"curate {kind} {cfg.name}", total=cfg.limit, unit="item", enabled=cfg.progress) as bar:
+        chunk: list[Prepared] = []
+        pending: list[ItemRecord] = []
+
+        def flush() -> None:
+            records = pending + (process(chunk) if chunk else [])
+            journal.append(records)
+            for r in records:
+                new[r.id] = r
+            n = len(records)
+            chunk.clear()
+            pending.clear()
+            rate = len(new) / max(time.monotonic() - t0, 1e-9)
+            bar.advance(n, info=f"{rate:.3g} item/s")
+
+        for item in read_manifest(cfg.input, kind):
+            if cfg.limit is not None and len(order) >= cfg.limit:
+                break
+            if item.id in ids:  # a repeated id in the manifest: the later line gets its own
+                item = item.model_copy(update={"id": f"{item.id}#L{item.line}"})
+            order.append(item.id)
+            ids.add(item.id)
+            if item.id in done:
+                resumed += 1
+                bar.advance(1)
+                continue
+            prep = _prepare(item, seen)
+            if isinstance(prep, ItemRecord):
+                pending.append(prep)
+            else:
+                chunk.append(prep)
+            if len(chunk) >= cfg.chunk_size:
+                flush()
+        flush()
+    records = [new.get(i) or done[i] for i in order]
+    return finish(
+        cfg, kind, records, axes=axes, meta=meta | {"resumed_items": resumed}, teachers=teachers, t0=t0
+    )
+
+
+def finish(
+    cfg: CurationConfig,
+    kind: Kind,
+    records: list[ItemRecord],
+    *,
+    axes: tuple[str, ...],
+    meta: dict[str, Any],
+    teachers: list[Any],
+    t0: float,
+) -> CurationResult:
+    """Balance, split, write and publish; returns the URI and the stats."""
+    from firm.curation.dataset import CriticSFTRow, SFTDatasetWriter
+    from firm.curation.selection import balance, parse_target, split_of
+    from firm.curation.stats import histogram_png
+    from firm.storage import to_uri
+
+    unknown = sorted(set(cfg.balance) - set(axes))
+    if unknown:
+        raise InputError(
+            f"balance: unknown axis {unknown[0]!r} for {kind} curation (axes: {', '.join(axes)})"
+        )
+    by_axis: dict[str, list[tuple[ItemRecord, Sample]]] = defaultdict(list)
+    for rec in records:
+        for s in rec.samples:
+            by_axis[s.axis].append((rec, s))
+    before = {a: Counter(s.score for _, s in by_axis.get(a, [])) for a in axes}
+    balanced_out: dict[str, int] = {}
+    for axis, target in cfg.balance.items():
+        pairs = by_axis.get(axis, [])
+        keep, drop = balance([s for _, s in pairs], parse_target(target), cfg.seed)
+        by_axis[axis] = [pairs[i] for i in keep]
+        balanced_out[axis] = len(drop)
+
+    uri = cfg.out if "://" in cfg.out else to_uri(Path(cfg.out).resolve())
+    writer = SFTDatasetWriter(cfg.name)
+    written: dict[str, Counter[str]] = {a: Counter() for a in axes}
+    final: dict[str, Counter[int]] = {a: Counter() for a in axes}
+    image_gone = 0
+    try:
+        task = "edit" if kind == "edit" else "gen"
+        for axis in axes:
+            for rec, s in by_axis.get(axis, []):
+                try:
+                    for ref, name in zip(rec.images, rec.image_names, strict=True):
+                        writer.add_image(name, load_item_image(ref).data)
+                except InputError:
+                    image_gone += 1
+                    continue
+                split = split_of(rec.id, cfg.val_fraction, cfg.seed)
+                text = {"instruction": s.text} if kind == "edit" else {"prompt": s.text}
+                writer.add(
+                    CriticSFTRow(
+                        id=s.id, task=task, axis=axis, images=[f"images/{n}" for n in rec.image_names],  # type: ignore[arg-type]
+                        target=s.target, score=s.score, split=split, **text,  # type: ignore[arg-type]
+                    )
+                )  # fmt: skip
+                written[axis][split] += 1
+                final[axis][s.score] += 1
+        stats = _stats(
+            cfg, kind, records, axes, before, final, written, balanced_out, image_gone, meta, teachers, t0
+        )
+        (writer.dir / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
+        (writer.dir / HISTOGRAM_FILE).write_bytes(histogram_png(stats))
+        writer.finish(uri, producer=f"firm.curation.{kind}")
+    finally:
+        writer.close()
+    return CurationResult(uri=uri, stats=stats)
+
+
+def _stats(
+    cfg: CurationConfig,
+    kind: str,
+    records: list[ItemRecord],
+    axes: tuple[str, ...],
+    before: dict[str, Counter[int]],
+    final: dict[str, Counter[int]],
+    written: dict[str, Counter[str]],
+    balanced_out: dict[str, int],
+    image_gone: int,
+    meta: dict[str, Any],
+    teachers: list[Any],
+    t0: float,
+) -> dict[str, Any]:
+    item_drops = Counter(r.dropped for r in records if r.dropped)
+    axis_drops = {a: Counter(r.drops[a] for r in records if a in r.drops) for a in axes}
+    notes = Counter(n for r in records for n in r.notes)
+    usage: Counter[str] = Counter()
+    for r in records:
+        usage.update(r.teacher)
+    this_run = {
+        getattr(t, "name", "?"): {
+            "cache_hits": getattr(t, "hits", 0),
+            "cache_misses": getattr(t, "misses", 0),
+        }
+        for t in teachers
+    }
+    return {
+        "kind": kind,
+        "name": cfg.name,
+        "input": cfg.input,
+        **meta,
+        "items": {"read": len(records), "dropped": dict(sorted(item_drops.items()))},
+        "samples": {
+            "scored": {a: sum(before[a].values()) for a in axes},
+            "dropped": {a: dict(sorted(axis_drops[a].items())) for a in axes},
+            "balanced_out": balanced_out,
+            "image_gone": image_gone,
+            "written": {a: dict(sorted(written[a].items())) for a in axes},
+        },
+        "scores_before_balance": {a: {str(k): before[a][k] for k in range(1, 6)} for a in axes},
+        "scores": {a: {str(k): final[a][k] for k in range(1, 6)} for a in axes},
+        "leaks": {
+            "policy": cfg.leak_policy,
+            "cleaned": notes["leak_cleaned"],
+            "dropped": sum(axis_drops[a]["leak_dropped"] + axis_drops[a]["leak_uncleanable"] for a in axes),
+            "kept": notes["leak_kept"],
+        },
+        "notes": dict(sorted(notes.items())),
+        "teacher": {
+            "calls": int(usage["calls"]),
+            "cache_hits": int(usage["cache_hits"]),
+            "prompt_tokens": int(usage["prompt_tokens"]),
+            "completion_tokens": int(usage["completion_tokens"]),
+            "seconds": round(float(usage["seconds"]), 3),
+            "this_run": this_run,
+        },
+        "val_fraction": cfg.val_fraction,
+        "balance": {a: str(t) for a, t in cfg.balance.items()},
+        "wall_seconds": round(time.monotonic() - t0, 3),
+    }
