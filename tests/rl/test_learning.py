@@ -163,7 +163,7 @@ class FailsOnPrompt:
         return self.inner(items)
 
 
-def test_async_reward_failure_mid_update_rolls_the_step_back(tiny_cfg) -> None:
+def test_async_reward_failure_leaves_weights_and_optimizer_untouched(tiny_cfg) -> None:
     """Group 1's reward fails after group 0's was scored (and while the update's no-grad predictions were being
     computed ahead): the failed step must leave the LoRA and the optimizer exactly as they were."""
     from firm.rl import lora
