@@ -15,6 +15,7 @@ from firm.cli import (
     critic_parse,  # noqa: F401  (registers `critic parse`)
     critic_score,  # noqa: F401  (registers `critic score`)
     critic_train,  # noqa: F401  (registers `critic train`)
+    data_cmd,
     doctor_cmd,
     job_cmd,
     models_cmd,
@@ -49,6 +50,7 @@ app.add_typer(storage_cmd.app, name="storage")
 app.add_typer(reward_cmd.app, name="reward")
 app.add_typer(critic_cmd.app, name="critic")
 app.add_typer(models_cmd.app, name="models")
+app.add_typer(data_cmd.app, name="data")
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(serve_cmd.app, name="serve")
 app.add_typer(recipes_cmd.app, name="recipes")
