@@ -195,6 +195,30 @@ def load_processor(path: str, model_type: str) -> Any:
     return cls.from_pretrained(path)
 
 
+def processor_pixel_bounds(processor: Any) -> tuple[int, int, int]:
+    """(factor, min pixels, max pixels) of a Qwen-VL processor: factor = patch × merge size, the bounds from its
+    `size` (shortest_edge / longest_edge; defaults one patch and 1024 patches when it gives none)."""
+    ip = processor.image_processor
+    factor = int(ip.patch_size) * int(ip.merge_size)
+    size = getattr(ip, "size", None) or {}
+
+    def edge(key: str) -> Any:
+        return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+    hi, lo = edge("longest_edge"), edge("shortest_edge")
+    return factor, int(lo) if lo else factor**2, int(hi) if hi else 1024 * factor**2
+
+
+def pixel_bounds(
+    rubric: Rubric, factor: int, processor_min: int, processor_max: int, explicit_max: int | None = None
+) -> tuple[int, int]:
+    """(min, max) pixels per image for `rubric`: the explicit budget, else the rubric's, else the processor's; the
+    lower bound is the rubric's (else the processor's), never below one patch nor above the upper bound."""
+    hi = max(explicit_max or rubric.images.max_pixels or processor_max, factor**2)
+    lo = max(factor**2, min(rubric.images.min_pixels or processor_min, hi))
+    return lo, hi
+
+
 class Critic:
     """A generative VLM critic. Build with `Critic.from_pretrained(...)` or wrap an already loaded model."""
 
@@ -224,19 +248,10 @@ class Critic:
             raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.max_new_tokens = max_new_tokens
         self.max_decode_pixels = max_decode_pixels
-        ip = processor.image_processor
-        self.factor = int(ip.patch_size) * int(ip.merge_size)
-        size = getattr(ip, "size", None) or {}
-
-        def _edge(key: str) -> Any:
-            return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-
-        budget, floor = _edge("longest_edge"), _edge("shortest_edge")
+        self.factor, self.processor_min_pixels, self.processor_max_pixels = processor_pixel_bounds(processor)
         if max_pixels is not None and max_pixels < self.factor**2:
             raise ConfigError(f"max_pixels={max_pixels} is below one {self.factor}x{self.factor} patch")
         self.explicit_max_pixels = max_pixels
-        self.processor_max_pixels = int(budget) if budget else 1024 * self.factor**2
-        self.processor_min_pixels = int(floor) if floor else self.factor**2
         self.max_pixels = max_pixels or self.processor_max_pixels
         self.digit_ids = self._digit_ids()
         eos = self.model.generation_config.eos_token_id
@@ -252,10 +267,9 @@ class Critic:
 
     def pixel_bounds(self, rubric: Rubric) -> tuple[int, int]:
         """(min, max) pixels per image: the explicit budget, else the rubric's, else the processor's."""
-        hi = self.explicit_max_pixels or rubric.images.max_pixels or self.processor_max_pixels
-        lo = rubric.images.min_pixels or self.processor_min_pixels
-        lo = max(self.factor**2, min(lo, hi))
-        return lo, max(hi, self.factor**2)
+        return pixel_bounds(
+            rubric, self.factor, self.processor_min_pixels, self.processor_max_pixels, self.explicit_max_pixels
+        )
 
     def answer_budget(self, rubric: Rubric) -> int:
         """Max new tokens for an answer to `rubric`: the explicit budget, else the rubric's."""

@@ -150,7 +150,7 @@ def test_vllm_prompt_matches_in_process_layout(tiny_critic_dir: Path) -> None:
     critic = Critic.from_pretrained(tiny_critic_dir, max_pixels=64 * 64)
     src, dst, ins = edit_pair()
     req = CriticRequest(task="edit", axis="execution", images=[src, dst], instruction=ins)
-    prompt, images = render_request(critic.processor, req, critic.max_pixels, critic.factor)
+    prompt, images = render_request(critic.processor, req, 64 * 64)
     _, expected_prompt, _ = critic._prepare(req, 0)
     assert prompt == expected_prompt and len(images) == 2 and ins in prompt
 

@@ -32,18 +32,19 @@ def _b64_png(img: Any) -> bytes:
 
 
 def render_request(
-    processor: Any, req: Any, max_pixels: int | None, factor: int, pack: Any = None
+    processor: Any, req: Any, max_pixels: int | None = None, pack: Any = None
 ) -> tuple[str, list[bytes]]:
     """(prompt text, base64 PNG images in placeholder order) for one `CriticRequest`, laid out by the pack's
-    rubric exactly as the in-process critic lays it out (codec, pixel budget, message layout)."""
+    rubric exactly as the in-process critic lays it out (codec, pixel bounds, message layout)."""
+    from firm.critic.critic import pixel_bounds, processor_pixel_bounds
     from firm.critic.images import fit_pixels
     from firm.critic.messages import build_messages, encode_images, message_images, render_prompt
     from firm.rewards.packs import load_pack
 
     rubric = load_pack(pack).get(req.task, req.axis, "student")
-    budget = max_pixels or rubric.images.max_pixels or 16_777_216
-    lo = max(factor * factor, min(rubric.images.min_pixels or factor * factor, budget))
-    images = [fit_pixels(im, budget, factor, min_pixels=lo) for im in encode_images(rubric, req.images)]
+    factor, proc_lo, proc_hi = processor_pixel_bounds(processor)
+    lo, hi = pixel_bounds(rubric, factor, proc_lo, proc_hi, max_pixels)
+    images = [fit_pixels(im, hi, factor, min_pixels=lo) for im in encode_images(rubric, req.images)]
     messages = build_messages(rubric, images, **req.fields())
     return render_prompt(processor, messages), [_b64_png(im) for im in message_images(messages)]
 
@@ -61,8 +62,6 @@ class VllmCritic:
 
         path = resolve_model_source(location)
         self.processor = load_processor(path, AutoConfig.from_pretrained(path).model_type)
-        ip = self.processor.image_processor
-        self.factor = int(ip.patch_size) * int(ip.merge_size)
         self.max_pixels = max_pixels
         self.max_new_tokens = max_new_tokens
         self.pack = load_pack(rubrics)
@@ -91,7 +90,7 @@ class VllmCritic:
 
         from firm.rewards.parsing import parse_answer
 
-        prompt, images = render_request(self.processor, req, self.max_pixels, self.factor, self.pack)
+        prompt, images = render_request(self.processor, req, self.max_pixels, self.pack)
         budget = self._budget(req)
         text = ""
         async for resp in await self._generate(prompt, images, budget):
