@@ -26,7 +26,9 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -40,6 +42,9 @@ from firm.critic.sft_config import SFTConfig, check_fresh_run, load_sft_config
 from firm.errors import ConfigError, FirmError, InputError
 
 log = logging.getLogger("firm.critic.sft")
+# Test hook: every rank SIGKILLs itself right after checkpoint step-<value> is published (a deterministic preemption
+# for the kill -9 + `--resume auto` tests). Never set it in a real run.
+KILL_AFTER_CHECKPOINT_ENV = "FIRM_SFT_TEST_KILL_AFTER_CHECKPOINT"
 
 
 @dataclass
@@ -397,12 +402,18 @@ def train(cfg: SFTConfig) -> TrainResult:
     from firm.critic.collate import SFTCollator, pack_by_image_count
     from firm.critic.sft_checkpoint import (
         CheckpointWriter,
+        LoadedCheckpoint,
         TrainerState,
         check_compatible,
+        fetch_checkpoint,
         find_checkpoint,
         gather_rng_states,
+        gather_uploads,
         load_checkpoint,
+        load_zero_shard,
         restore_rng_state,
+        save_zero_shard,
+        zero_shard_name,
     )
     from firm.rewards.packs import load_pack
 
@@ -428,27 +439,31 @@ def train(cfg: SFTConfig) -> TrainResult:
         )
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
+    deepspeed_run = cfg.dist.strategy == "deepspeed"
+    zero_stage = cfg.dist.zero_stage if deepspeed_run else None
     resume_uri = find_checkpoint(cfg.resume, ckpt_root)
-    if resume_uri is not None and cfg.dist.strategy == "deepspeed":
-        # `resume=auto` is accepted with DeepSpeed so that cluster jobs (which always pass it) start fresh runs;
-        # continuing one needs DeepSpeed's optimizer state, which FIRM does not load (its loader unpickles).
-        raise ConfigError(
-            f"found checkpoint {resume_uri}, but resuming a dist.strategy=deepspeed run is not supported (DeepSpeed's "
-            "checkpoint loader unpickles optimizer state); use ddp to resume, or a new run name to start over"
-        )
-    ckpt = load_checkpoint(resume_uri) if resume_uri else None
-    if ckpt is not None:
-        check_compatible(
-            ckpt,
-            world_size=env.world,
-            global_batch=global_batch,
-            finetune=cfg.finetune,
-            rubrics_sha256=pack.sha256,
-        )
+    ckpt: LoadedCheckpoint | None = None
+    if resume_uri is not None:
+        # DeepSpeed: every rank fetches the shared files and its own ZeRO shard; all of it sha256-verified
+        ckpt = fetch_checkpoint(resume_uri, env.rank) if deepspeed_run else load_checkpoint(resume_uri)
+        try:
+            check_compatible(
+                ckpt,
+                world_size=env.world,
+                global_batch=global_batch,
+                finetune=cfg.finetune,
+                rubrics_sha256=pack.sha256,
+                strategy=cfg.dist.strategy,
+                zero_stage=zero_stage,
+            )
+        except BaseException:
+            ckpt.release()
+            raise
 
-    created_group = init_distributed(env, cfg)
+    created_group = False
     logger: MetricLogger | None = None
     try:
+        created_group = init_distributed(env, cfg)
         bf16 = env.bf16 = _use_bf16(cfg, env)
         model, processor = load_model(cfg, _param_dtype(cfg, bf16), ckpt.model_dir if ckpt else None)
         model.to(env.device)
@@ -464,12 +479,13 @@ def train(cfg: SFTConfig) -> TrainResult:
         scheduler = _schedule(optimizer, cfg, total_steps)
         start_step = 0
         if ckpt is not None:
-            opt_state, sched_state = ckpt.optimizer_state(), ckpt.scheduler_state()
-            if opt_state is None or sched_state is None:
+            sched_state = ckpt.scheduler_state()
+            opt_state = None if deepspeed_run else ckpt.optimizer_state()  # DeepSpeed: the ZeRO shard, below
+            if sched_state is None or (opt_state is None and not deepspeed_run):
                 raise InputError(f"{ckpt.uri}: checkpoint has no optimizer/scheduler state to resume from")
-            optimizer.load_state_dict(opt_state)
+            if opt_state is not None:
+                optimizer.load_state_dict(opt_state)
             scheduler.load_state_dict(sched_state)
-            restore_rng_state(ckpt.rng_states(), env.rank)
             start_step = ckpt.state.step
 
         engine = None
@@ -483,12 +499,21 @@ def train(cfg: SFTConfig) -> TrainResult:
                 config=_deepspeed_config(cfg, env, bf16),
             )
             model = engine
+            if ckpt is not None:
+                assert (
+                    ckpt.zero_shard is not None
+                )  # fetch_checkpoint refuses a checkpoint without this rank's
+                load_zero_shard(engine, ckpt.zero_shard, env.world)
+                engine.global_steps, engine.global_samples = start_step, start_step * global_batch
         elif env.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(
                 model, device_ids=[env.device.index] if env.device.type == "cuda" else None
             )
+        if ckpt is not None:
+            restore_rng_state(ckpt.rng_states(), env.rank)  # last: nothing above draws from it any more
+            ckpt.release()
 
         # created only now: a run that fails to start (dataset, model, config) leaves no empty run directory
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -502,25 +527,46 @@ def train(cfg: SFTConfig) -> TrainResult:
             net.save_pretrained(dest, **({"state_dict": state_dict} if state_dict is not None else {}))
             processor.save_pretrained(dest)
 
+        def zero_shards(step: int) -> list[Any]:
+            """DeepSpeed: each rank uploads its ZeRO optimizer shard into step-<n>/; every rank's manifest entry."""
+            if env.main:
+                writer.begin(step)
+            barrier(env)
+            fd, tmp = tempfile.mkstemp(prefix=".zero-", suffix=".safetensors", dir=run_dir)
+            os.close(fd)
+            try:
+                save_zero_shard(engine, Path(tmp))
+                entry = writer.upload(step, zero_shard_name(env.rank), Path(tmp))
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+            return gather_uploads(entry, env.world)
+
         def checkpoint(step: int, epoch: int) -> None:
             rng = gather_rng_states(env.world)
             full_sd = zero3_state_dict(engine, cfg)  # collective under ZeRO-3: every rank takes part
+            uploaded = zero_shards(step) if engine is not None else []
             if env.main:
                 state = TrainerState(
                     step=step, epoch=epoch, world_size=env.world, global_batch=global_batch,
                     steps_per_epoch=steps_per_epoch, total_steps=total_steps, run_name=cfg.run_name,
                     finetune=cfg.finetune, seed=cfg.seed, rubrics_sha256=pack.sha256,
+                    strategy=cfg.dist.strategy, zero_stage=zero_stage,
                 )  # fmt: skip
                 published.append(
                     writer.publish(
                         state,
                         save_model=lambda dest: save_model(dest, full_sd),
                         optimizer_state=None if engine is not None else optimizer.state_dict(),
-                        scheduler_state=None if engine is not None else scheduler.state_dict(),
+                        scheduler_state=scheduler.state_dict(),
                         rng_states=rng,
+                        uploaded=uploaded,
                     )
                 )
             barrier(env)
+            if os.environ.get(KILL_AFTER_CHECKPOINT_ENV) == str(step):
+                os.kill(
+                    os.getpid(), signal.SIGKILL
+                )  # test hook: a preemption right after step-<n> is published
 
         def run_eval(step: int) -> dict[str, float]:
             metrics: dict[str, float] = {}
@@ -612,6 +658,8 @@ def train(cfg: SFTConfig) -> TrainResult:
             rubrics=pack.ref,
         )
     finally:
+        if ckpt is not None:
+            ckpt.release()
         if logger is not None:
             logger.close()
         if created_group:

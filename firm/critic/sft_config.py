@@ -141,11 +141,6 @@ class SFTConfig(_Cfg):
                 "finetune=lora with DeepSpeed ZeRO-3 is not supported (the adapter cannot be merged while the base "
                 "weights are partitioned); use ZeRO-2 or DDP for LoRA"
             )
-        if self.dist.strategy == "deepspeed" and self.resume not in ("none", "auto"):
-            raise ConfigError(
-                "resume from a checkpoint URI is not supported with dist.strategy=deepspeed (DeepSpeed's "
-                "checkpoint loader unpickles optimizer state); use ddp to resume"
-            )
         return self
 
     def checkpoint_root(self) -> str:

@@ -15,7 +15,7 @@ import re
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from firm.config import FirmSettings, get_settings
@@ -73,10 +73,14 @@ def publish_dir(
     workers: int = WORKERS,
     on_bytes: ByteCallback | None = None,
     settings: FirmSettings | None = None,
+    uploaded: Sequence[ManifestFile] = (),
 ) -> Manifest:
     """Publish `local_dir` at `uri`: upload every file (in parallel), then write `MANIFEST.json` last.
 
     Re-publishing to the same URI first removes the old manifest, so readers never mix old and new files.
+    `uploaded`: files other processes already put under `uri` (e.g. each training rank's optimizer shard) with the
+    size and sha256 they computed; each must exist there with that size, and the manifest lists it like the rest
+    (readers verify its sha256 as for any other file).
     """
     src = Path(local_dir)
     if not src.is_dir():
@@ -100,7 +104,19 @@ def publish_dir(
             raise StorageError(f"{path}: file changed while being published")
         return ManifestFile(path=rel, size=before.st_size, sha256=digest)
 
-    entries = run_parallel(_local_files(src), upload, workers)
+    local = _local_files(src)
+    clash = sorted({f.path for f in uploaded} & set(local))
+    if clash:
+        raise StorageError(f"{uri}: {clash[0]} is both a local file and an already uploaded one")
+    for entry in uploaded:
+        key = prefix + entry.path
+        size = store.stat(key).size if store.exists(key) else None
+        if size != entry.size:
+            raise StorageError(
+                f"{store.uri(key)}: expected an uploaded file of {entry.size} bytes, found "
+                f"{'none' if size is None else f'{size} bytes'}"
+            )
+    entries = run_parallel(local, upload, workers) + list(uploaded)
     manifest = Manifest(created_at=now_utc(), producer=producer or default_producer(), files=entries)
     store.put_bytes(mkey, manifest.to_bytes())
     return manifest
@@ -149,17 +165,25 @@ def fetch_dir(
     workers: int = WORKERS,
     on_bytes: ByteCallback | None = None,
     settings: FirmSettings | None = None,
+    select: Callable[[str], bool] | None = None,
 ) -> Manifest:
     """Download the published directory at `uri` into `local_dir`, verifying every size and sha256.
 
     Files are staged next to `local_dir` and moved into place only after all of them verified, so a failure
-    (missing manifest, checksum mismatch, network) leaves `local_dir` as it was.
+    (missing manifest, checksum mismatch, network) leaves `local_dir` as it was. `select(path)`: fetch only the
+    manifest's files it accepts (the whole manifest is still written and returned).
     """
     dest = Path(local_dir)
-    manifest = read_manifest(uri, settings)
+    full = read_manifest(uri, settings)
+    manifest = (
+        full
+        if select is None
+        else full.model_copy(update={"files": [f for f in full.files if select(f.path)]})
+    )
     store, key = open_store(uri, settings)
     with _staging(dest) as stage:
         _download_verified(store, dir_prefix(key), manifest, stage, workers, on_bytes)
+        (stage / MANIFEST_NAME).write_bytes(full.to_bytes())
         if not dest.exists():
             os.rename(stage, dest)
             stage.mkdir()  # so the staging cleanup has something to remove
@@ -167,7 +191,7 @@ def fetch_dir(
             for rel in [f.path for f in manifest.files] + [MANIFEST_NAME]:
                 (dest / rel).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(stage / rel, dest / rel)
-    return manifest
+    return full
 
 
 def _natural(name: str) -> list[object]:

@@ -1,6 +1,6 @@
 """Critic SFT end to end on the tiny critic: it learns the red-squares task (1 process and 2 under torchrun),
-resumes exactly after kill -9, trains LoRA and DeepSpeed ZeRO-2 variants, publishes checkpoints to local and S3
-stores, and refuses bad input without publishing anything."""
+resumes exactly after kill -9, trains LoRA variants, publishes checkpoints to local and S3 stores, and refuses bad
+input without publishing anything. DeepSpeed ZeRO-2/3 training, export and resume: test_deepspeed_resume.py."""
 
 from __future__ import annotations
 
@@ -88,7 +88,11 @@ def test_single_process_learns_the_task(
     from firm.rewards.packs import load_pack, read_provenance
 
     assert result.rubrics == load_pack().ref
-    assert read_provenance(result.export_dir) == {"name": "firm-v1", "version": "1", "sha256": load_pack().sha256}
+    assert read_provenance(result.export_dir) == {
+        "name": "firm-v1",
+        "version": "1",
+        "sha256": load_pack().sha256,
+    }
 
 
 def test_checkpoints_are_published_and_pruned(learned: tuple[TrainResult, dict[str, Any]]) -> None:
@@ -261,24 +265,6 @@ def test_lora_resume_continues_from_the_adapter(
     assert [b[s] for s in (3, 4)] == pytest.approx([a[s] for s in (3, 4)], rel=1e-5)
 
 
-def test_deepspeed_zero2_trains_and_exports(tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path) -> None:
-    cfg = sft_config(
-        tiny_critic_dir, sft_dataset, tmp_path, run_name="zero2", max_steps=3, eval__max_samples=4,
-        dist={"strategy": "deepspeed", "zero_stage": 2},
-    )  # fmt: skip
-    config = write_config(cfg, tmp_path / "zero2.yaml")
-    proc = subprocess.run(
-        [sys.executable, "-m", "firm.critic.sft", "--config", str(config)],
-        env=_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = TrainResult.model_validate_json(proc.stdout.strip().splitlines()[-1])
-    losses = train_losses(result.run_dir)
-    assert sorted(losses) == [1, 2, 3] and losses[3] < losses[1]
-    assert result.export_dir is not None and result.checkpoints[-1].endswith("step-3")
-    _judge_val(result.export_dir, sft_dataset, require_ok=False)
-
-
 def test_bad_input_fails_clearly_and_publishes_nothing(
     tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -308,8 +294,15 @@ def test_bad_input_fails_clearly_and_publishes_nothing(
     # a model directory without a model: one clear line naming it (HF's multi-line message folded)
     (tmp_path / "no-model").mkdir()
     with pytest.raises(InputError, match=r"model.path .*no-model: cannot load a model config") as info:
-        fresh = {**cfg_skip["checkpoint"], "uri": cfg_skip["checkpoint"]["uri"] + "-2"}  # the run above is done
-        train(SFTConfig.model_validate({**cfg_skip, "model": {"path": str(tmp_path / "no-model")}, "checkpoint": fresh}))
+        fresh = {
+            **cfg_skip["checkpoint"],
+            "uri": cfg_skip["checkpoint"]["uri"] + "-2",
+        }  # the run above is done
+        train(
+            SFTConfig.model_validate(
+                {**cfg_skip, "model": {"path": str(tmp_path / "no-model")}, "checkpoint": fresh}
+            )
+        )
     assert "\n" not in str(info.value)
 
     # the world size must divide the global batch: fails before any process group or model exists
@@ -317,36 +310,6 @@ def test_bad_input_fails_clearly_and_publishes_nothing(
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(ConfigError, match="world size"):
         train(SFTConfig.model_validate({**cfg, "batch": {"per_device": 8, "global_size": 16}}))
-
-
-def test_deepspeed_zero3_two_processes_exports_gathered_weights(
-    tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path
-) -> None:
-    """ZeRO-3 partitions the weights across the 2 ranks: the export must hold the gathered, trained weights."""
-    from safetensors.torch import load_file
-
-    cfg = sft_config(
-        tiny_critic_dir, sft_dataset, tmp_path, run_name="zero3", max_steps=2, eval__max_samples=2,
-        batch__per_device=4, dist={"strategy": "deepspeed", "zero_stage": 3},
-    )  # fmt: skip
-    config = write_config(cfg, tmp_path / "zero3.yaml")
-    from firm.launch.local import torchrun_command
-
-    proc = subprocess.run(
-        torchrun_command("firm.critic.sft", ["--config", str(config)], 2),
-        env=_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = TrainResult.model_validate_json(proc.stdout.strip().splitlines()[-1])
-    assert result.export_dir is not None and "val/parse_rate" in result.final_eval
-    exported, base = (
-        load_file(result.export_dir / "model.safetensors"),
-        load_file(tiny_critic_dir / "model.safetensors"),
-    )
-    assert set(exported) == set(base)
-    assert all(exported[k].shape == base[k].shape for k in base)  # full tensors, not ZeRO-3 shards
-    assert sum(not (exported[k] == base[k]).all() for k in base) > len(base) // 2
-    _judge_val(result.export_dir, sft_dataset, require_ok=False)
 
 
 def test_cli_checks_before_starting_processes(
