@@ -11,7 +11,8 @@ standard torch.distributed environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADD
 - DDP (gloo on CPU, nccl on GPU) or DeepSpeed ZeRO-2/3; full fine-tune or LoRA (peft); gradient accumulation,
   clipping, cosine schedule with warmup ratio, bf16 autocast where supported;
 - eval on the val split every N steps: loss, and with the `Critic`'s batched generation the parse rate and the MAE
-  of the parsed score vs the target (next to the majority-class baseline's MAE);
+  of the parsed score vs the target next to the majority-class baseline's MAE on the same parsed items
+  (`val/mae_parsed`, `val/baseline_mae_parsed`; parse failures count in neither, see `val/parse_rate`);
 - checkpoints published atomically to `<checkpoints>/<run>/step-<n>/` (see `firm.critic.sft_checkpoint`), keep
   last K, `--resume auto`; metrics JSONL + TensorBoard in the run dir; a Rich progress bar on rank 0;
 - export: a `save_pretrained` directory (LoRA merged) that `Critic.from_pretrained` loads.
@@ -67,7 +68,7 @@ class TrainResult(BaseModel):
     run_dir: Path
     steps: int
     final_eval: dict[str, float | None] = Field(
-        description="the last evaluation; null where undefined (e.g. val/mae when no answer parsed)"
+        description="the last evaluation; null where undefined (e.g. val/mae_parsed when no answer parsed)"
     )
     export_dir: Path | None
     checkpoints: list[str]
@@ -260,7 +261,8 @@ def evaluate(
     env: DistEnv,
     train_scores: Counter,
 ) -> dict[str, float]:
-    """Val loss, and (generation) parse rate, MAE of parsed vs target score, majority-class baseline MAE."""
+    """Val loss, and (generation) the parse rate, the MAE of the parsed score vs the target and the majority-class
+    baseline's MAE, both over the answers that parsed (`val/mae_parsed`, `val/baseline_mae_parsed`)."""
     from firm.critic.critic import Critic, CriticRequest
 
     net = _unwrap(model)
@@ -298,16 +300,29 @@ def evaluate(
                 for r in val
             ]
             judgements = critic.judge(requests, batch_size=cfg.eval.batch_size)
-            ok = [(j, r) for j, r in zip(judgements, val, strict=True) if j.ok]
-            metrics["val/parse_rate"] = len(ok) / len(val)
-            errors = [_abs_err(j.score, r.score) for j, r in ok]
-            metrics["val/mae"] = sum(errors) / len(errors) if errors else float("nan")
-            majority = train_scores.most_common(1)[0][0]
-            metrics["val/baseline_mae"] = sum(_abs_err(_unkey(majority), r.score) for r in val) / len(val)
+            predictions = [j.score if j.ok else None for j in judgements]
+            majority = _unkey(train_scores.most_common(1)[0][0])
+            metrics.update(score_metrics(predictions, [r.score for r in val], majority))
     finally:
         if was_training:
             net.train()
     return metrics
+
+
+def score_metrics(predictions: list[Any], targets: list[Any], majority: Any) -> dict[str, float]:
+    """Parse rate, and the critic's and the majority-class baseline's MAE over the SAME items: those whose answer
+    parsed (`predictions[i]` not None). Parse failures count in neither MAE (they lower `val/parse_rate`), so the
+    critic is never compared with a baseline scored on other rows. NaN where nothing parsed."""
+    ok = [(p, t) for p, t in zip(predictions, targets, strict=True) if p is not None]
+    nan = float("nan")
+    mae = sum(_abs_err(p, t) for p, t in ok) / len(ok) if ok else nan
+    baseline = sum(_abs_err(majority, t) for _, t in ok) / len(ok) if ok else nan
+    return {
+        "val/parse_rate": len(ok) / len(targets) if targets else nan,
+        "val/mae_parsed": mae,
+        "val/baseline_mae_parsed": baseline,
+        "val/mae": mae,  # the earlier name of val/mae_parsed, kept as an alias
+    }
 
 
 def _key(score: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,7 @@ from firm.storage.stores import open_store, store_for
 from firm.storage.uris import StoreURI, is_uri, parse_uri
 
 WORKERS = 4
+log = logging.getLogger("firm.storage")
 
 
 def default_producer() -> str:
@@ -235,7 +237,15 @@ def _cache_valid(cache: Path, manifest_bytes: bytes) -> bool:
     except OSError:
         return False
     cached = Manifest.from_bytes(manifest_bytes, str(cache))
-    return all((cache / f.path).is_file() and (cache / f.path).stat().st_size == f.size for f in cached.files)
+    if not all(
+        (cache / f.path).is_file() and (cache / f.path).stat().st_size == f.size for f in cached.files
+    ):
+        return False
+    # sizes alone miss a file damaged in place (disk error, an editor, a stray write): hash every file again
+    bad = [f.path for f in cached.files if sha256_file(cache / f.path) != f.sha256]
+    if bad:
+        log.warning("cache %s: %s does not match its manifest sha256; fetching it again", cache, bad[0])
+    return not bad
 
 
 def _install_dir(stage: Path, dest: Path) -> None:
@@ -266,7 +276,8 @@ def resolve_local(
 
     - a plain local path is returned as is;
     - a published directory (`file://` or `s3://`, with `MANIFEST.json`) is fetched and verified into
-      `$FIRM_HOME/cache/<hash>`; a cache whose manifest matches the published one is reused;
+      `$FIRM_HOME/cache/<hash>`; a cache whose manifest matches the published one is reused only after every
+      cached file matched the manifest's size and sha256 again (a damaged cache is fetched anew);
     - a single `s3://` object is downloaded into the cache (re-downloaded when its ETag or size changes),
       a `file://` object or unpublished local directory is used in place.
     """

@@ -79,11 +79,12 @@ def test_single_process_learns_the_task(
     ev = result.final_eval
     assert ev["val/parse_rate"] == 1.0
     # Below the majority class AND below the best constant guess: the scores are read off the images.
-    assert ev["val/mae"] < ev["val/baseline_mae"] and ev["val/mae"] < 0.5, ev
+    assert ev["val/mae_parsed"] < ev["val/baseline_mae_parsed"] and ev["val/mae_parsed"] < 0.5, ev
+    assert ev["val/mae"] == ev["val/mae_parsed"]  # the old name, kept as an alias
     assert (result.run_dir / "tb").is_dir() and any((result.run_dir / "tb").iterdir())
     # The export is a plain save_pretrained critic that Critic.from_pretrained loads and that scores the same.
     assert result.export_dir is not None
-    assert _judge_val(result.export_dir, sft_dataset) == pytest.approx(ev["val/mae"])
+    assert _judge_val(result.export_dir, sft_dataset) == pytest.approx(ev["val/mae_parsed"])
     # the run and its export record the rubric pack trained on, so serving can warn on another one
     from firm.rewards.packs import load_pack, read_provenance
 
@@ -195,7 +196,7 @@ def test_two_process_torchrun_learns_and_checkpoints_to_s3(
         > 5 * sum(losses[s] for s in range(LEARN_STEPS - 9, LEARN_STEPS + 1)) / 10
     )
     ev = result.final_eval
-    assert ev["val/parse_rate"] == 1.0 and ev["val/mae"] < ev["val/baseline_mae"], ev
+    assert ev["val/parse_rate"] == 1.0 and ev["val/mae_parsed"] < ev["val/baseline_mae_parsed"], ev
     assert latest(root) == f"{root}/step-{LEARN_STEPS}"
     store, _ = open_store(root)
     state = json.loads(store.get_bytes(f"checkpoints/ddp/step-{LEARN_STEPS}/trainer_state.json"))

@@ -267,3 +267,19 @@ def test_resolve_local_single_object_and_missing(root: str) -> None:
     with pytest.raises(StorageError, match=r"no MANIFEST\.json|no such file") as info:
         resolve_local(root + "images/dog.png")
     assert root + "images/dog.png" in str(info.value)
+
+
+def test_resolve_local_cache_hit_is_sha256_verified(root: str, tmp_path: Path, firm_home: Path) -> None:
+    """A cached file damaged in place (same size, so a size check passes) is fetched again, not served; and when
+    the published copy is gone too, the damaged cache is refused rather than used."""
+    uri = root + "models/critic"
+    publish_dir(make_dir(tmp_path / "m1", {"config.json": b'{"v": 1}', "w.bin": b"weights-1"}), uri)
+    local = resolve_local(uri)
+    (local / "w.bin").write_bytes(b"weights-X")  # same size, different bytes
+    assert resolve_local(uri) == local and (local / "w.bin").read_bytes() == b"weights-1"
+    (local / "w.bin").write_bytes(b"weights-X")
+    store, key = open_store(uri + "/")
+    store.delete([key + "w.bin"])
+    with pytest.raises(StorageError, match=r"w\.bin"):
+        resolve_local(uri)
+    assert (local / "w.bin").read_bytes() == b"weights-X"  # nothing half-installed over it
