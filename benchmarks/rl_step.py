@@ -134,6 +134,11 @@ def main() -> None:
             sync, asyn = (
                 {k: statistics.median(r[k] for r in runs[o]) for k in runs[o][0]} for o in (False, True)
             )
+            pairs = [a["time/step"] / b["time/step"] for a, b in zip(runs[True], runs[False], strict=True)]
+            asyn["pair_ratio"] = statistics.median(pairs)
+            asyn["pair_ratio_iqr"] = (
+                statistics.quantiles(pairs, n=4)[::2] if len(pairs) > 1 else [pairs[0]] * 2
+            )
             rows.append((algorithm, sync, asyn))
     lines = [
         f"Tiny SD3 ({args.resolution} px, {args.num_steps} rollout steps), {args.prompts} prompts × group "
@@ -145,8 +150,8 @@ def main() -> None:
         "machine (other jobs running): expect noise.",
         "",
         "| algorithm | rewards | step | rollout | reward wait | update | parse failures | async / sync: step | "
-        "async / sync: rollout + reward wait |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "async / sync: rollout + reward wait | async / sync per step pair: median (quartiles) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for algorithm, sync, asyn in rows:
         for name, t in (("sync", sync), ("async", asyn)):
@@ -156,10 +161,14 @@ def main() -> None:
                 return x["time/rollout"] + x["time/reward_wait"]
 
             cratio = f"{collect(asyn) / collect(sync):.2f}×" if name == "async" else ""
+            pratio = ""
+            if name == "async":
+                lo, hi = asyn["pair_ratio_iqr"]
+                pratio = f"{asyn['pair_ratio']:.2f}× ({lo:.2f}–{hi:.2f})"
             lines.append(
                 f"| {algorithm} | {name} | {t['time/step']:.3f} | {t['time/rollout']:.3f} | "
                 f"{t['time/reward_wait']:.3f} | {t['time/update']:.3f} | "
-                f"{t['reward/parse_failure_rate']:.0%} | {ratio} | {cratio} |"
+                f"{t['reward/parse_failure_rate']:.0%} | {ratio} | {cratio} | {pratio} |"
             )
     text = "\n".join(lines)
     print(text)
