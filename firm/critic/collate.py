@@ -47,8 +47,10 @@ class SFTCollator:
         *,
         max_pixels: int | None = None,
         pack: str | RubricPack | None = None,
+        max_seq_len: int | None = None,
     ):
         self.processor = processor
+        self.max_seq_len = max_seq_len
         self.pack = load_pack(pack)
         self.dataset = dataset
         self.max_pixels = max_pixels
@@ -75,6 +77,11 @@ class SFTCollator:
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
         enc = self.processor(text=[text], images=message_images(messages), return_tensors="pt")
         ids = enc["input_ids"][0]
+        if self.max_seq_len is not None and len(ids) > self.max_seq_len:
+            raise InputError(
+                f"row {row.id} ({row.axis}): {len(ids)} tokens (prompt, images and answer) exceed "
+                f"data.max_seq_len={self.max_seq_len}; raise it, or lower model.max_pixels"
+            )
         answer_ids = self.processor.tokenizer(row.target, add_special_tokens=False)["input_ids"]
         # The answer is followed by <|im_end|> and the template's trailing newline(s): find the last <|im_end|>.
         ends = (ids == self.end_id).nonzero().flatten().tolist()

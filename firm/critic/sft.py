@@ -391,7 +391,9 @@ def _schedule(optimizer: Any, cfg: SFTConfig, total_steps: int) -> Any:
 def _deepspeed_config(cfg: SFTConfig, env: DistEnv, bf16: bool) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": cfg.dist.zero_stage}
     if cfg.dist.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu"}
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": env.device.type == "cuda"}
+    if cfg.dist.offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": env.device.type == "cuda"}
     return {
         "train_micro_batch_size_per_gpu": cfg.batch.per_device,
         "gradient_accumulation_steps": cfg.batch.grad_accum,
@@ -482,7 +484,9 @@ def train(cfg: SFTConfig) -> TrainResult:
         bf16 = env.bf16 = _use_bf16(cfg, env)
         model, processor = load_model(cfg, _param_dtype(cfg, bf16), ckpt.model_dir if ckpt else None)
         model.to(env.device)
-        collator = SFTCollator(processor, ds, max_pixels=cfg.model.max_pixels, pack=pack)
+        collator = SFTCollator(
+            processor, ds, max_pixels=cfg.model.max_pixels, pack=pack, max_seq_len=cfg.data.max_seq_len
+        )
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params,
@@ -607,9 +611,10 @@ def train(cfg: SFTConfig) -> TrainResult:
             while step < total_steps:
                 t0 = time.perf_counter()
                 epoch, micro = step_micro_batches(train_rows, cfg, env, step, steps_per_epoch)
-                loss_sum = 0.0
+                loss_sum, tokens = 0.0, 0
                 for a, idx in enumerate(micro):
                     batch = {k: v.to(env.device) for k, v in collator([train_rows[i] for i in idx]).items()}
+                    tokens += int(batch["attention_mask"].sum())
                     last = a == len(micro) - 1
                     if engine is not None:
                         with _autocast(cfg, env):
@@ -638,11 +643,16 @@ def train(cfg: SFTConfig) -> TrainResult:
                 loss_mean = all_mean(loss_sum / len(micro), env)
                 dt = time.perf_counter() - t0
                 rate = global_batch / dt
+                token_rate = all_mean(tokens, env) * env.world / dt  # every rank's non-padding tokens
                 if env.main and (step % cfg.log_every == 0 or step == total_steps):
+                    extra = {}
+                    if env.device.type == "cuda":
+                        extra["train/peak_mem_gib"] = torch.cuda.max_memory_allocated(env.device) / 2**30
                     logger.log(
                         step,
                         {"train/loss": loss_mean, "train/lr": lr, "train/grad_norm": grad_norm,
-                         "train/samples_per_s": rate, "train/epoch": epoch},
+                         "train/samples_per_s": rate, "train/tokens_per_s": token_rate, "train/epoch": epoch,
+                         **extra},
                     )  # fmt: skip
                 progress.update(completed=step, info=f"loss {loss_mean:.4f} lr {lr:.2e} {rate:.1f} samples/s")
                 if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0 and step < total_steps:

@@ -31,13 +31,22 @@ class ModelCfg(_Cfg):
         description="parameter dtype; auto = bfloat16 when precision is bf16 on GPU, else float32",
     )
     max_pixels: int | None = Field(default=None, description="cap on pixels per image (processor resize)")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="activation checkpointing: recompute each layer in backward (memory for time)",
+    )
 
 
 class DataCfg(_Cfg):
     dataset: str = Field(description="critic SFT dataset: local dir or published file:// / s3:// URI")
     on_bad_row: Literal["reject", "skip"] = "reject"
     check_images: bool = True
+    max_seq_len: int | None = Field(
+        default=None,
+        ge=16,
+        description="longest tokenized row (prompt + image tokens + answer) allowed; a longer row is an error naming "
+        "it (never truncated: that would cut the answer); size it with model.max_pixels",
+    )
     tasks: list[Literal["edit", "gen"]] | None = None
     axes: list[Literal["execution", "consistency", "instruction", "quality"]] | None = None
 
@@ -90,7 +99,8 @@ class DistCfg(_Cfg):
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     zero_stage: Literal[2, 3] = 2
-    offload_optimizer: bool = False
+    offload_optimizer: bool = Field(default=False, description="DeepSpeed: optimizer state in CPU memory")
+    offload_param: bool = Field(default=False, description="DeepSpeed ZeRO-3: parameters in CPU memory")
 
 
 class ExportCfg(_Cfg):
@@ -141,6 +151,10 @@ class SFTConfig(_Cfg):
                 "finetune=lora with DeepSpeed ZeRO-3 is not supported (the adapter cannot be merged while the base "
                 "weights are partitioned); use ZeRO-2 or DDP for LoRA"
             )
+        if self.dist.offload_param and (self.dist.strategy != "deepspeed" or self.dist.zero_stage != 3):
+            raise ConfigError("dist.offload_param needs dist.strategy=deepspeed and dist.zero_stage=3")
+        if self.dist.offload_optimizer and self.dist.strategy != "deepspeed":
+            raise ConfigError("dist.offload_optimizer needs dist.strategy=deepspeed")
         return self
 
     def checkpoint_root(self) -> str:

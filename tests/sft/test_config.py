@@ -207,9 +207,32 @@ def test_a_fresh_run_into_an_existing_run_is_refused(tmp_path: Path) -> None:
     ckpt.mkdir()
     (ckpt / "trainer_state.json").write_text("{}")
     publish_dir(ckpt, f"{cfg.checkpoint_root()}/step-10")
-    with pytest.raises(ConfigError, match=r"run twice: .*twice already has checkpoints \(latest: .*step-10\); pass"):
+    with pytest.raises(
+        ConfigError, match=r"run twice: .*twice already has checkpoints \(latest: .*step-10\); pass"
+    ):
         check_fresh_run(cfg)
     with pytest.raises(ConfigError, match="already has checkpoints"):
         train(cfg)  # refused before the (missing) dataset is even opened
-    resumed = load_sft_config("critic/tiny_cpu", [f"data.dataset={tmp_path / 'no-data'}", "run_name=twice", "resume=auto"])
+    resumed = load_sft_config(
+        "critic/tiny_cpu", [f"data.dataset={tmp_path / 'no-data'}", "run_name=twice", "resume=auto"]
+    )
     check_fresh_run(resumed)  # continuing the run is fine
+
+
+def test_memory_knobs_reach_deepspeed_and_are_checked() -> None:
+    import torch
+
+    from firm.critic.sft import DistEnv, _deepspeed_config
+
+    cfg = load_sft_config(
+        "critic/qwen3vl_8b_edit_full", ["dist.offload_optimizer=true", "dist.offload_param=true"]
+    )
+    assert cfg.model.gradient_checkpointing and cfg.data.max_seq_len and cfg.model.max_pixels
+    env = DistEnv(rank=0, world=8, local_rank=0, backend="nccl", device=torch.device("cpu"))
+    zero = _deepspeed_config(cfg, env, bf16=True)["zero_optimization"]
+    assert zero["stage"] == 3 and zero["offload_optimizer"]["device"] == "cpu"
+    assert zero["offload_param"]["device"] == "cpu"
+    with pytest.raises(ConfigError, match=r"dist\.offload_param needs"):
+        load_sft_config("critic/qwen3vl_8b_edit_full", ["dist.offload_param=true", "dist.zero_stage=2"])
+    with pytest.raises(ConfigError, match=r"dist\.offload_optimizer needs"):
+        load_sft_config("critic/tiny_cpu", ["dist.offload_optimizer=true"])

@@ -64,3 +64,19 @@ def test_baseline_mae_is_over_the_same_items_as_the_critics() -> None:
         and math.isnan(none["val/mae_parsed"])
         and math.isnan(none["val/baseline_mae_parsed"])
     )
+
+
+def test_a_row_longer_than_max_seq_len_is_an_error_naming_it(
+    tiny_critic_dir: Path, sft_dataset: Path
+) -> None:
+    import pytest
+
+    from firm.critic.critic import load_processor
+    from firm.curation.dataset import read_sft_dataset
+    from firm.errors import InputError
+
+    ds = read_sft_dataset(sft_dataset)
+    row = ds.split("train")[0]
+    collator = SFTCollator(load_processor(str(tiny_critic_dir), "qwen3_vl"), ds, max_seq_len=64)
+    with pytest.raises(InputError, match=rf"row {row.id} .*tokens .* exceed data.max_seq_len=64"):
+        collator([row])
