@@ -73,6 +73,13 @@ def run(
     return out
 
 
+def _loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "n/a"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6, help="pairs of (sync, async) steps per run")
@@ -125,6 +132,7 @@ def main() -> None:
         work / "repo",
     )
     rows = []
+    load_before = _loadavg()
     with TritonServer(repo) as srv:
         for algorithm in ("nft", "grpo"):
             runs: dict[bool, list[dict]] = {False: [], True: []}
@@ -146,8 +154,9 @@ def main() -> None:
         f"tritonserver on 127.0.0.1, trainer on 1 thread; one accumulated update per step, global-std advantages, "
         f"NFT dpm2 rollouts, {args.train_fraction:g} of the timesteps trained, GRPO CFG {args.guidance:g}; medians "
         f"over {args.repeats} runs × {args.steps} pairs of steps after a warm-up, each pair one sync and one async "
-        "step in alternating order (side by side under the same load); seconds. Shared 2-core CPU "
-        "machine (other jobs running): expect noise.",
+        "step in alternating order (side by side under the same load); seconds. A 2-core CPU "
+        f"machine shared with other jobs: 1-minute load average {load_before} before the run, {_loadavg()} after "
+        "(both modes suffer from load, async more, since its overlap needs the second core).",
         "",
         "| algorithm | rewards | step | rollout | reward wait | update | parse failures | async / sync: step | "
         "async / sync: rollout + reward wait | async / sync per step pair: median (quartiles) |",
