@@ -248,8 +248,11 @@ def read_sft_dataset(
 
 
 class SFTDatasetWriter:
-    """Builds a dataset directory: `add(row, images)` stores the images and the row; `finish()` writes the shards
-    and `dataset.json` and, given a URI, publishes the directory atomically (MANIFEST last)."""
+    """Builds a dataset in a private directory: `add_image` stores an image, `add(row)` appends the row to its
+    split's current shard file (a new shard every `shard_size` rows: rows are streamed to disk, never held in
+    memory); `finish()` closes the shards, writes `dataset.json` and, given a URI, publishes the directory
+    atomically (`publish_dir`: files first, MANIFEST last). Nothing is visible at the URI before `finish` publishes;
+    without a URI the directory is the result (`dataset.json`, which readers need, is written last)."""
 
     def __init__(self, name: str, local_dir: str | Path | None = None, shard_size: int = 10_000):
         if shard_size < 1:
@@ -259,8 +262,13 @@ class SFTDatasetWriter:
         self._tmp = None if local_dir is not None else tempfile.TemporaryDirectory(prefix="firm-sft-")
         self.dir = Path(local_dir) if local_dir is not None else Path(self._tmp.name)  # type: ignore[union-attr]
         (self.dir / "images").mkdir(parents=True, exist_ok=True)
-        self._rows: dict[str, list[CriticSFTRow]] = {}
+        (self.dir / "shards").mkdir(exist_ok=True)
+        self._counts: dict[str, int] = {}
+        self._open: dict[str, Any] = {}  # split -> the open shard file
         self._image_names: set[str] = set()
+
+    def has_image(self, name: str) -> bool:
+        return f"images/{name}" in self._image_names
 
     def add_image(self, name: str, image: Any) -> str:
         """Store an image (PIL image or encoded bytes) under images/<name>; returns its relative path."""
@@ -279,6 +287,10 @@ class SFTDatasetWriter:
         self._image_names.add(rel)
         return rel
 
+    @staticmethod
+    def _shard(split: str, index: int) -> str:
+        return f"shards/{split}-{index:05d}.jsonl"
+
     def add(self, row: CriticSFTRow) -> None:
         """Add a validated row (its images already stored with `add_image` or given as URIs)."""
         reason = check_target(row)
@@ -287,22 +299,31 @@ class SFTDatasetWriter:
         for ref in row.images:
             if "://" not in ref and ref not in self._image_names and not (self.dir / ref).is_file():
                 raise InputError(f"row {row.id}: image {ref!r} was not added to the dataset")
-        self._rows.setdefault(row.split, []).append(row)
+        n = self._counts.get(row.split, 0)
+        if n % self.shard_size == 0:  # the split's first row, or its current shard is full
+            if row.split in self._open:
+                self._open.pop(row.split).close()
+            self._open[row.split] = (self.dir / self._shard(row.split, n // self.shard_size)).open(
+                "w", encoding="utf-8"
+            )
+        self._open[row.split].write(row.model_dump_json(exclude_none=True) + "\n")
+        self._counts[row.split] = n + 1
+
+    def _close_shards(self) -> None:
+        for fh in self._open.values():
+            fh.close()
+        self._open.clear()
 
     def finish(self, uri: str | None = None, producer: str = "firm.curation.dataset") -> Path | str:
-        """Write shards and `dataset.json`; publish to `uri` when given (returns the URI), else return the dir."""
-        shards: list[str] = []
-        (self.dir / "shards").mkdir(exist_ok=True)
-        for split in sorted(self._rows):
-            rows = self._rows[split]
-            for k in range(0, len(rows), self.shard_size):
-                rel = f"shards/{split}-{k // self.shard_size:05d}.jsonl"
-                text = "".join(
-                    r.model_dump_json(exclude_none=True) + "\n" for r in rows[k : k + self.shard_size]
-                )
-                (self.dir / rel).write_text(text, encoding="utf-8")
-                shards.append(rel)
-        info = DatasetInfo(name=self.name, shards=shards, rows={s: len(r) for s, r in self._rows.items()})
+        """Close the shards and write `dataset.json`; publish to `uri` when given (returns the URI), else return
+        the dir."""
+        self._close_shards()
+        shards = [
+            self._shard(split, k)
+            for split in sorted(self._counts)
+            for k in range(-(-self._counts[split] // self.shard_size))
+        ]
+        info = DatasetInfo(name=self.name, shards=shards, rows=dict(self._counts))
         (self.dir / INFO_FILE).write_text(info.model_dump_json(indent=2))
         if uri is None:
             return self.dir
@@ -312,6 +333,7 @@ class SFTDatasetWriter:
         return uri
 
     def close(self) -> None:
+        self._close_shards()
         if self._tmp is not None:
             self._tmp.cleanup()
 

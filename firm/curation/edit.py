@@ -18,7 +18,10 @@ Then `firm.curation.runner` balances, splits, writes and publishes (with `stats.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from pydantic import Field
@@ -36,7 +39,7 @@ from firm.curation.runner import (
     run_curation,
 )
 from firm.curation.selection import unit_hash
-from firm.curation.teachers import CachedTeacher, Teacher, TeacherRequest
+from firm.curation.teachers import AsyncTeacher, CachedTeacher, Teacher, TeacherRequest, open_teacher
 
 EDIT_AXES = ("execution", "consistency")
 
@@ -89,69 +92,73 @@ class _EditStages:
         self.pack = load_pack(cfg.rubrics)
         self.rubrics = {a: self.pack.get("edit", a, "teacher") for a in cfg.axes}
 
-    def __call__(self, chunk: list[Prepared]) -> list[ItemRecord]:
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Callable[[Prepared], Awaitable[ItemRecord]]]:
+        """The teachers opened on the running event loop; yields the coroutine that curates one item."""
+        async with AsyncExitStack() as stack:
+            teacher = await stack.enter_async_context(open_teacher(self.teacher))
+            rewriter = (
+                teacher if self.rewriter is self.teacher
+                else await stack.enter_async_context(open_teacher(self.rewriter))
+            )  # fmt: skip
+            yield lambda p: self._item(teacher, rewriter, p)
+
+    async def _item(self, teacher: AsyncTeacher, rewriter: AsyncTeacher, p: Prepared) -> ItemRecord:
+        """One edit pair through the stages: report → (rewrite) → both axes scored at once."""
         from firm.critic.messages import build_messages, encode_images
 
         cfg = self.cfg
-        recs = [
-            ItemRecord(id=p.item.id, images=list(p.item.images), image_names=image_names(p), dedupe=p.dedupe)
-            for p in chunk
-        ]
-        # 1. difference reports
+        rec = ItemRecord(
+            id=p.item.id, images=list(p.item.images), image_names=image_names(p), dedupe=p.dedupe
+        )
+        images = [im.image for im in p.images]
+        # 1. difference report
         dr = self.prompts.get("difference_report")
-        answers = self.teacher.generate(
-            [TeacherRequest(messages=dr.messages([im.image for im in p.images]), max_tokens=dr.max_new_tokens)
-             for p in chunk]
-        )  # fmt: skip
-        reports: dict[int, str] = {}
-        for i, ans in enumerate(answers):
-            add_usage(recs[i], ans)
-            if not ans.ok:
-                recs[i].dropped = f"teacher_{ans.error}"
-            elif not ans.text.strip():
-                recs[i].dropped = "empty_report"
-            else:
-                reports[i] = ans.text.strip()
-                if ans.truncated:
-                    recs[i].notes.append("report_truncated")
+        ans = await teacher.ask(TeacherRequest(messages=dr.messages(images), max_tokens=dr.max_new_tokens))
+        add_usage(rec, ans)
+        if not ans.ok:
+            rec.dropped = f"teacher_{ans.error}"
+            return rec
+        report = ans.text.strip()
+        if not report:
+            rec.dropped = "empty_report"
+            return rec
+        if ans.truncated:
+            rec.notes.append("report_truncated")
         # 2. rewriting
-        instructions = {i: chunk[i].item.text for i in reports}
-        rewritten: set[int] = set()
-        chosen = [
-            i for i in reports if unit_hash(chunk[i].item.id, f"rewrite-{cfg.seed}") < cfg.rewrite_ratio
-        ]
-        if chosen:
-            rw = self.prompts.get("rewrite_instruction")
-            reqs = [
-                TeacherRequest(
-                    messages=rw.messages(instruction=instructions[i], difference_report=reports[i]),
-                    max_tokens=rw.max_new_tokens,
-                )
-                for i in chosen
-            ]
+        instruction, rewritten = p.item.text, False
+        if unit_hash(p.item.id, f"rewrite-{cfg.seed}") < cfg.rewrite_ratio:
             from firm.curation.inputs import normalize_text
 
-            for i, ans in zip(chosen, self.rewriter.generate(reqs), strict=True):
-                add_usage(recs[i], ans)
-                new = first_line(ans.text) if ans.ok else ""
-                if not new or normalize_text(new) == normalize_text(instructions[i]):
-                    recs[i].notes.append("rewrite_failed")
-                    continue
-                instructions[i] = new
-                rewritten.add(i)
-                recs[i].notes.append("rewritten")
-        # 3. scoring, one request per (item, axis)
-        jobs: list[tuple[int, str]] = [(i, a) for i in reports for a in cfg.axes]
+            rw = self.prompts.get("rewrite_instruction")
+            ans = await rewriter.ask(
+                TeacherRequest(messages=rw.messages(instruction=instruction, difference_report=report),
+                               max_tokens=rw.max_new_tokens)
+            )  # fmt: skip
+            add_usage(rec, ans)
+            new = first_line(ans.text) if ans.ok else ""
+            if not new or normalize_text(new) == normalize_text(instruction):
+                rec.notes.append("rewrite_failed")
+            else:
+                instruction, rewritten = new, True
+                rec.notes.append("rewritten")
+        # 3. scoring, one request per axis, both in flight together (the images pass the codec once per codec)
+        encoded: dict[str, list[Any]] = {}
         reqs = []
-        for i, axis in jobs:
+        for axis in cfg.axes:
             rubric = self.rubrics[axis]
-            imgs = encode_images(rubric, [im.image for im in chunk[i].images])
-            msgs = build_messages(rubric, imgs, instruction=instructions[i], difference_report=reports[i])
+            codec = (
+                rubric.images.codec if rubric.images.codec != "jpeg" else f"jpeg{rubric.images.jpeg_quality}"
+            )
+            if codec not in encoded:
+                encoded[codec] = encode_images(rubric, images)
+            msgs = build_messages(rubric, encoded[codec], instruction=instruction, difference_report=report)
             reqs.append(TeacherRequest(messages=msgs, max_tokens=rubric.generation.max_new_tokens))
-        for (i, axis), ans in zip(jobs, self.teacher.generate(reqs), strict=True):
-            add_usage(recs[i], ans)
-            self._score(recs[i], i in rewritten, axis, instructions[i], ans)
-        return recs
+        answers = await asyncio.gather(*(teacher.ask(r) for r in reqs))
+        for axis, ans in zip(cfg.axes, answers, strict=True):
+            add_usage(rec, ans)
+            self._score(rec, rewritten, axis, instruction, ans)
+        return rec
 
     def _score(self, rec: ItemRecord, rewritten: bool, axis: str, instruction: str, ans: Any) -> None:
         from firm.rewards.parsing import parse_answer

@@ -17,6 +17,8 @@ paper's FIRM-Gen data); quality has no plan.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from pydantic import Field
@@ -33,7 +35,7 @@ from firm.curation.runner import (
     image_names,
     run_curation,
 )
-from firm.curation.teachers import CachedTeacher, Teacher, TeacherRequest
+from firm.curation.teachers import AsyncTeacher, CachedTeacher, Teacher, TeacherRequest, open_teacher
 
 GEN_AXES = ("instruction",)
 
@@ -53,41 +55,46 @@ class _GenStages:
         self.plan_prompt = load_prompts(cfg.prompts).get("plan")
         self.rubric = load_pack(cfg.rubrics).get("gen", "instruction", "teacher")
 
-    def __call__(self, chunk: list[Prepared]) -> list[ItemRecord]:
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Callable[[Prepared], Awaitable[ItemRecord]]]:
+        """The planner and the scorer opened on the running event loop; yields the per-item coroutine."""
+        async with AsyncExitStack() as stack:
+            planner = await stack.enter_async_context(open_teacher(self.planner))
+            scorer = (
+                planner if self.scorer is self.planner
+                else await stack.enter_async_context(open_teacher(self.scorer))
+            )  # fmt: skip
+            yield lambda p: self._item(planner, scorer, p)
+
+    async def _item(self, planner: AsyncTeacher, scorer: AsyncTeacher, p: Prepared) -> ItemRecord:
+        """One generation through the stages: plan → score against the plan."""
         from firm.critic.messages import build_messages, encode_images
 
-        recs = [
-            ItemRecord(id=p.item.id, images=list(p.item.images), image_names=image_names(p), dedupe=p.dedupe)
-            for p in chunk
-        ]
-        pp = self.plan_prompt
-        answers = self.planner.generate(
-            [
-                TeacherRequest(messages=pp.messages(prompt=p.item.text), max_tokens=pp.max_new_tokens)
-                for p in chunk
-            ]
+        rec = ItemRecord(
+            id=p.item.id, images=list(p.item.images), image_names=image_names(p), dedupe=p.dedupe
         )
-        plans: dict[int, str] = {}
-        for i, ans in enumerate(answers):
-            add_usage(recs[i], ans)
-            if not ans.ok:
-                recs[i].dropped = f"teacher_{ans.error}"
-            elif not ans.text.strip():
-                recs[i].dropped = "empty_plan"
-            else:
-                plans[i] = ans.text.strip()
-                if ans.truncated:
-                    recs[i].notes.append("plan_truncated")
-        idx = list(plans)
-        reqs = []
-        for i in idx:
-            imgs = encode_images(self.rubric, [chunk[i].images[0].image])
-            msgs = build_messages(self.rubric, imgs, prompt=chunk[i].item.text, plan=plans[i])
-            reqs.append(TeacherRequest(messages=msgs, max_tokens=self.rubric.generation.max_new_tokens))
-        for i, ans in zip(idx, self.scorer.generate(reqs), strict=True):
-            add_usage(recs[i], ans)
-            self._score(recs[i], chunk[i].item.text, ans)
-        return recs
+        pp = self.plan_prompt
+        ans = await planner.ask(
+            TeacherRequest(messages=pp.messages(prompt=p.item.text), max_tokens=pp.max_new_tokens)
+        )
+        add_usage(rec, ans)
+        if not ans.ok:
+            rec.dropped = f"teacher_{ans.error}"
+            return rec
+        plan = ans.text.strip()
+        if not plan:
+            rec.dropped = "empty_plan"
+            return rec
+        if ans.truncated:
+            rec.notes.append("plan_truncated")
+        imgs = encode_images(self.rubric, [p.images[0].image])
+        msgs = build_messages(self.rubric, imgs, prompt=p.item.text, plan=plan)
+        ans = await scorer.ask(
+            TeacherRequest(messages=msgs, max_tokens=self.rubric.generation.max_new_tokens)
+        )
+        add_usage(rec, ans)
+        self._score(rec, p.item.text, ans)
+        return rec
 
     def _score(self, rec: ItemRecord, prompt: str, ans: Any) -> None:
         from firm.rewards.parsing import parse_answer

@@ -119,20 +119,24 @@ class LoadedImage(BaseModel):
     ext: str
 
 
+def read_image_bytes(ref: str) -> bytes:
+    """The bytes of one image reference, undecoded; raises `InputError` starting with `missing_image`."""
+    try:
+        if "://" in ref:
+            from firm.storage import read_bytes
+
+            return read_bytes(ref)
+        return Path(ref).read_bytes()
+    except (FirmError, OSError) as exc:
+        raise InputError(f"missing_image: {ref}: {exc}") from None
+
+
 def load_item_image(ref: str) -> LoadedImage:
     """Read and decode one image; raises `InputError` whose message starts with `missing_image` or
     `unreadable_image` (the drop reason)."""
     from firm.critic.images import load_image
 
-    try:
-        if "://" in ref:
-            from firm.storage import read_bytes
-
-            data = read_bytes(ref)
-        else:
-            data = Path(ref).read_bytes()
-    except (FirmError, OSError) as exc:
-        raise InputError(f"missing_image: {ref}: {exc}") from None
+    data = read_image_bytes(ref)
     try:
         img = load_image(data, name=ref)
     except InputError as exc:

@@ -1,30 +1,44 @@
 """The machinery both curation pipelines share (`firm.curation.edit`, `firm.curation.gen`).
 
-A run reads the manifest in chunks (`chunk_size` items), drops what cannot be used before paying a teacher
-(malformed lines, missing or unreadable images, empty instructions, near-duplicates), hands the rest to the
-pipeline's `process` function (the teacher stages) and appends one `ItemRecord` per item to a journal
-(`<work_dir>/items.jsonl`, flushed per chunk). Items already in the journal are skipped on a rerun (resume); the
-teacher-call cache (`firm.curation.teachers.CachedTeacher`) makes a rerun after a crash pay for nothing twice.
+A run streams the manifest and drops what cannot be used before paying a teacher (malformed lines, missing or
+unreadable images, empty instructions, near-duplicates). Every other item walks the pipeline's stages on its own
+(`Stages.session()` gives `run_item(prepared) -> ItemRecord`, a coroutine): up to `in_flight` items are curated at
+once on one event loop, so an item's scoring starts as soon as its own report is back and the teachers always have
+requests waiting (each teacher bounds its own requests in flight: `--concurrency`). One `ItemRecord` per item is
+appended to a journal (`<work_dir>/items.jsonl`, flushed about once a second) as items complete. Items already in
+the journal are skipped on a rerun (resume); the teacher-call cache (`firm.curation.teachers.CachedTeacher`) makes a
+rerun after a crash pay for nothing twice.
 
 Finishing: the journal's samples are balanced per axis (`selection.balance`), split train/val by item-id hash,
-written as a critic SFT dataset (`firm.curation.dataset`) with `stats.json` and `histogram.png`, and published with
-`firm.storage.publish_dir` (files first, MANIFEST.json last): nothing half-written becomes visible.
+written as a critic SFT dataset (`firm.curation.dataset`, shards streamed to a private directory) with `stats.json`
+and `histogram.png`, and published with `firm.storage.publish_dir` (files first, MANIFEST.json last): nothing
+half-written becomes visible.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from firm.curation.inputs import Kind, LoadedImage, ManifestItem, dedupe_key, load_item_image, read_manifest
+from firm.curation.inputs import (
+    Kind,
+    LoadedImage,
+    ManifestItem,
+    dedupe_key,
+    load_item_image,
+    read_image_bytes,
+    read_manifest,
+)
 from firm.curation.leaks import LeakPolicy
 from firm.errors import InputError
 
@@ -53,7 +67,10 @@ class CurationConfig(BaseModel):
         default=None, description="journal dir (None: $FIRM_HOME/curation/<run hash>)"
     )
     resume: bool = Field(default=True, description="skip items already in the journal")
-    chunk_size: int = Field(default=32, ge=1, le=100_000)
+    in_flight: int | None = Field(
+        default=None, ge=1, le=100_000,
+        description="items curated at once (None: twice the largest teacher concurrency, at least 16)",
+    )  # fmt: skip
     limit: int | None = Field(default=None, ge=1, description="only the first N manifest items")
     seed: int = 0
     progress: bool = True
@@ -179,17 +196,33 @@ def image_names(p: Prepared) -> list[str]:
     return [f"{im.sha256[:24]}{im.ext}" for im in p.images]
 
 
+RunItem = Callable[[Prepared], Awaitable[ItemRecord]]
+
+
+class Stages(Protocol):
+    """A pipeline's teacher stages: `session()` opens the teachers on the running event loop and yields the
+    coroutine that curates one prepared item."""
+
+    def session(self) -> AbstractAsyncContextManager[RunItem]: ...
+
+
+def default_in_flight(teachers: list[Any]) -> int:
+    """Twice the largest teacher concurrency (an edit item holds one request during its report, two while scored),
+    at least 16."""
+    return max([16, *(2 * int(getattr(t, "concurrency", 0) or 0) for t in teachers)])
+
+
 def run_curation(
     cfg: CurationConfig,
     kind: Kind,
-    process: Callable[[list[Prepared]], list[ItemRecord]],
+    stages: Stages,
     *,
     fingerprint: dict[str, Any],
     axes: tuple[str, ...],
     meta: dict[str, Any],
     teachers: list[Any],
 ) -> CurationResult:
-    """Drive a curation run (see the module docstring); `process` turns prepared items into records."""
+    """Drive a curation run (see the module docstring)."""
     from firm.progress import Progress
 
     fp = run_fingerprint(fingerprint)
@@ -197,50 +230,89 @@ def run_curation(
     done = journal.load() if cfg.resume else {}
     if not cfg.resume and journal.path.exists():
         journal.path.unlink()
-    seen = {r.dedupe for r in done.values() if r.dedupe and r.dropped != "duplicate"}
-    order: list[str] = []
-    ids: set[str] = set()
     t0 = time.monotonic()
-    resumed = 0
-    new: dict[str, ItemRecord] = {}
+    in_flight = cfg.in_flight or default_in_flight(teachers)
     with Progress(f"curate {kind} {cfg.name}", total=cfg.limit, unit="item", enabled=cfg.progress) as bar:
-        chunk: list[Prepared] = []
-        pending: list[ItemRecord] = []
-
-        def flush() -> None:
-            records = pending + (process(chunk) if chunk else [])
-            journal.append(records)
-            for r in records:
-                new[r.id] = r
-            n = len(records)
-            chunk.clear()
-            pending.clear()
-            rate = len(new) / max(time.monotonic() - t0, 1e-9)
-            bar.advance(n, info=f"{rate:.3g} item/s")
-
-        for item in read_manifest(cfg.input, kind):
-            if cfg.limit is not None and len(order) >= cfg.limit:
-                break
-            if item.id in ids:  # a repeated id in the manifest: the later line gets its own
-                item = item.model_copy(update={"id": f"{item.id}#L{item.line}"})
-            order.append(item.id)
-            ids.add(item.id)
-            if item.id in done:
-                resumed += 1
-                bar.advance(1)
-                continue
-            prep = _prepare(item, seen)
-            if isinstance(prep, ItemRecord):
-                pending.append(prep)
-            else:
-                chunk.append(prep)
-            if len(chunk) >= cfg.chunk_size:
-                flush()
-        flush()
+        order, new, resumed = asyncio.run(_drive(cfg, kind, stages, journal, done, bar, t0, in_flight))
     records = [new.get(i) or done[i] for i in order]
     return finish(
         cfg, kind, records, axes=axes, meta=meta | {"resumed_items": resumed}, teachers=teachers, t0=t0
     )
+
+
+async def _drive(
+    cfg: CurationConfig,
+    kind: Kind,
+    stages: Stages,
+    journal: Journal,
+    done: dict[str, ItemRecord],
+    bar: Any,
+    t0: float,
+    in_flight: int,
+) -> tuple[list[str], dict[str, ItemRecord], int]:
+    """Read, prepare and curate the manifest's items, `in_flight` at a time; journal records as they complete.
+    Returns (item ids in manifest order, the new records, the number of items resumed from the journal)."""
+    seen = {r.dedupe for r in done.values() if r.dedupe and r.dropped != "duplicate"}
+    order: list[str] = []
+    ids: set[str] = set()
+    new: dict[str, ItemRecord] = {}
+    unjournaled: list[ItemRecord] = []
+    last_flush = time.monotonic()
+    resumed = 0
+    running: set[asyncio.Task[ItemRecord]] = set()
+
+    def record(rec: ItemRecord) -> None:
+        nonlocal last_flush
+        new[rec.id] = rec
+        unjournaled.append(rec)
+        rate = len(new) / max(time.monotonic() - t0, 1e-9)
+        bar.advance(1, info=f"{rate:.3g} item/s")
+        if len(unjournaled) >= in_flight or time.monotonic() - last_flush >= 1.0:
+            journal.append(unjournaled)
+            unjournaled.clear()
+            last_flush = time.monotonic()
+
+    async def settle(block: bool) -> None:
+        """Record finished items; with `block`, wait for at least one first."""
+        if not running:
+            return
+        finished, _ = await asyncio.wait(
+            running, timeout=None if block else 0, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in finished:
+            running.discard(task)
+            record(task.result())  # a fatal teacher error (wrong key, unknown model) stops the run here
+
+    try:
+        async with stages.session() as run_item:
+            for item in read_manifest(cfg.input, kind):
+                if cfg.limit is not None and len(order) >= cfg.limit:
+                    break
+                if item.id in ids:  # a repeated id in the manifest: the later line gets its own
+                    item = item.model_copy(update={"id": f"{item.id}#L{item.line}"})
+                order.append(item.id)
+                ids.add(item.id)
+                if item.id in done:
+                    resumed += 1
+                    bar.advance(1)
+                    continue
+                prep = await asyncio.to_thread(_prepare, item, seen)  # image decoding off the event loop
+                if isinstance(prep, ItemRecord):
+                    record(prep)
+                    continue
+                while len(running) >= in_flight:
+                    await settle(block=True)
+                running.add(asyncio.create_task(run_item(prep)))
+                await settle(block=False)
+            while running:
+                await settle(block=True)
+    finally:
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        journal.append(unjournaled)  # what completed is kept for a resume, even when the run fails
+    return order, new, resumed
 
 
 def finish(
@@ -287,7 +359,8 @@ def finish(
             for rec, s in by_axis.get(axis, []):
                 try:
                     for ref, name in zip(rec.images, rec.image_names, strict=True):
-                        writer.add_image(name, load_item_image(ref).data)
+                        if not writer.has_image(name):  # checked and decoded when prepared: copy the bytes
+                            writer.add_image(name, read_image_bytes(ref))
                 except InputError:
                     image_gone += 1
                     continue

@@ -15,19 +15,28 @@ in order. A failed call is an answer with `error` set to a countable reason (`ti
 
 `make_teacher(spec, ...)`: `http(s)://host:port[/v1]` or `openai://host:port` → `HTTPTeacher`; anything else → a local
 model (HF id, path, or `file://` / `s3://` URI) → `LocalTeacher`.
+
+Inside a curation run every item walks its own stages, and a teacher is asked one request at a time from many items
+at once: `open_teacher(teacher)` gives an `AsyncTeacher` (`await ask(request) -> answer`) on the running event loop.
+`HTTPTeacher` answers through one open `ChatSession` (one connection pool and concurrency bound for the whole run);
+a teacher with only `generate` (`LocalTeacher`, any other) is asked in batches: the requests that wait at the same
+time are answered by one `generate` call in a worker thread, up to `batch_size` at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from firm.errors import FirmError
+from firm.llm.openai_client import ImageMemo
 
 Messages = list[dict[str, Any]]
 
@@ -69,11 +78,25 @@ class Teacher(Protocol):
     def close(self) -> None: ...
 
 
-def image_digest(img: Any) -> str:
-    """sha256 of an image's pixels, mode and size (independent of how it was encoded on disk)."""
+class AsyncTeacher(Protocol):
+    """A teacher on the running event loop (`open_teacher`): one request at a time, many in flight."""
+
+    async def ask(self, request: TeacherRequest) -> TeacherAnswer: ...
+
+
+def _pixel_digest(img: Any) -> str:
     h = hashlib.sha256(f"{img.mode}:{img.size[0]}x{img.size[1]}:".encode())
     h.update(img.tobytes())
     return h.hexdigest()
+
+
+_DIGESTS = ImageMemo()
+
+
+def image_digest(img: Any) -> str:
+    """sha256 of an image's pixels, mode and size (independent of how it was encoded on disk); computed once per
+    image object and remembered while it lives."""
+    return _DIGESTS.get(img, _pixel_digest)
 
 
 def cache_key(model_id: str, messages: Messages, max_tokens: int) -> str:
@@ -101,35 +124,116 @@ class HTTPTeacher:
         self.client = client
         self.model_id = client.model
         self.name = f"{client.model} @ {client.base_url}"
+        self.concurrency = client.concurrency  # requests in flight at most
 
     def check(self) -> None:
         """Fail in one line naming the URL when nothing answers there."""
         self.client.check_reachable()
 
+    @staticmethod
+    def _answer(res: Any) -> TeacherAnswer:
+        from firm.llm.openai_client import ChatCallError
+
+        if isinstance(res, ChatCallError):
+            return TeacherAnswer(error=res.reason)
+        return TeacherAnswer(
+            text=res.text,
+            truncated=res.truncated,
+            prompt_tokens=res.prompt_tokens,
+            completion_tokens=res.completion_tokens,
+            seconds=res.seconds,
+        )
+
     def generate(self, requests: Sequence[TeacherRequest]) -> list[TeacherAnswer]:
-        from firm.llm.openai_client import ChatCallError, to_wire
+        from firm.llm.openai_client import to_wire
 
         if not requests:
             return []
         jobs = [(to_wire(r.messages), r.max_tokens) for r in requests]
-        out: list[TeacherAnswer] = []
-        for res in self.client.map(jobs, return_errors=True):
-            if isinstance(res, ChatCallError):
-                out.append(TeacherAnswer(error=res.reason))
-            else:
-                out.append(
-                    TeacherAnswer(
-                        text=res.text,
-                        truncated=res.truncated,
-                        prompt_tokens=res.prompt_tokens,
-                        completion_tokens=res.completion_tokens,
-                        seconds=res.seconds,
-                    )
-                )
-        return out
+        return [self._answer(res) for res in self.client.map(jobs, return_errors=True)]
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncTeacher]:
+        """One open `ChatSession` for every request of a run (see the module docstring)."""
+        async with self.client.session() as chat:
+            yield _HTTPAsk(chat, self._answer)
 
     def close(self) -> None:
         return None
+
+
+class _HTTPAsk:
+    def __init__(self, chat: Any, answer: Any) -> None:
+        self._chat, self._answer = chat, answer
+
+    async def ask(self, request: TeacherRequest) -> TeacherAnswer:
+        from firm.llm.openai_client import ChatCallError, to_wire
+
+        try:
+            res = await self._chat.complete(to_wire(request.messages), request.max_tokens)
+        except ChatCallError as exc:
+            if exc.fatal:  # a wrong key or an unknown model: the run stops
+                raise
+            return self._answer(exc)
+        return self._answer(res)
+
+
+class _Batched:
+    """`ask` for a teacher with only `generate`: the requests waiting together go to one `generate` call, in a
+    worker thread (so the event loop keeps the other items moving), at most `batch_size` at a time."""
+
+    def __init__(self, teacher: Teacher, batch_size: int) -> None:
+        self.teacher, self.batch_size = teacher, max(1, batch_size)
+        self._queue: list[tuple[TeacherRequest, asyncio.Future[TeacherAnswer]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def ask(self, request: TeacherRequest) -> TeacherAnswer:
+        fut: asyncio.Future[TeacherAnswer] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, fut))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        while self._queue:
+            await asyncio.sleep(0)  # the items made ready by the same event get to queue their requests too
+            batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
+            try:
+                answers = await asyncio.to_thread(self.teacher.generate, [r for r, _ in batch])
+            except asyncio.CancelledError:
+                for _, fut in batch:
+                    fut.cancel()
+                raise
+            except Exception as exc:  # a fatal teacher error reaches every item of the batch
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), ans in zip(batch, answers, strict=True):
+                if not fut.done():
+                    fut.set_result(ans)
+
+    async def aclose(self) -> None:
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._worker
+
+
+@asynccontextmanager
+async def _batched(teacher: Teacher) -> AsyncIterator[AsyncTeacher]:
+    b = _Batched(teacher, int(getattr(teacher, "batch_size", 8) or 8))
+    try:
+        yield b
+    finally:
+        await b.aclose()
+
+
+def open_teacher(teacher: Teacher) -> AbstractAsyncContextManager[AsyncTeacher]:
+    """`teacher` on the running event loop (see the module docstring): `async with open_teacher(t) as a:
+    answer = await a.ask(request)`."""
+    session = getattr(teacher, "session", None)
+    return session() if callable(session) else _batched(teacher)
 
 
 # ------------------------------------------------------------------------------------------------------ local
@@ -138,7 +242,7 @@ class LocalTeacher:
 
     def __init__(self, critic: Any, *, batch_size: int = 8, name: str | None = None) -> None:
         self.critic = critic
-        self.batch_size = batch_size
+        self.batch_size = self.concurrency = batch_size
         self.model_id = name or critic.name
         self.name = self.model_id
 
@@ -192,6 +296,7 @@ class CachedTeacher:
 
         self.inner = inner
         self.model_id, self.name = inner.model_id, inner.name
+        self.concurrency = getattr(inner, "concurrency", None)
         self.cache_uri = cache_uri.rstrip("/")
         self._store, prefix = open_store(self.cache_uri + "/")
         self._prefix = prefix.rstrip("/")
@@ -211,24 +316,58 @@ class CachedTeacher:
         out: list[TeacherAnswer | None] = []
         todo: list[int] = []
         for i, key in enumerate(keys):
-            try:
-                data = self._store.get_bytes(self._key(key))
-                out.append(TeacherAnswer.model_validate_json(data).model_copy(update={"cached": True}))
-                self.hits += 1
-            except (FirmError, ValueError):  # a miss (or an unreadable entry: asked again)
-                out.append(None)
+            hit = self.lookup(key)
+            out.append(hit)
+            if hit is None:
                 todo.append(i)
+            else:
+                self.hits += 1
         if todo:
             self.misses += len(todo)
             fresh = self.inner.generate([requests[i] for i in todo])
             for i, ans in zip(todo, fresh, strict=True):
                 out[i] = ans
                 if ans.ok:
-                    self._store.put_bytes(self._key(keys[i]), ans.model_dump_json().encode("utf-8"))
+                    self.store(keys[i], ans)
         return [a for a in out if a is not None]
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncTeacher]:
+        """Cache lookups and stores in worker threads (an S3 round trip must not stall the other items), the inner
+        teacher's own session for the misses."""
+        async with open_teacher(self.inner) as inner:
+            yield _CachedAsk(self, inner)
+
+    def lookup(self, key: str) -> TeacherAnswer | None:
+        try:
+            data = self._store.get_bytes(self._key(key))
+            return TeacherAnswer.model_validate_json(data).model_copy(update={"cached": True})
+        except (FirmError, ValueError):  # a miss (or an unreadable entry: asked again)
+            return None
+
+    def store(self, key: str, ans: TeacherAnswer) -> None:
+        self._store.put_bytes(self._key(key), ans.model_dump_json().encode("utf-8"))
 
     def close(self) -> None:
         self.inner.close()
+
+
+class _CachedAsk:
+    def __init__(self, cached: CachedTeacher, inner: AsyncTeacher) -> None:
+        self._c, self._inner = cached, inner
+
+    async def ask(self, request: TeacherRequest) -> TeacherAnswer:
+        c = self._c
+        key = cache_key(c.model_id, request.messages, request.max_tokens)
+        hit = await asyncio.to_thread(c.lookup, key)
+        if hit is not None:
+            c.hits += 1
+            return hit
+        c.misses += 1
+        ans = await self._inner.ask(request)
+        if ans.ok:
+            await asyncio.to_thread(c.store, key, ans)
+        return ans
 
 
 # ------------------------------------------------------------------------------------------------------ spec

@@ -9,13 +9,19 @@ concurrent requests, answers `GET /v1/models`, and can answer the first `fail_fi
 For deterministic teacher tests it can run without a model: `script(body) -> text | (status, message) | None`
 answers from the request itself (None: the model answers), and `latency_s` is a fixed artificial latency per
 request (default 0.02 s, which also lets concurrent requests overlap so a concurrency limit is observable).
+
+`serve_scripted_process(script, latency_s=...)` is the throughput variant (benchmarks): scripted answers only, an
+asyncio server (HTTP/1.1 keep-alive, the latency slept asynchronously, so thousands of requests can wait at once) in
+a process of its own, so the server does not compete with the client for one interpreter's lock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import multiprocessing as mp
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -184,3 +190,103 @@ def serve(critic: Any, **kwargs: Any) -> Iterator[tuple[ChatServer, str]]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+# ------------------------------------------------------------------------------------------ throughput variant
+def _scripted_body(model_name: str, n: int, body: dict[str, Any], text: str) -> dict[str, Any]:
+    """The chat-completions answer of a scripted `text` (a word stands for a token, as in ChatServer)."""
+    budget = int(body.get("max_tokens") or 256)
+    words = text.split()
+    cut = len(words) > budget
+    used = min(len(words), budget)
+    n_prompt = sum(len(json.dumps(m)) for m in body.get("messages", [])) // 4
+    return {
+        "id": f"chatcmpl-{n}",
+        "object": "chat.completion",
+        "model": model_name,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": " ".join(words[:budget]) if cut else text},
+                "finish_reason": "length" if cut else "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": n_prompt, "completion_tokens": used, "total_tokens": n_prompt + used},
+    }
+
+
+async def _async_server(script: Any, latency_s: float, model_name: str, port_out: Any, stop: Any) -> None:
+    count = 0
+
+    async def answer(method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        nonlocal count
+        if method == "GET" and path == "/v1/models":
+            return 200, {"object": "list", "data": [{"id": model_name, "object": "model"}]}
+        if method != "POST" or path != "/v1/chat/completions":
+            return 404, {"error": {"message": f"no route {path}"}}
+        req = json.loads(body)
+        await asyncio.sleep(latency_s)
+        if req.get("model") != model_name:
+            return 404, {"error": {"message": f"model {req.get('model')} not served"}}
+        scripted = script(req)
+        if isinstance(scripted, tuple):
+            return scripted[0], {"error": {"message": scripted[1]}}
+        count += 1
+        return 200, _scripted_body(model_name, count, req, str(scripted))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                method, path, _ = head[0].split(" ", 2)
+                headers = {
+                    k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in head[1:] if ln)
+                }
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                code, obj = await answer(method, path, body)
+                data = json.dumps(obj).encode()
+                writer.write(
+                    f"HTTP/1.1 {code} {'OK' if code == 200 else 'Error'}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(data)}\r\n\r\n".encode()
+                    + data
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=4096)
+    port_out.put(server.sockets[0].getsockname()[1])
+    async with server:
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+
+
+def _async_server_main(script: Any, latency_s: float, model_name: str, port_out: Any, stop: Any) -> None:
+    asyncio.run(_async_server(script, latency_s, model_name, port_out, stop))
+
+
+@contextmanager
+def serve_scripted_process(
+    script: Callable[[dict[str, Any]], str | tuple[int, str]],
+    *,
+    latency_s: float = 0.1,
+    model_name: str = "bench",
+) -> Iterator[str]:
+    """A scripted chat-completions server in its own process (see the module docstring); yields the base URL.
+    `script` must be picklable (it is sent to the server process)."""
+    ctx = mp.get_context("spawn")
+    port_out, stop = ctx.Queue(), ctx.Event()
+    proc = ctx.Process(
+        target=_async_server_main, args=(script, latency_s, model_name, port_out, stop), daemon=True
+    )
+    proc.start()
+    try:
+        yield f"http://127.0.0.1:{port_out.get(timeout=60)}"
+    finally:
+        stop.set()
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=5)

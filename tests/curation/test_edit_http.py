@@ -50,7 +50,7 @@ def test_edit_curation_end_to_end(edits, tmp_path: Path) -> None:  # type: ignor
     manifest, scores, items, behaviour, _url_of = edits
     script = EditScript(scores, behaviour)
     cfg = EditCurationConfig(input=str(manifest), out=str(tmp_path / "ds"), val_fraction=0.25, rewrite_ratio=0.25,
-                             chunk_size=5, cache=(tmp_path / "cache").as_uri(), work_dir=str(tmp_path / "w1"))  # fmt: skip
+                             in_flight=5, cache=(tmp_path / "cache").as_uri(), work_dir=str(tmp_path / "w1"))  # fmt: skip
     with serve(None, model_name=MODEL, script=script, latency_s=0.0) as (chat, url):
         res = curate_edit(cfg, _teacher(url, concurrency=4))
         first_calls = chat.requests
