@@ -2,7 +2,8 @@
 
 Parameters are given as `key=value` strings and checked against the pipeline's declared inputs before anything
 compiles or is submitted: an unknown name, a value that is not of the declared type (int, float, bool, list, str),
-or a `*_recipe` that is neither a shipped recipe nor a file/URI is one `ConfigError` naming the parameter.
+a `*_recipe` that is neither a shipped recipe nor a file/URI, or `dataset_source=curate-edit|curate-gen` without
+the `curation_*` parameters it needs is one `ConfigError` naming the parameter.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def validate_params(pipeline_name: str, params: list[str]) -> dict[str, Any]:
                 f"pipeline {pipeline_name} has no parameter {key!r} (parameters: {', '.join(sorted(declared))})"
             )
         out[key] = _convert(key, declared[key]["type"], raw)
+    _check_curation(declared, out)
     for key in declared:
         if key.endswith("_recipe"):
             value = out.get(key, declared[key]["default"])
@@ -120,6 +122,25 @@ def validate_params(pipeline_name: str, params: list[str]) -> dict[str, Any]:
                 except ConfigError as exc:
                     raise ConfigError(f"pipeline parameter {key!r}: {exc}") from None
     return out
+
+
+def _check_curation(declared: dict[str, dict[str, Any]], args: dict[str, Any]) -> None:
+    """With `dataset_source=curate-edit|curate-gen`, the `curation_*` parameters must describe a curation run."""
+    from firm.curation.prepare import CURATE, PARAM_PREFIX, check_curation
+    from firm.errors import InputError
+
+    source = args.get("dataset_source", declared.get("dataset_source", {}).get("default"))
+    if source not in CURATE:
+        return
+    values = {
+        k.removeprefix(PARAM_PREFIX): args.get(k, d["default"])
+        for k, d in declared.items()
+        if k.startswith(PARAM_PREFIX)
+    }
+    try:
+        check_curation(CURATE[source], values)
+    except InputError as exc:
+        raise ConfigError(f"pipeline parameter {exc}") from None
 
 
 def compile_pipeline(name: str, out_dir: str | Path) -> Path:

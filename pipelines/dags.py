@@ -5,6 +5,11 @@
 - `rl`:     rl_train (rewards from a served critic) → eval_policy
 - `bench`:  bench_critic (a critic URI, `triton://host:port` or an OpenAI-compatible endpoint)
 
+The curate step makes the critic's SFT data: `dataset_source=synthetic` (the default: a learnable known-answer
+set), `curate-edit` / `curate-gen` (teacher curation of the JSONL manifest `curation_input`, difference-first
+editing or plan-then-score generation; `curation_teacher` is an OpenAI-compatible endpoint URL or a local critic
+path/URI, `curation_planner` the gen planner, default the teacher), or a published SFT dataset URI.
+
 `backend` is the one switch between a cluster and this machine: `pytorchjob` (distributed steps as PyTorchJobs on
 the GPU pool, the reward service rolled out in the cluster) or `local` (torchrun on the runner's machine, the bundled
 tritonserver for the run, stopped by the exit handler whether the run succeeds or fails). `firmctl pipeline run
@@ -19,10 +24,15 @@ from pipelines.components.data import curate_dataset
 from pipelines.components.evaluate import eval_policy
 from pipelines.components.launch import rl_train, train_critic
 from pipelines.components.serve import deploy_reward_service, export_to_triton, stop_reward_service
-from pipelines.placement import CPU, DEPLOY, EXIT, GPU, LAUNCHER, place
+from pipelines.placement import CPU, CURATE, DEPLOY, EXIT, GPU, LAUNCHER, place
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 _GPU_POOL = get_settings().cluster.pipeline_gpu_pool
+
+
+def _curation(args: dict) -> dict:
+    """The `curation_*` parameters of a pipeline function's arguments."""
+    return {k: v for k, v in args.items() if k.startswith("curation_")}
 
 
 def _critic_steps(
@@ -30,9 +40,14 @@ def _critic_steps(
     base_model: str, train_pool: str, train_nodes: int, train_nproc_per_node: int, trainer_image: str,
     backend: str, job_timeout_s: float, bench: str, bench_items: int, bench_max_new_tokens: int,
     bench_batch_size: int, export_task: str, export_device: str, export_max_new_tokens: int, rubrics: str,
+    curation: dict,
 ) -> dsl.PipelineTask:  # fmt: skip
-    """curate → train → bench → export; returns the export task (its output is the repository URI)."""
-    curate = place(curate_dataset(source=dataset_source, n_items=dataset_items, seed=seed), CPU)
+    """curate → train → bench → export; returns the export task (its output is the repository URI).
+    `curation`: the `curation_*` pipeline parameters, passed to the curate step by name."""
+    curate = place(
+        curate_dataset(source=dataset_source, n_items=dataset_items, seed=seed, rubrics=rubrics, **curation),
+        CURATE,
+    )
     curate.set_display_name("curate")
     train = place(
         train_critic(
@@ -69,6 +84,14 @@ def critic_pipeline(
     dataset_source: str = "synthetic",
     dataset_items: int = 400,
     seed: int = 0,
+    curation_input: str = "",
+    curation_teacher: str = "",
+    curation_teacher_model: str = "",
+    curation_planner: str = "",
+    curation_planner_model: str = "",
+    curation_rewrite_ratio: float = 0.0,
+    curation_balance: dict = {},  # noqa: B006
+    curation_concurrency: int = 8,
     critic_recipe: str = "critic/qwen3vl_8b_edit_full",
     critic_overrides: list = [],  # noqa: B006 - KFP pipeline parameters are declared with literal defaults
     base_model: str = "",
@@ -90,7 +113,7 @@ def critic_pipeline(
     _critic_steps(
         dataset_source, dataset_items, seed, critic_recipe, critic_overrides, base_model, train_pool, train_nodes,
         train_nproc_per_node, trainer_image, backend, job_timeout_s, bench, bench_items, bench_max_new_tokens,
-        bench_batch_size, export_task, export_device, export_max_new_tokens, rubrics,
+        bench_batch_size, export_task, export_device, export_max_new_tokens, rubrics, _curation(locals()),
     )  # fmt: skip
 
 
@@ -163,6 +186,14 @@ def firm_pipeline(
     dataset_source: str = "synthetic",
     dataset_items: int = 400,
     seed: int = 0,
+    curation_input: str = "",
+    curation_teacher: str = "",
+    curation_teacher_model: str = "",
+    curation_planner: str = "",
+    curation_planner_model: str = "",
+    curation_rewrite_ratio: float = 0.0,
+    curation_balance: dict = {},  # noqa: B006
+    curation_concurrency: int = 8,
     critic_recipe: str = "critic/qwen3vl_8b_edit_full",
     critic_overrides: list = [],  # noqa: B006
     base_model: str = "",
@@ -194,6 +225,7 @@ def firm_pipeline(
             dataset_source, dataset_items, seed, critic_recipe, critic_overrides, base_model, train_pool,
             train_nodes, train_nproc_per_node, trainer_image, backend, job_timeout_s, bench, bench_items,
             bench_max_new_tokens, bench_batch_size, export_task, export_device, export_max_new_tokens, rubrics,
+            _curation(locals()),
         )  # fmt: skip
         deploy = place(
             deploy_reward_service(

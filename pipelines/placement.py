@@ -65,6 +65,9 @@ def place(task: PipelineTask, p: Placement) -> PipelineTask:
 
 
 CPU = Placement()
+CURATE = Placement(
+    timeout_s=2 * 24 * HOUR
+)  # teacher curation of a large manifest runs as long as the teacher needs
 LAUNCHER = Placement(timeout_s=7 * 24 * HOUR, cache=False)  # the job itself runs on the GPU pool
 GPU = Placement(gpu=True, timeout_s=6 * HOUR, reward_client=True)
 DEPLOY = Placement(timeout_s=2 * HOUR, cache=False, reward_client=True)
