@@ -12,7 +12,8 @@ URIs. The answer's score is read with FIRM's parser; a row whose answer does not
 The axis of an edit row comes from an `axis` column when present, else from the source's name (`Instruction` →
 execution, `Consistency` → consistency), else from `default_axis`.
 
-Sources: a `.jsonl` file, a `.parquet` file (needs `pyarrow`, read in record batches), or a directory of them.
+Sources: a `.jsonl` file, a `.parquet` file (`pyarrow`: read one row group at a time, in record batches of
+`PARQUET_BATCH_ROWS`), or a directory of them.
 Rows are read one at a time and written as they come: the release is never loaded into memory whole.
 
 Field mapping (FIRM field ← release columns, first present wins):
@@ -53,6 +54,7 @@ GEN_FIELDS: dict[str, tuple[str, ...]] = {
     "answer": ("response", "answer", "output", "target"),
     "id": ("id", "uid", "key"),
 }
+PARQUET_BATCH_ROWS = 64  # rows decoded at a time (image cells are large)
 AXIS_ALIASES = {"execution": "execution", "instruction": "execution", "exec": "execution",
                 "consistency": "consistency", "consist": "consistency"}  # fmt: skip
 
@@ -84,10 +86,12 @@ def iter_rows(src: str | Path) -> Iterator[tuple[Path, int, dict[str, Any]]]:
             except ImportError:
                 raise InputError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
             n = 0
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-                for row in batch.to_pylist():
-                    n += 1
-                    yield path, n, row
+            pf = pq.ParquetFile(path)
+            for group in range(pf.num_row_groups):  # one row group at a time, in record batches
+                for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+                    for row in batch.to_pylist():
+                        n += 1
+                        yield path, n, row
 
 
 def _pick(row: dict[str, Any], names: tuple[str, ...]) -> Any:
