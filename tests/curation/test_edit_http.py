@@ -152,3 +152,14 @@ def test_unreachable_teacher_fails_in_one_line(tmp_path: Path) -> None:
         "error: teacher endpoint http://127.0.0.1:9/v1 is unreachable"
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_a_fatal_teacher_error_stops_the_run_and_publishes_nothing(edits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from firm.llm.openai_client import ChatCallError
+
+    manifest, scores, _items, _, _ = edits
+    cfg = EditCurationConfig(input=str(manifest), out=str(tmp_path / "ds"), cache="off", limit=6)
+    server = serve(None, model_name=MODEL, script=EditScript(scores), latency_s=0.0, api_key="right")
+    with server as (_, url), pytest.raises(ChatCallError, match="HTTP 401") as err:
+        curate_edit(cfg, make_teacher(url, model=MODEL, api_key="wrong", concurrency=4))
+    assert err.value.fatal and not (tmp_path / "ds").exists()
