@@ -2,7 +2,8 @@
 
 Spawned 4 times: all 4 processes train one step as a 4-rank world, then ranks 0 and 1 train the same step again as a
 2-rank world (one set of interpreter start-ups for both world sizes). Rank 0 of each world writes the trainable LoRA,
-the parameter EMA and the optimizer-step count to `<out>/world-<W>.safetensors`.
+the parameter EMA, the gradient the optimizer step was taken with and the optimizer-step count to
+`<out>/world-<W>.safetensors`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,19 @@ from pathlib import Path
 from typing import Any
 
 STEPS = 1
+
+
+def record_grads(trainer: Any) -> list[Any]:
+    """Keep the gradients each optimizer step is taken with (after the all-reduce and clipping)."""
+    grads: list[Any] = []
+    step = trainer.optimizer.step
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        grads[:] = [p.grad.detach().clone() for p in trainer.params]
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording
+    return grads
 
 
 def run_step(config: dict[str, Any], out: Path, world: int, rank: int) -> None:
@@ -23,9 +37,11 @@ def run_step(config: dict[str, Any], out: Path, world: int, rank: int) -> None:
 
     cfg = config_from_dict({**config, "output_uri": str(out / f"run-{world}-{rank}")})
     trainer = Trainer(cfg)
+    grads = record_grads(trainer)
     trainer.train_step()
     if rank == 0:
-        state = {
+        state = {f"grad.{i}": g for i, g in enumerate(grads)}
+        state |= {
             f"trained.{i}": p.detach().clone()
             for i, p in enumerate(lora.trainable_params(trainer.policy.transformer))
         }

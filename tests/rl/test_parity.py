@@ -246,7 +246,7 @@ def test_one_step_gives_the_same_lora_on_1_2_and_4_gloo_ranks(tiny_cfg, tmp_path
 
     from firm.rl import lora
     from firm.rl.trainer import Trainer
-    from tests.rl._dist_worker import main
+    from tests.rl._dist_worker import main, record_grads
 
     config = tiny_cfg(
         as_dict=True,
@@ -258,6 +258,7 @@ def test_one_step_gives_the_same_lora_on_1_2_and_4_gloo_ranks(tiny_cfg, tmp_path
     mp.start_processes(main, args=(config, str(tmp_path)), nprocs=4, join=True, start_method="spawn")
     single = Trainer(tiny_cfg(**{"sampling__prompts_per_step": 4, "sampling__group_size": 2,
                                  "sampling__num_steps": 2, "optim__lr": 1e-2}))  # fmt: skip
+    single_grads = record_grads(single)
     single.train_step()
     single.metrics.close()
     one = [p.detach() for p in lora.trainable_params(single.policy.transformer)]
@@ -269,7 +270,9 @@ def test_one_step_gives_the_same_lora_on_1_2_and_4_gloo_ranks(tiny_cfg, tmp_path
     for world in (2, 4):
         got = load_file(str(tmp_path / f"world-{world}.safetensors"))
         assert int(got["optimizer_steps"]) == 1, world
-        for i, (p, e) in enumerate(zip(one, one_ema, strict=True)):
+        for i, (p, e, g) in enumerate(zip(one, one_ema, single_grads, strict=True)):
+            # the step's gradient is one mean over all its samples (Adam alone would hide a wrong scale)
+            assert torch.allclose(got[f"grad.{i}"], g, rtol=1e-4, atol=1e-9), (world, i)
             assert torch.allclose(got[f"trained.{i}"], p, atol=1e-6), (world, i)
             assert torch.allclose(got[f"ema.{i}"], e, atol=1e-6), (world, i)
 
