@@ -260,6 +260,12 @@ async def _drive(
     last_flush = time.monotonic()
     resumed = 0
     running: set[asyncio.Task[ItemRecord]] = set()
+    finished: list[asyncio.Task[ItemRecord]] = []  # filled by the tasks' done callbacks
+    wake = asyncio.Event()
+
+    def on_done(task: asyncio.Task[ItemRecord]) -> None:
+        finished.append(task)
+        wake.set()
 
     def record(rec: ItemRecord) -> None:
         nonlocal last_flush
@@ -274,12 +280,11 @@ async def _drive(
 
     async def settle(block: bool) -> None:
         """Record finished items; with `block`, wait for at least one first."""
-        if not running:
-            return
-        finished, _ = await asyncio.wait(
-            running, timeout=None if block else 0, return_when=asyncio.FIRST_COMPLETED
-        )
-        for task in finished:
+        if block and running and not finished:
+            wake.clear()
+            await wake.wait()
+        while finished:
+            task = finished.pop()
             running.discard(task)
             record(task.result())  # a fatal teacher error (wrong key, unknown model) stops the run here
 
@@ -302,7 +307,9 @@ async def _drive(
                     continue
                 while len(running) >= in_flight:
                     await settle(block=True)
-                running.add(asyncio.create_task(run_item(prep)))
+                task = asyncio.create_task(run_item(prep))
+                task.add_done_callback(on_done)
+                running.add(task)
                 await settle(block=False)
             while running:
                 await settle(block=True)
