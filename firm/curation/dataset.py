@@ -66,11 +66,11 @@ class CriticSFTRow(Record):
     def _consistent(self) -> CriticSFTRow:
         if self.axis not in AXES_BY_TASK[self.task]:
             raise ValueError(f"axis {self.axis!r} does not belong to task {self.task!r}")
-        from firm.rewards.rubrics import get_rubric
+        from firm.rewards.rubrics import N_IMAGES
 
-        rubric = get_rubric(self.task, self.axis)
-        if len(self.images) != rubric.n_images:
-            raise ValueError(f"{rubric.id} needs {rubric.n_images} image(s), row has {len(self.images)}")
+        n_images = N_IMAGES[self.task]  # fixed by the task, whatever the rubric pack
+        if len(self.images) != n_images:
+            raise ValueError(f"a {self.task} row needs {n_images} image(s), row has {len(self.images)}")
         if self.task == "edit" and not (self.instruction and self.instruction.strip()):
             raise ValueError("an edit row needs a non-empty instruction")
         if self.axis == "instruction" and not (self.prompt and self.prompt.strip()):
@@ -137,9 +137,9 @@ class SFTDataset(BaseModel):
 def check_target(row: CriticSFTRow) -> str | None:
     """Why `row.target` is unusable (does not parse in the rubric's format, or states another score), else None."""
     from firm.rewards.parsing import parse_answer
-    from firm.rewards.rubrics import get_rubric
+    from firm.rewards.rubrics import ANSWER_FORMAT
 
-    fmt = get_rubric(row.task, row.axis).answer_format
+    fmt = ANSWER_FORMAT[row.axis]  # fixed by the axis, whatever the rubric pack
     result = parse_answer(fmt, row.target)
     if result.status != "ok":
         return f"target does not parse as a {fmt} answer ({result.status})"

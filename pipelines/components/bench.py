@@ -42,5 +42,7 @@ def bench_critic(
         Path(summary.path).write_text(Path(result.files["report.md"]).read_text())
     for key, value in result.report.flat_metrics().items():
         metrics.log_metric(key.replace("/", "_"), value)
-    report.metadata.update({"firm_uri": uri, "bench": bench_uri, "critic": critic, "rubrics": backend.rubrics})
+    report.metadata.update(
+        {"firm_uri": uri, "bench": bench_uri, "critic": critic, "rubrics": backend.rubrics}
+    )
     return uri

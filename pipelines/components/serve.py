@@ -23,7 +23,11 @@ def export_to_triton(
 
     uri = f"{get_settings().bucket_uris()['models']}/runs/{run_id}/triton-{task}"
     cfg = ExportConfig(
-        critic=critic_uri, task=task, device=device, max_new_tokens=max_new_tokens or None, rubrics=rubrics or None
+        critic=critic_uri,
+        task=task,
+        device=device,
+        max_new_tokens=max_new_tokens or None,
+        rubrics=rubrics or None,
     )  # type: ignore[arg-type]
     export_repository(cfg, uri, overwrite=True)
     pack = load_pack(rubrics or None)
