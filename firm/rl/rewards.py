@@ -2,8 +2,9 @@
 
 Implementations: `TritonReward` (the reward service through `firm.serving.RewardClient`, the default),
 `InProcessCriticReward` (a `firm.critic.Critic` in this process: tests and small runs), and cheap known rewards
-(`BrightnessReward`, `RednessReward`) whose optimum is obvious, for learning tests. A `RewardBreakdown.reward` of None
-means the critic's answer did not parse: the trainer drops that sample from its group.
+(`BrightnessReward`, `RednessReward`) whose optimum is obvious, for learning tests. Whether a reward counts is decided
+from its `status` (`is_scored`: "ok" and a finite value); what a failed sample trains on is the trainer's
+`reward.parse_failure` policy (`firm.rl.failures`).
 """
 
 from __future__ import annotations

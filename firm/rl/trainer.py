@@ -68,11 +68,6 @@ class NoScoredSamplesError(FirmError):
     """Several steps in a row without a single parsed reward: the run cannot learn anything."""
 
 
-def scored_rewards(rewards: list[RewardBreakdown]) -> list[float | None]:
-    """The rewards whose answer parsed (status ok): None for every other sample."""
-    return [b.reward if is_scored(b) else None for b in rewards]
-
-
 @dataclass
 class Group:
     """One prompt's K rollouts."""
