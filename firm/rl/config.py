@@ -179,6 +179,11 @@ class RewardConfig(_Section):
         None, description="Triton gRPC endpoint(s), comma separated (default: settings.triton_url)"
     )
     critic_uri: str | None = Field(None, description="in-process critic checkpoint (kind=critic)")
+    rubrics: str | None = Field(
+        None,
+        description="kind=critic: the rubric pack (name, YAML path or URI; default firm-v1). kind=triton: the "
+        "service asks with the pack it was exported with; the pack used is recorded in every checkpoint's state.json",
+    )
     quality: bool = Field(
         True,
         description="kind=critic, gen: QMA uses the quality axis too (for Triton the exported service decides)",

@@ -110,6 +110,14 @@ class TritonReward:
 
         self.task = task
         self.client = RewardClient(endpoints, **client_kwargs)
+        self._rubrics: str | None = None
+
+    @property
+    def rubrics(self) -> str:
+        """The rubric pack the service asks its critic with (`name@sha256[:12]`; "" if it does not say)."""
+        if self._rubrics is None:
+            self._rubrics = self.client.served_rubrics()
+        return self._rubrics
 
     def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]:
         if self.task == "edit":
@@ -131,6 +139,7 @@ class InProcessCriticReward:
         self.task = task
         self.quality = quality
         self.critic = Critic.from_pretrained(critic_uri, **critic_kwargs)
+        self.rubrics = self.critic.pack.ref
 
     def __call__(self, items: Sequence[RewardItem]) -> list[RewardBreakdown]:
         from firm.critic.critic import EditInput, GenInput
@@ -179,11 +188,17 @@ def build_reward(cfg: Any, task: Task) -> RewardFunction:
         return BrightnessReward(task)
     if cfg.kind == "redness":
         return RednessReward(task)
+    if cfg.rubrics and cfg.kind != "critic":
+        raise ConfigError(
+            f"reward.rubrics applies to reward.kind=critic; a {cfg.kind} reward cannot choose one (a triton service "
+            "asks with the pack it was exported with: firmctl serve export --rubrics)"
+        )
     if cfg.kind == "triton":
         url = cfg.url or get_settings().triton_url
         return TritonReward(task, [u.strip() for u in url.split(",") if u.strip()], **cfg.options)
     if cfg.kind == "critic":
         if not cfg.critic_uri:
             raise ConfigError("reward.kind=critic needs reward.critic_uri")
-        return InProcessCriticReward(task, cfg.critic_uri, quality=cfg.quality, **cfg.options)
+        options = {"rubrics": cfg.rubrics, **cfg.options} if cfg.rubrics else dict(cfg.options)
+        return InProcessCriticReward(task, cfg.critic_uri, quality=cfg.quality, **options)
     raise ConfigError(f"reward.kind={cfg.kind}: unknown")

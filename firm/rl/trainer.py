@@ -208,6 +208,7 @@ class Trainer:
                 "algorithm": self.cfg.algorithm,
                 "task": self.cfg.task,
                 "optimizer_steps": self.optimizer_steps,
+                "rubrics": getattr(self.reward, "rubrics", None),  # the pack the critic was asked with
                 "config": self.cfg.model_dump(mode="json"),
             },
             extra_files=[self.metrics.path],
@@ -411,6 +412,8 @@ class Trainer:
             vec += [float(source_similarity(images, srcs).sum()), 0.0]
         else:
             vec += [float(detail(images).sum()), float(entropy(images).sum())]
+        # answers cut at the critic's token budget, counted apart from other parse failures
+        vec.append(float(sum("truncated" in b.status for g in groups for b in g.rewards)))
         vec.append(float(images.shape[0]))
         t = torch.tensor(vec, dtype=torch.float64)
         if self.world > 1:
@@ -427,6 +430,7 @@ class Trainer:
         else:
             m["hacking/detail"] = v[off] / n_img
             m["hacking/entropy"] = v[off + 1] / n_img
+        m["reward/truncated_rate"] = v[-2] / n_img
         return m
 
     @torch.no_grad()

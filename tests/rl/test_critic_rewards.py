@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,6 @@ def test_nft_run_with_tiny_critic_behind_triton(tiny_cfg, formatted_critic_dir: 
         ExportConfig(
             critic=str(formatted_critic_dir),
             task="gen",
-            critic_model=False,
             max_new_tokens=40,
             max_pixels=64 * 64,
             batching=BatchingConfig(max_batch_size=8, preferred_batch_sizes=[4, 8], max_queue_delay_us=5_000),
@@ -39,15 +39,24 @@ def test_nft_run_with_tiny_critic_behind_triton(tiny_cfg, formatted_critic_dir: 
         )  # every rollout scored or dropped, none faked
         assert scored > 0 and 0.0 <= m["reward/mean"] <= 1.0
         assert 0.0 <= m["reward/instruction"] <= 1.0 and "reward/quality" in m  # QMA's sub-scores are logged
+        assert 0.0 <= m["reward/truncated_rate"] <= m["reward/parse_failure_rate"]
+    # the pack the served critic asks with is recorded with the run
+    from firm.rewards.packs import load_pack
+
+    state = json.loads(next(Path(cfg.output_uri).rglob("state.json")).read_text())
+    assert state["rubrics"] == load_pack().ref
 
 
 def test_edit_run_with_in_process_critic(formatted_critic_dir: Path, tmp_path: Path) -> None:
     """CME rewards from a critic in this process on the editing loop (execution + consistency sub-scores logged)."""
+    from firm.rewards.packs import load_pack, save_pack
     from firm.rl.config import config_from_dict
     from firm.rl.policies.tiny import build_tiny_qwen_edit, write_edit_prompts
     from firm.rl.trainer import Trainer
 
     policy = build_tiny_qwen_edit(tmp_path / "qwen")
+    pack = load_pack().model_copy(update={"name": "rl-test"})
+    pack_file = save_pack(pack, tmp_path / "rl-test.yaml")
     cfg = config_from_dict(
         {
             "task": "edit",
@@ -68,14 +77,26 @@ def test_edit_run_with_in_process_critic(formatted_critic_dir: Path, tmp_path: P
                 "kind": "critic",
                 "critic_uri": str(formatted_critic_dir),
                 "async_overlap": False,
+                "rubrics": str(pack_file),
                 "options": {"max_new_tokens": 40, "max_pixels": 64 * 64},
             },
             "data": {"prompts": str(write_edit_prompts(tmp_path / "edits/prompts.jsonl"))},
             "monitor": {"tensorboard": False},
         }
     )
-    (res,) = Trainer(cfg).train(progress=False)
+    trainer = Trainer(cfg)
+    assert trainer.reward.rubrics == pack.ref  # type: ignore[attr-defined]  # reward.rubrics reaches the critic
+    (res,) = trainer.train(progress=False)
     m = res.metrics
     assert m["reward/n"] + round(m["reward/parse_failure_rate"] * 2) == 2
     assert m["reward/n"] >= 1  # the format-taught critic's answers parse
     assert 0.0 <= m["reward/execution"] <= 1.0 and 0.0 <= m["reward/consistency"] <= 1.0
+
+
+def test_reward_rubrics_only_for_an_in_process_critic() -> None:
+    from firm.errors import ConfigError
+    from firm.rl.config import RewardConfig
+    from firm.rl.rewards import build_reward
+
+    with pytest.raises(ConfigError, match=r"reward\.rubrics applies to reward\.kind=critic"):
+        build_reward(RewardConfig(kind="triton", url="127.0.0.1:1", rubrics="firm-v1"), "gen")
