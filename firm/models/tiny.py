@@ -98,13 +98,16 @@ SPECS: dict[str, TinyCriticSpec] = {
 }
 
 
-def _corpus() -> list[str]:
-    """Sentences to train the tiny tokenizer on: FIRM's rubric texts and answers in the critics' formats."""
-    from firm.rewards.packs import load_pack
+CORPUS_FILE = Path(__file__).with_name("tiny_corpus.txt")
 
-    lines: list[str] = []
-    for rubric in load_pack().rubrics:
-        lines.extend(rubric.template.splitlines())
+
+def _corpus() -> list[str]:
+    """Sentences to train the tiny tokenizer on: rubric texts and answers in the critics' formats.
+
+    The rubric part is a frozen file (`tiny_corpus.txt`: the firm-v1 rubric lines, with their repetitions, as they
+    were when the tiny models were tuned), so that editing a rubric pack does not change every test model's
+    vocabulary; BPE learns from frequencies, so the repeated lines matter."""
+    lines: list[str] = CORPUS_FILE.read_text(encoding="utf-8").splitlines()
     colours = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "grey", "pink"]
     shapes = ["square", "circle", "triangle", "star", "cat", "dog", "car", "tree", "house", "person"]
     verbs = ["Add", "Remove", "Replace", "Change", "Make", "Turn", "Put", "Move"]

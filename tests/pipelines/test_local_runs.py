@@ -124,13 +124,14 @@ def test_stopping_the_launcher_step_cancels_its_job(tiny_critic_dir: Path, tmp_p
         "class X:\n    def log_metric(self, k, v): pass\n"
         f"train_critic.python_func(recipe='critic/tiny_cpu', overrides=['max_steps=100000'], dataset_uri={dataset!r},"
         f" base_model={str(tiny_critic_dir)!r}, run_id='cancelme', pool='cpu', nodes=1, nproc_per_node=2, image='',"
-        " backend='local', timeout_s=0.0, model=M(), metrics=X())\n"
+        " backend='local', timeout_s=0.0, rubrics='', model=M(), metrics=X())\n"
     )
     step = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=dict(os.environ), text=True)  # fmt: skip
     backend = LocalBackend()
     deadline = time.monotonic() + 120
     while True:
+        assert step.poll() is None, f"the step exited before its job started: {step.stdout.read()[-2000:]}"
         assert time.monotonic() < deadline, "the job never started"
         try:
             if backend.status("firm-sft-cancelme").phase == "Running" and any(

@@ -606,38 +606,45 @@ def _stubs(pid: int) -> dict[str, str]:
     return out
 
 
-def test_one_copy_of_the_critic_per_server(server, formatted_critic_dir: Path, tmp_path: Path) -> None:
+def _warm_memory(srv, models: tuple[str, ...]) -> dict[str, int]:
+    """Send one request to each of `models`, then measure the server's process tree."""
+    src, dst, ins = edit_pair()
+    client = grpcclient.InferenceServerClient(srv.grpc_url)
+    for model in models:
+        if model == "firm_critic":
+            arr = np.array([[png_bytes(src), png_bytes(dst)]], dtype=np.object_)
+            images = grpcclient.InferInput("images", list(arr.shape), "BYTES")
+            images.set_data_from_numpy(arr)
+            inputs = [images, _inp("rubric_id", [b"edit.execution"]), _inp("text", [ins.encode()])]
+        elif model == "firm_edit_reward":
+            inputs = [_inp("source_image", [png_bytes(src)]), _inp("edited_image", [png_bytes(dst)]),
+                      _inp("instruction", [ins.encode()])]  # fmt: skip
+        else:
+            inputs = [_inp("image", [png_bytes(dst)]), _inp("prompt", [b"A red circle."])]
+        assert client.infer(model, inputs).as_numpy("status")[0, 0] == b"ok", model
+    time.sleep(0.5)
+    return srv.memory()
+
+
+def test_one_copy_of_the_critic_per_server(formatted_critic_dir: Path, tmp_path: Path) -> None:
     """The three public models are ensembles over firm_engine: the server runs ONE python stub, which holds the
     weights, and stays within 1.2x the memory (PSS of the whole process tree) of a server with firm_critic alone.
-    Runs last in this module, after every model of `server` has served requests."""
+    Both servers are fresh and get the same request on firm_critic (the full one also one per reward model)."""
     from firm.serving.export import ExportConfig, export_repository
     from firm.serving.server import TritonServer
 
-    stubs = _stubs(server.process.pid)
-    assert list(stubs) == ["firm_engine"] and "libtorch" in stubs["firm_engine"]
-    all_three = server.memory()
-
-    repo = export_repository(
-        ExportConfig(
-            critic=str(formatted_critic_dir),
-            task="critic",
-            max_new_tokens=MAX_NEW_TOKENS,
-            max_pixels=MAX_PIXELS,
-        ),
-        tmp_path / "critic-only",
-    )
-    src, dst, ins = edit_pair()
-    with TritonServer(repo) as alone:
-        client = grpcclient.InferenceServerClient(alone.grpc_url)
-        arr = np.array([[png_bytes(src), png_bytes(dst)]], dtype=np.object_)
-        images = grpcclient.InferInput("images", list(arr.shape), "BYTES")
-        images.set_data_from_numpy(arr)
-        out = client.infer(
-            "firm_critic", [images, _inp("rubric_id", [b"edit.execution"]), _inp("text", [ins.encode()])]
+    def export(task: str) -> str:
+        cfg = ExportConfig(
+            critic=str(formatted_critic_dir), task=task, max_new_tokens=MAX_NEW_TOKENS, max_pixels=MAX_PIXELS
         )
-        assert out.as_numpy("status")[0, 0] == b"ok"
-        assert not client.is_model_ready("firm_edit_reward")
-        time.sleep(0.5)
-        one = alone.memory()
+        return export_repository(cfg, tmp_path / task)
+
+    with TritonServer(export("all")) as full:
+        stubs = _stubs(full.process.pid)
+        assert list(stubs) == ["firm_engine"] and "libtorch" in stubs["firm_engine"]
+        all_three = _warm_memory(full, ("firm_critic", "firm_edit_reward", "firm_gen_reward"))
+    with TritonServer(export("critic")) as alone:
+        assert not grpcclient.InferenceServerClient(alone.grpc_url).is_model_ready("firm_edit_reward")
+        one = _warm_memory(alone, ("firm_critic",))
     assert all_three["processes"] == one["processes"] == 2  # tritonserver + the engine's stub
     assert all_three["pss"] <= 1.2 * one["pss"], (all_three, one)
