@@ -20,7 +20,7 @@ for DeepSpeed, which downloads the shared files and only this rank's shard). Byt
 parsed without ever unpickling: `.pt` files with `torch.load(weights_only=True)` (tensors and plain containers
 only), ZeRO shards as safetensors plus a JSON tree decoded by an explicit codec that builds nothing but
 dict/list/tuple/str/int/float/bool/None/tensor, the model with safetensors. DeepSpeed's own `save_checkpoint` /
-`load_checkpoint` are never used (its loader calls `torch.load(weights_only=False)`). What is dropped from
+`load_checkpoint` are never used (its loader unpickles: `torch.load` with `weights_only` off). What is dropped from
 DeepSpeed's optimizer `state_dict()` and why: `loss_scaler` (an object; FIRM trains in bf16/fp32, whose loss scale
 is static — the running engine's own scaler is put back on load; fp16 dynamic loss scaling is refused) and
 `param_slice_mappings` (derived from the model layout, used only by universal checkpoints).
