@@ -249,14 +249,19 @@ def _write_python_model(
     )
 
 
-def vllm_engine_args(cfg: ExportConfig, model_path: str) -> dict[str, object]:
-    """Engine args for Triton's vLLM backend (model.json): the critic judges one image pair per prompt."""
+PROMPT_ROOM = 8192  # tokens for the rubric text and two images at the processor's pixel bounds
+
+
+def vllm_engine_args(cfg: ExportConfig, model_path: str, pack: RubricPack) -> dict[str, object]:
+    """Engine args for Triton's vLLM backend (model.json): the critic judges one image pair per prompt, and the
+    context fits the prompt plus the longest answer the pack allows (the official generation budget is 8192)."""
+    longest = cfg.max_new_tokens or max(r.generation.max_new_tokens for r in pack.rubrics)
     args: dict[str, object] = {
         "model": model_path,
         "dtype": "bfloat16" if cfg.dtype == "auto" else cfg.dtype,
         "disable_log_requests": True,
         "gpu_memory_utilization": 0.85,
-        "max_model_len": 8192,
+        "max_model_len": PROMPT_ROOM + longest,
         "limit_mm_per_prompt": {"image": 2},
         "enforce_eager": False,
         "trust_remote_code": False,
@@ -291,7 +296,7 @@ def _write_vllm_critic(root: Path, cfg: ExportConfig, model_path: str, pack: Rub
             decoupled=True,
         )
     )
-    (d / "1" / "model.json").write_text(json.dumps(vllm_engine_args(cfg, model_path), indent=2) + "\n")
+    (d / "1" / "model.json").write_text(json.dumps(vllm_engine_args(cfg, model_path, pack), indent=2) + "\n")
 
 
 def build_repository(cfg: ExportConfig, out_dir: Path) -> Path:
