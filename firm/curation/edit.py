@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 from pydantic import Field
@@ -39,7 +39,7 @@ from firm.curation.runner import (
     run_curation,
 )
 from firm.curation.selection import unit_hash
-from firm.curation.teachers import AsyncTeacher, CachedTeacher, Teacher, TeacherRequest, open_teacher
+from firm.curation.teachers import AsyncTeacher, CachedTeacher, Teacher, TeacherRequest, open_teachers
 
 EDIT_AXES = ("execution", "consistency")
 
@@ -95,12 +95,7 @@ class _EditStages:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Callable[[Prepared], Awaitable[ItemRecord]]]:
         """The teachers opened on the running event loop; yields the coroutine that curates one item."""
-        async with AsyncExitStack() as stack:
-            teacher = await stack.enter_async_context(open_teacher(self.teacher))
-            rewriter = (
-                teacher if self.rewriter is self.teacher
-                else await stack.enter_async_context(open_teacher(self.rewriter))
-            )  # fmt: skip
+        async with open_teachers(self.teacher, self.rewriter) as (teacher, rewriter):
             yield lambda p: self._item(teacher, rewriter, p)
 
     async def _item(self, teacher: AsyncTeacher, rewriter: AsyncTeacher, p: Prepared) -> ItemRecord:

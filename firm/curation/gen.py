@@ -18,7 +18,7 @@ paper's FIRM-Gen data); quality has no plan.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 from pydantic import Field
@@ -35,7 +35,7 @@ from firm.curation.runner import (
     image_names,
     run_curation,
 )
-from firm.curation.teachers import AsyncTeacher, CachedTeacher, Teacher, TeacherRequest, open_teacher
+from firm.curation.teachers import AsyncTeacher, CachedTeacher, Teacher, TeacherRequest, open_teachers
 
 GEN_AXES = ("instruction",)
 
@@ -58,12 +58,7 @@ class _GenStages:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Callable[[Prepared], Awaitable[ItemRecord]]]:
         """The planner and the scorer opened on the running event loop; yields the per-item coroutine."""
-        async with AsyncExitStack() as stack:
-            planner = await stack.enter_async_context(open_teacher(self.planner))
-            scorer = (
-                planner if self.scorer is self.planner
-                else await stack.enter_async_context(open_teacher(self.scorer))
-            )  # fmt: skip
+        async with open_teachers(self.planner, self.scorer) as (planner, scorer):
             yield lambda p: self._item(planner, scorer, p)
 
     async def _item(self, planner: AsyncTeacher, scorer: AsyncTeacher, p: Prepared) -> ItemRecord:

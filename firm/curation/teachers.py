@@ -30,7 +30,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -234,6 +234,15 @@ def open_teacher(teacher: Teacher) -> AbstractAsyncContextManager[AsyncTeacher]:
     answer = await a.ask(request)`."""
     session = getattr(teacher, "session", None)
     return session() if callable(session) else _batched(teacher)
+
+
+@asynccontextmanager
+async def open_teachers(first: Teacher, second: Teacher) -> AsyncIterator[tuple[AsyncTeacher, AsyncTeacher]]:
+    """Two stages' teachers on the running event loop; the same teacher object for both gets one session."""
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(open_teacher(first))
+        b = a if second is first else await stack.enter_async_context(open_teacher(second))
+        yield a, b
 
 
 # ------------------------------------------------------------------------------------------------------ local
