@@ -54,7 +54,10 @@ def sample(
     lora: str | None = typer.Option(None, "--lora", help="LoRA dir or URI (diffusers format)"),
     image: str | None = typer.Option(None, "--image", help="source image (editing policies)"),
     kind: str | None = typer.Option(
-        None, "--kind", help="sd3 | qwen_edit (default: qwen_edit when --image is given, else sd3)"
+        None,
+        "--kind",
+        help="policy family: sd3 | qwen_edit | flux_kontext | flux2_klein | qwen_image | z_image "
+        "(default: qwen_edit when --image is given, else sd3)",
     ),
     steps: int = typer.Option(40, "--steps"),
     resolution: int = typer.Option(512, "--resolution"),

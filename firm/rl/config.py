@@ -31,8 +31,10 @@ class _Section(BaseModel):
 class PolicyConfig(_Section):
     """Which diffusion policy to train and how to load it."""
 
-    kind: Literal["sd3", "qwen_edit"] = Field(
-        description="sd3: StableDiffusion3Pipeline; qwen_edit: QwenImageEdit(Plus)"
+    kind: Literal["sd3", "qwen_edit", "flux_kontext", "flux2_klein", "qwen_image", "z_image"] = Field(
+        description="the policy family (`firm.rl.policies.registry`): sd3 = SD3/SD3.5, qwen_edit = "
+        "Qwen-Image-Edit(-2509/Plus), flux_kontext = FLUX.1-Kontext (editing), flux2_klein = FLUX.2-klein, "
+        "qwen_image = Qwen-Image, z_image = Z-Image-Turbo"
     )
     uri: str = Field(
         description="HF id, local directory, or file:// / s3:// URI of a published pipeline directory"
@@ -51,6 +53,27 @@ class PolicyConfig(_Section):
         ge=0,
         description="prompt-template tokens dropped from the VL encoder output (None = pipeline default)",
     )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="family options (guidance embedding vs CFG, text-encoder template, image packing), validated "
+        "by the family's own model with the official defaults; an option the family lacks is an error",
+    )
+
+    @model_validator(mode="after")
+    def _family_options(self) -> PolicyConfig:
+        from firm.rl.policies.registry import validate_options
+
+        try:
+            validate_options(self.kind, self.options)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    def family_options(self) -> Any:
+        """`options` as the family's pydantic model (official defaults filled in)."""
+        from firm.rl.policies.registry import validate_options
+
+        return validate_options(self.kind, self.options)
 
 
 class LoraSettings(_Section):
@@ -265,7 +288,9 @@ class RLConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> RLConfig:
-        want = {"sd3": "gen", "qwen_edit": "edit"}[self.policy.kind]
+        from firm.rl.policies.registry import family
+
+        want = family(self.policy.kind).task
         if self.task != want:
             raise ValueError(f"policy.kind={self.policy.kind} trains task '{want}', but task='{self.task}'")
         if self.sampling.prompts_per_step % self.optim.updates_per_step:

@@ -20,24 +20,14 @@ from typing import Any
 import torch
 
 from firm.errors import ConfigError
+from firm.rl.policies.registry import FAMILIES
 
 TRAINABLE = "default"
 OLD = "old"
 
-# The official trainers' LoRA targets (FIRM-Reward `train_nft_sd3.py` / `train_nft_qwen_image_edit.py`, `main`):
-# the projections of each block's `attn`. Bare names (`to_q`, ...) would also hit `attn2`, the second attention of
-# SD3.5's dual-attention blocks.
-_ATTN_TARGETS = [
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-]
-POLICY_LORA_TARGETS: dict[str, list[str]] = {"sd3": _ATTN_TARGETS, "qwen_edit": _ATTN_TARGETS}
+# The official LoRA targets per family live in the policy registry (`firm.rl.policies.registry`): the projections of
+# each block's `attn`, so SD3.5's second attention `attn2` stays untouched.
+POLICY_LORA_TARGETS: dict[str, list[str]] = {k: f.lora_targets for k, f in FAMILIES.items()}
 
 
 def lora_targets(policy_kind: str, configured: list[str] | None) -> list[str]:

@@ -40,19 +40,22 @@ def sample_images(
     device: str = "auto",
     condition_pixels: int = 384 * 384,
 ) -> list[Path]:
+    from firm.rl.policies.registry import FAMILIES
+
     if kind is None:  # the CLI contract: --image means an editing policy
         kind = "qwen_edit" if image else "sd3"
-    if kind not in ("sd3", "qwen_edit"):
-        raise ConfigError(f"--kind {kind}: expected sd3 or qwen_edit")
-    if kind == "qwen_edit" and not image:
+    if kind not in FAMILIES:
+        raise ConfigError(f"--kind {kind}: expected one of {', '.join(FAMILIES)}")
+    editing = FAMILIES[kind].task == "edit"
+    if editing and not image:
         raise InputError("editing policies need --image (the source image)")
-    if kind == "sd3" and image:
-        raise InputError("--image is for editing policies (--kind qwen_edit); sd3 is text-to-image")
+    if not editing and image:
+        raise InputError(f"--image is for editing policies (e.g. --kind qwen_edit); {kind} is text-to-image")
     prompts = [p.strip() for p in prompts]
     if not prompts or any(not p for p in prompts):
         raise InputError("--prompt must not be empty")
     src = None
-    if kind == "qwen_edit":
+    if editing:
         from firm.rl.data import load_source
 
         src = load_source(image, resolution)  # type: ignore[arg-type]  # a bad image fails before any loading
@@ -83,11 +86,12 @@ def sample_images(
                 guidance_scale=1.0,
                 max_sequence_length=max_sequence_length,
             ).images[0]
-        else:  # the policy's own ODE sampler (the pipeline call hard-codes a ~1024² VAE copy of the source)
+        else:  # the policy's own ODE sampler, as trained (Qwen-Image-Edit's pipeline call hard-codes a ~1024² VAE
+            # copy of the source; other families' calls differ in guidance defaults)
             from firm.rl.rewards import to_pil
             from firm.rl.sampling import ode_rollout
 
-            cond = policy.encode([prompt], [src])
+            cond = policy.encode([prompt], [src] if editing else None)
             with torch.no_grad():
                 traj = ode_rollout(
                     policy.velocity, policy.initial_noise(1, gen, cond), policy.sigmas(steps, cond), cond

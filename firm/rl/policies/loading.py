@@ -54,12 +54,9 @@ def load_policy(cfg: PolicyConfig, device: torch.device) -> DiffusionPolicy:
     from firm.logs import quiet_loaded
 
     quiet_loaded()
-    if cfg.kind == "sd3":
-        from firm.rl.policies.sd3 import SD3Policy
+    from firm.rl.policies.registry import adapter_class, check_directory_family
 
-        return SD3Policy.from_pretrained(cfg, device)
-    if cfg.kind == "qwen_edit":
-        from firm.rl.policies.qwen_edit import QwenEditPolicy
-
-        return QwenEditPolicy.from_pretrained(cfg, device)
-    raise ConfigError(f"policy.kind={cfg.kind}: unknown")
+    adapter = adapter_class(cfg.kind)
+    if cfg.uri.startswith(("s3://", "file://")) or Path(cfg.uri).expanduser().exists():
+        check_directory_family(cfg.kind, resolve_pretrained(cfg.uri))
+    return adapter.from_pretrained(cfg, device)

@@ -346,27 +346,35 @@ def write_edit_prompts(path: str | Path, size: int = 32) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m firm.rl.policies.tiny sd3|qwen_edit OUT_DIR [--prompts FILE] [--sample-size N]`: build a tiny
-    policy (and a small prompt file: .txt for sd3, .jsonl with source images for qwen_edit)."""
+    """`python -m firm.rl.policies.tiny KIND OUT_DIR [--prompts FILE] [--sample-size N]`: build a tiny policy of
+    any registered family (and a small prompt file: .txt for text-to-image, .jsonl with source images for editing)."""
     import argparse
+    import inspect
+
+    from firm.rl.policies.registry import FAMILIES, family, tiny_builder
 
     ap = argparse.ArgumentParser(prog="python -m firm.rl.policies.tiny")
-    ap.add_argument("kind", choices=["sd3", "qwen_edit"])
+    ap.add_argument("kind", choices=list(FAMILIES))
     ap.add_argument("out_dir")
     ap.add_argument("--prompts", default=None, help="also write a small prompt file here")
-    ap.add_argument("--sample-size", type=int, default=4, help="latent side (4 → 32 px, 8 → 64 px)")
+    ap.add_argument(
+        "--sample-size",
+        type=int,
+        default=4,
+        help="latent side where the family takes one (4 → 32 px, 8 → 64 px)",
+    )
     args = ap.parse_args(argv)
     from firm.logs import quiet_libraries
 
     quiet_libraries()  # e.g. diffusers' "text_encoder_3=None … cannot be saved": tiny policies have no T5
-    if args.kind == "sd3":
-        build_tiny_sd3(args.out_dir, sample_size=args.sample_size)
-        if args.prompts:
-            write_prompts(args.prompts)
-    else:
-        build_tiny_qwen_edit(args.out_dir)
-        if args.prompts:
+    build = tiny_builder(args.kind)
+    kw = {"sample_size": args.sample_size} if "sample_size" in inspect.signature(build).parameters else {}
+    build(args.out_dir, **kw)
+    if args.prompts:
+        if family(args.kind).task == "edit":
             write_edit_prompts(args.prompts)
+        else:
+            write_prompts(args.prompts)
     print(args.out_dir)
     return 0
 
