@@ -249,6 +249,11 @@ class DataConfig(_Section):
         description="generation: fixed prompts for the periodic sample grid (editing grids use the first 4 "
         "items of the prompt file, which carry their source images)",
     )
+    eval_prompt_file: str | None = Field(
+        None,
+        description="held-out prompt file (same format as `prompts`) for the before/after evaluation "
+        "(`firm.rl.evaluate`); None = data.eval_prompts (generation), else the first items of `prompts`",
+    )
     max_prompt_chars: int = Field(1000, ge=1)
 
 
@@ -293,6 +298,9 @@ class RLConfig(_Section):
         want = family(self.policy.kind).task
         if self.task != want:
             raise ValueError(f"policy.kind={self.policy.kind} trains task '{want}', but task='{self.task}'")
+        check_run = getattr(self.policy.family_options(), "check_run", None)
+        if check_run is not None:  # a family's constraints on the rest of the run (e.g. guidance it does not take)
+            check_run(self)
         if self.sampling.prompts_per_step % self.optim.updates_per_step:
             raise ValueError(
                 f"optim.updates_per_step={self.optim.updates_per_step} does not divide "

@@ -3,8 +3,9 @@
 `evaluate_policy(cfg, lora_uri=...)` loads the recipe's policy once, samples each evaluation prompt with the
 deterministic ODE sampler (same seed per prompt) without and then with the trained LoRA, scores both sets with the
 recipe's reward (e.g. the reward service over gRPC) and returns mean reward, mean sub-scores and the parse-failure
-rate of each, plus one PNG grid per side. Evaluation prompts: generation → `data.eval_prompts` when set, else the
-first prompts of `data.prompts`; editing → the first items of `data.prompts` (instruction + source image).
+rate of each, plus one PNG grid per side. Evaluation prompts: `data.eval_prompt_file` (held-out prompts) when set;
+else generation → `data.eval_prompts` when set, else the first prompts of `data.prompts`; editing → the first items
+of `data.prompts` (instruction + source image).
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def evaluate_policy(
     from firm.rl.sampling import ode_rollout
 
     out = Path(out_dir)
-    if cfg.task == "gen" and cfg.data.eval_prompts:
+    if cfg.data.eval_prompt_file:
+        items = load_prompts(cfg.data.eval_prompt_file, cfg.task, cfg.data.max_prompt_chars)
+    elif cfg.task == "gen" and cfg.data.eval_prompts:
         items: list[Any] = [type("P", (), {"prompt": p, "source": None})() for p in cfg.data.eval_prompts]
     else:
         items = load_prompts(cfg.data.prompts, cfg.task, cfg.data.max_prompt_chars)
