@@ -97,7 +97,19 @@ FAMILIES: dict[str, PolicyFamily] = {
             task="gen",
             adapter="firm.rl.policies.flux2_klein:Flux2KleinPolicy",
             pipeline_classes=("Flux2KleinPipeline",),
-            lora_targets=ATTN_TARGETS,
+            # FIRM-Reward generation/config/nft_flux2_klein.py `lora.target_modules`, resolved as its trainer does
+            # (suffix match, fnmatch for the glob, modules with weights only): the attn.* projections, both streams'
+            # feed-forwards, and the single-stream blocks' fused to_qkv_mlp_proj and to_out. The latter is named per
+            # block: a bare `attn.to_out` would also hit the double-stream blocks' ModuleList, which peft refuses.
+            lora_targets=[
+                *ATTN_TARGETS,
+                "ff.linear_in",
+                "ff.linear_out",
+                "ff_context.linear_in",
+                "ff_context.linear_out",
+                "attn.to_qkv_mlp_proj",
+                *(f"single_transformer_blocks.{i}.attn.to_out" for i in range(64)),
+            ],
             tiny_builder="firm.rl.policies.tiny_flux:build_tiny_flux2_klein",
             description="FLUX.2-klein text-to-image (Flux2KleinPipeline)",
             options="firm.rl.policies.flux2_klein:Flux2KleinOptions",
