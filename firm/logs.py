@@ -57,6 +57,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per HTTP request (teacher calls)
     ds = logging.getLogger("DeepSpeed")
     if _DEEPSPEED_FILTER not in ds.filters:
         ds.addFilter(_DEEPSPEED_FILTER)

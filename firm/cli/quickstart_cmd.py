@@ -1,7 +1,9 @@
-"""`firmctl quickstart`: the local end-to-end job on tiny models (what `make quickstart` runs)."""
+"""`firmctl quickstart`: the `firm` pipeline through the KFP local runner on tiny models (what `make quickstart` runs)."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import typer
@@ -12,14 +14,32 @@ from firm.cli._common import cli_errors, echo_json, library_output_to_stderr
 @cli_errors
 def quickstart(
     workdir: Path = typer.Option(Path("runs/quickstart"), "--workdir", help="where every stage writes"),
-    steps: int = typer.Option(240, "--steps", min=1, help="critic SFT steps"),
-    serve: bool = typer.Option(
-        True, "--serve/--no-serve", help="also serve the critic from Triton and score"
+    task: str = typer.Option("edit", "--task", help="edit | gen | both (both: one pipeline run per task)"),
+    size: str = typer.Option(
+        "tiny", "--size", help="tiny (about 4 minutes on 2 CPU cores) | small (more data, steps and prompts)"
     ),
 ) -> None:
-    """Build a tiny critic, curate data, train it, bench it against chance, serve it from Triton and score edits."""
-    with library_output_to_stderr():
+    """Run the `firm` pipeline locally — curate (teacher) → train critic (2 processes) → bench → export to Triton →
+    deploy → RL with rewards over gRPC → evaluate before/after — and write DIR/report/{index.html,summary.json}.
+    Prints the summary path and the checks as JSON."""
+    from firm.errors import ConfigError
+
+    if task not in ("edit", "gen", "both"):
+        raise ConfigError(f"--task {task}: expected edit, gen or both")
+    if size not in ("tiny", "small"):
+        raise ConfigError(f"--size {size}: expected tiny or small")
+    with library_output_to_stderr(), contextlib.redirect_stdout(sys.stderr):  # the local runner's step logs
         from firm.quickstart import run_quickstart
 
-        result = run_quickstart(workdir, steps=steps, serve=serve)
-    echo_json(result)
+        report = run_quickstart(workdir, task=task, size=size)  # type: ignore[arg-type]
+    import json
+
+    summary = json.loads((report / "summary.json").read_text())
+    echo_json(
+        {
+            "report": str(report / "index.html"),
+            "summary": str(report / "summary.json"),
+            "ok": summary["ok"],
+            "checks": {t: v["checks"] for t, v in summary["tasks"].items()},
+        }
+    )

@@ -5,8 +5,10 @@ end to end without human labels. Every image is a `size`×`size` canvas split in
 
 - *Edit* items: the instruction asks for `requested` red squares (1..4); the edited image draws `drawn` of them
   (0..requested), one per cell, so **execution** = 1 + round(4·drawn/requested) (all drawn → 5, none → 1). Each cell
-  also holds a small unrelated shape (blue/green/yellow/purple circle); the edit recolours or removes `changed` of
-  them (0..4), so **consistency** = 5 − changed.
+  also holds a small unrelated shape (blue/green/yellow/purple circle); the edit alters `changed` cells (0..4) beyond
+  the request — it repaints the cell's background in a tint and recolours or removes its shape — so
+  **consistency** = 5 − changed. The altered region is a whole cell (several vision tokens even at 112 px), so a
+  tiny critic can learn both axes; a change confined to the small shape alone is too fine for one.
 - *Gen* items: the prompt asks for `requested` red squares (1..4); the image shows `drawn` (0..4), so
   **instruction** = 5 − |drawn − requested|. `hard` items add unrelated shapes around the squares; `easy` ones don't.
 
@@ -29,6 +31,8 @@ Difficulty = Literal["easy", "hard"]
 
 BACKGROUND = (236, 236, 236)
 RED = (220, 30, 30)
+# Backgrounds an unrequested edit paints a cell with (consistency damage over a whole cell).
+TINTS: list[tuple[int, int, int]] = [(20, 40, 160), (10, 110, 40), (40, 40, 40), (110, 20, 130)]
 DISTRACTOR_COLOURS: dict[str, tuple[int, int, int]] = {
     "blue": (40, 80, 220),
     "green": (30, 170, 60),
@@ -66,7 +70,7 @@ class SyntheticEditItem(_Item):
         if axis == "execution":
             return f"{self.drawn} of {self.requested} requested red squares were added."
         if axis == "consistency":
-            return f"{self.changed} unrelated shapes changed."
+            return f"{self.changed} unrelated regions changed."
         raise InputError(f"edit item {self.id}: unknown axis {axis!r}; expected execution or consistency")
 
     def target(self, axis: str) -> str:
@@ -167,6 +171,8 @@ def synthetic_edit_items(
         changed_cells = set(rng.sample(range(N_CELLS), changed))
         for j, (cell, name) in enumerate(zip(cells, colours, strict=True)):
             if j in changed_cells:
+                x0, y0, c = cell
+                ed.rectangle([x0, y0, x0 + c - 1, y0 + c - 1], fill=rng.choice(TINTS))
                 if rng.random() < 0.5:
                     continue  # removed
                 name = rng.choice([c for c in names if c != name])  # recoloured

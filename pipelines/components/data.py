@@ -28,6 +28,9 @@ def curate_dataset(
     import json
 
     from firm.curation.prepare import prepare_sft_dataset
+    from firm.logs import quiet_libraries
+
+    quiet_libraries()  # e.g. httpx's line per teacher request
 
     curation = {
         "input": curation_input, "teacher": curation_teacher, "teacher_model": curation_teacher_model,

@@ -10,7 +10,8 @@ def eval_policy(
     recipe: str, overrides: list, lora_uri: str, reward_url: str, n_prompts: int, metrics: Output[Metrics],
     samples: Output[HTML],
 ) -> str:  # fmt: skip
-    """Mean reward and sub-scores before/after, sample grids; returns the numbers as JSON."""
+    """Mean reward and sub-scores before/after, sample grids; returns the numbers as JSON (with a reward service:
+    `served/<model>`, the server's own count of successful inferences per model so far)."""
     import json
     import tempfile
 
@@ -26,6 +27,11 @@ def eval_policy(
         with open(samples.path, "w") as f:
             f.write(eval_html(result, title=f"Policy evaluation — {recipe}"))
     numbers = result.metrics()
+    if reward_url:  # the server's own count: rewards of RL and of this evaluation really came through it
+        from firm.serving.stats import served_inferences
+
+        for model, count in served_inferences(reward_url).items():
+            numbers[f"served/{model}"] = float(count)
     for key, value in numbers.items():
         metrics.log_metric(key.replace("/", "_"), value)
     return json.dumps(numbers)

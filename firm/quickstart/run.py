@@ -1,0 +1,286 @@
+"""`firmctl quickstart`: the `firm` Kubeflow pipeline on this machine, through the KFP local runner, on tiny models.
+
+The same DAG a cluster runs (`pipelines.dags.firm_pipeline`, `backend=local`): curate (teacher curation of
+synthetic source data, `firm.quickstart.teacher` as the teacher endpoint) → train critic (SFT, 2 processes through
+the local launch backend) → bench (FIRM-Bench on held-out items) → export to Triton (a model repository in the local
+object store) → deploy (the bundled tritonserver) → RL (DiffusionNFT, rewards over gRPC) → evaluate the policy
+before/after on held-out prompts; the exit handler stops the tritonserver. Only the inputs are made here: the tiny
+base critic and policy (random-init from configs), the source data, the bench and the prompt files.
+
+`--task both` runs the pipeline once per task (an editing critic and policy, then a generation critic and policy).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from rich.console import Console
+
+Task = Literal["edit", "gen"]
+TaskChoice = Literal["edit", "gen", "both"]
+SizeName = Literal["tiny", "small"]
+
+# The pipeline's tasks in DAG order: (KFP task name, stage name in the report).
+STAGES: list[tuple[str, str]] = [
+    ("curate-dataset", "curate"),
+    ("train-critic", "train critic"),
+    ("bench-critic", "bench"),
+    ("export-to-triton", "export"),
+    ("deploy-reward-service", "deploy"),
+    ("rl-train", "RL"),
+    ("eval-policy", "evaluate"),
+    ("stop-reward-service", "stop reward service"),
+]
+
+
+class QuickstartSize(BaseModel):
+    """How much the quickstart does. Both sizes use the tiny critic and policies (random-init from configs)."""
+
+    name: SizeName
+    image_size: int = Field(description="synthetic images, pixels (112: 4 × 4 vision tokens)")
+    curation_items: int = Field(description="source items the teacher curates (edit: × 2 axes)")
+    sft_steps: int = Field(description="critic SFT steps (global batch 8 over 2 processes)")
+    bench_items: int
+    rl_steps: int
+    rl_prompts: int = Field(description="training prompts (edit: synthetic sources)")
+    rl_eval_prompts: int = Field(description="held-out prompts of the before/after evaluation")
+    rl_resolution: int
+
+
+SIZES: dict[str, QuickstartSize] = {
+    "tiny": QuickstartSize(
+        name="tiny", image_size=112, curation_items=400, sft_steps=480, bench_items=40, rl_steps=6,
+        rl_prompts=16, rl_eval_prompts=4, rl_resolution=64,
+    ),
+    "small": QuickstartSize(
+        name="small", image_size=112, curation_items=800, sft_steps=800, bench_items=80, rl_steps=16,
+        rl_prompts=32, rl_eval_prompts=8, rl_resolution=64,
+    ),
+}  # fmt: skip
+
+RL_RECIPES: dict[str, str] = {"edit": "rl/tiny_qwen_edit_nft", "gen": "rl/tiny_sd3_nft"}
+CRITIC_RECIPE = "critic/tiny_cpu"
+
+
+class StageRun(BaseModel):
+    name: str
+    task_name: str
+    status: str = "not run"
+    seconds: float | None = None
+
+
+class PipelineRun(BaseModel):
+    """One `firm` pipeline run of the quickstart (one task)."""
+
+    task: Task
+    run_dir: Path
+    seconds: float
+    parameters: dict
+    stages: list[StageRun]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_START = re.compile(r"Executing task '([^']+)'")
+_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+
+
+class _StageWatcher(logging.Filter):
+    """Turns the KFP local runner's task log lines into progress lines and per-stage timings. A filter on the root
+    logger (the runner logs there and replaces the root's handlers for the run); it never drops a record."""
+
+    def __init__(self, console: Console, stages: list[StageRun]) -> None:
+        super().__init__()
+        self.console = console
+        self.by_task = {s.task_name: s for s in stages}
+        self.started: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self._observe(record)
+        return True
+
+    def _observe(self, record: logging.LogRecord) -> None:
+        msg = _ANSI.sub("", record.getMessage())
+        if m := _START.search(msg):
+            name = m.group(1)
+            self.started[name] = time.perf_counter()
+            stage = self.by_task.get(name)
+            if stage is not None:
+                stage.status = "running"
+                self.console.rule(f"[bold]{stage.name}[/] ({name})")
+        elif m := _END.search(msg):
+            name, status = m.group(1), m.group(2)
+            stage = self.by_task.get(name)
+            if stage is not None:
+                stage.status = status.lower()
+                stage.seconds = time.perf_counter() - self.started.get(name, time.perf_counter())
+                colour = "green" if stage.status == "success" else "red"
+                self.console.print(f"[{colour}]{stage.name}: {stage.status}[/] in {stage.seconds:.1f} s")
+
+
+@contextmanager
+def _watch(console: Console, stages: list[StageRun]) -> Iterator[None]:
+    watcher = _StageWatcher(console, stages)
+    root = logging.getLogger()
+    root.addFilter(watcher)
+    try:
+        yield
+    finally:
+        root.removeFilter(watcher)
+
+
+def pipeline_parameters(
+    task: Task, size: QuickstartSize, *, critic: Path, policy: Path, manifest: Path, teacher: str, bench: str,
+    prompts: Path, eval_prompts: Path,
+) -> list[str]:  # fmt: skip
+    """The `firm` pipeline's parameters for one quickstart task (`key=value`, as `firmctl pipeline run` takes)."""
+    critic_overrides = (
+        f"[max_steps={size.sft_steps}, batch.per_device=4, eval.every_n_steps=0, "
+        f"checkpoint.every_n_steps={max(1, size.sft_steps // 2)}]"
+    )
+    rl_overrides = (
+        f"[policy.uri={policy}, policy.resolution={size.rl_resolution}, data.prompts={prompts}, "
+        f"data.eval_prompt_file={eval_prompts}, steps={size.rl_steps}, "
+        f"checkpoint.every_steps={size.rl_steps}, monitor.eval_every=0, monitor.tensorboard=false]"
+    )
+    return [
+        f"dataset_source=curate-{task}", f"curation_input={manifest}", f"curation_teacher={teacher}",
+        "curation_teacher_model=firm-quickstart-teacher", "curation_concurrency=8",
+        f"critic_recipe={CRITIC_RECIPE}", f"base_model={critic}", f"critic_overrides={critic_overrides}",
+        "train_pool=cpu", "train_nodes=1", "train_nproc_per_node=2",
+        f"bench={bench}", f"bench_items={size.bench_items}", "bench_max_new_tokens=48", "bench_batch_size=20",
+        f"export_task={task}", "export_device=cpu", "export_max_new_tokens=48",
+        f"rl_recipe={RL_RECIPES[task]}", f"rl_overrides={rl_overrides}", "rl_pool=cpu", "rl_nodes=1",
+        "rl_nproc_per_node=1", f"eval_prompts={size.rl_eval_prompts}",
+    ]  # fmt: skip
+
+
+def prepare_inputs(work: Path, task: Task, size: QuickstartSize, console: Console) -> dict[str, Path | str]:
+    """The tiny base critic and policy, source data, held-out bench and prompt files of one task (reused when
+    already there: they are deterministic)."""
+    from firm.config import get_settings
+    from firm.models.tiny import build_tiny_critic
+    from firm.quickstart import data
+    from firm.rl.policies.tiny import build_tiny_qwen_edit, build_tiny_sd3
+
+    inputs = work / "inputs"
+    critic = inputs / "tiny-critic"
+    if not (critic / "config.json").is_file():
+        build_tiny_critic(critic, size="tiny", seed=0)
+    policy = inputs / f"tiny-policy-{task}"
+    if not (policy / "model_index.json").is_file():
+        if task == "edit":
+            build_tiny_qwen_edit(policy)
+        else:
+            build_tiny_sd3(policy, sample_size=size.rl_resolution // 8)
+    src = inputs / f"curation-{task}-{size.name}"
+    manifest = src / "manifest.jsonl"
+    if not manifest.is_file():
+        writer = data.write_edit_manifest if task == "edit" else data.write_gen_manifest
+        writer(src, size.curation_items, size.image_size)
+    bench_uri = f"{get_settings().bucket_uris()['datasets']}/quickstart/bench-{task}-{size.name}"
+    if not _published(bench_uri):
+        data.publish_bench(
+            inputs / f"bench-{task}-{size.name}", bench_uri, task, size.bench_items, size.image_size
+        )
+    prompts = data.write_rl_prompts(
+        inputs / f"rl-{task}-train", task, size.rl_prompts, size.image_size, data.RL_SEED
+    )
+    held_out = data.write_rl_prompts(
+        inputs / f"rl-{task}-eval", task, size.rl_eval_prompts, size.image_size, data.RL_EVAL_SEED
+    )
+    console.print(
+        f"inputs ({task}): critic {critic}, policy {policy}, {size.curation_items} source items {manifest}, "
+        f"bench {bench_uri}, RL prompts {prompts} (held out: {held_out})"
+    )
+    return {"critic": critic, "policy": policy, "manifest": manifest, "bench": bench_uri, "prompts": prompts,
+            "eval_prompts": held_out}  # fmt: skip
+
+
+def _published(uri: str) -> bool:
+    from firm.errors import StorageError
+    from firm.storage import read_manifest
+
+    try:
+        read_manifest(uri)
+        return True
+    except StorageError:
+        return False
+
+
+def run_task(work: Path, task: Task, size: QuickstartSize, console: Console) -> PipelineRun:
+    """Prepare the inputs of one task and run the `firm` pipeline on them with the KFP local runner."""
+    from firm.quickstart.teacher import serve_teacher
+    from pipelines.api import PipelineError, run_local
+
+    inputs = prepare_inputs(work, task, size, console)
+    stages = [StageRun(name=n, task_name=t) for t, n in STAGES]
+    with serve_teacher() as (teacher_url, calls):
+        params = pipeline_parameters(
+            task, size, critic=Path(inputs["critic"]), policy=Path(inputs["policy"]),
+            manifest=Path(inputs["manifest"]), teacher=teacher_url, bench=str(inputs["bench"]),
+            prompts=Path(inputs["prompts"]), eval_prompts=Path(inputs["eval_prompts"]),
+        )  # fmt: skip
+        console.rule(f"[bold]firm pipeline, task {task}[/] (KFP local runner)")
+        t0 = time.perf_counter()
+        try:
+            with _watch(console, stages):
+                run = run_local("firm", params, pipeline_root=work / "pipeline-runs")
+        except PipelineError as exc:
+            failed = PipelineRun(
+                task=task, run_dir=work / "pipeline-runs", seconds=time.perf_counter() - t0,
+                parameters=dict(p.split("=", 1) for p in params), stages=stages,
+            )  # fmt: skip
+            raise QuickstartFailed(str(exc), failed) from None
+    console.print(f"teacher calls: {calls['requests']}")
+    return PipelineRun(
+        task=task, run_dir=run.run_dir, seconds=run.seconds, parameters=run.arguments, stages=stages
+    )
+
+
+class QuickstartFailed(Exception):
+    """A pipeline run failed; `run` holds what ran (for the report)."""
+
+    def __init__(self, message: str, run: PipelineRun) -> None:
+        super().__init__(message)
+        self.run = run
+
+
+def run_quickstart(
+    workdir: str | Path, *, task: TaskChoice = "edit", size: SizeName = "tiny", console: Console | None = None
+) -> Path:
+    """Run the quickstart under `workdir`; returns the report directory (`index.html`, `summary.json`)."""
+    from firm.quickstart.report import write_report
+
+    con = console or Console(stderr=True)
+    work = Path(workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    preset = SIZES[size]
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    runs: list[PipelineRun] = []
+    error: str | None = None
+    for t in ("edit", "gen") if task == "both" else (task,):
+        try:
+            runs.append(run_task(work, t, preset, con))  # type: ignore[arg-type]
+        except QuickstartFailed as exc:
+            runs.append(exc.run)
+            error = str(exc)
+            break
+    report = write_report(
+        work, runs, size=preset, started=started, seconds=time.perf_counter() - t0, error=error, console=con
+    )
+    con.rule("[bold]report")
+    con.print(f"report: {report / 'index.html'}\nsummary: {report / 'summary.json'}")
+    if error:
+        from firm.errors import FirmError
+
+        raise FirmError(f"quickstart: {error} (partial report: {report / 'index.html'})")
+    return report
