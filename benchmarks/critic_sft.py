@@ -7,9 +7,10 @@ DDP vs DeepSpeed ZeRO-2 vs ZeRO-3; and the 8B-size run on a GPU node.
 
 `--config-size 8b` builds the real Qwen3-VL-8B architecture (`--arch-config` = its config.json, or the published
 dimensions written below) with random bf16 weights, a synthetic edit dataset at the paper's pixel budget, and runs
-the paper recipe `critic/qwen3vl_8b_edit_full` (DeepSpeed ZeRO-3, activation checkpointing) under torchrun on the
-node's GPUs; it reports tokens/s, samples/s and the peak GPU memory the trainer logs. Without a GPU it prints the
-command to run and exits 0.
+the paper recipe `critic/qwen3vl_8b_edit_full` (DeepSpeed ZeRO-3, activation checkpointing, token-budget
+micro-batches of `--max-tokens-per-batch` padded tokens, default the recipe's; 0 = fixed micro-batches of
+`batch.per_device` rows) under torchrun on the node's GPUs; it reports tokens/s, samples/s, micro-batches per step
+and the peak GPU memory the trainer logs. Without a GPU it prints the commands to run and exits 0.
 
 Each cell is a real `python -m firm.critic.sft` run (under torchrun for 2 processes) on a synthetic edit dataset
 (64×64 images, batch 8 = per-device 8 × 1 process or 4 × 2 processes, 1 CPU thread per process). Throughput is the
@@ -99,9 +100,27 @@ def gpu_8b(a: argparse.Namespace) -> None:
     """The 8B-size run (see the module docstring); prints the command and returns where there is no GPU."""
     import torch
 
-    cmd = f"python benchmarks/critic_sft.py --config-size 8b --nproc {a.nproc} --steps {a.steps}"
+    from firm.critic.sft_config import load_sft_config
+
+    recipe = "critic/qwen3vl_8b_edit_full"
+    budget = a.max_tokens_per_batch
+    if budget is None:
+        budget = load_sft_config(recipe).batch.max_tokens_per_batch or 0
+    packing = (
+        ["batch.packing=token_budget", f"batch.max_tokens_per_batch={budget}"]
+        if budget
+        else ["batch.packing=none", "batch.max_tokens_per_batch=null"]
+    )
+    cmd = (
+        f"python benchmarks/critic_sft.py --config-size 8b --nproc {a.nproc} --steps {a.steps} "
+        f"--max-tokens-per-batch {budget}"
+    )
+    trainer = f"torchrun --nproc_per_node {a.nproc} -m firm.critic.sft --config {recipe} {' '.join(packing)}"
     if not torch.cuda.is_available():
-        print(f"no GPU here: the 8B-size benchmark needs a GPU node. On one, run:\n  {cmd}")
+        print(
+            f"no GPU here: the 8B-size benchmark needs a GPU node. On one, run:\n  {cmd}\n"
+            f"which trains (with its synthetic data, random 8B weights and {a.steps} steps):\n  {trainer} ..."
+        )
         return
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -139,11 +158,12 @@ def gpu_8b(a: argparse.Namespace) -> None:
     run = "bench-8b"
     over = [f"model.path={model_dir}", f"data.dataset={dataset}", f"max_steps={a.steps}", f"run_name={run}",
             f"output_dir={work / 'runs'}", f"checkpoint.uri={(work / 'ckpt').as_uri()}", "export.enabled=false",
-            "eval.max_samples=1", "eval.generate=false", "log_every=1"]  # fmt: skip
+            "eval.max_samples=1", "eval.generate=false", "log_every=1", *packing]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    print(f"running: {trainer} ...", file=sys.stderr, flush=True)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(a.nproc), "-m", "firm.critic.sft",
-         "--config", "critic/qwen3vl_8b_edit_full", *over], env=env, capture_output=True, text=True,
+         "--config", recipe, *over], env=env, capture_output=True, text=True,
     )  # fmt: skip
     if proc.returncode != 0:
         raise SystemExit(f"8b run failed:\n{proc.stderr[-3000:]}")
@@ -151,9 +171,13 @@ def gpu_8b(a: argparse.Namespace) -> None:
             if "train/tokens_per_s" in m and m["step"] > 3]  # fmt: skip
     med = {k: statistics.median(m[k] for m in rows) for k in ("train/tokens_per_s", "train/samples_per_s")}
     peak = max(m.get("train/peak_mem_gib", float("nan")) for m in rows)
-    print("| model | GPUs | strategy | tokens/s | samples/s | peak GPU memory (rank 0) |")
-    print("|---|---|---|---|---|---|")
-    print(f"| Qwen3-VL-8B size, random bf16 | {a.nproc} | ZeRO-3 + activation ckpt | "
+    micro = statistics.median(m.get("train/micro_batches", 2) for m in rows)  # unpacked: grad_accum 2
+    batching = f"≤ {budget} tokens" if budget else "10 rows"
+    print(
+        "| model | GPUs | strategy | micro-batch | micro-batches/step | tokens/s | samples/s | peak GPU mem (rank 0) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| Qwen3-VL-8B size, random bf16 | {a.nproc} | ZeRO-3 + activation ckpt | {batching} | {micro:g} | "
           f"{med['train/tokens_per_s']:.0f} | {med['train/samples_per_s']:.2f} | {peak:.1f} GiB |")  # fmt: skip
 
 
@@ -169,6 +193,12 @@ def main() -> None:
     )
     p.add_argument("--nproc", type=int, default=8, help="GPUs for --config-size 8b")
     p.add_argument("--arch-config", default=None, help="config.json of the real model for --config-size 8b")
+    p.add_argument(
+        "--max-tokens-per-batch",
+        type=int,
+        default=None,
+        help="--config-size 8b: token budget per micro-batch (default: the recipe's; 0 = unpacked, 10 rows)",
+    )
     p.add_argument("--out", default=None, help="work directory (default: a temp dir)")
     a = p.parse_args()
     if a.config_size:

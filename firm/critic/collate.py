@@ -1,5 +1,6 @@
 """Turn critic SFT rows into model batches: chat messages with the STUDENT rubric plus the assistant target,
-labels that mask everything but the assistant response, and micro-batches packed by image count.
+labels that mask everything but the assistant response, micro-batches grouped by image count (unpacked runs), and
+each row's tokenized size measured without decoding its images (`SFTCollator.measure`, for `firm.critic.packing`).
 
 The prompt is laid out by `firm.critic.messages.build_messages` — the same function the `Critic` uses at inference,
 so training and serving see identical prompts.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,7 +21,21 @@ from firm.errors import InputError
 from firm.rewards.packs import load_pack
 from firm.rewards.rubrics import RubricPack
 
+if TYPE_CHECKING:
+    from firm.critic.packing import RowSize
+
 IGNORE_INDEX = -100
+
+
+class _Size:
+    """An image reduced to its size: what `fit_pixels` and the chat template need to know of it."""
+
+    def __init__(self, w: int, h: int):
+        self.w, self.h = int(w), int(h)
+        self.size = (self.w, self.h)
+
+    def resize(self, size: tuple[int, int], *_: Any, **__: Any) -> _Size:
+        return _Size(*size)
 
 
 def row_messages(
@@ -77,11 +92,7 @@ class SFTCollator:
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
         enc = self.processor(text=[text], images=message_images(messages), return_tensors="pt")
         ids = enc["input_ids"][0]
-        if self.max_seq_len is not None and len(ids) > self.max_seq_len:
-            raise InputError(
-                f"row {row.id} ({row.axis}): {len(ids)} tokens (prompt, images and answer) exceed "
-                f"data.max_seq_len={self.max_seq_len}; raise it, or lower model.max_pixels"
-            )
+        self._check_length(row, len(ids))
         answer_ids = self.processor.tokenizer(row.target, add_special_tokens=False)["input_ids"]
         # The answer is followed by <|im_end|> and the template's trailing newline(s): find the last <|im_end|>.
         ends = (ids == self.end_id).nonzero().flatten().tolist()
@@ -105,6 +116,63 @@ class SFTCollator:
         if "mm_token_type_ids" in enc:  # Qwen3-VL's M-RoPE needs to know which tokens are image tokens
             item["mm_token_type_ids"] = enc["mm_token_type_ids"][0]
         return item
+
+    def _check_length(self, row: CriticSFTRow, n: int) -> None:
+        if self.max_seq_len is not None and n > self.max_seq_len:
+            raise InputError(
+                f"row {row.id} ({row.axis}): {n} tokens (prompt, images and answer) exceed "
+                f"data.max_seq_len={self.max_seq_len}; raise it, or lower model.max_pixels"
+            )
+
+    def measure(self, rows: Sequence[CriticSFTRow]) -> list[RowSize]:
+        """Each row's tokenized size — what `encode` would produce — without decoding an image: the prompt is
+        rendered with placeholder images and tokenized, and each image contributes the image tokens the processor's
+        own resize rule gives its header size (after `max_pixels`, as `load_images` applies it). Checks
+        `data.max_seq_len` like `encode`. tests/sft/test_packing.py checks it against `encode`."""
+        from firm.critic.packing import RowSize
+
+        tok = self.processor.tokenizer
+        ip = self.processor.image_processor
+        merge = int(ip.merge_size) ** 2
+        out: list[RowSize] = []
+        for k in range(0, len(rows), 256):  # tokenize in chunks: bounded memory, the fast tokenizer batches
+            chunk = rows[k : k + 256]
+            texts, extra = [], []
+            for row in chunk:
+                sizes = [self._image_size(row, ref) for ref in row.images]
+                messages = row_messages(row, sizes, pack=self.pack)
+                texts.append(
+                    self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+                )
+                # each image's single <|image_pad|> placeholder expands to its image tokens
+                extra.append(sum(ip.get_number_of_image_patches(im.h, im.w, {}) // merge - 1 for im in sizes))
+            ids = tok(texts)["input_ids"]
+            answers = tok([r.target for r in chunk], add_special_tokens=False)["input_ids"]
+            for row, text_ids, n_extra, answer in zip(chunk, ids, extra, answers, strict=True):
+                n = len(text_ids) + n_extra
+                self._check_length(row, n)
+                out.append(RowSize(tokens=n, labels=len(answer) + 1))  # + the closing <|im_end|>
+        return out
+
+    def _image_size(self, row: CriticSFTRow, ref: str) -> _Size:
+        """The size `load_images` would give the image, from its header only (decoded when it is a URI)."""
+        from firm.critic.images import fit_pixels, load_image
+
+        name = f"{ref} (row {row.id}, {row.axis})"
+        src = self.dataset.image_ref(ref)
+        size: tuple[int, int] | None = None
+        if "://" not in src:
+            from PIL import Image
+
+            try:
+                with Image.open(src) as im:
+                    size = im.size
+            except (OSError, ValueError, Image.DecompressionBombError):
+                size = None  # load_image below raises the clear InputError
+        if size is None:
+            size = load_image(src, name=name).size
+        im = _Size(*size)
+        return fit_pixels(im, self.max_pixels) if self.max_pixels else im  # type: ignore[arg-type,return-value]
 
     def __call__(self, rows: Sequence[CriticSFTRow]) -> dict[str, torch.Tensor]:
         items = [self.encode(r) for r in rows]

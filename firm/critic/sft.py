@@ -6,8 +6,11 @@
 One entrypoint for a laptop CPU, local torchrun and a PyTorchJob: rank, world size and master address come from the
 standard torch.distributed environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT). The loop:
 
-- next-token cross-entropy on the assistant response only (`firm.critic.collate`), micro-batches packed by image
+- next-token cross-entropy on the assistant response only (`firm.critic.collate`), micro-batches grouped by image
   count, a deterministic data order derived from (seed, epoch, step) so resumed runs see the same data;
+- or, with `batch.packing: token_budget`, the same global batch per step cut into length-grouped micro-batches of at
+  most `batch.max_tokens_per_batch` padded tokens (bucketing, not concatenation), the loss normalised per learned
+  token over the whole step so the update does not depend on the split (`firm.critic.packing`);
 - DDP (gloo on CPU, nccl on GPU) or DeepSpeed ZeRO-2/3; full fine-tune or LoRA (peft); gradient accumulation,
   clipping, cosine schedule with warmup ratio, bf16 autocast where supported;
 - eval on the val split every N steps: loss, and with the `Critic`'s batched generation the parse rate and the MAE
@@ -32,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -407,6 +411,71 @@ def _deepspeed_config(cfg: SFTConfig, env: DistEnv, bf16: bool) -> dict[str, Any
     }
 
 
+def accumulate_step(
+    model: Any,
+    engine: Any,
+    batches: Iterable[dict[str, torch.Tensor]],
+    n: int,
+    *,
+    cfg: SFTConfig,
+    env: DistEnv,
+    step_labels: int | None = None,
+) -> tuple[float, int]:
+    """Forward and backward over the `n` micro-batches of one optimizer step; under DeepSpeed also the step itself
+    (`engine.step()` after each micro-batch; it updates on the boundary). Returns (sum of the micro-batch losses,
+    non-padding tokens). Without DeepSpeed the caller clips, steps and zeroes the gradients.
+
+    Unpacked (`step_labels` None): each loss is its micro-batch's token mean, scaled by 1/grad_accum (DeepSpeed
+    scales by its gradient_accumulation_steps). Packed: `step_labels` = the learned tokens of the whole global batch,
+    so each loss is its micro-batch's token sum / step_labels (`num_items_in_batch`), scaled by the world size
+    (DDP and DeepSpeed average over ranks): the accumulated gradient is that of the global batch's token mean
+    whatever `n` is; DeepSpeed's accumulation boundary is set here, on the last micro-batch."""
+    packed = step_labels is not None
+    extra = {"num_items_in_batch": step_labels} if packed else {}
+    loss_sum, tokens = 0.0, 0
+    for a, batch in enumerate(batches):
+        batch = {k: v.to(env.device) for k, v in batch.items()}
+        tokens += int(batch["attention_mask"].sum())
+        last = a == n - 1
+        if engine is not None:
+            if packed:
+                engine.set_gradient_accumulation_boundary(last)
+            with _autocast(cfg, env):
+                loss = engine(**batch, **extra).loss
+            if packed:
+                engine.backward(loss * env.world, scale_wrt_gas=False)
+            else:
+                engine.backward(loss)
+            engine.step()
+        else:
+            sync = contextlib.nullcontext() if (last or env.world == 1) else model.no_sync()
+            with sync:
+                with _autocast(cfg, env):
+                    loss = model(**batch, **extra).loss
+                (loss * env.world if packed else loss / cfg.batch.grad_accum).backward()
+        loss_sum += float(loss.detach())
+    return loss_sum, tokens
+
+
+def _checked_batch(
+    batch: dict[str, torch.Tensor], plan: Any, a: int, idx: list[int], rows: list[Any]
+) -> dict[str, torch.Tensor]:
+    """Packed runs: the collated micro-batch must hold the tokens its plan measured (the budget and the loss
+    normaliser rely on them)."""
+    if plan is None:
+        return batch
+    from firm.critic.collate import IGNORE_INDEX
+
+    tokens, labels = int(batch["attention_mask"].sum()), int((batch["labels"] != IGNORE_INDEX).sum())
+    if (tokens, labels) != (plan.tokens[a], plan.labels[a]):
+        ids = ", ".join(f"{rows[i].id} ({rows[i].axis})" for i in idx)
+        raise FirmError(
+            f"rows {ids}: collated to {tokens} tokens / {labels} learned, but measured {plan.tokens[a]} / "
+            f"{plan.labels[a]} (SFTCollator.measure disagrees with encode for this processor; use batch.packing=none)"
+        )
+    return batch
+
+
 def _progress(enabled: bool, run_name: str, total: int, start: int) -> Any:
     """Rank 0's progress on stderr: a bar on a terminal, a line every FIRM_PROGRESS_INTERVAL seconds elsewhere."""
     from firm.progress import Progress
@@ -446,13 +515,18 @@ def train(cfg: SFTConfig) -> TrainResult:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     ds, train_rows, val_rows = load_rows(cfg)
-    steps_per_epoch = len(pack_by_image_count(train_rows, cfg.batch.per_device, seed=cfg.seed, epoch=0)) // (
-        env.world * cfg.batch.grad_accum
-    )
+    packing = cfg.batch.packing == "token_budget"
+    if packing:  # every step takes global_batch rows of one shuffled epoch order (firm.critic.packing)
+        steps_per_epoch = len(train_rows) // global_batch
+    else:
+        steps_per_epoch = len(
+            pack_by_image_count(train_rows, cfg.batch.per_device, seed=cfg.seed, epoch=0)
+        ) // (env.world * cfg.batch.grad_accum)
     if steps_per_epoch == 0:
+        why = "" if packing else " (micro-batches are grouped by image count)"
         raise InputError(
             f"dataset {cfg.data.dataset}: {len(train_rows)} train rows do not fill one global batch of "
-            f"{global_batch} (micro-batches are grouped by image count)"
+            f"{global_batch}{why}"
         )
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
@@ -472,6 +546,7 @@ def train(cfg: SFTConfig) -> TrainResult:
                 rubrics_sha256=pack.sha256,
                 strategy=cfg.dist.strategy,
                 zero_stage=zero_stage,
+                packing=cfg.batch.packing,
             )
         except BaseException:
             ckpt.release()
@@ -487,6 +562,26 @@ def train(cfg: SFTConfig) -> TrainResult:
         collator = SFTCollator(
             processor, ds, max_pixels=cfg.model.max_pixels, pack=pack, max_seq_len=cfg.data.max_seq_len
         )
+        planner = None
+        if packing:
+            from firm.critic.packing import TokenBudgetPlanner, check_budget, measure_rows
+
+            t_measure = time.perf_counter()
+            sizes = measure_rows(
+                collator, train_rows, rank=env.rank, world=env.world,
+                device=env.device if env.backend == "nccl" else None,
+            )  # fmt: skip
+            budget = cfg.batch.max_tokens_per_batch
+            assert budget is not None  # SFTConfig requires it with packing
+            check_budget(train_rows, sizes, budget)
+            planner = TokenBudgetPlanner(
+                sizes, global_batch=global_batch, world=env.world, budget=budget, seed=cfg.seed
+            )
+            if env.main:
+                log.info(
+                    "token-budget micro-batches: %d train rows measured in %.1f s (longest %d tokens), budget %d",
+                    len(sizes), time.perf_counter() - t_measure, max(z.tokens for z in sizes), budget,
+                )  # fmt: skip
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params,
@@ -569,7 +664,7 @@ def train(cfg: SFTConfig) -> TrainResult:
                     step=step, epoch=epoch, world_size=env.world, global_batch=global_batch,
                     steps_per_epoch=steps_per_epoch, total_steps=total_steps, run_name=cfg.run_name,
                     finetune=cfg.finetune, seed=cfg.seed, rubrics_sha256=pack.sha256,
-                    strategy=cfg.dist.strategy, zero_stage=zero_stage,
+                    strategy=cfg.dist.strategy, zero_stage=zero_stage, packing=cfg.batch.packing,
                 )  # fmt: skip
                 published.append(
                     writer.publish(
@@ -610,24 +705,19 @@ def train(cfg: SFTConfig) -> TrainResult:
         with _progress(env.main, cfg.run_name, total_steps, start_step) as progress:
             while step < total_steps:
                 t0 = time.perf_counter()
-                epoch, micro = step_micro_batches(train_rows, cfg, env, step, steps_per_epoch)
-                loss_sum, tokens = 0.0, 0
-                for a, idx in enumerate(micro):
-                    batch = {k: v.to(env.device) for k, v in collator([train_rows[i] for i in idx]).items()}
-                    tokens += int(batch["attention_mask"].sum())
-                    last = a == len(micro) - 1
-                    if engine is not None:
-                        with _autocast(cfg, env):
-                            loss = engine(**batch).loss
-                        engine.backward(loss)
-                        engine.step()
-                    else:
-                        sync = contextlib.nullcontext() if (last or env.world == 1) else model.no_sync()
-                        with sync:
-                            with _autocast(cfg, env):
-                                loss = model(**batch).loss
-                            (loss / cfg.batch.grad_accum).backward()
-                    loss_sum += float(loss.detach())
+                if planner is not None:
+                    plan = planner.plan(step, env.rank)
+                    epoch, micro, step_labels = plan.epoch, plan.micro, plan.step_labels
+                else:
+                    plan, step_labels = None, None
+                    epoch, micro = step_micro_batches(train_rows, cfg, env, step, steps_per_epoch)
+                batches = (
+                    _checked_batch(collator([train_rows[i] for i in idx]), plan, a, idx, train_rows)
+                    for a, idx in enumerate(micro)
+                )
+                loss_sum, tokens = accumulate_step(
+                    model, engine, batches, len(micro), cfg=cfg, env=env, step_labels=step_labels
+                )
                 grad_norm = float("nan")
                 lr = scheduler.get_last_lr()[0]
                 if engine is None:
@@ -640,12 +730,17 @@ def train(cfg: SFTConfig) -> TrainResult:
                     gn = engine.get_global_grad_norm()
                     grad_norm = float(gn) if gn is not None else float("nan")
                 step += 1
-                loss_mean = all_mean(loss_sum / len(micro), env)
+                if planner is not None:  # each micro-batch's loss is already a share of the step's token mean
+                    loss_mean = all_mean(loss_sum, env) * env.world
+                else:
+                    loss_mean = all_mean(loss_sum / len(micro), env)
                 dt = time.perf_counter() - t0
                 rate = global_batch / dt
                 token_rate = all_mean(tokens, env) * env.world / dt  # every rank's non-padding tokens
                 if env.main and (step % cfg.log_every == 0 or step == total_steps):
                     extra = {}
+                    if planner is not None:
+                        extra["train/micro_batches"] = len(micro)  # the same on every rank
                     if env.device.type == "cuda":
                         extra["train/peak_mem_gib"] = torch.cuda.max_memory_allocated(env.device) / 2**30
                     logger.log(

@@ -7,7 +7,7 @@ A checkpoint directory holds::
     scheduler.pt         torch.save of the LR scheduler state dict
     rng.pt               every rank's torch (and CUDA) RNG state, gathered to rank 0 as uint8 tensors
     zero/rank-NNNNN.safetensors   DeepSpeed: each rank's ZeRO optimizer partition (`firm.critic.state_codec`)
-    trainer_state.json   step, epoch, world size, global batch, data position, strategy and ZeRO stage
+    trainer_state.json   step, epoch, world size, global batch, data position, packing, strategy and ZeRO stage
 
 Everything rank 0 writes is staged in a local directory; under DeepSpeed every rank uploads its own ZeRO shard
 straight into `step-<n>/zero/` and reports its size and sha256 to rank 0 (as tensors, not pickled objects). Rank 0
@@ -68,6 +68,7 @@ class TrainerState(BaseModel):
     rubrics_sha256: str | None = None  # the rubric pack trained on (None: written before packs existed)
     strategy: str = "ddp"  # dist.strategy: ddp | deepspeed (checkpoints written before DeepSpeed resume: ddp)
     zero_stage: int | None = None  # DeepSpeed ZeRO stage of the shards under zero/
+    packing: str = "none"  # batch.packing: which rows each step takes (older checkpoints: none)
 
 
 def step_uri(root: str, step: int) -> str:
@@ -347,10 +348,17 @@ def check_compatible(
     rubrics_sha256: str | None = None,
     strategy: str = "ddp",
     zero_stage: int | None = None,
+    packing: str = "none",
 ) -> None:
-    """Resuming must keep the data order (same world size, global batch and fine-tuning mode), the prompts (same
-    rubric pack) and the optimizer layout (same strategy; same ZeRO stage under DeepSpeed)."""
+    """Resuming must keep the data order (same world size, global batch, packing mode and fine-tuning mode), the
+    prompts (same rubric pack) and the optimizer layout (same strategy; same ZeRO stage under DeepSpeed). The token
+    budget may change: it regroups a step's rows into micro-batches without changing the rows or the update."""
     s = ckpt.state
+    if s.packing != packing:
+        raise ConfigError(
+            f"cannot resume from {ckpt.uri}: it was trained with batch.packing={s.packing}, this run uses "
+            f"batch.packing={packing} (the rows of each step would differ; resume with the same batch.packing)"
+        )
     if s.strategy != strategy or (strategy == "deepspeed" and s.zero_stage != zero_stage):
         have = s.strategy + (f" ZeRO-{s.zero_stage}" if s.strategy == "deepspeed" else "")
         want = strategy + (f" ZeRO-{zero_stage}" if strategy == "deepspeed" else "")

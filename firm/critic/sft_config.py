@@ -62,10 +62,30 @@ class LoraCfg(_Cfg):
 
 
 class BatchCfg(_Cfg):
-    per_device: int = Field(default=1, ge=1, description="micro-batch size per process")
+    """Rows per optimizer step = `per_device × grad_accum × world size` (checked against `global_size`), with or
+    without packing. Unpacked, each process runs `grad_accum` micro-batches of `per_device` rows. With
+    `packing: token_budget` each process still takes `per_device × grad_accum` rows per step, but cuts them into
+    length-grouped micro-batches of at most `max_tokens_per_batch` padded tokens (see `firm.critic.packing`)."""
+
+    per_device: int = Field(
+        default=1,
+        ge=1,
+        description="micro-batch size per process (with packing: rows per process = × grad_accum)",
+    )
     grad_accum: int = Field(default=1, ge=1)
     global_size: int | None = Field(
         default=None, ge=1, description="expected per_device × grad_accum × world size; checked at start"
+    )
+    packing: Literal["none", "token_budget"] = Field(
+        default="none",
+        description="token_budget: micro-batches of as many length-grouped rows as fit max_tokens_per_batch (padded "
+        "rows, not concatenated sequences), loss normalised per learned token over the whole step",
+    )
+    max_tokens_per_batch: int | None = Field(
+        default=None,
+        ge=16,
+        description="packing=token_budget: most padded tokens (rows × longest row, image tokens included) in one "
+        "micro-batch; at least the longest row",
     )
 
 
@@ -155,6 +175,27 @@ class SFTConfig(_Cfg):
             raise ConfigError("dist.offload_param needs dist.strategy=deepspeed and dist.zero_stage=3")
         if self.dist.offload_optimizer and self.dist.strategy != "deepspeed":
             raise ConfigError("dist.offload_optimizer needs dist.strategy=deepspeed")
+        b = self.batch
+        if b.packing == "token_budget" and b.max_tokens_per_batch is None:
+            raise ConfigError(
+                "batch.packing=token_budget needs batch.max_tokens_per_batch (the most padded tokens, rows × longest "
+                "row, one micro-batch may hold)"
+            )
+        if b.packing == "none" and b.max_tokens_per_batch is not None:
+            raise ConfigError(
+                f"batch.max_tokens_per_batch={b.max_tokens_per_batch} is only used with batch.packing=token_budget "
+                "(unpacked micro-batches hold batch.per_device rows); set batch.packing=token_budget or remove it"
+            )
+        if (
+            b.max_tokens_per_batch is not None
+            and self.data.max_seq_len is not None
+            and b.max_tokens_per_batch < self.data.max_seq_len
+        ):
+            raise ConfigError(
+                f"batch.max_tokens_per_batch={b.max_tokens_per_batch} is below data.max_seq_len="
+                f"{self.data.max_seq_len}: a row of the allowed length would fit no micro-batch; raise "
+                "batch.max_tokens_per_batch or lower data.max_seq_len"
+            )
         return self
 
     def checkpoint_root(self) -> str:

@@ -48,3 +48,20 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 def train_losses(run_dir: Path) -> dict[int, float]:
     """Step → train loss (the last record wins, so a resumed run's steps replace the killed run's)."""
     return {m["step"]: m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m}
+
+
+def packing_config(
+    model: Path, dataset: Path | str, tmp: Path, budget: int | None, run_name: str, **over: Any
+) -> Any:
+    """A validated tiny-critic `SFTConfig` with token-budget micro-batches of `budget` tokens (None: unpacked),
+    global batch 8, checkpoints every 2 steps, a 1-row val loss instead of generation, no export."""
+    from firm.critic.sft_config import SFTConfig
+
+    batch: dict[str, Any] = {"per_device": 8, "grad_accum": 1}
+    if budget is not None:
+        batch.update(packing="token_budget", max_tokens_per_batch=budget)
+    cfg = sft_config(
+        model, dataset, tmp, run_name=run_name, batch=batch, eval__generate=False, eval__max_samples=1,
+        export__enabled=False, checkpoint__every_n_steps=2, **over,
+    )  # fmt: skip
+    return SFTConfig.model_validate(cfg)
