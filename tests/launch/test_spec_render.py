@@ -36,6 +36,8 @@ def test_the_shipped_specs_are_the_ones_the_issue_names() -> None:
         "critic-sft-qwen3vl-8b-2x8.yaml",
         "rl-qwen-edit-2509-nft-cme-2x8.yaml",
         "rl-sd35m-nft-qma-1x8.yaml",
+        "rl-flux-kontext-nft-cme-1x8.yaml",
+        "rl-flux-2-klein-nft-qma-1x8.yaml",
     }
 
 
