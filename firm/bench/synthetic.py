@@ -41,8 +41,8 @@ def make_synthetic_bench(
     """
     from firm.curation.synthetic import synthetic_edit_items, synthetic_gen_items
 
-    if n < 1:
-        raise InputError(f"--n must be >= 1, got {n}")
+    if n < 0 or (n == 0 and not n_gen):
+        raise InputError(f"--n must be >= 1 (or 0 with generation items only), got {n}")
     bad = set(edit_axes) - {"execution", "consistency"}
     if not edit_axes or bad:
         raise InputError(f"edit axes must be execution and/or consistency, got {list(edit_axes)}")
@@ -51,7 +51,7 @@ def make_synthetic_bench(
     out = Path(out_dir)
     ensure_dir(out, "--out")  # a clear reason when it cannot be created
     items: list[BenchItem] = []
-    for i, it in enumerate(synthetic_edit_items(n, seed=seed, size=size, requested=requested)):
+    for i, it in enumerate(synthetic_edit_items(n, seed=seed, size=size, requested=requested) if n else []):
         axis = edit_axes[i % len(edit_axes)]
         src, dst = f"images/edit/{it.id}_source.png", f"images/edit/{it.id}_edited.png"
         _save(it.source, out / src)
