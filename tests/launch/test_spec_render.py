@@ -38,6 +38,8 @@ def test_the_shipped_specs_are_the_ones_the_issue_names() -> None:
         "rl-sd35m-nft-qma-1x8.yaml",
         "rl-flux-kontext-nft-cme-1x8.yaml",
         "rl-flux-2-klein-nft-qma-1x8.yaml",
+        "rl-qwen-image-nft-qma-1x8.yaml",
+        "rl-z-image-turbo-nft-qma-1x8.yaml",
     }
 
 

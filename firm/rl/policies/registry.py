@@ -119,7 +119,14 @@ FAMILIES: dict[str, PolicyFamily] = {
             task="gen",
             adapter="firm.rl.policies.qwen_image:QwenImagePolicy",
             pipeline_classes=("QwenImagePipeline",),
-            lora_targets=ATTN_TARGETS,
+            # FIRM-Reward generation/config/nft_qwen_image.py: the attn.* projections and both streams' MLPs
+            lora_targets=[
+                *ATTN_TARGETS,
+                "img_mlp.net.0.proj",
+                "img_mlp.net.2",
+                "txt_mlp.net.0.proj",
+                "txt_mlp.net.2",
+            ],
             tiny_builder="firm.rl.policies.tiny_qwen_image:build_tiny_qwen_image",
             description="Qwen-Image text-to-image (QwenImagePipeline)",
             options="firm.rl.policies.qwen_image:QwenImageOptions",
@@ -129,7 +136,10 @@ FAMILIES: dict[str, PolicyFamily] = {
             task="gen",
             adapter="firm.rl.policies.z_image:ZImagePolicy",
             pipeline_classes=("ZImagePipeline",),
-            lora_targets=ATTN_TARGETS,
+            # FIRM-Reward generation/config/nft_zimage_turbo.py targets to_q/to_k/to_v/to_out.0/w1/w2/w3: in diffusers'
+            # ZImageTransformer2DModel exactly these modules (its attention is `attention`, not `attn`)
+            lora_targets=[f"attention.{m}" for m in ("to_q", "to_k", "to_v", "to_out.0")]
+            + [f"feed_forward.{m}" for m in ("w1", "w2", "w3")],
             tiny_builder="firm.rl.policies.tiny_qwen_image:build_tiny_z_image",
             description="Z-Image-Turbo text-to-image (ZImagePipeline)",
             options="firm.rl.policies.z_image:ZImageOptions",
