@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test quickstart lint fmt clean images images-push manifests
+.PHONY: install test quickstart lint fmt clean images images-push manifests bench
 
 # Container images (a container engine is needed; none exists on the project's development machines, where
 # tests/deploy lints the Dockerfiles with hadolint instead of building them). Build context: the repository root.
@@ -38,6 +38,11 @@ test: $(STAMP)
 
 quickstart: $(STAMP)
 	$(VENV)/bin/firmctl quickstart
+
+# Every benchmark in benchmarks/ with its default sizes, then BENCHMARKS.md rewritten from benchmarks/results/ and
+# benchmarks/notes/ (tens of minutes; e.g. BENCH_ARGS="--only reward_parsing" or "--render").
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
