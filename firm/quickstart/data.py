@@ -59,12 +59,26 @@ def publish_bench(out: Path, uri: str, task: str, n: int, size: int) -> str:
     return uri
 
 
+_GEN_SUFFIXES = ["", " on a grey background", " in a two by two grid", ", nothing else", " on a plain canvas",
+                 " in the cells of a grid", " and no other shapes", ", flat colours"]  # fmt: skip
+
+
+def gen_prompts(n: int, *, held_out: bool = False) -> list[str]:
+    """`n` distinct red-square prompts (counts 1..4 × phrasings); `held_out` uses phrasings training never sees."""
+    suffixes = _GEN_SUFFIXES[4:] if held_out else _GEN_SUFFIXES[:4]
+    out = []
+    for suffix in suffixes:
+        for k in range(1, 5):
+            out.append(f"A picture of {k} red {'square' if k == 1 else 'squares'}{suffix}.")
+    return out[:n]
+
+
 def write_rl_prompts(out: Path, task: str, n: int, size: int, seed: int) -> Path:
     """An RL prompt file: edit → `prompts.jsonl` (instruction + synthetic source image), gen → `prompts.txt`."""
     out.mkdir(parents=True, exist_ok=True)
-    if task == "gen":
+    if task == "gen":  # distinct prompts (RL refuses duplicates); held-out files use other phrasings
         path = out / "prompts.txt"
-        path.write_text("".join(f"{it.prompt}\n" for it in synthetic_gen_items(n, seed=seed, size=size)))
+        path.write_text("".join(f"{p}\n" for p in gen_prompts(n, held_out=seed == RL_EVAL_SEED)))
         return path
     lines = []
     for it in synthetic_edit_items(n, seed=seed, size=size, requested=REQUESTED):
