@@ -15,7 +15,9 @@ Parity notes (each default checked against the official code):
   so the value is ignored there (`Flux2TimestepGuidanceEmbeddings.forward`) and the diffusers pipeline passes
   `guidance=None`. FIRM leaves `policy.options.embedded_guidance` unset and refuses a value for a transformer without
   a guidance embedder, instead of ignoring it silently. True CFG (`grpo.guidance_scale > 1`) is refused for a
-  step-distilled klein (`is_distilled=true`), whose pipeline ignores guidance (`Flux2KleinPipeline.check_inputs`).
+  step-distilled klein (`is_distilled=true`), whose pipeline ignores guidance (`Flux2KleinPipeline.check_inputs`),
+  when the recipe's validation can read that from a local pipeline directory (a Hub id or an s3:// URI is not
+  fetched just to validate); the undistilled klein base takes CFG as the diffusers pipeline does.
 - σ schedule: `linspace(1, 1/T, T)` shifted by `mu = compute_empirical_mu(tokens, T)` (`set_flux_timesteps` in
   `train_nft_flux2_klein.py`, `Flux2KleinPipeline.__call__` step 6); σ enters the transformer as `timestep / 1000`.
 - Decoding: unpack, undo the batch-norm normalisation with `bn.running_mean` / `sqrt(running_var + eps)`, unpatchify,
