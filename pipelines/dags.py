@@ -40,7 +40,7 @@ def _critic_steps(
     base_model: str, train_pool: str, train_nodes: int, train_nproc_per_node: int, trainer_image: str,
     backend: str, job_timeout_s: float, bench: str, bench_items: int, bench_max_new_tokens: int,
     bench_batch_size: int, export_task: str, export_device: str, export_max_new_tokens: int, rubrics: str,
-    curation: dict,
+    curation: dict, export_gen_quality: bool = True,
 ) -> dsl.PipelineTask:  # fmt: skip
     """curate → train → bench → export; returns the export task (its output is the repository URI).
     `curation`: the `curation_*` pipeline parameters, passed to the curate step by name."""
@@ -70,7 +70,7 @@ def _critic_steps(
     export = place(
         export_to_triton(
             critic_uri=train.outputs["Output"], task=export_task, device=export_device,
-            max_new_tokens=export_max_new_tokens, rubrics=rubrics, run_id=RUN_ID,
+            max_new_tokens=export_max_new_tokens, rubrics=rubrics, run_id=RUN_ID, gen_quality=export_gen_quality,
         ),
         CPU,
     )  # fmt: skip
@@ -108,12 +108,14 @@ def critic_pipeline(
     export_task: str = "edit",
     export_device: str = "gpu",
     export_max_new_tokens: int = 0,
+    export_gen_quality: bool = True,
     rubrics: str = "",
 ) -> None:
     _critic_steps(
         dataset_source, dataset_items, seed, critic_recipe, critic_overrides, base_model, train_pool, train_nodes,
         train_nproc_per_node, trainer_image, backend, job_timeout_s, bench, bench_items, bench_max_new_tokens,
         bench_batch_size, export_task, export_device, export_max_new_tokens, rubrics, _curation(locals()),
+        export_gen_quality,
     )  # fmt: skip
 
 
@@ -210,6 +212,7 @@ def firm_pipeline(
     export_task: str = "edit",
     export_device: str = "gpu",
     export_max_new_tokens: int = 0,
+    export_gen_quality: bool = True,
     rubrics: str = "",
     rl_recipe: str = "rl/qwen_edit_2509_nft_cme",
     rl_overrides: list = [],  # noqa: B006
@@ -225,7 +228,7 @@ def firm_pipeline(
             dataset_source, dataset_items, seed, critic_recipe, critic_overrides, base_model, train_pool,
             train_nodes, train_nproc_per_node, trainer_image, backend, job_timeout_s, bench, bench_items,
             bench_max_new_tokens, bench_batch_size, export_task, export_device, export_max_new_tokens, rubrics,
-            _curation(locals()),
+            _curation(locals()), export_gen_quality,
         )  # fmt: skip
         deploy = place(
             deploy_reward_service(

@@ -157,6 +157,9 @@ def pipeline_parameters(
         "train_pool=cpu", "train_nodes=1", "train_nproc_per_node=2",
         f"bench={bench}", f"bench_items={size.bench_items}", "bench_max_new_tokens=48", "bench_batch_size=20",
         f"export_task={task}", "export_device=cpu", "export_max_new_tokens=48",
+        # plan-then-score curates the instruction axis only (the paper's FIRM-Gen data): no quality labels to
+        # learn, so the generation reward is served from the instruction judgement alone
+        f"export_gen_quality={'true' if task == 'edit' else 'false'}",
         f"rl_recipe={RL_RECIPES[task]}", f"rl_overrides={rl_overrides}", "rl_pool=cpu", "rl_nodes=1",
         "rl_nproc_per_node=1", f"eval_prompts={size.rl_eval_prompts}",
     ]  # fmt: skip
@@ -234,8 +237,10 @@ def run_task(work: Path, task: Task, size: QuickstartSize, console: Console) -> 
             with _watch(console, stages):
                 run = run_local("firm", params, pipeline_root=work / "pipeline-runs")
         except PipelineError as exc:
+            root = work / "pipeline-runs"
+            dirs = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
             failed = PipelineRun(
-                task=task, run_dir=work / "pipeline-runs", seconds=time.perf_counter() - t0,
+                task=task, run_dir=dirs[-1] if dirs else root, seconds=time.perf_counter() - t0,
                 parameters=dict(p.split("=", 1) for p in params), stages=stages,
             )  # fmt: skip
             raise QuickstartFailed(str(exc), failed) from None

@@ -14,9 +14,11 @@ def export_to_triton(
     rubrics: str,
     run_id: str,
     repository: Output[Model],
+    gen_quality: bool = True,
 ) -> str:
     """`firmctl serve export` as a step: publishes the repository under the run and returns its URI.
-    `max_new_tokens` 0 and `rubrics` "" mean the pack's budgets and firm-v1."""
+    `max_new_tokens` 0 and `rubrics` "" mean the pack's budgets and firm-v1; `gen_quality` False serves the
+    generation reward from the instruction axis alone (a critic trained without the quality rubric)."""
     from firm.config import get_settings
     from firm.rewards.packs import load_pack
     from firm.serving.export import ExportConfig, export_repository
@@ -28,6 +30,7 @@ def export_to_triton(
         device=device,
         max_new_tokens=max_new_tokens or None,
         rubrics=rubrics or None,
+        gen_quality=gen_quality,
     )  # type: ignore[arg-type]
     export_repository(cfg, uri, overwrite=True)
     pack = load_pack(rubrics or None)
