@@ -12,7 +12,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Test files run on 2 pytest-xdist workers (whole files per worker: their module fixtures stay shared). Most tests
-# wait on subprocesses and servers; 2 workers take the suite from ~16 to ~10 minutes on a 2-core machine.
+# wait on subprocesses and servers: serially the 740-test suite took 13.5 min on a 2-core machine, with 2 workers
+# the 803-test suite takes 9.5 min (BENCHMARKS.md, test suite).
 PYTEST_WORKERS ?= 2
 
 .PHONY: install test quickstart lint fmt clean images images-push manifests bench
