@@ -82,9 +82,10 @@ class LoraSettings(_Section):
     init: Literal["gaussian", "default"] = "gaussian"
     target_modules: list[str] | None = Field(
         None,
-        description="module-name suffixes that get a LoRA; None = the policy's official list "
-        "(`firm.rl.lora.POLICY_LORA_TARGETS`: the `attn.*` projections, which on SD3.5 leave the second attention "
-        "`attn2` of the dual-attention blocks untouched)",
+        description="module-name suffixes that get a LoRA; None = the policy family's official list "
+        "(`firm.rl.policies.registry.FAMILIES[kind].lora_targets`: the `attn.*` projections for SD3/SD3.5 — leaving "
+        "SD3.5's second attention `attn2` untouched —, Qwen-Image-Edit and FLUX.1-Kontext; attention plus "
+        "feed-forward modules for FLUX.2-klein, Qwen-Image and Z-Image, as their official trainers)",
     )
 
     @field_validator("target_modules")
