@@ -300,7 +300,8 @@ class RLConfig(_Section):
         if self.task != want:
             raise ValueError(f"policy.kind={self.policy.kind} trains task '{want}', but task='{self.task}'")
         check_run = getattr(self.policy.family_options(), "check_run", None)
-        if check_run is not None:  # a family's constraints on the rest of the run (e.g. guidance it does not take)
+        # a family's constraints on the rest of the run (e.g. guidance it does not take)
+        if check_run is not None:
             check_run(self)
         if self.sampling.prompts_per_step % self.optim.updates_per_step:
             raise ValueError(
