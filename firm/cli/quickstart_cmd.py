@@ -16,7 +16,7 @@ def quickstart(
     workdir: Path = typer.Option(Path("runs/quickstart"), "--workdir", help="where every stage writes"),
     task: str = typer.Option("edit", "--task", help="edit | gen | both (both: one pipeline run per task)"),
     size: str = typer.Option(
-        "tiny", "--size", help="tiny (about 4 minutes on 2 CPU cores) | small (more data, steps and prompts)"
+        "tiny", "--size", help="tiny (about 2–3 minutes on 2 CPU cores) | small (more data, steps and prompts)"
     ),
 ) -> None:
     """Run the `firm` pipeline locally — curate (teacher) → train critic (2 processes) → bench → export to Triton →
