@@ -53,6 +53,21 @@ class DiffusionPolicy(ABC):
     resolution: int
     source: str  # where the base pipeline was loaded from (local dir or HF id)
 
+    def adopt(self, pipeline: Any, *, device: torch.device, resolution: int, source: str) -> None:
+        """Every adapter's set-up: hold the pipeline and its transformer, freeze every module (the LoRA added later
+        is the only trainable part), eval mode."""
+        self.pipeline = pipeline
+        self.transformer = pipeline.transformer
+        self.device = device
+        self.dtype = self.transformer.dtype
+        self.resolution = resolution
+        self.source = source
+        self.vae_scale = pipeline.vae_scale_factor
+        for comp in pipeline.components.values():
+            if isinstance(comp, torch.nn.Module):
+                comp.requires_grad_(False)
+        self.eval_mode()
+
     @abstractmethod
     def encode(self, prompts: list[str], sources: list[Any] | None = None) -> Conditioning:
         """Conditioning for each prompt (and source image for editing); no gradients."""

@@ -101,21 +101,11 @@ class Flux2KleinPolicy(DiffusionPolicy):
         device: torch.device,
         source: str = "",
     ):
-        self.pipeline = pipeline
-        self.transformer = pipeline.transformer
-        self.device = device
-        self.dtype = self.transformer.dtype
-        self.resolution = resolution
+        self.adopt(pipeline, device=device, resolution=resolution, source=source)
         self.max_sequence_length = max_sequence_length
         self.options = options
-        self.source = source
-        self.vae_scale = pipeline.vae_scale_factor
         self.channels = self.transformer.config.in_channels  # 4 × the VAE's latent channels (2×2 patches)
         self._ids: torch.Tensor | None = None
-        for comp in pipeline.components.values():
-            if isinstance(comp, torch.nn.Module):
-                comp.requires_grad_(False)
-        self.eval_mode()
 
     @classmethod
     def from_pretrained(cls, cfg: Any, device: torch.device) -> Flux2KleinPolicy:

@@ -110,21 +110,11 @@ class QwenImagePolicy(DiffusionPolicy):
         device: torch.device,
         source: str = "",
     ):
-        self.pipeline = pipeline
-        self.transformer = pipeline.transformer
-        self.device = device
-        self.dtype = self.transformer.dtype
-        self.resolution = resolution
+        self.adopt(pipeline, device=device, resolution=resolution, source=source)
         self.max_sequence_length = max_sequence_length
         self.options = options
-        self.source = source
-        self.vae_scale = pipeline.vae_scale_factor
         self.channels = self.transformer.config.in_channels // 4
         self._negative: Conditioning | None = None
-        for comp in pipeline.components.values():
-            if isinstance(comp, torch.nn.Module):
-                comp.requires_grad_(False)
-        self.eval_mode()
 
     @staticmethod
     def load_pipeline(path: str, dtype: torch.dtype) -> Any:

@@ -22,18 +22,8 @@ class SD3Policy(DiffusionPolicy):
         device: torch.device,
         source: str = "",
     ):
-        self.pipeline = pipeline
-        self.source = source
-        self.transformer = pipeline.transformer
-        self.device = device
-        self.dtype = self.transformer.dtype
-        self.resolution = resolution
+        self.adopt(pipeline, device=device, resolution=resolution, source=source)
         self.max_sequence_length = max_sequence_length
-        self.vae_scale = pipeline.vae_scale_factor
-        for comp in pipeline.components.values():
-            if isinstance(comp, torch.nn.Module):
-                comp.requires_grad_(False)
-        self.eval_mode()
 
     @classmethod
     def from_pretrained(cls, cfg: Any, device: torch.device) -> SD3Policy:

@@ -203,6 +203,46 @@ def qwen_colour_decoder(vae: Any) -> None:
     assert isinstance(dec.conv_in, QwenImageCausalConv3d)
 
 
+def tiny_qwen_image_core(colour_vae: bool = True) -> tuple[Any, Any, Any]:
+    """The Qwen-Image family's tiny (transformer, VAE, scheduler), random-init from configs: a 2-layer
+    `QwenImageTransformer2DModel`, a tiny `AutoencoderKLQwenImage` (8× downsampling, 16 latent channels; with
+    `colour_vae`, the `qwen_colour_decoder`) and the dynamic-shift flow-matching scheduler. Shared by the Qwen-Image
+    and Qwen-Image-Edit builders (created in this order, so a seed gives the same weights in both)."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=64,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=64,
+        axes_dims_rope=(4, 6, 6),
+    )
+    vae = AutoencoderKLQwenImage(
+        base_dim=8,
+        z_dim=16,
+        dim_mult=[1, 1, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 16,
+        latents_std=[1.0] * 16,
+    )
+    if colour_vae:
+        qwen_colour_decoder(vae)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=1.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=0.9,
+        base_image_seq_len=16,
+        max_image_seq_len=1024,
+        shift_terminal=0.02,
+    )
+    return transformer, vae, scheduler
+
+
 def build_tiny_qwen_edit(out_dir: str | Path, *, seed: int = 0, colour_vae: bool = True) -> Path:
     """Build and save a tiny `QwenImageEditPlusPipeline`: a 2-layer `QwenImageTransformer2DModel`, a tiny
     `AutoencoderKLQwenImage` (8× downsampling, 16 latent channels) and a tiny Qwen2.5-VL text encoder with an offline
@@ -210,10 +250,7 @@ def build_tiny_qwen_edit(out_dir: str | Path, *, seed: int = 0, colour_vae: bool
     `QwenEditPolicy` loader does that)."""
     import torch
     from diffusers import (
-        AutoencoderKLQwenImage,
-        FlowMatchEulerDiscreteScheduler,
         QwenImageEditPlusPipeline,
-        QwenImageTransformer2DModel,
     )
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -261,37 +298,9 @@ def build_tiny_qwen_edit(out_dir: str | Path, *, seed: int = 0, colour_vae: bool
         tokenizer=tok,
         chat_template=QWEN_VL_CHAT_TEMPLATE,
     )
-    transformer = QwenImageTransformer2DModel(
-        patch_size=2,
-        in_channels=64,
-        out_channels=16,
-        num_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=64,
-        axes_dims_rope=(4, 6, 6),
-    )
-    vae = AutoencoderKLQwenImage(
-        base_dim=8,
-        z_dim=16,
-        dim_mult=[1, 1, 2, 2],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * 16,
-        latents_std=[1.0] * 16,
-    )
-    if colour_vae:
-        qwen_colour_decoder(vae)
+    transformer, vae, scheduler = tiny_qwen_image_core(colour_vae)
     pipe = QwenImageEditPlusPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(
-            shift=1.0,
-            use_dynamic_shifting=True,
-            base_shift=0.5,
-            max_shift=0.9,
-            base_image_seq_len=16,
-            max_image_seq_len=1024,
-            shift_terminal=0.02,
-        ),
+        scheduler=scheduler,
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tok,

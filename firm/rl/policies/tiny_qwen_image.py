@@ -54,14 +54,11 @@ def build_tiny_qwen_image(out_dir: str | Path, *, seed: int = 0, colour_vae: boo
     scheduler has Qwen-Image's dynamic shift, rescaled to toy sequence lengths."""
     import torch
     from diffusers import (
-        AutoencoderKLQwenImage,
-        FlowMatchEulerDiscreteScheduler,
         QwenImagePipeline,
-        QwenImageTransformer2DModel,
     )
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from firm.rl.policies.tiny import qwen_colour_decoder
+    from firm.rl.policies.tiny import tiny_qwen_image_core
 
     out = Path(out_dir)
     torch.manual_seed(seed)
@@ -93,37 +90,9 @@ def build_tiny_qwen_image(out_dir: str | Path, *, seed: int = 0, colour_vae: boo
         vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
     )
     text_encoder = Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    transformer = QwenImageTransformer2DModel(
-        patch_size=2,
-        in_channels=64,
-        out_channels=16,
-        num_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=64,
-        axes_dims_rope=(4, 6, 6),
-    )
-    vae = AutoencoderKLQwenImage(
-        base_dim=8,
-        z_dim=16,
-        dim_mult=[1, 1, 2, 2],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * 16,
-        latents_std=[1.0] * 16,
-    )
-    if colour_vae:
-        qwen_colour_decoder(vae)
+    transformer, vae, scheduler = tiny_qwen_image_core(colour_vae)
     pipe = QwenImagePipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(
-            shift=1.0,
-            use_dynamic_shifting=True,
-            base_shift=0.5,
-            max_shift=0.9,
-            base_image_seq_len=16,
-            max_image_seq_len=1024,
-            shift_terminal=0.02,
-        ),
+        scheduler=scheduler,
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tok,
