@@ -15,6 +15,29 @@ from typing import Any
 import torch
 
 
+def dynamic_shift_sigmas(
+    scheduler: Any, image_seq_len: int, num_steps: int, sigmas: Any = None
+) -> torch.Tensor:
+    """The flow-matching scheduler's σ schedule (num_steps + 1 values, float32, CPU) with the resolution-dependent
+    shift μ of the FLUX / Qwen-Image / Z-Image pipelines (diffusers' `calculate_shift`: μ linear in the image token
+    count between `base_shift` and `max_shift`); `sigmas` default: linspace(1, 1/num_steps, num_steps)."""
+    import numpy as np
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    cfg = scheduler.config
+    mu = calculate_shift(
+        image_seq_len,
+        cfg.get("base_image_seq_len", 256),
+        cfg.get("max_image_seq_len", 4096),
+        cfg.get("base_shift", 0.5),
+        cfg.get("max_shift", 1.15),
+    )
+    if sigmas is None:
+        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+    scheduler.set_timesteps(sigmas=sigmas, mu=mu, device="cpu")
+    return scheduler.sigmas.detach().float().cpu().clone()
+
+
 @dataclass
 class Conditioning:
     """Per-sample conditioning tensors (batch first) plus non-tensor extras that are shared by the whole batch."""

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from firm.errors import ConfigError
 from firm.rl.policies.base import Conditioning, DiffusionPolicy
-from firm.rl.policies.loading import DTYPES, absent_components, resolve_pretrained
+from firm.rl.policies.loading import DTYPES, absent_components, ready_pipeline, resolve_pretrained
 
 
 class Flux2KleinOptions(BaseModel):
@@ -136,12 +136,11 @@ class Flux2KleinPolicy(DiffusionPolicy):
                 f"{ecfg.hidden_size} = {width}, but the transformer of {path} reads {tcfg['joint_attention_dim']} "
                 "features per text token"
             )
-        pipe = Flux2KleinPipeline.from_pretrained(
-            path, dtype=DTYPES[cfg.dtype], **absent_components(path)
-        ).to(device)
-        pipe.set_progress_bar_config(disable=True)
-        if cfg.gradient_checkpointing:
-            pipe.transformer.enable_gradient_checkpointing()
+        pipe = ready_pipeline(
+            Flux2KleinPipeline.from_pretrained(path, dtype=DTYPES[cfg.dtype], **absent_components(path)),
+            cfg,
+            device,
+        )
         return cls(
             pipe,
             resolution=cfg.resolution,

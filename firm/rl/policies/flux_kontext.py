@@ -40,8 +40,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from firm.errors import ConfigError, InputError
-from firm.rl.policies.base import Conditioning, DiffusionPolicy
-from firm.rl.policies.loading import DTYPES, absent_components, resolve_pretrained
+from firm.rl.policies.base import Conditioning, DiffusionPolicy, dynamic_shift_sigmas
+from firm.rl.policies.loading import DTYPES, absent_components, ready_pipeline, resolve_pretrained
 
 T5_MAX_TOKENS = 512  # FluxKontextPipeline.check_inputs refuses more
 
@@ -113,12 +113,11 @@ class FluxKontextPolicy(DiffusionPolicy):
                 f"policy.options.guidance_scale={opts.guidance_scale:g}: the transformer of {path} has no guidance "
                 "embedding (guidance_embeds=false); set policy.options.guidance_scale=null"
             )
-        pipe = FluxKontextPipeline.from_pretrained(
-            path, dtype=DTYPES[cfg.dtype], **absent_components(path)
-        ).to(device)
-        pipe.set_progress_bar_config(disable=True)
-        if cfg.gradient_checkpointing:
-            pipe.transformer.enable_gradient_checkpointing()
+        pipe = ready_pipeline(
+            FluxKontextPipeline.from_pretrained(path, dtype=DTYPES[cfg.dtype], **absent_components(path)),
+            cfg,
+            device,
+        )
         return cls(
             pipe,
             resolution=cfg.resolution,
@@ -186,19 +185,7 @@ class FluxKontextPolicy(DiffusionPolicy):
         return self._pack(z).to(self.device, self.dtype)
 
     def sigmas(self, num_steps: int, cond: Conditioning) -> torch.Tensor:
-        import numpy as np
-        from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift
-
-        sched = self.pipeline.scheduler
-        mu = calculate_shift(
-            (self._latent_side() // 2) ** 2,
-            sched.config.get("base_image_seq_len", 256),
-            sched.config.get("max_image_seq_len", 4096),
-            sched.config.get("base_shift", 0.5),
-            sched.config.get("max_shift", 1.15),
-        )
-        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu, device="cpu")
-        return sched.sigmas.detach().float().cpu().clone()
+        return dynamic_shift_sigmas(self.pipeline.scheduler, (self._latent_side() // 2) ** 2, num_steps)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         b = x.shape[0]

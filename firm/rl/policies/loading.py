@@ -41,6 +41,16 @@ def absent_components(path: str) -> dict[str, Any]:
     return {k: None for k, v in data.items() if isinstance(v, list) and v[:1] == [None]}
 
 
+def ready_pipeline(pipe: Any, cfg: PolicyConfig, device: torch.device) -> Any:
+    """A loaded pipeline made ready for RL: on `device`, progress bars off, activation checkpointing in the
+    transformer when `policy.gradient_checkpointing`."""
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if cfg.gradient_checkpointing:
+        pipe.transformer.enable_gradient_checkpointing()
+    return pipe
+
+
 def pick_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

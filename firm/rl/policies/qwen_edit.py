@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from firm.errors import InputError
-from firm.rl.policies.base import Conditioning, DiffusionPolicy
+from firm.rl.policies.base import Conditioning, DiffusionPolicy, dynamic_shift_sigmas
 from firm.rl.policies.loading import DTYPES, resolve_pretrained
 
 
@@ -130,20 +130,7 @@ class QwenEditPolicy(DiffusionPolicy):
         return self._pack(z).to(self.device, self.dtype)
 
     def sigmas(self, num_steps: int, cond: Conditioning) -> torch.Tensor:
-        import numpy as np
-        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_shift
-
-        sched = self.pipeline.scheduler
-        seq = (self._latent_side() // 2) ** 2
-        mu = calculate_shift(
-            seq,
-            sched.config.get("base_image_seq_len", 256),
-            sched.config.get("max_image_seq_len", 4096),
-            sched.config.get("base_shift", 0.5),
-            sched.config.get("max_shift", 1.15),
-        )
-        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu, device="cpu")
-        return sched.sigmas.detach().float().cpu().clone()
+        return dynamic_shift_sigmas(self.pipeline.scheduler, (self._latent_side() // 2) ** 2, num_steps)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         side = self._latent_side() // 2

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from firm.rl.policies.base import Conditioning, DiffusionPolicy
-from firm.rl.policies.loading import DTYPES, absent_components, resolve_pretrained
+from firm.rl.policies.loading import DTYPES, absent_components, ready_pipeline, resolve_pretrained
 
 
 class SD3Policy(DiffusionPolicy):
@@ -30,12 +30,13 @@ class SD3Policy(DiffusionPolicy):
         from diffusers import StableDiffusion3Pipeline
 
         path = resolve_pretrained(cfg.uri)
-        pipe = StableDiffusion3Pipeline.from_pretrained(
-            path, dtype=DTYPES[cfg.dtype], **absent_components(path)
-        ).to(device)
-        pipe.set_progress_bar_config(disable=True)
-        if cfg.gradient_checkpointing:
-            pipe.transformer.enable_gradient_checkpointing()
+        pipe = ready_pipeline(
+            StableDiffusion3Pipeline.from_pretrained(
+                path, dtype=DTYPES[cfg.dtype], **absent_components(path)
+            ),
+            cfg,
+            device,
+        )
         return cls(
             pipe,
             resolution=cfg.resolution,

@@ -41,8 +41,8 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from firm.rl.policies.base import Conditioning, DiffusionPolicy
-from firm.rl.policies.loading import DTYPES, resolve_pretrained
+from firm.rl.policies.base import Conditioning, DiffusionPolicy, dynamic_shift_sigmas
+from firm.rl.policies.loading import DTYPES, ready_pipeline, resolve_pretrained
 from firm.rl.policies.qwen_image import check_common_run
 
 
@@ -102,10 +102,7 @@ class ZImagePolicy(DiffusionPolicy):
     @classmethod
     def from_pretrained(cls, cfg: Any, device: torch.device) -> ZImagePolicy:
         path = resolve_pretrained(cfg.uri)
-        pipe = cls.load_pipeline(path, DTYPES[cfg.dtype]).to(device)
-        pipe.set_progress_bar_config(disable=True)
-        if cfg.gradient_checkpointing:
-            pipe.transformer.enable_gradient_checkpointing()
+        pipe = ready_pipeline(cls.load_pipeline(path, DTYPES[cfg.dtype]), cfg, device)
         return cls(
             pipe,
             resolution=cfg.resolution,
@@ -157,18 +154,14 @@ class ZImagePolicy(DiffusionPolicy):
             s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)[:-1]
             s = shift * s / (1 + (shift - 1) * s)
             return torch.cat([s, torch.zeros(1, dtype=torch.float64)]).float()
-        from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift, get_default_z_image_sigmas
+        from diffusers.pipelines.z_image.pipeline_z_image import get_default_z_image_sigmas
 
-        sched = self.pipeline.scheduler
-        mu = calculate_shift(
+        return dynamic_shift_sigmas(
+            self.pipeline.scheduler,
             (self._latent_side() // 2) ** 2,
-            sched.config.get("base_image_seq_len", 256),
-            sched.config.get("max_image_seq_len", 4096),
-            sched.config.get("base_shift", 0.5),
-            sched.config.get("max_shift", 1.15),
+            num_steps,
+            get_default_z_image_sigmas(num_steps),
         )
-        sched.set_timesteps(sigmas=get_default_z_image_sigmas(num_steps), mu=mu, device="cpu")
-        return sched.sigmas.detach().float().cpu().clone()
 
     # ---------------------------------------------------------------- the model
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
