@@ -164,9 +164,11 @@ def commands(run: PipelineRun) -> dict[str, str]:
     """How to rerun each stage alone on this machine, and the whole pipeline on a cluster."""
     p = run.parameters
     task = run.task
+    # the quickstart's teacher lives only while the quickstart runs: a rerun names a real endpoint
+    shown = {**p, "curation_teacher": "<teacher endpoint URL>"} if "curation_teacher" in p else p
     params = " ".join(
         f"-p '{k}={json.dumps(v) if isinstance(v, list | dict) else v}'"
-        for k, v in p.items()
+        for k, v in shown.items()
         if k != "backend"
     )
     curate = f"firmctl data curate-{task} --input {p.get('curation_input')} --teacher <teacher URL> --out <dataset URI>"
