@@ -106,11 +106,10 @@ def _side(side: str, size: str) -> float:
             )  # fmt: skip
             return time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = subprocess.run(
+        subprocess.run(
             [sys.executable, __file__, "--direct-child", str(Path(tmp) / "qs"), "--size", size],
             env=env, cwd=tmp, check=True, capture_output=True, text=True,
         )  # fmt: skip
-        del out
         return time.perf_counter() - t0
 
 

@@ -97,14 +97,12 @@ def publish_synthetic_bench(n: int, *, seed: int = 1000, size: int = 112, reques
 
     from firm.bench.loaders import publish_bench
     from firm.config import get_settings
-    from firm.storage import read_manifest
+    from firm.storage import is_published
 
     params = {"n": n, "seed": seed, "size": size, "requested": requested}
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     uri = f"{get_settings().bucket_uris()['datasets']}/synthetic/bench-{digest}"
-    try:
-        read_manifest(uri)
-    except Exception:
+    if not is_published(uri):
         with tempfile.TemporaryDirectory(prefix="firm-bench-") as tmp:
             make_synthetic_bench(tmp, n, seed=seed, size=size, n_gen=0, requested=requested)
             publish_bench(tmp, uri)

@@ -37,6 +37,7 @@ from firm.curation.runner import (
     default_cache,
     image_names,
     run_curation,
+    stage_text,
 )
 from firm.curation.selection import unit_hash
 from firm.curation.teachers import AsyncTeacher, CachedTeacher, Teacher, TeacherRequest, open_teachers
@@ -110,16 +111,9 @@ class _EditStages:
         # 1. difference report
         dr = self.prompts.get("difference_report")
         ans = await teacher.ask(TeacherRequest(messages=dr.messages(images), max_tokens=dr.max_new_tokens))
-        add_usage(rec, ans)
-        if not ans.ok:
-            rec.dropped = f"teacher_{ans.error}"
+        report = stage_text(rec, ans, "report")
+        if report is None:
             return rec
-        report = ans.text.strip()
-        if not report:
-            rec.dropped = "empty_report"
-            return rec
-        if ans.truncated:
-            rec.notes.append("report_truncated")
         # 2. rewriting
         instruction, rewritten = p.item.text, False
         if unit_hash(p.item.id, f"rewrite-{cfg.seed}") < cfg.rewrite_ratio:

@@ -34,6 +34,7 @@ from firm.curation.runner import (
     default_cache,
     image_names,
     run_curation,
+    stage_text,
 )
 from firm.curation.teachers import AsyncTeacher, CachedTeacher, Teacher, TeacherRequest, open_teachers
 
@@ -72,16 +73,9 @@ class _GenStages:
         ans = await planner.ask(
             TeacherRequest(messages=pp.messages(prompt=p.item.text), max_tokens=pp.max_new_tokens)
         )
-        add_usage(rec, ans)
-        if not ans.ok:
-            rec.dropped = f"teacher_{ans.error}"
+        plan = stage_text(rec, ans, "plan")
+        if plan is None:
             return rec
-        plan = ans.text.strip()
-        if not plan:
-            rec.dropped = "empty_plan"
-            return rec
-        if ans.truncated:
-            rec.notes.append("plan_truncated")
         imgs = encode_images(self.rubric, [p.images[0].image])
         msgs = build_messages(self.rubric, imgs, prompt=p.item.text, plan=plan)
         ans = await scorer.ask(

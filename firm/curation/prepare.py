@@ -100,17 +100,13 @@ def _manifest_digest(uri: str) -> str:
 def _curate(kind: str, p: CurationParams, *, seed: int, rubrics: str | None) -> tuple[str, dict[str, Any]]:
     from firm.config import get_settings
     from firm.curation.teachers import make_teacher
-    from firm.storage import read_manifest
+    from firm.storage import is_published
 
     params = p.model_dump() | {"kind": kind, "seed": seed, "rubrics": rubrics or None}
     params["manifest_sha256"] = _manifest_digest(p.input)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     uri = f"{get_settings().bucket_uris()['datasets']}/curated/{kind}-{digest}"
-    try:
-        read_manifest(uri)
-    except Exception:
-        pass
-    else:  # published before with the same parameters and manifest
+    if is_published(uri):  # published before with the same parameters and manifest
         from firm.curation.stats import read_stats
 
         return uri, _summary(read_stats(uri)) | {"reused": True}
@@ -160,7 +156,7 @@ def prepare_sft_dataset(
 ) -> tuple[str, dict[str, Any]]:
     """(dataset URI, stats) for `source` (see the module docstring); `stats["curation"]` for curated sources."""
     from firm.config import get_settings
-    from firm.storage import read_manifest
+    from firm.storage import is_published
 
     uri = source
     extra: dict[str, Any] = {}
@@ -169,9 +165,7 @@ def prepare_sft_dataset(
                   "size": size, "val_fraction": 0.05, "seed": seed}  # fmt: skip
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
         uri = f"{get_settings().bucket_uris()['datasets']}/synthetic/sft-{digest}"
-        try:
-            read_manifest(uri)
-        except Exception:
+        if not is_published(uri):
             from firm.curation.synthetic_sft import write_synthetic_sft_dataset
 
             write_synthetic_sft_dataset(uri, **params)  # type: ignore[arg-type]

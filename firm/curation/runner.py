@@ -126,6 +126,23 @@ def add_usage(rec: ItemRecord, ans: Any) -> None:
     t["seconds"] = round(t.get("seconds", 0.0) + ans.seconds, 6)
 
 
+def stage_text(rec: ItemRecord, ans: Any, stage: str) -> str | None:
+    """The text of a first-stage answer (difference report, plan), accounted to its item; None with `rec.dropped`
+    set (`teacher_<error>`, `empty_<stage>`) when there is nothing to build on; a cut answer is kept and noted
+    (`<stage>_truncated`)."""
+    add_usage(rec, ans)
+    if not ans.ok:
+        rec.dropped = f"teacher_{ans.error}"
+        return None
+    text = ans.text.strip()
+    if not text:
+        rec.dropped = f"empty_{stage}"
+        return None
+    if ans.truncated:
+        rec.notes.append(f"{stage}_truncated")
+    return text
+
+
 def run_fingerprint(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

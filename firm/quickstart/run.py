@@ -172,6 +172,7 @@ def prepare_inputs(work: Path, task: Task, size: QuickstartSize, console: Consol
     from firm.models.tiny import build_tiny_critic
     from firm.quickstart import data
     from firm.rl.policies.tiny import build_tiny_qwen_edit, build_tiny_sd3
+    from firm.storage import is_published
 
     inputs = work / "inputs"
     critic = inputs / "tiny-critic"
@@ -189,7 +190,7 @@ def prepare_inputs(work: Path, task: Task, size: QuickstartSize, console: Consol
         writer = data.write_edit_manifest if task == "edit" else data.write_gen_manifest
         writer(src, size.curation_items, size.image_size)
     bench_uri = f"{get_settings().bucket_uris()['datasets']}/quickstart/bench-{task}-{size.name}"
-    if not _published(bench_uri):
+    if not is_published(bench_uri):
         data.publish_bench(
             inputs / f"bench-{task}-{size.name}", bench_uri, task, size.bench_items, size.image_size
         )
@@ -205,17 +206,6 @@ def prepare_inputs(work: Path, task: Task, size: QuickstartSize, console: Consol
     )
     return {"critic": critic, "policy": policy, "manifest": manifest, "bench": bench_uri, "prompts": prompts,
             "eval_prompts": held_out}  # fmt: skip
-
-
-def _published(uri: str) -> bool:
-    from firm.errors import StorageError
-    from firm.storage import read_manifest
-
-    try:
-        read_manifest(uri)
-        return True
-    except StorageError:
-        return False
 
 
 def run_task(work: Path, task: Task, size: QuickstartSize, console: Console) -> PipelineRun:

@@ -12,6 +12,7 @@ from firm.storage.local import LocalStore
 from firm.storage.manifest import Manifest, ManifestFile
 from firm.storage.publish import (
     fetch_dir,
+    is_published,
     latest,
     publish_dir,
     read_bytes,
@@ -38,6 +39,7 @@ __all__ = [
     "copy",
     "fetch_dir",
     "init_buckets",
+    "is_published",
     "is_uri",
     "join_uri",
     "latest",

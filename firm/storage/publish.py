@@ -67,6 +67,18 @@ def read_manifest(uri: str, settings: FirmSettings | None = None) -> Manifest:
     return Manifest.from_bytes(store.get_bytes(mkey), store.uri(mkey))
 
 
+def is_published(uri: str, settings: FirmSettings | None = None) -> bool:
+    """True when `uri` is a finished publish (its manifest is there); False when it is not, or its bucket does not
+    exist yet. Other failures (unreachable store, bad credentials) raise."""
+    from firm.errors import MissingBucketError
+
+    store, key = open_store(uri, settings)
+    try:
+        return store.exists(dir_prefix(key) + MANIFEST_NAME)
+    except MissingBucketError:
+        return False
+
+
 def publish_dir(
     local_dir: str | Path,
     uri: str,

@@ -19,6 +19,7 @@ from firm.storage import (
     MANIFEST_NAME,
     Manifest,
     fetch_dir,
+    is_published,
     join_uri,
     latest,
     open_store,
@@ -216,6 +217,7 @@ def test_failed_publish_writes_no_manifest(root: str, tmp_path: Path) -> None:
     assert store.exists(key + "f0.bin")
     assert not store.exists(key + MANIFEST_NAME)
     assert latest(ckpts) == f"{ckpts}/step-1"
+    assert is_published(f"{ckpts}/step-1") and not is_published(f"{ckpts}/step-2")  # files without a manifest
 
 
 def test_checksum_mismatch_detected_and_nothing_visible(root: str, tmp_path: Path) -> None:

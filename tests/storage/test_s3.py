@@ -19,7 +19,16 @@ from minio.error import S3Error
 
 from firm.config import FirmSettings, get_settings
 from firm.errors import StorageError
-from firm.storage import RetryPolicy, S3Store, fetch_dir, latest, open_store, publish_dir, read_bytes
+from firm.storage import (
+    RetryPolicy,
+    S3Store,
+    fetch_dir,
+    is_published,
+    latest,
+    open_store,
+    publish_dir,
+    read_bytes,
+)
 from firm.storage.s3 import endpoint_from_settings, make_client
 from tests.fixtures.s3 import free_port
 
@@ -40,6 +49,7 @@ def test_missing_bucket_errors_name_the_uri(s3_env: dict[str, str], tmp_path: Pa
     (tmp_path / "d" / "f").write_bytes(b"x")
     with pytest.raises(StorageError, match="no such bucket"):
         publish_dir(tmp_path / "d", uri)
+    assert not is_published(uri)  # nothing is published where the bucket does not exist yet
 
 
 def test_unreachable_endpoint_is_a_clear_error(
