@@ -78,7 +78,15 @@ def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) 
     assert {"reward_mean", "execution", "consistency"} <= set(rl["before"]) & set(rl["after"])
     assert 0.0 <= rl["before"]["reward_mean"] <= 1.0 and 0.0 <= rl["after"]["reward_mean"] <= 1.0
     assert rl["before"]["parse_failure_rate"] == 0.0
-    assert edit["checks"]["rl_reward_improved"] == (rl["after"]["reward_mean"] > rl["before"]["reward_mean"])
+    # RL from the warmed-up base policy raised the critic's mean reward on held-out prompts (measured on this size:
+    # 0.22 → 0.40; the training curve rises too)
+    assert rl["after"]["reward_mean"] > rl["before"]["reward_mean"] + 0.05, (rl["before"], rl["after"])
+    assert edit["checks"]["rl_reward_improved"]
+    curve = rl["curves"]["reward/mean"]
+    assert sum(curve[-2:]) / 2 > sum(curve[:2]) / 2, curve
+    warmup = rl["base_policy"]["warmup"]
+    assert warmup["steps"] == summary["size"]["policy_warmup_steps"]
+    assert warmup["last_loss"] < warmup["first_loss"]
     lora_files = {f.path for f in read_manifest(rl["lora"]).files}
     assert "pytorch_lora_weights.safetensors" in lora_files
     rl_metrics = executor("rl-train")["artifacts"]["metrics"]["artifacts"][0]["metadata"]

@@ -2,6 +2,7 @@
 
 - `run` — the orchestration: inputs, the KFP local runner, progress per stage;
 - `data` — the synthetic source data, held-out bench and RL prompt files it brings;
+- `policy` — the editing base policy: the scene policy warmed up on synthetic edits;
 - `teacher` — the curation teacher: an OpenAI-compatible endpoint that measures the synthetic images;
 - `report` — `DIR/report/index.html` and `summary.json`.
 """

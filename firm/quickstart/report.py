@@ -218,7 +218,7 @@ def task_summary(run: PipelineRun, report_dir: Path) -> dict[str, Any]:
         "seconds": run.seconds,
         "stages": stages,
         "critic": critic,
-        "rl": rl,
+        "rl": {**rl, "base_policy": run.base_policy},
         "checks": checks,
         "commands": commands(run),
         "kfp_pages": {
@@ -240,6 +240,17 @@ def _fmt(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.3g}"
     return html.escape(str(x))
+
+
+def _base_policy_line(base: dict[str, Any] | None) -> str:
+    if not base:
+        return "base policy n/a"
+    w = base.get("warmup")
+    if not w:
+        return f"base policy {_fmt(base['path'])} (random-init)"
+    return (f"base policy {_fmt(base['path'])}: warmed up {w['steps']} flow-matching steps on {w['items']} synthetic "
+            f"edits at {w['resolution']} px, loss {_fmt(w['first_loss'])} → {_fmt(w['last_loss'])}, "
+            f"{_fmt(w['seconds'])} s")  # fmt: skip
 
 
 def _task_html(t: dict[str, Any]) -> list[tuple[str, str]]:
@@ -276,7 +287,7 @@ def _task_html(t: dict[str, Any]) -> list[tuple[str, str]]:
          + f"<p>dataset {_fmt(c.get('dataset'))}, splits {_fmt(c.get('dataset_splits'))}, teacher calls "
            f"{_fmt(c.get('teacher_calls'))}; trained critic {_fmt(c.get('critic'))}</p>"),
         (f"{name}: RL (DiffusionNFT, rewards over gRPC)", rl_pics + rl_table + served
-         + f"<p>LoRA {_fmt(rl.get('lora'))}</p>"),
+         + f"<p>{_base_policy_line(rl.get('base_policy'))}; LoRA {_fmt(rl.get('lora'))}</p>"),
         (f"{name}: the pipeline's own pages", links),
         (f"{name}: rerun a stage", cmds),
     ]  # fmt: skip

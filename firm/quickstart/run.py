@@ -5,7 +5,8 @@ synthetic source data, `firm.quickstart.teacher` as the teacher endpoint) → tr
 the local launch backend) → bench (FIRM-Bench on held-out items) → export to Triton (a model repository in the local
 object store) → deploy (the bundled tritonserver) → RL (DiffusionNFT, rewards over gRPC) → evaluate the policy
 before/after on held-out prompts; the exit handler stops the tritonserver. Only the inputs are made here: the tiny
-base critic and policy (random-init from configs), the source data, the bench and the prompt files.
+base critic (random-init from configs), the base policy (editing: the scene policy warmed up on synthetic edits,
+`firm.quickstart.policy`; generation: random-init), the source data, the bench and the prompt files.
 
 `--task both` runs the pipeline once per task (an editing critic and policy, then a generation critic and policy).
 """
@@ -42,7 +43,7 @@ STAGES: list[tuple[str, str]] = [
 
 
 class QuickstartSize(BaseModel):
-    """How much the quickstart does. Both sizes use the tiny critic and policies (random-init from configs)."""
+    """How much the quickstart does. Both sizes use the tiny models (the critic random-init from configs)."""
 
     name: SizeName
     image_size: int = Field(description="synthetic images, pixels (112: 4 × 4 vision tokens)")
@@ -52,17 +53,23 @@ class QuickstartSize(BaseModel):
     rl_steps: int
     rl_prompts: int = Field(description="training prompts (edit: synthetic sources)")
     rl_eval_prompts: int = Field(description="held-out prompts of the before/after evaluation")
-    rl_resolution: int
+    rl_resolution: dict[Task, int] = Field(
+        description="rollout pixels per task (edit 128: the critic reads 128-px samples at its 112-px size)"
+    )
+    policy_warmup_steps: int = Field(description="edit: flow-matching steps of the base policy before RL")
+    policy_warmup_items: int = Field(description="edit: synthetic edits the warm-up learns from")
 
 
 SIZES: dict[str, QuickstartSize] = {
     "tiny": QuickstartSize(
         name="tiny", image_size=112, curation_items=400, sft_steps=480, bench_items=40, rl_steps=6,
-        rl_prompts=16, rl_eval_prompts=8, rl_resolution=64,
+        rl_prompts=16, rl_eval_prompts=8, rl_resolution={"edit": 128, "gen": 64},
+        policy_warmup_steps=400, policy_warmup_items=128,
     ),
     "small": QuickstartSize(
         name="small", image_size=112, curation_items=800, sft_steps=800, bench_items=80, rl_steps=16,
-        rl_prompts=32, rl_eval_prompts=8, rl_resolution=64,
+        rl_prompts=32, rl_eval_prompts=8, rl_resolution={"edit": 128, "gen": 64},
+        policy_warmup_steps=1000, policy_warmup_items=512,
     ),
 }  # fmt: skip
 
@@ -85,6 +92,7 @@ class PipelineRun(BaseModel):
     seconds: float
     parameters: dict
     stages: list[StageRun]
+    base_policy: dict | None = Field(None, description="the policy RL starts from: path and warm-up record")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -146,7 +154,7 @@ def pipeline_parameters(
         f"checkpoint.every_n_steps={max(1, size.sft_steps // 2)}]"
     )
     rl_overrides = (
-        f"[policy.uri={policy}, policy.resolution={size.rl_resolution}, data.prompts={prompts}, "
+        f"[policy.uri={policy}, policy.resolution={size.rl_resolution[task]}, data.prompts={prompts}, "
         f"data.eval_prompt_file={eval_prompts}, steps={size.rl_steps}, "
         f"checkpoint.every_steps={size.rl_steps}, monitor.eval_every=0, monitor.tensorboard=false]"
     )
@@ -171,19 +179,26 @@ def prepare_inputs(work: Path, task: Task, size: QuickstartSize, console: Consol
     from firm.config import get_settings
     from firm.models.tiny import build_tiny_critic
     from firm.quickstart import data
-    from firm.rl.policies.tiny import build_tiny_qwen_edit, build_tiny_sd3
+    from firm.quickstart.policy import build_edit_policy
+    from firm.rl.policies.tiny import build_tiny_sd3
     from firm.storage import is_published
 
     inputs = work / "inputs"
     critic = inputs / "tiny-critic"
     if not (critic / "config.json").is_file():
         build_tiny_critic(critic, size="tiny", seed=0)
-    policy = inputs / f"tiny-policy-{task}"
+    policy = inputs / f"tiny-policy-{task}-{size.name}"
     if not (policy / "model_index.json").is_file():
         if task == "edit":
-            build_tiny_qwen_edit(policy)
+            console.rule("[bold]base policy[/] (warm-up on synthetic edits)")
+            w = build_edit_policy(
+                policy, steps=size.policy_warmup_steps, items=size.policy_warmup_items,
+                resolution=size.rl_resolution[task], image_size=size.image_size,
+            )  # fmt: skip
+            console.print(f"policy warm-up: {w.steps} steps, loss {w.first_loss:.3f} → {w.last_loss:.3f}, "
+                          f"{w.seconds:.1f} s")  # fmt: skip
         else:
-            build_tiny_sd3(policy, sample_size=size.rl_resolution // 8)
+            build_tiny_sd3(policy, sample_size=size.rl_resolution[task] // 8)
     src = inputs / f"curation-{task}-{size.name}"
     manifest = src / "manifest.jsonl"
     if not manifest.is_file():
@@ -232,12 +247,21 @@ def run_task(work: Path, task: Task, size: QuickstartSize, console: Console) -> 
             failed = PipelineRun(
                 task=task, run_dir=dirs[-1] if dirs else root, seconds=time.perf_counter() - t0,
                 parameters=dict(p.split("=", 1) for p in params), stages=stages,
+                base_policy=_base_policy(Path(inputs["policy"])),
             )  # fmt: skip
             raise QuickstartFailed(str(exc), failed) from None
     console.print(f"teacher calls: {calls['requests']}")
     return PipelineRun(
-        task=task, run_dir=run.run_dir, seconds=run.seconds, parameters=run.arguments, stages=stages
-    )
+        task=task, run_dir=run.run_dir, seconds=run.seconds, parameters=run.arguments, stages=stages,
+        base_policy=_base_policy(Path(inputs["policy"])),
+    )  # fmt: skip
+
+
+def _base_policy(path: Path) -> dict:
+    from firm.quickstart.policy import read_warmup
+
+    warmup = read_warmup(path)
+    return {"path": str(path), "warmup": warmup.model_dump() if warmup else None}
 
 
 class QuickstartFailed(Exception):

@@ -112,10 +112,7 @@ class QwenEditPolicy(DiffusionPolicy):
             mask = torch.cat([torch.ones(pe.shape[1]), torch.zeros(pad)]).to(self.device, torch.long)
             embeds.append(torch.nn.functional.pad(pe, (0, 0, 0, pad)))
             masks.append(mask[None])
-            vae_img = img.resize((self.resolution, self.resolution))
-            x = pipe.image_processor.preprocess(vae_img, self.resolution, self.resolution).unsqueeze(2)
-            z = pipe._encode_vae_image(x.to(self.device, pipe.vae.dtype), generator=None)[:, :, 0]
-            latents.append(self._pack(z.to(self.dtype)))
+            latents.append(self.image_latents([img]))
         return Conditioning(
             {
                 "prompt_embeds": torch.cat(embeds),
@@ -123,6 +120,19 @@ class QwenEditPolicy(DiffusionPolicy):
                 "image_latents": torch.cat(latents),
             }
         )
+
+    @torch.no_grad()
+    def image_latents(self, images: list[Any]) -> torch.Tensor:
+        """Packed, normalised VAE latents of PIL images at the rollout resolution: the source-image conditioning
+        of `encode`, and the x0 of an image in the layout `velocity` and `decode` use."""
+        pipe = self.pipeline
+        out = []
+        for img in images:
+            vae_img = img.resize((self.resolution, self.resolution))
+            x = pipe.image_processor.preprocess(vae_img, self.resolution, self.resolution).unsqueeze(2)
+            z = pipe._encode_vae_image(x.to(self.device, pipe.vae.dtype), generator=None)[:, :, 0]
+            out.append(self._pack(z.to(self.dtype)))
+        return torch.cat(out)
 
     def initial_noise(self, n: int, generator: torch.Generator, cond: Conditioning) -> torch.Tensor:
         side = self._latent_side()

@@ -169,6 +169,19 @@ def build_tiny_sd3(
     return out
 
 
+def causal_eye(w: Any) -> None:
+    """Make a (causal 3-D or 2-D) convolution weight pass its first min(out, in) channels through unchanged: the
+    centre spatial tap, and the last temporal tap (the current frame) of a causal 3-D kernel."""
+    import torch
+
+    w.zero_()
+    idx = torch.arange(min(w.shape[0], w.shape[1]))
+    if w.ndim == 5:
+        w[idx, idx, -1, w.shape[3] // 2, w.shape[4] // 2] = 1.0
+    else:
+        w[idx, idx, w.shape[2] // 2, w.shape[3] // 2] = 1.0
+
+
 def qwen_colour_decoder(vae: Any) -> None:
     """The `colour_decoder` idea for a tiny `AutoencoderKLQwenImage` (causal 3-D convolutions, per-pixel RMS norm):
     residual branches and attention outputs zeroed, shortcuts and resamplers identities, (z_k, −z_k) channel pairs
@@ -178,25 +191,16 @@ def qwen_colour_decoder(vae: Any) -> None:
     import torch
     from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
 
-    def eye(w: torch.Tensor) -> None:
-        w.zero_()
-        n = min(w.shape[0], w.shape[1])
-        idx = torch.arange(n)
-        if w.ndim == 5:
-            w[idx, idx, -1, w.shape[3] // 2, w.shape[4] // 2] = 1.0
-        else:
-            w[idx, idx, w.shape[2] // 2, w.shape[3] // 2] = 1.0
-
     dec = vae.decoder
     with torch.no_grad():
-        eye(vae.post_quant_conv.weight)
+        causal_eye(vae.post_quant_conv.weight)
         vae.post_quant_conv.bias.zero_()
         _silence_residuals(
             dec,
             (torch.nn.Conv2d, torch.nn.Conv3d),
             zero=("conv2", "attentions.0.proj"),
             identity=("conv_shortcut", "resample.1"),
-            eye=eye,
+            eye=causal_eye,
         )
         # only 4 channels pass the narrowest up-block of the tiny decoder: two latent channels, R and G out
         _signed_pairs(dec.conv_in, dec.conv_out, 2, 2, tap=(-1, 1, 1))
@@ -208,7 +212,7 @@ def tiny_qwen_image_core(colour_vae: bool = True) -> tuple[Any, Any, Any]:
     `QwenImageTransformer2DModel`, a tiny `AutoencoderKLQwenImage` (8× downsampling, 16 latent channels; with
     `colour_vae`, the `qwen_colour_decoder`) and the dynamic-shift flow-matching scheduler. Shared by the Qwen-Image
     and Qwen-Image-Edit builders (created in this order, so a seed gives the same weights in both)."""
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
 
     transformer = QwenImageTransformer2DModel(
         patch_size=2,
@@ -231,7 +235,14 @@ def tiny_qwen_image_core(colour_vae: bool = True) -> tuple[Any, Any, Any]:
     )
     if colour_vae:
         qwen_colour_decoder(vae)
-    scheduler = FlowMatchEulerDiscreteScheduler(
+    return transformer, vae, qwen_image_scheduler()
+
+
+def qwen_image_scheduler() -> Any:
+    """The Qwen-Image family's dynamic-shift flow-matching scheduler at tiny sequence lengths."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(
         shift=1.0,
         use_dynamic_shifting=True,
         base_shift=0.5,
@@ -240,18 +251,18 @@ def tiny_qwen_image_core(colour_vae: bool = True) -> tuple[Any, Any, Any]:
         max_image_seq_len=1024,
         shift_terminal=0.02,
     )
-    return transformer, vae, scheduler
 
 
-def build_tiny_qwen_edit(out_dir: str | Path, *, seed: int = 0, colour_vae: bool = True) -> Path:
+def build_tiny_qwen_edit(
+    out_dir: str | Path, *, seed: int = 0, colour_vae: bool = True, scene: bool = False
+) -> Path:
     """Build and save a tiny `QwenImageEditPlusPipeline`: a 2-layer `QwenImageTransformer2DModel`, a tiny
     `AutoencoderKLQwenImage` (8× downsampling, 16 latent channels) and a tiny Qwen2.5-VL text encoder with an offline
     byte-level BPE tokenizer and the image-only processor (reload with `processor=` passed explicitly — the
-    `QwenEditPolicy` loader does that)."""
+    `QwenEditPolicy` loader does that). `scene`: the transformer and VAE of `tiny_scene.scene_qwen_image_core`
+    instead (a colour autoencoder whose images a synthetic-data critic can read; the quickstart's policy)."""
     import torch
-    from diffusers import (
-        QwenImageEditPlusPipeline,
-    )
+    from diffusers import QwenImageEditPlusPipeline
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from firm.models.processors import QWEN_VL_CHAT_TEMPLATE, FirmQwen2_5_VLProcessor, image_processor
@@ -298,7 +309,12 @@ def build_tiny_qwen_edit(out_dir: str | Path, *, seed: int = 0, colour_vae: bool
         tokenizer=tok,
         chat_template=QWEN_VL_CHAT_TEMPLATE,
     )
-    transformer, vae, scheduler = tiny_qwen_image_core(colour_vae)
+    if scene:
+        from firm.rl.policies.tiny_scene import scene_qwen_image_core
+
+        transformer, vae, scheduler = scene_qwen_image_core()
+    else:
+        transformer, vae, scheduler = tiny_qwen_image_core(colour_vae)
     pipe = QwenImageEditPlusPipeline(
         scheduler=scheduler,
         vae=vae,
