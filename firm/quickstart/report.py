@@ -249,7 +249,7 @@ def _base_policy_line(base: dict[str, Any] | None) -> str:
     if not w:
         return f"base policy {_fmt(base['path'])} (random-init)"
     return (f"base policy {_fmt(base['path'])}: warmed up {w['steps']} flow-matching steps on {w['items']} synthetic "
-            f"edits at {w['resolution']} px, loss {_fmt(w['first_loss'])} → {_fmt(w['last_loss'])}, "
+            f"items at {w['resolution']} px, loss {_fmt(w['first_loss'])} → {_fmt(w['last_loss'])}, "
             f"{_fmt(w['seconds'])} s")  # fmt: skip
 
 

@@ -5,8 +5,9 @@ synthetic source data, `firm.quickstart.teacher` as the teacher endpoint) → tr
 the local launch backend) → bench (FIRM-Bench on held-out items) → export to Triton (a model repository in the local
 object store) → deploy (the bundled tritonserver) → RL (DiffusionNFT, rewards over gRPC) → evaluate the policy
 before/after on held-out prompts; the exit handler stops the tritonserver. Only the inputs are made here: the tiny
-base critic (random-init from configs), the base policy (editing: the scene policy warmed up on synthetic edits,
-`firm.quickstart.policy`; generation: random-init), the source data, the bench and the prompt files.
+base critic (random-init from configs), the base policy (a scene policy warmed up on synthetic data,
+`firm.quickstart.policy`: Qwen-Image-Edit for editing, Qwen-Image for generation), the source data, the bench and
+the prompt files.
 
 `--task both` runs the pipeline once per task (an editing critic and policy, then a generation critic and policy).
 """
@@ -53,27 +54,31 @@ class QuickstartSize(BaseModel):
     rl_steps: int
     rl_prompts: int = Field(description="training prompts (edit: synthetic sources)")
     rl_eval_prompts: int = Field(description="held-out prompts of the before/after evaluation")
-    rl_resolution: dict[Task, int] = Field(
-        description="rollout pixels per task (edit 128: the critic reads 128-px samples at its 112-px size)"
-    )
-    policy_warmup_steps: int = Field(description="edit: flow-matching steps of the base policy before RL")
-    policy_warmup_items: int = Field(description="edit: synthetic edits the warm-up learns from")
+    rl_resolution: int = Field(description="rollout pixels (128: the critic reads them at its 112-px size)")
+    policy_warmup_steps: int = Field(description="flow-matching steps of the base policy before RL")
+    policy_warmup_items: int = Field(description="synthetic items the warm-up learns from")
 
 
 SIZES: dict[str, QuickstartSize] = {
     "tiny": QuickstartSize(
         name="tiny", image_size=112, curation_items=400, sft_steps=480, bench_items=40, rl_steps=6,
-        rl_prompts=16, rl_eval_prompts=8, rl_resolution={"edit": 128, "gen": 64},
+        rl_prompts=16, rl_eval_prompts=8, rl_resolution=128,
         policy_warmup_steps=400, policy_warmup_items=128,
     ),
     "small": QuickstartSize(
         name="small", image_size=112, curation_items=800, sft_steps=800, bench_items=80, rl_steps=16,
-        rl_prompts=32, rl_eval_prompts=8, rl_resolution={"edit": 128, "gen": 64},
-        policy_warmup_steps=1000, policy_warmup_items=512,
+        rl_prompts=32, rl_eval_prompts=8, rl_resolution=128,
+        policy_warmup_steps=1000, policy_warmup_items=256,
     ),
 }  # fmt: skip
 
-RL_RECIPES: dict[str, str] = {"edit": "rl/tiny_qwen_edit_nft", "gen": "rl/tiny_sd3_nft"}
+RL_RECIPES: dict[str, str] = {"edit": "rl/tiny_qwen_edit_nft", "gen": "rl/tiny_qwen_image_nft"}
+# On top of the recipe: the warmed-up Qwen-Image policy was trained without an unconditional branch (no true CFG),
+# and the recipe's learning rate is for its brightness smoke run.
+RL_TASK_OVERRIDES: dict[str, str] = {
+    "edit": "",
+    "gen": ", policy.options.true_cfg_scale=1.0, optim.lr=3.0e-3",
+}
 CRITIC_RECIPE = "critic/tiny_cpu"
 
 
@@ -154,9 +159,10 @@ def pipeline_parameters(
         f"checkpoint.every_n_steps={max(1, size.sft_steps // 2)}]"
     )
     rl_overrides = (
-        f"[policy.uri={policy}, policy.resolution={size.rl_resolution[task]}, data.prompts={prompts}, "
+        f"[policy.uri={policy}, policy.resolution={size.rl_resolution}, data.prompts={prompts}, "
         f"data.eval_prompt_file={eval_prompts}, steps={size.rl_steps}, "
-        f"checkpoint.every_steps={size.rl_steps}, monitor.eval_every=0, monitor.tensorboard=false]"
+        f"checkpoint.every_steps={size.rl_steps}, monitor.eval_every=0, monitor.tensorboard=false"
+        f"{RL_TASK_OVERRIDES[task]}]"
     )
     return [
         f"dataset_source=curate-{task}", f"curation_input={manifest}", f"curation_teacher={teacher}",
@@ -179,8 +185,7 @@ def prepare_inputs(work: Path, task: Task, size: QuickstartSize, console: Consol
     from firm.config import get_settings
     from firm.models.tiny import build_tiny_critic
     from firm.quickstart import data
-    from firm.quickstart.policy import build_edit_policy
-    from firm.rl.policies.tiny import build_tiny_sd3
+    from firm.quickstart.policy import build_policy
     from firm.storage import is_published
 
     inputs = work / "inputs"
@@ -189,16 +194,13 @@ def prepare_inputs(work: Path, task: Task, size: QuickstartSize, console: Consol
         build_tiny_critic(critic, size="tiny", seed=0)
     policy = inputs / f"tiny-policy-{task}-{size.name}"
     if not (policy / "model_index.json").is_file():
-        if task == "edit":
-            console.rule("[bold]base policy[/] (warm-up on synthetic edits)")
-            w = build_edit_policy(
-                policy, steps=size.policy_warmup_steps, items=size.policy_warmup_items,
-                resolution=size.rl_resolution[task], image_size=size.image_size,
-            )  # fmt: skip
-            console.print(f"policy warm-up: {w.steps} steps, loss {w.first_loss:.3f} → {w.last_loss:.3f}, "
-                          f"{w.seconds:.1f} s")  # fmt: skip
-        else:
-            build_tiny_sd3(policy, sample_size=size.rl_resolution[task] // 8)
+        console.rule(f"[bold]base policy[/] (warm-up on synthetic {'edits' if task == 'edit' else 'images'})")
+        w = build_policy(
+            task, policy, steps=size.policy_warmup_steps, items=size.policy_warmup_items,
+            resolution=size.rl_resolution, image_size=size.image_size,
+        )  # fmt: skip
+        console.print(f"policy warm-up: {w.steps} steps, loss {w.first_loss:.3f} → {w.last_loss:.3f}, "
+                      f"{w.seconds:.1f} s")  # fmt: skip
     src = inputs / f"curation-{task}-{size.name}"
     manifest = src / "manifest.jsonl"
     if not manifest.is_file():

@@ -1,6 +1,6 @@
-"""The scene policy (`firm.rl.policies.tiny_scene`) and the quickstart's warm-up of it: the hand-set VAE is a colour
-autoencoder of the synthetic critic world, the pipeline loads through the Qwen-Image-Edit adapter at 16×
-downsampling, and the flow-matching warm-up learns (its loss falls) and lands atomically."""
+"""The scene policies (`firm.rl.policies.tiny_scene`) and the quickstart's warm-up of them: the hand-set VAE is a
+colour autoencoder of the synthetic critic world, the pipelines load through the Qwen-Image-Edit and Qwen-Image
+adapters at 16× downsampling, and the flow-matching warm-up learns (its loss falls) and lands atomically."""
 
 from __future__ import annotations
 
@@ -48,43 +48,44 @@ def test_scene_vae_round_trips_the_synthetic_scenes() -> None:
         assert np.abs(back.astype(int) - rgb.numpy().astype(int)).max() <= 15, (rgb, back)
 
 
-@pytest.fixture(scope="module")
-def scene_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from firm.rl.policies.tiny import build_tiny_qwen_edit
-
-    return build_tiny_qwen_edit(tmp_path_factory.mktemp("scene") / "policy", scene=True)
-
-
-def test_scene_pipeline_loads_through_the_edit_adapter(scene_policy: Path) -> None:
-    from firm.quickstart.policy import CONDITION_PIXELS, MAX_SEQUENCE_LENGTH
-    from firm.rl.config import PolicyConfig
+def _policy(task: str, path: Path):
+    from firm.quickstart.policy import policy_config
     from firm.rl.policies.loading import load_policy
 
-    cfg = PolicyConfig(
-        kind="qwen_edit", uri=str(scene_policy), resolution=128, max_sequence_length=MAX_SEQUENCE_LENGTH,
-        condition_pixels=CONDITION_PIXELS, prompt_template_drop=0,
-    )  # fmt: skip
-    pol = load_policy(cfg, torch.device("cpu"))
-    assert pol.vae_scale == 16
+    return load_policy(policy_config(task, path, 128), torch.device("cpu"))  # type: ignore[arg-type]
+
+
+def test_scene_pipelines_load_through_the_adapters(tmp_path: Path) -> None:
+    from firm.rl.policies.tiny import build_tiny_qwen_edit
+    from firm.rl.policies.tiny_qwen_image import build_tiny_qwen_image
+
     item = synthetic_edit_items(1, seed=2, size=128, requested=4)[0]
-    cond = pol.encode([item.instruction], [item.source])
-    x0 = pol.image_latents([item.edited])
-    assert x0.shape == (1, 16, 16)
-    assert torch.equal(cond.tensors["image_latents"], pol.image_latents([item.source]))
-    # the adapter's decode of an image's own latents gives the image back (block colours)
-    back = (pol.decode(x0, cond)[0].permute(1, 2, 0).numpy() * 255).round()
-    src = np.asarray(item.edited).astype(float)
-    assert np.abs(back[32::64, 32::64] - src[32::64, 32::64]).max() <= 40
-    v = pol.velocity(pol.initial_noise(1, torch.Generator().manual_seed(0), cond), torch.tensor([1.0]), cond)
-    assert v.shape == x0.shape
+    for task, build in (("edit", build_tiny_qwen_edit), ("gen", build_tiny_qwen_image)):
+        pol = _policy(task, build(tmp_path / task, scene=True))
+        assert pol.vae_scale == 16
+        cond = pol.encode([item.instruction], [item.source] if task == "edit" else None)
+        x0 = pol.image_latents([item.edited])
+        assert x0.shape == (1, 16, 16), task  # 4 × 4 tokens of 2 × 2 × 4 latents
+        if task == "edit":  # the source conditioning is the same encoding
+            assert torch.equal(cond.tensors["image_latents"], pol.image_latents([item.source]))
+        # the adapter's decode of an image's own latents gives the image back (block colours)
+        back = (pol.decode(x0, cond)[0].permute(1, 2, 0).numpy() * 255).round()
+        src = np.asarray(item.edited).astype(float)
+        assert np.abs(back[32::64, 32::64] - src[32::64, 32::64]).max() <= 40, task
+        v = pol.velocity(
+            pol.initial_noise(1, torch.Generator().manual_seed(0), cond), torch.tensor([1.0]), cond
+        )
+        assert v.shape == x0.shape
 
 
-def test_warm_up_learns_and_saves_atomically(tmp_path: Path) -> None:
-    from firm.quickstart.policy import build_edit_policy, read_warmup
+@pytest.mark.parametrize("task", ["edit", "gen"])
+def test_warm_up_learns_and_saves_atomically(task: str, tmp_path: Path) -> None:
+    from firm.quickstart.policy import build_policy, read_warmup
 
     out = tmp_path / "policy"
-    w = build_edit_policy(out, steps=60, items=16, resolution=128, image_size=112, batch_size=16)
+    w = build_policy(task, out, steps=60, items=16, resolution=128, image_size=112, batch_size=16)  # type: ignore[arg-type]
     assert w.last_loss < 0.6 * w.first_loss, w
     assert (out / "model_index.json").is_file() and not (tmp_path / "policy.staging").exists()
     assert read_warmup(out) == w
     assert read_warmup(tmp_path) is None
+    assert _policy(task, out).transformer.config.in_channels == 16  # it loads back as an RL policy

@@ -216,6 +216,19 @@ class QwenImagePolicy(DiffusionPolicy):
         return v
 
     @torch.no_grad()
+    def image_latents(self, images: list[Any]) -> torch.Tensor:
+        """Packed x0 latents of PIL images at the rollout resolution: the VAE posterior's mode, normalised with
+        `latents_mean` / `latents_std` as `decode` undoes it."""
+        pipe, vae = self.pipeline, self.pipeline.vae
+        x = torch.cat([pipe.image_processor.preprocess(im.resize((self.resolution,) * 2)) for im in images])
+        z = vae.encode(x.unsqueeze(2).to(self.device, vae.dtype)).latent_dist.mode()[:, :, 0]
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1).to(z)
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1).to(z)
+        z = ((z - mean) / std).to(self.dtype)
+        b, c, h, w = z.shape
+        return pipe._pack_latents(z, b, c, h, w)
+
+    @torch.no_grad()
     def decode(self, x0: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         pipe, vae = self.pipeline, self.pipeline.vae
         z = pipe._unpack_latents(x0, self.resolution, self.resolution, self.vae_scale).to(vae.dtype)

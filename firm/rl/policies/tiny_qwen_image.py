@@ -47,11 +47,14 @@ def _qwen_text_config(tok: Any) -> dict[str, Any]:
     }
 
 
-def build_tiny_qwen_image(out_dir: str | Path, *, seed: int = 0, colour_vae: bool = True) -> Path:
+def build_tiny_qwen_image(
+    out_dir: str | Path, *, seed: int = 0, colour_vae: bool = True, scene: bool = False
+) -> Path:
     """Build and save a tiny `QwenImagePipeline`: a 2-layer `QwenImageTransformer2DModel` (2 heads × 16, packed 2×2
     latents: in_channels 64), a tiny `AutoencoderKLQwenImage` (8× downsampling, 16 latent channels, colour decoder:
     latent channels 0/1 → R/G) and a tiny Qwen2.5-VL text encoder (hidden 64) with the offline BPE tokenizer. The
-    scheduler has Qwen-Image's dynamic shift, rescaled to toy sequence lengths."""
+    scheduler has Qwen-Image's dynamic shift, rescaled to toy sequence lengths. `scene`: the transformer and VAE of
+    `tiny_scene.scene_qwen_image_core` instead (the quickstart's generation policy)."""
     import torch
     from diffusers import (
         QwenImagePipeline,
@@ -90,7 +93,12 @@ def build_tiny_qwen_image(out_dir: str | Path, *, seed: int = 0, colour_vae: boo
         vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
     )
     text_encoder = Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    transformer, vae, scheduler = tiny_qwen_image_core(colour_vae)
+    if scene:
+        from firm.rl.policies.tiny_scene import scene_qwen_image_core
+
+        transformer, vae, scheduler = scene_qwen_image_core()
+    else:
+        transformer, vae, scheduler = tiny_qwen_image_core(colour_vae)
     pipe = QwenImagePipeline(
         scheduler=scheduler,
         vae=vae,

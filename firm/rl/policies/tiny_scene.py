@@ -1,4 +1,5 @@
-"""A tiny Qwen-Image-Edit core whose images a synthetic-data critic can read (the quickstart's editing policy).
+"""A tiny Qwen-Image core whose images a synthetic-data critic can read (the quickstart's editing and generation
+policies).
 
 The other tiny policies decode latents to coloured noise, which is enough for plumbing and cheap rewards but not for
 a learned critic: a critic trained on `firm.curation.synthetic` scenes (a light-grey 2 × 2 grid, red squares, tinted
@@ -17,8 +18,11 @@ size, set so that a short flow-matching warm-up (`firm.quickstart.policy`) bring
 - the transformer: 2 layers of 2 heads × 32 (64 wide, for 4 × 4 = 16 packed latent dimensions) — the velocity at
   high noise is mostly the noise itself, which a block narrower than its input cannot pass through.
 
-16× downsampling and 4 latent channels are not Qwen-Image's (8×, 16): the pipeline reads both from the VAE config
-(`vae_scale_factor` = 2 ** len(temperal_downsample), latent channels = z_dim), so nothing else changes.
+16× downsampling and 4 latent channels are not Qwen-Image's (8×, 16): the pipelines read both from the VAE config
+(`vae_scale_factor` = 2 ** len(temperal_downsample), latent channels = z_dim), so nothing else changes. Both the
+Qwen-Image-Edit and the Qwen-Image builders take this core (`scene=True`). (An SD3 version was tried: with absolute
+position embeddings its 2-layer transformer did not learn the squares' shape in a few hundred steps, where
+Qwen-Image's RoPE one does.)
 """
 
 from __future__ import annotations
