@@ -19,6 +19,7 @@ DAG = [
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1000)  # both tasks: ~4.5 minutes alone, more when the other worker is busy
 def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) -> None:
     env = {**os.environ, "FIRM_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     for key in [k for k in env if k.startswith("FIRM_") and k != "FIRM_HOME"]:
