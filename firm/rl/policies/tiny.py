@@ -182,6 +182,20 @@ def causal_eye(w: Any) -> None:
         w[idx, idx, w.shape[2] // 2, w.shape[3] // 2] = 1.0
 
 
+def qwen_vae_passthrough(half: Any) -> None:
+    """An `AutoencoderKLQwenImage` encoder or decoder made to pass features through: residual branches and attention
+    outputs zeroed, shortcuts and resamplers identities (call under `torch.no_grad()`)."""
+    import torch
+
+    _silence_residuals(
+        half,
+        (torch.nn.Conv2d, torch.nn.Conv3d),
+        zero=("conv2", "attentions.0.proj"),
+        identity=("conv_shortcut", "resample.1"),
+        eye=causal_eye,
+    )
+
+
 def qwen_colour_decoder(vae: Any) -> None:
     """The `colour_decoder` idea for a tiny `AutoencoderKLQwenImage` (causal 3-D convolutions, per-pixel RMS norm):
     residual branches and attention outputs zeroed, shortcuts and resamplers identities, (z_k, −z_k) channel pairs
@@ -195,13 +209,7 @@ def qwen_colour_decoder(vae: Any) -> None:
     with torch.no_grad():
         causal_eye(vae.post_quant_conv.weight)
         vae.post_quant_conv.bias.zero_()
-        _silence_residuals(
-            dec,
-            (torch.nn.Conv2d, torch.nn.Conv3d),
-            zero=("conv2", "attentions.0.proj"),
-            identity=("conv_shortcut", "resample.1"),
-            eye=causal_eye,
-        )
+        qwen_vae_passthrough(dec)
         # only 4 channels pass the narrowest up-block of the tiny decoder: two latent channels, R and G out
         _signed_pairs(dec.conv_in, dec.conv_out, 2, 2, tap=(-1, 1, 1))
     assert isinstance(dec.conv_in, QwenImageCausalConv3d)
