@@ -19,13 +19,3 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.models", "tests.fixtures.home"]
-
-# The longest test files, scheduled first: under `pytest -n 2 --dist loadfile` a whole file goes to one worker in
-# collection order, so a long file collected last runs alone at the end while the other worker idles (the quickstart,
-# ~4 minutes, ran last and alone: measured 11 m 13 s for the suite).
-FIRST = ("tests/test_quickstart.py",)
-
-
-def pytest_collection_modifyitems(config, items) -> None:  # type: ignore[no-untyped-def]
-    """Move the items of the `FIRST` files to the front, keeping every other order (deterministic on every worker)."""
-    items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in FIRST)
