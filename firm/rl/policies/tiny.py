@@ -215,11 +215,16 @@ def qwen_colour_decoder(vae: Any) -> None:
     assert isinstance(dec.conv_in, QwenImageCausalConv3d)
 
 
-def tiny_qwen_image_core(colour_vae: bool = True) -> tuple[Any, Any, Any]:
+def tiny_qwen_image_core(colour_vae: bool = True, *, scene: bool = False) -> tuple[Any, Any, Any]:
     """The Qwen-Image family's tiny (transformer, VAE, scheduler), random-init from configs: a 2-layer
     `QwenImageTransformer2DModel`, a tiny `AutoencoderKLQwenImage` (8× downsampling, 16 latent channels; with
-    `colour_vae`, the `qwen_colour_decoder`) and the dynamic-shift flow-matching scheduler. Shared by the Qwen-Image
-    and Qwen-Image-Edit builders (created in this order, so a seed gives the same weights in both)."""
+    `colour_vae`, the `qwen_colour_decoder`) and the dynamic-shift flow-matching scheduler; `scene`: the
+    `tiny_scene.scene_qwen_image_core` instead. Shared by the Qwen-Image and Qwen-Image-Edit builders (created in
+    this order, so a seed gives the same weights in both)."""
+    if scene:
+        from firm.rl.policies.tiny_scene import scene_qwen_image_core
+
+        return scene_qwen_image_core()
     from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
 
     transformer = QwenImageTransformer2DModel(
@@ -317,12 +322,7 @@ def build_tiny_qwen_edit(
         tokenizer=tok,
         chat_template=QWEN_VL_CHAT_TEMPLATE,
     )
-    if scene:
-        from firm.rl.policies.tiny_scene import scene_qwen_image_core
-
-        transformer, vae, scheduler = scene_qwen_image_core()
-    else:
-        transformer, vae, scheduler = tiny_qwen_image_core(colour_vae)
+    transformer, vae, scheduler = tiny_qwen_image_core(colour_vae, scene=scene)
     pipe = QwenImageEditPlusPipeline(
         scheduler=scheduler,
         vae=vae,

@@ -93,12 +93,7 @@ def build_tiny_qwen_image(
         vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
     )
     text_encoder = Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    if scene:
-        from firm.rl.policies.tiny_scene import scene_qwen_image_core
-
-        transformer, vae, scheduler = scene_qwen_image_core()
-    else:
-        transformer, vae, scheduler = tiny_qwen_image_core(colour_vae)
+    transformer, vae, scheduler = tiny_qwen_image_core(colour_vae, scene=scene)
     pipe = QwenImagePipeline(
         scheduler=scheduler,
         vae=vae,
