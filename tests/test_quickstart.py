@@ -1,5 +1,7 @@
-"""`firmctl quickstart --task both` end to end: the `firm` pipeline through the KFP local runner on tiny models,
-checked from the report it writes (`summary.json`) and the pipeline's own step outputs."""
+"""`firmctl quickstart` end to end: the `firm` pipeline through the KFP local runner on tiny models, checked from the
+report it writes (`summary.json`) and the pipeline's own step outputs. The editing task (the default); `--task gen`
+runs the same DAG with a generation critic and a Qwen-Image policy — measured, not run here, to keep the suite under
+its time budget (benchmarks/notes/quickstart.md: 1 m 52 s, held-out reward 0.39 → 0.68)."""
 
 from __future__ import annotations
 
@@ -19,14 +21,13 @@ DAG = [
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1000)  # both tasks: ~4.5 minutes alone, more when the other worker is busy
+@pytest.mark.timeout(900)  # ~3 minutes alone, more when the other worker is busy
 def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) -> None:
     env = {**os.environ, "FIRM_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     for key in [k for k in env if k.startswith("FIRM_") and k != "FIRM_HOME"]:
         del env[key]  # the embedded default: a local store under FIRM_HOME
     proc = subprocess.run(
-        [sys.executable, "-m", "firm.cli.main", "quickstart", "--workdir", str(tmp_path / "qs"), "--size", "tiny",
-         "--task", "both"],
+        [sys.executable, "-m", "firm.cli.main", "quickstart", "--workdir", str(tmp_path / "qs"), "--size", "tiny"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -81,7 +82,7 @@ def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) 
     assert 0.0 <= rl["before"]["reward_mean"] <= 1.0 and 0.0 <= rl["after"]["reward_mean"] <= 1.0
     assert rl["before"]["parse_failure_rate"] == 0.0
     # RL from the warmed-up base policy raised the critic's mean reward on held-out prompts (measured on this size:
-    # 0.22 → 0.40; the training curve rises too; generation below)
+    # 0.22 → 0.40; the training curve rises too)
     assert rl["after"]["reward_mean"] > rl["before"]["reward_mean"] + 0.05, (rl["before"], rl["after"])
     assert edit["checks"]["rl_reward_improved"]
     curve = rl["curves"]["reward/mean"]
@@ -116,16 +117,3 @@ def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) 
         and "firmctl rl train --config rl/tiny_qwen_edit_nft" in page
     )
     assert edit["checks"]["stages_succeeded"]
-
-    # generation: the same pipeline with a generation critic (instruction axis) and a warmed-up Qwen-Image policy
-    gen = summary["tasks"]["gen"]
-    assert [s["task_name"] for s in gen["stages"]] == DAG
-    assert all(s["status"] == "success" for s in gen["stages"]), gen["stages"]
-    axis = gen["critic"]["axes"]["instruction"]
-    assert axis["mae"] <= 0.7 * axis["mean_predictor_mae"] and axis["mae"] < axis["random_mae"], axis
-    grl = gen["rl"]
-    assert grl["served_inferences"].get("firm_gen_reward", 0) > 0 and gen["checks"]["rewards_through_triton"]
-    # measured on this size: 0.39 → 0.68 (closer to the asked number of squares)
-    assert grl["after"]["reward_mean"] > grl["before"]["reward_mean"] + 0.05, (grl["before"], grl["after"])
-    assert gen["checks"]["rl_reward_improved"] and grl["base_policy"]["warmup"]["steps"] > 0
-    assert "firmctl rl train --config rl/tiny_qwen_image_nft" in page
