@@ -29,11 +29,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from firm.jsonhttp import JSONHandler
 
 MODEL_NAME = "firm-quickstart-teacher"
 _RED = np.array([220, 30, 30], dtype=np.float32)
@@ -133,38 +135,27 @@ def answer(body: dict[str, Any]) -> str:
     raise ValueError("not a request of the quickstart's curation")
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     calls: dict[str, int]
     lock: threading.Lock
 
-    def log_message(self, *args: Any) -> None:
-        return None
-
-    def _send(self, code: int, obj: dict[str, Any]) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_GET(self) -> None:
         if self.path.rstrip("/") != "/v1/models":
-            return self._send(404, {"error": {"message": f"no route {self.path}"}})
-        self._send(200, {"object": "list", "data": [{"id": MODEL_NAME, "object": "model"}]})
+            return self.send_json(404, {"error": {"message": f"no route {self.path}"}})
+        self.send_json(200, {"object": "list", "data": [{"id": MODEL_NAME, "object": "model"}]})
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+        body = self.read_json()
         if self.path.rstrip("/") != "/v1/chat/completions":
-            return self._send(404, {"error": {"message": f"no route {self.path}"}})
+            return self.send_json(404, {"error": {"message": f"no route {self.path}"}})
         try:
             text = answer(body)
         except (ValueError, KeyError, OSError) as exc:
-            return self._send(400, {"error": {"message": str(exc)}})
+            return self.send_json(400, {"error": {"message": str(exc)}})
         with self.lock:
             self.calls["requests"] += 1
         words = len(text.split())
-        self._send(
+        self.send_json(
             200,
             {
                 "id": "quickstart",

@@ -31,6 +31,8 @@ from typing import Any
 
 from PIL import Image
 
+from firm.jsonhttp import JSONHandler
+
 
 class ChatServer:
     def __init__(
@@ -97,22 +99,13 @@ class ChatServer:
     def handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # keep test output clean
-                return None
-
-            def _send(self, code: int, obj: dict[str, Any]) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_GET(self) -> None:
                 if self.path != "/v1/models":
-                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
-                self._send(200, {"object": "list", "data": [{"id": server.model_name, "object": "model"}]})
+                    return self.send_json(404, {"error": {"message": f"no route {self.path}"}})
+                self.send_json(
+                    200, {"object": "list", "data": [{"id": server.model_name, "object": "model"}]}
+                )
 
             def do_POST(self) -> None:
                 with server._lock:
@@ -123,21 +116,21 @@ class ChatServer:
                     if fail:
                         server.fail_first -= 1
                 try:
-                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                    body = json.loads(self.body_bytes())
                     time.sleep(server.latency_s)  # also lets concurrent requests overlap (limits observable)
                     if self.path != "/v1/chat/completions":
-                        return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                        return self.send_json(404, {"error": {"message": f"no route {self.path}"}})
                     if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
-                        return self._send(401, {"error": {"message": "invalid api key"}})
+                        return self.send_json(401, {"error": {"message": "invalid api key"}})
                     if fail:
-                        return self._send(server.fail_status, {"error": {"message": "overloaded, retry"}})
+                        return self.send_json(server.fail_status, {"error": {"message": "overloaded, retry"}})
                     if body.get("model") != server.model_name:
-                        return self._send(
+                        return self.send_json(
                             404, {"error": {"message": f"model {body.get('model')} not served"}}
                         )
                     scripted = server.script(body) if server.script is not None else None
                     if isinstance(scripted, tuple):
-                        return self._send(scripted[0], {"error": {"message": scripted[1]}})
+                        return self.send_json(scripted[0], {"error": {"message": scripted[1]}})
                     if scripted is not None:
                         budget = int(body.get("max_tokens") or 256)
                         words = scripted.split()
@@ -150,7 +143,7 @@ class ChatServer:
                         )
                     else:
                         text, finish, n_prompt, used = server.complete(body)
-                    self._send(
+                    self.send_json(
                         200,
                         {
                             "id": f"chatcmpl-{server.requests}",

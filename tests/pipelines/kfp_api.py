@@ -10,9 +10,11 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from firm.jsonhttp import JSONHandler
 
 
 class FakeKFP:
@@ -73,22 +75,11 @@ class FakeKFP:
 
 @contextmanager
 def serve(api: FakeKFP) -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(JSONHandler):
         def _do(self) -> None:
             url = urlparse(self.path)
-            n = int(self.headers.get("Content-Length") or 0)
-            code, payload = api.handle(
-                self.command, url.path, parse_qs(url.query), self.rfile.read(n) if n else b""
-            )
-            data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            code, payload = api.handle(self.command, url.path, parse_qs(url.query), self.body_bytes())
+            self.send_json(code, payload)
 
         do_GET = do_POST = do_DELETE = _do
 

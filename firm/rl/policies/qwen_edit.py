@@ -18,6 +18,7 @@ import torch
 from firm.errors import InputError
 from firm.rl.policies.base import Conditioning, DiffusionPolicy, dynamic_shift_sigmas
 from firm.rl.policies.loading import DTYPES, resolve_pretrained
+from firm.rl.policies.qwen_image import qwen_decode, qwen_image_latents
 
 
 class QwenEditPolicy(DiffusionPolicy):
@@ -121,18 +122,10 @@ class QwenEditPolicy(DiffusionPolicy):
             }
         )
 
-    @torch.no_grad()
     def image_latents(self, images: list[Any]) -> torch.Tensor:
         """Packed, normalised VAE latents of PIL images at the rollout resolution: the source-image conditioning
         of `encode`, and the x0 of an image in the layout `velocity` and `decode` use."""
-        pipe = self.pipeline
-        out = []
-        for img in images:
-            vae_img = img.resize((self.resolution, self.resolution))
-            x = pipe.image_processor.preprocess(vae_img, self.resolution, self.resolution).unsqueeze(2)
-            z = pipe._encode_vae_image(x.to(self.device, pipe.vae.dtype), generator=None)[:, :, 0]
-            out.append(self._pack(z.to(self.dtype)))
-        return torch.cat(out)
+        return qwen_image_latents(self, images)
 
     def initial_noise(self, n: int, generator: torch.Generator, cond: Conditioning) -> torch.Tensor:
         side = self._latent_side()
@@ -156,11 +149,5 @@ class QwenEditPolicy(DiffusionPolicy):
         )[0]
         return out[:, : x.shape[1]]
 
-    @torch.no_grad()
     def decode(self, x0: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        pipe, vae = self.pipeline, self.pipeline.vae
-        z = pipe._unpack_latents(x0, self.resolution, self.resolution, self.vae_scale).to(vae.dtype)
-        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(z)
-        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(z)
-        img = vae.decode(z * std + mean, return_dict=False)[0][:, :, 0]
-        return (img.float() / 2 + 0.5).clamp(0, 1).cpu()
+        return qwen_decode(self, x0)

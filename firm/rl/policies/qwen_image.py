@@ -215,24 +215,42 @@ class QwenImagePolicy(DiffusionPolicy):
             v = v * scale
         return v
 
-    @torch.no_grad()
     def image_latents(self, images: list[Any]) -> torch.Tensor:
-        """Packed x0 latents of PIL images at the rollout resolution: the VAE posterior's mode, normalised with
-        `latents_mean` / `latents_std` as `decode` undoes it."""
-        pipe, vae = self.pipeline, self.pipeline.vae
-        x = torch.cat([pipe.image_processor.preprocess(im.resize((self.resolution,) * 2)) for im in images])
-        z = vae.encode(x.unsqueeze(2).to(self.device, vae.dtype)).latent_dist.mode()[:, :, 0]
-        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1).to(z)
-        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1).to(z)
-        z = ((z - mean) / std).to(self.dtype)
-        b, c, h, w = z.shape
-        return pipe._pack_latents(z, b, c, h, w)
+        return qwen_image_latents(self, images)
 
-    @torch.no_grad()
     def decode(self, x0: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        pipe, vae = self.pipeline, self.pipeline.vae
-        z = pipe._unpack_latents(x0, self.resolution, self.resolution, self.vae_scale).to(vae.dtype)
-        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(z)
-        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(z)
-        img = vae.decode(z * std + mean, return_dict=False)[0][:, :, 0]
-        return (img.float() / 2 + 0.5).clamp(0, 1).cpu()
+        return qwen_decode(self, x0)
+
+
+# The Qwen-Image VAE's latent layout, shared by the Qwen-Image and Qwen-Image-Edit adapters: one frame of
+# `AutoencoderKLQwenImage` latents, normalised with the config's `latents_mean` / `latents_std`, packed 2 × 2.
+
+
+def _latent_stats(vae: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (1, -1) + (1,) * (z.ndim - 2)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(z)
+    std = torch.tensor(vae.config.latents_std).view(shape).to(z)
+    return mean, std
+
+
+@torch.no_grad()
+def qwen_image_latents(policy: DiffusionPolicy, images: list[Any]) -> torch.Tensor:
+    """Packed x0 latents of PIL images at the policy's rollout resolution: the VAE posterior's mode, normalised as
+    `qwen_decode` undoes it (an editing policy's source-image conditioning uses the same)."""
+    pipe, vae, res = policy.pipeline, policy.pipeline.vae, policy.resolution
+    x = torch.cat([pipe.image_processor.preprocess(im.resize((res, res)), res, res) for im in images])
+    z = vae.encode(x.unsqueeze(2).to(policy.device, vae.dtype)).latent_dist.mode()[:, :, 0]
+    mean, std = _latent_stats(vae, z)
+    z = ((z - mean) / std).to(policy.dtype)
+    b, c, h, w = z.shape
+    return pipe._pack_latents(z, b, c, h, w)
+
+
+@torch.no_grad()
+def qwen_decode(policy: DiffusionPolicy, x0: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] (on the CPU) from packed, normalised latents."""
+    pipe, vae = policy.pipeline, policy.pipeline.vae
+    z = pipe._unpack_latents(x0, policy.resolution, policy.resolution, policy.vae_scale).to(vae.dtype)
+    mean, std = _latent_stats(vae, z)
+    img = vae.decode(z * std + mean, return_dict=False)[0][:, :, 0]
+    return (img.float() / 2 + 0.5).clamp(0, 1).cpu()
