@@ -23,7 +23,10 @@ def main() -> int:
     rank = dist.get_rank()
     record = {k: os.environ.get(k) for k in KEYS} | {"sum": int(t.item()), "argv": sys.argv[1:]}
     Path(os.environ["ECHO_DIR"], f"rank-{rank}.json").write_text(json.dumps(record))
-    print(f"rank {rank} of {dist.get_world_size()} done", flush=True)
+    sys.stdout.write(f"rank {rank} of {dist.get_world_size()} done")
+    dist.barrier()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
     dist.destroy_process_group()
     return 0
 

@@ -45,7 +45,7 @@ def _procs_mentioning(text: str) -> list[int]:
 @pytest.mark.slow
 def test_local_nodes_get_the_environment_a_pytorchjob_pod_gets(tmp_path: Path) -> None:
     """2 nodes x 2 processes on one machine: each node is started like a PyTorchJob pod (PET_* topology), torchrun
-    turns that into 4 ranks that reach each other over gloo."""
+    turns that into 4 ranks that reach each other over gloo; the two ranks of a node share its log line by line."""
     echo = tmp_path / "echo"
     echo.mkdir()
     spec = tmp_path / "echo.yaml"
@@ -75,6 +75,9 @@ def test_local_nodes_get_the_environment_a_pytorchjob_pod_gets(tmp_path: Path) -
     master = list(backend.logs("echo-env"))
     worker = list(backend.logs("echo-env", "worker", 0))
     assert "rank 0 of 4 done" in master and "rank 2 of 4 done" in worker and "rank 0 of 4 done" not in worker
+    # two ranks share each node's log: their lines arrive whole, never one inside the other
+    done = [ln for ln in master + worker if "done" in ln]
+    assert sorted(done) == [f"rank {r} of 4 done" for r in range(4)], done
 
 
 @pytest.mark.slow
