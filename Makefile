@@ -7,7 +7,14 @@ TORCH_SPEC ?= torch==2.13.0
 # locally); on a plain machine use TORCH_INDEX=https://download.pytorch.org/whl/cpu to get the CPU build.
 TORCH_INDEX ?=
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+# Packages are installed with uv (a PyPI package, bootstrapped into the venv by pip): it resolves and installs the
+# ~150 dependencies in ~20 s where pip takes 1.5–3 min on a 2-core machine (BENCHMARKS.md, test suite). uv does not
+# read pip's configuration: a find-links folder set for pip (PIP_FIND_LINKS, e.g. where a machine keeps its torch
+# wheel) is passed on.
+UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+UV_ARGS := $(if $(UV_FIND_LINKS),$(foreach d,$(UV_FIND_LINKS),--find-links $(d)),)
 PIP := $(VENV)/bin/pip
+UV := $(VENV)/bin/uv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
@@ -27,11 +34,11 @@ IMAGE_ARGS = --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(shell git r
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "uv>=0.5"
 
 $(STAMP): $(VENV)/bin/python pyproject.toml
-	$(PIP) install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[dev]" "$(TORCH_SPEC)"
+	$(UV) pip install -q --python $(PY) $(UV_ARGS) $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(UV) pip install -q --python $(PY) $(UV_ARGS) -e ".[dev]" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
 install: $(STAMP)
