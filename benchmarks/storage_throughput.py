@@ -13,18 +13,13 @@ import logging
 import os
 import platform
 import shutil
-import socket
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from firm.processes import free_port
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -42,7 +37,7 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     os.environ.update(

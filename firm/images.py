@@ -1,5 +1,8 @@
 """Loading the images a critic judges: bytes, paths, `file://`/`s3://` URIs or PIL images → bounded RGB PIL images.
 
+A low module shared by the critic, curation, bench, RL and serving (`firm.serving.encoding`, the Triton backend):
+stdlib and PIL only — no torch or transformers —, and the object store only when a URI is read.
+
 Two budgets keep memory bounded:
 - `max_decode_pixels`: a header-only check before decoding (like `Image.MAX_IMAGE_PIXELS`, but a clear
   `InputError` instead of a warning); images above it are refused rather than decoded.

@@ -1,10 +1,19 @@
-"""Process-tree helpers (Linux `/proc`; elsewhere they degrade to what `os.kill` can tell) shared by the local job
-supervisor, the local reward service and the Triton server wrapper."""
+"""Process and network helpers shared across packages: process trees (Linux `/proc`; elsewhere they degrade to what
+`os.kill` can tell) for the local job supervisor, the local reward service and the Triton server wrapper, and
+`free_port` for rendezvous and server ports (critic SFT, the launchers, `TritonServer`)."""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A currently free TCP port on `host` (default 127.0.0.1, e.g. for a torch.distributed rendezvous)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from firm import __version__
 from firm.cli.main import app
 from firm.config import get_settings
-from tests.fixtures.s3 import free_port
+from firm.processes import free_port
 
 runner = CliRunner()
 SECRET = "s3cr3t-never-printed"

@@ -45,7 +45,7 @@ def test_bench_make_synthetic_says_why_out_cannot_be_created(tmp_path: Path) -> 
 
 def test_bench_run_against_an_unreachable_reward_service(tmp_path: Path) -> None:
     """The error asks whether the service is running there, and the failed start leaves no output behind."""
-    from firm.serving.server import free_port
+    from firm.processes import free_port
 
     assert _run("bench", "make-synthetic", "--out", str(tmp_path / "bench"), "--n", "1").exit_code == 0
     port = free_port()
@@ -59,7 +59,7 @@ def test_bench_run_against_an_unreachable_reward_service(tmp_path: Path) -> None
 
 
 def test_bench_run_failure_keeps_an_existing_out_dir_and_its_predictions(tmp_path: Path) -> None:
-    from firm.serving.server import free_port
+    from firm.processes import free_port
 
     assert _run("bench", "make-synthetic", "--out", str(tmp_path / "bench"), "--n", "1").exit_code == 0
     out = tmp_path / "out"

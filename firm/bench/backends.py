@@ -145,7 +145,7 @@ def openai_messages(item: BenchItem, bench: Bench, pack: Any = None) -> tuple[li
     """The chat messages for one item (the pack's student rubric and layout, its image codec applied), the
     rubric's answer format and its answer budget."""
     from firm.critic.messages import build_messages, encode_images
-    from firm.rewards.packs import load_pack
+    from firm.rubric_store import load_pack
 
     rubric = load_pack(pack).get(item.task, item.axis, "student")
     msgs = build_messages(rubric, encode_images(rubric, bench.open_images(item)), **_fields(item))
@@ -170,7 +170,7 @@ class OpenAICompatibleBackend:
         rubrics: str | None = None,
     ) -> None:
         """`max_tokens`: answer budget for every item (None: the rubric pack's per (task, axis))."""
-        from firm.rewards.packs import load_pack
+        from firm.rubric_store import load_pack
 
         self.client = OpenAIChatClient(
             base_url, model, api_key=api_key, concurrency=concurrency, max_retries=max_retries,

@@ -119,8 +119,8 @@ class Bench:
         return p if p.is_absolute() else self.root / p
 
     def open_images(self, item: BenchItem) -> list[Image.Image]:
-        """The item's images as RGB PIL images (`firm.critic.images.load_image`: clear `InputError` when unusable)."""
-        from firm.critic.images import load_image
+        """The item's images as RGB PIL images (`firm.images.load_image`: clear `InputError` when unusable)."""
+        from firm.images import load_image
 
         return [load_image(self.image_path(ref), name=f"bench item {item.id}: {ref}") for ref in item.images]
 

@@ -17,7 +17,8 @@ RUBRICS_HELP = (
 @cli_errors
 def list_packs() -> None:
     """Packs available by name: their version, sha256 and rubrics (JSON)."""
-    from firm.rewards.packs import available_packs, load_pack
+    from firm.rewards.packs import available_packs
+    from firm.rubric_store import load_pack
 
     echo_json([load_pack(name).summary() for name in available_packs()])
 
@@ -31,7 +32,7 @@ def show(
     ),
 ) -> None:
     """A pack's summary (JSON), or with --rubric one rubric's template text."""
-    from firm.rewards.packs import load_pack
+    from firm.rubric_store import load_pack
 
     p = load_pack(pack)
     if rubric is None:
@@ -64,8 +65,8 @@ def import_official(
 ) -> None:
     """Turn the official FIRM prompt templates into a rubric pack (parsed with ast, never executed)."""
     from firm.rewards.official import HEADER
-    from firm.rewards.official import import_official as run_import
-    from firm.rewards.packs import save_pack
+    from firm.rubric_store import import_official as run_import
+    from firm.rubric_store import save_pack
 
     pack = run_import(src, name=name, expect_sha256=expect_sha256, timeout=timeout)
     digest = pack.source["sha256"]

@@ -105,7 +105,7 @@ def export(
         ),
     )
     where = export_repository(cfg, out, overwrite=overwrite)
-    from firm.rewards.packs import load_pack
+    from firm.rubric_store import load_pack
 
     echo_json({"repository": where, "task": cfg.task, "engine": cfg.engine, "rubrics": load_pack(rubrics).ref})
 

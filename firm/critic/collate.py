@@ -18,8 +18,8 @@ import torch
 from firm.critic.messages import build_messages, encode_images, message_images
 from firm.curation.dataset import CriticSFTRow, SFTDataset
 from firm.errors import InputError
-from firm.rewards.packs import load_pack
 from firm.rewards.rubrics import RubricPack
+from firm.rubric_store import load_pack
 
 if TYPE_CHECKING:
     from firm.critic.packing import RowSize
@@ -74,7 +74,7 @@ class SFTCollator:
         self.end_id = tok.convert_tokens_to_ids("<|im_end|>")
 
     def load_images(self, row: CriticSFTRow) -> list[Any]:
-        from firm.critic.images import fit_pixels, load_image
+        from firm.images import fit_pixels, load_image
 
         images = [
             load_image(self.dataset.image_ref(ref), name=f"{ref} (row {row.id}, {row.axis})")
@@ -156,7 +156,7 @@ class SFTCollator:
 
     def _image_size(self, row: CriticSFTRow, ref: str) -> _Size:
         """The size `load_images` would give the image, from its header only (decoded when it is a URI)."""
-        from firm.critic.images import fit_pixels, load_image
+        from firm.images import fit_pixels, load_image
 
         name = f"{ref} (row {row.id}, {row.axis})"
         src = self.dataset.image_ref(ref)

@@ -45,12 +45,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from firm.critic.images import DEFAULT_MAX_DECODE_PIXELS, fit_pixels, load_image
 from firm.critic.messages import build_messages, encode_images, message_images, render_prompt
 from firm.errors import ConfigError, InputError
-from firm.rewards.packs import load_pack, warn_if_mismatched
+from firm.images import DEFAULT_MAX_DECODE_PIXELS, fit_pixels, load_image
+from firm.rewards.packs import warn_if_mismatched
 from firm.rewards.parsing import ParseResult, parse_answer
 from firm.rewards.rubrics import N_IMAGES, Rubric, RubricPack
+from firm.rubric_store import load_pack
 from firm.schemas import AXES_BY_TASK, EditSample, GenSample, Judgement, Readout, RewardBreakdown
 
 DIGITS = ("1", "2", "3", "4", "5")

@@ -122,7 +122,7 @@ def init_distributed(env: DistEnv, cfg: SFTConfig) -> bool:
         import deepspeed
 
         if env.world == 1:  # plain `python -m` without torchrun: a one-process group on loopback
-            from firm.launch.local import free_port
+            from firm.processes import free_port
 
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))
@@ -501,7 +501,7 @@ def train(cfg: SFTConfig) -> TrainResult:
         save_zero_shard,
         zero_shard_name,
     )
-    from firm.rewards.packs import load_pack
+    from firm.rubric_store import load_pack
 
     env = dist_env(cfg)
     global_batch = cfg.global_batch(env.world)  # fails fast, before any process group or model
@@ -817,7 +817,8 @@ def export_model(
         shutil.rmtree(tmp, ignore_errors=True)
         net.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         processor.save_pretrained(tmp)
-        from firm.rewards.packs import load_pack, write_provenance
+        from firm.rewards.packs import write_provenance
+        from firm.rubric_store import load_pack
 
         write_provenance(tmp, load_pack(cfg.rubrics))  # which prompts this critic learned to answer
         shutil.rmtree(dest, ignore_errors=True)

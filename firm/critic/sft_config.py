@@ -269,7 +269,7 @@ def preflight(cfg: SFTConfig, world_size: int) -> None:
     `error:` line instead of one per rank: the world size against the global batch, object-store credentials for
     every s3:// location, a local base model directory, the rubric pack, and the dataset (its dataset.json; a
     published dataset is fetched and verified into the local cache here, where the workers then find it)."""
-    from firm.rewards.packs import load_pack
+    from firm.rubric_store import load_pack
     from firm.storage import check_store_access
 
     cfg.global_batch(world_size)

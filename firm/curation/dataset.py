@@ -152,7 +152,7 @@ def _check_image(root: Path, ref: str) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     if "://" in ref:
-        return None  # remote images are checked when loaded (firm.critic.images.load_image)
+        return None  # remote images are checked when loaded (firm.images.load_image)
     path = root / ref
     if not path.is_file():
         return f"image {ref!r} not found"

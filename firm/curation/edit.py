@@ -81,7 +81,7 @@ def leak_outcome(text: str, kind: str, policy: str) -> tuple[str | None, str | N
 class _EditStages:
     def __init__(self, cfg: EditCurationConfig, teacher: Teacher, rewriter: Teacher | None) -> None:
         from firm.curation.prompts import load_prompts
-        from firm.rewards.packs import load_pack
+        from firm.rubric_store import load_pack
 
         bad = [a for a in cfg.axes if a not in EDIT_AXES]
         if bad:
@@ -181,7 +181,7 @@ def curate_edit(
     `teacher` writes the reports and the scores; `rewriter` (default: the teacher) rewrites instructions. Teacher
     calls are cached under `cfg.cache` (default `<datasets bucket>/teacher-cache`; `"off"` disables)."""
     from firm.curation.prompts import load_prompts
-    from firm.rewards.packs import load_pack
+    from firm.rubric_store import load_pack
 
     cache = default_cache(cfg)
     wrapped = CachedTeacher(teacher, cache) if cache else teacher

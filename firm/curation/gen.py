@@ -50,7 +50,7 @@ class GenCurationConfig(CurationConfig):
 class _GenStages:
     def __init__(self, cfg: GenCurationConfig, planner: Teacher, scorer: Teacher) -> None:
         from firm.curation.prompts import load_prompts
-        from firm.rewards.packs import load_pack
+        from firm.rubric_store import load_pack
 
         self.cfg, self.planner, self.scorer = cfg, planner, scorer
         self.plan_prompt = load_prompts(cfg.prompts).get("plan")
@@ -113,7 +113,7 @@ class _GenStages:
 def curate_gen(cfg: GenCurationConfig, planner: Teacher, scorer: Teacher) -> CurationResult:
     """Curate a generation (instruction-following) critic SFT dataset from a manifest of (prompt, image) items."""
     from firm.curation.prompts import load_prompts
-    from firm.rewards.packs import load_pack
+    from firm.rubric_store import load_pack
 
     cache = default_cache(cfg)
     wp = CachedTeacher(planner, cache) if cache else planner

@@ -134,7 +134,7 @@ def read_image_bytes(ref: str) -> bytes:
 def load_item_image(ref: str) -> LoadedImage:
     """Read and decode one image; raises `InputError` whose message starts with `missing_image` or
     `unreadable_image` (the drop reason)."""
-    from firm.critic.images import load_image
+    from firm.images import load_image
 
     data = read_image_bytes(ref)
     try:

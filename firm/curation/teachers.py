@@ -259,8 +259,8 @@ class LocalTeacher:
         return None
 
     def generate(self, requests: Sequence[TeacherRequest]) -> list[TeacherAnswer]:
-        from firm.critic.images import fit_pixels
         from firm.critic.messages import message_images, render_prompt
+        from firm.images import fit_pixels
 
         c = self.critic
         out: list[TeacherAnswer | None] = [None] * len(requests)

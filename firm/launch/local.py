@@ -7,19 +7,12 @@ here under torchrun and as the command of a PyTorchJob. Used by `firmctl critic 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
 from firm.errors import ConfigError
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 for the rendezvous."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from firm.processes import free_port
 
 
 def torchrun_command(

@@ -81,7 +81,7 @@ class Supervisor:
         return env
 
     def start(self) -> None:
-        from firm.launch.local import free_port
+        from firm.processes import free_port
 
         port = free_port()
         logs = self.dir / "logs"

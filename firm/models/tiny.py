@@ -296,7 +296,7 @@ def teach_answer_formats(
 
     from firm.critic.messages import build_messages, render_prompt
     from firm.models.images import shapes_image
-    from firm.rewards.rubrics import get_rubric
+    from firm.rewards.packs import get_rubric
 
     rng = random.Random(seed)
     torch.manual_seed(seed)

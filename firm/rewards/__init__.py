@@ -1,6 +1,7 @@
 """FIRM rewards: rubric prompts, robust parsing of critic answers, and Base-and-Bonus rewards (CME, QMA).
 
-- `firm.rewards.rubrics`: versioned rubric prompts (student / teacher).
+- `firm.rewards.rubrics`: versioned rubric prompts (student / teacher); `firm.rewards.packs`: packs by name or path
+  (pure: a pack in the object store is read by the caller through `firm.rubric_store`).
 - `firm.rewards.parsing`: `parse_answer(fmt, text) -> ParseResult` (score, status, rule, reasoning, digit spans).
 - `firm.rewards.formulas`: CME = E·(0.6 + 0.4·C), QMA = I·(0.4 + 0.6·Q), ablations, `edit_reward`, `gen_reward`,
   `ParseFailurePolicy`.

@@ -1,10 +1,10 @@
 """Import the official FIRM prompt templates as a rubric pack, without copying them into FIRM.
 
-`import_official(src)` reads the two `prompt_template.py` files of the public FIRM-Reward repository from a local
-checkout or from a URL prefix (e.g. a raw-file URL pinned to a commit), parses them with `ast` — literal strings,
-names of earlier strings and `+` only; nothing is executed —, maps their constants to (task, axis), converts their
-placeholders, and returns a pack whose `source` records the sha256 of every file it read and one digest over all of
-them (`--expect-sha256` pins it).
+`firm.rubric_store.import_official(src)` reads the two `prompt_template.py` files of the public FIRM-Reward
+repository from a local checkout or from a URL prefix (e.g. a raw-file URL pinned to a commit); `official_pack` here,
+which reads nothing itself, parses them with `ast` (literal strings, names of earlier strings and `+` only; nothing
+is executed), maps their constants to (task, axis), converts their placeholders, and returns a pack whose `source`
+records the sha256 of every file read and one digest over all of them (`--expect-sha256` pins it).
 
 What the official reward servers do, and the pack reproduces (checked against `editing/reward_server/
 reward_server_qwen3_vl_8b_sft.py`, `editing/flow_grpo/rewards.py` and `generation/flow_grpo/reward_model_server.py`):
@@ -32,7 +32,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import string
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from firm.errors import InputError
@@ -59,26 +59,6 @@ NOT_IMPORTED = {
 }
 DEFAULT_NAME = "firm-official"
 JPEG_QUALITY = 75  # PIL's default, what the official clients' `img.save(buffer, format="JPEG")` uses
-
-
-def _read(src: str, rel: str, timeout: float) -> bytes:
-    if src.startswith(("http://", "https://")):
-        import httpx
-
-        url = f"{src.rstrip('/')}/{rel}"
-        try:
-            resp = httpx.get(url, timeout=timeout, follow_redirects=True)
-        except httpx.HTTPError as exc:
-            raise InputError(f"import-official: cannot fetch {url} ({exc})") from None
-        if resp.status_code != 200:
-            raise InputError(f"import-official: {url} answered HTTP {resp.status_code}")
-        return resp.content
-    path = Path(src).expanduser() / rel
-    if not path.is_file():
-        raise InputError(
-            f"import-official: {path} not found (SRC must be a FIRM-Reward checkout or URL prefix)"
-        )
-    return path.read_bytes()
 
 
 def string_constants(source: str, where: str) -> dict[str, str]:
@@ -134,14 +114,16 @@ def convert_template(text: str, task: str, formatted: bool, where: str) -> tuple
     return "".join(out), used
 
 
-def import_official(
-    src: str, *, name: str = DEFAULT_NAME, expect_sha256: str | None = None, timeout: float = 30.0
+def official_pack(
+    read: Callable[[str], bytes], src: str, *, name: str = DEFAULT_NAME, expect_sha256: str | None = None
 ) -> RubricPack:
-    """Build the official pack from a checkout directory or URL prefix (see the module docstring)."""
+    """Build the official pack from the files `read(rel)` returns for each path of `CONSTANTS` (see the module
+    docstring); `src` is recorded as where they came from. The reading is the caller's:
+    `firm.rubric_store.import_official` reads a checkout directory or a URL prefix."""
     files: dict[str, str] = {}
     rubrics: list[dict[str, Any]] = []
     for rel, wanted in CONSTANTS.items():
-        raw = _read(src, rel, timeout)
+        raw = read(rel)
         files[rel] = hashlib.sha256(raw).hexdigest()
         try:
             text = raw.decode("utf-8")

@@ -3,10 +3,13 @@
 `load_pack(ref)` resolves, in order:
 - None → `firm-v1` (FIRM's own pack, shipped in `firm/rewards/rubric_packs/`);
 - an already loaded `RubricPack` → itself;
-- a `file://` or `s3://` URI of a pack YAML → read through FIRM's object store;
 - an existing path to a YAML file;
 - a name → `firm/rewards/rubric_packs/NAME.yaml`, then `$FIRM_HOME/rubrics/NAME.yaml` (where
   `firmctl rubrics import-official` writes by default).
+
+This package never touches the object store: a `file://` or `s3://` URI of a pack YAML is read (and written) by the
+callers through `firm.rubric_store`, whose `load_pack` / `save_pack` take every reference these take plus URIs, and
+parse with `parse_pack` / serialise with `pack_text` here.
 
 Critic provenance: critic SFT writes `firm_rubrics.json` (pack name, version, sha256) next to the weights it saves.
 `pack_mismatch(critic_source, pack)` compares it — or, for the released FIRM critics, the pack's `trained_critics`
@@ -23,7 +26,7 @@ from typing import Any
 import yaml
 
 from firm.errors import ConfigError, InputError
-from firm.rewards.rubrics import DEFAULT_PACK, RubricPack, pack_from_data
+from firm.rewards.rubrics import DEFAULT_PACK, Rubric, RubricPack, pack_from_data
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +79,9 @@ def load_pack(ref: str | Path | RubricPack | None = None) -> RubricPack:
         return ref
     text = DEFAULT_PACK if ref is None else str(ref)
     if "://" in text:
-        from firm.storage import read_bytes
-
-        try:
-            return parse_pack(read_bytes(text).decode("utf-8"), text)
-        except FileNotFoundError:
-            raise InputError(f"rubric pack {text}: no such object") from None
+        raise InputError(
+            f"rubric pack {text}: a URI is read through the object store (firm.rubric_store.load_pack)"
+        )
     path = Path(text).expanduser()
     if not path.is_file():
         named = _named(text) if "/" not in text and not text.endswith((".yaml", ".yml")) else None
@@ -117,18 +117,24 @@ def dump_pack(pack: RubricPack, header: str = "") -> str:
     return (header.rstrip("\n") + "\n" if header else "") + body
 
 
-def save_pack(pack: RubricPack, dest: str | Path | None = None, header: str = "") -> str:
-    """Write a pack as YAML to a path, a directory (NAME.yaml inside), a `file://`/`s3://` URI, or by default to
-    `$FIRM_HOME/rubrics/NAME.yaml`. Local writes are atomic. Returns where it went."""
+def pack_text(pack: RubricPack, header: str = "") -> str:
+    """`dump_pack`'s YAML, checked to load back as a pack: what `save_pack` (here or in `firm.rubric_store`) writes."""
     text = dump_pack(pack, header)
     parse_pack(text, pack.name)  # what is written must load back as the same pack
+    return text
+
+
+def save_pack(pack: RubricPack, dest: str | Path | None = None, header: str = "") -> str:
+    """Write a pack as YAML to a path, a directory (NAME.yaml inside), or by default to
+    `$FIRM_HOME/rubrics/NAME.yaml` (a `file://`/`s3://` URI: `firm.rubric_store.save_pack`). Writes are atomic.
+    Returns where it went."""
+    text = pack_text(pack, header)
     target = str(dest) if dest is not None else str(user_dir())
     if "://" in target:
-        from firm.storage import write_bytes
-
-        uri = target if target.endswith((".yaml", ".yml")) else f"{target.rstrip('/')}/{pack.name}.yaml"
-        write_bytes(uri, text.encode("utf-8"))
-        return uri
+        raise InputError(
+            f"rubric pack {pack.name}: {target} is written through the object store "
+            "(firm.rubric_store.save_pack)"
+        )
     path = Path(target).expanduser()
     if path.is_dir() or not path.suffix:
         path = path / f"{pack.name}.yaml"
@@ -137,6 +143,16 @@ def save_pack(pack: RubricPack, dest: str | Path | None = None, header: str = ""
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return str(path)
+
+
+def get_rubric(task: str, axis: str, role: str = "student", pack: str | RubricPack | None = None) -> Rubric:
+    """The rubric for (task, axis, role) of `pack` (a name, a path, a loaded pack; None: firm-v1)."""
+    return load_pack(pack).get(task, axis, role)
+
+
+def rubric_by_id(rubric_id: str, pack: str | RubricPack | None = None) -> Rubric:
+    """Look up a rubric by its id, e.g. 'edit.execution.student.firm-v1'."""
+    return load_pack(pack).by_id(rubric_id)
 
 
 # ------------------------------------------------------------------------------------------------ provenance

@@ -319,17 +319,3 @@ def pack_from_data(data: Any, where: str) -> RubricPack:
             msg = rest
         field = ".".join(str(p) for p in loc) or "pack"
         raise ConfigError(f"rubric pack {name} ({where}): {field}: {msg}") from None
-
-
-def get_rubric(task: str, axis: str, role: str = "student", pack: str | RubricPack | None = None) -> Rubric:
-    """The rubric for (task, axis, role) of `pack` (a name, a path/URI, a loaded pack; None: firm-v1)."""
-    from firm.rewards.packs import load_pack
-
-    return load_pack(pack).get(task, axis, role)
-
-
-def rubric_by_id(rubric_id: str, pack: str | RubricPack | None = None) -> Rubric:
-    """Look up a rubric by its id, e.g. 'edit.execution.student.firm-v1'."""
-    from firm.rewards.packs import load_pack
-
-    return load_pack(pack).by_id(rubric_id)

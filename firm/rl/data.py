@@ -91,7 +91,7 @@ def _object_exists(uri: str) -> bool:
 
 def load_source(src: str, size: int) -> torch.Tensor:
     """A source image as [3, size, size] in [0, 1]."""
-    from firm.critic.images import load_image
+    from firm.images import load_image
 
     img = load_image(src).convert("RGB").resize((size, size))
     t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(size, size, 3)

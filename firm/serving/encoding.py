@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from firm.errors import InputError
+from firm.images import load_image
 
 ImageFormat = Literal["png", "jpeg"]
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
@@ -60,8 +61,6 @@ def encode_image(img: Any, fmt: ImageFormat = "png", *, quality: int = 95, what:
             data = p.read_bytes()
         if data.startswith(_MAGIC):
             return data
-        from firm.critic.images import load_image
-
         img = load_image(data, name=f"{what} ({text})")
     if not isinstance(img, Image.Image):
         if hasattr(img, "detach") and hasattr(img, "cpu"):  # torch.Tensor, without importing torch

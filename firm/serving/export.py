@@ -303,7 +303,8 @@ def build_repository(cfg: ExportConfig, out_dir: Path) -> Path:
     """Write the complete model repository into `out_dir` (which must be empty or absent)."""
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InputError(f"export target {out_dir} is not empty")
-    from firm.rewards.packs import load_pack, save_pack, warn_if_mismatched
+    from firm.rewards.packs import warn_if_mismatched
+    from firm.rubric_store import load_pack, save_pack
 
     pack = load_pack(cfg.rubrics)
     out_dir.mkdir(parents=True, exist_ok=True)

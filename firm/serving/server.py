@@ -28,19 +28,12 @@ from pathlib import Path
 from types import TracebackType
 
 from firm.errors import FirmError, InputError
-from firm.processes import descendants
+from firm.processes import descendants, free_port
 from firm.serving.runtime import backend_dir, find_runtime, server_env
 
 
 class ServerStartError(FirmError):
     """tritonserver exited or never became ready; the message carries Triton's own error line."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A currently free TCP port on `host`."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -20,7 +20,7 @@ def export_to_triton(
     `max_new_tokens` 0 and `rubrics` "" mean the pack's budgets and firm-v1; `gen_quality` False serves the
     generation reward from the instruction axis alone (a critic trained without the quality rubric)."""
     from firm.config import get_settings
-    from firm.rewards.packs import load_pack
+    from firm.rubric_store import load_pack
     from firm.serving.export import ExportConfig, export_repository
 
     uri = f"{get_settings().bucket_uris()['models']}/runs/{run_id}/triton-{task}"

@@ -66,8 +66,8 @@ class ChatServer:
     def complete(self, body: dict[str, Any]) -> tuple[str, str, int, int]:
         """(answer, finish_reason, prompt tokens, completion tokens): finish_reason is "length" when the answer
         used all of max_tokens, as vLLM reports it."""
-        from firm.critic.images import fit_pixels
         from firm.critic.messages import render_prompt
+        from firm.images import fit_pixels
 
         critic = self.critic
         images: list[Image.Image] = []

@@ -13,7 +13,7 @@ from firm.critic import Critic, CriticRequest, EditInput, GenInput, build_messag
 from firm.critic.critic import TEACHER_FORCED, _expected_min
 from firm.errors import InputError
 from firm.models.images import edit_pair, png_bytes, shapes_image
-from firm.rewards.rubrics import get_rubric
+from firm.rewards.packs import get_rubric
 
 
 def _mixed_requests() -> list[CriticRequest]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from firm.critic.images import fit_pixels, load_image
 from firm.errors import InputError
+from firm.images import fit_pixels, load_image
 from firm.models.images import png_bytes, shapes_image
 
 

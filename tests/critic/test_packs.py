@@ -16,8 +16,8 @@ from PIL import Image
 
 from firm.critic import Critic, CriticRequest
 from firm.models.images import shapes_image
-from firm.rewards.official import import_official
 from firm.rewards.packs import dump_pack, load_pack, parse_pack, write_provenance
+from firm.rubric_store import import_official
 
 OFFICIAL_LAYOUT = Path(__file__).parents[1] / "rewards" / "official_layout"
 

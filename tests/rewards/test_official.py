@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 
 from firm.cli.main import app
 from firm.errors import InputError
-from firm.rewards.official import EDIT_FILE, GEN_FILE, import_official
+from firm.rewards.official import EDIT_FILE, GEN_FILE
 from firm.rewards.packs import load_pack, pack_mismatch
+from firm.rubric_store import import_official
 
 FIXTURE = Path(__file__).with_name("official_layout")
 

@@ -8,11 +8,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from firm import rubric_store
 from firm.critic.messages import build_messages, message_images
-from firm.errors import ConfigError, InputError
-from firm.rewards.packs import dump_pack, load_pack, pack_mismatch, save_pack, write_provenance
+from firm.errors import ConfigError, InputError, StorageError
+from firm.rewards.packs import (
+    dump_pack,
+    get_rubric,
+    load_pack,
+    pack_mismatch,
+    rubric_by_id,
+    save_pack,
+    write_provenance,
+)
 from firm.rewards.parsing import parse_answer
-from firm.rewards.rubrics import get_rubric, rubric_by_id
 from firm.schemas import AXES_BY_TASK
 
 FIELDS = {
@@ -137,8 +145,13 @@ def test_round_trip_hash_and_uri(tmp_path: Path, firm_home: Path) -> None:
     where = save_pack(mine)
     assert Path(where) == firm_home / "rubrics" / "mine.yaml"
     assert load_pack("mine").rubrics[0].id.endswith(".mine")
-    uri = save_pack(mine, (tmp_path / "store").as_uri())
-    assert uri.endswith("/mine.yaml") and load_pack(uri).sha256 == load_pack("mine").sha256
+    uri = rubric_store.save_pack(mine, (tmp_path / "store").as_uri())
+    assert uri.endswith("/mine.yaml") and rubric_store.load_pack(uri).sha256 == load_pack("mine").sha256
+    assert rubric_store.load_pack("mine") == load_pack("mine")  # names and paths: firm.rewards.packs
+    with pytest.raises(StorageError, match="no such object"):
+        rubric_store.load_pack((tmp_path / "store" / "none.yaml").as_uri())
+    with pytest.raises(InputError, match="object store"):  # firm.rewards never reads the store itself
+        load_pack(uri)
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from firm.errors import InputError
+from firm.processes import free_port
 from firm.serving.client import RewardClient, RewardServiceError
 from firm.serving.encoding import encode_image
-from firm.serving.server import free_port
 
 
 def _decode(b: bytes) -> Image.Image:

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from firm.serving.server import ServerStartError, TritonServer, free_port, triton_error_line
+from firm.processes import free_port
+from firm.serving.server import ServerStartError, TritonServer, triton_error_line
 
 # What tritonserver 2.51 logs on a CPU machine when its gRPC port is taken (abridged from a real log).
 _SOCKET_IN_USE_LOG = """\

@@ -336,8 +336,8 @@ def test_failover_and_serve_start_cli(server, tmp_path: Path, tiny_critic_dir: P
     """`firmctl serve start` on a second repository; SIGTERM it mid-run and the client fails over to the first."""
     import signal
 
+    from firm.processes import free_port
     from firm.serving.export import ExportConfig, export_repository
-    from firm.serving.server import free_port
 
     repo = export_repository(
         ExportConfig(

@@ -19,6 +19,7 @@ from minio.error import S3Error
 
 from firm.config import FirmSettings, get_settings
 from firm.errors import StorageError
+from firm.processes import free_port
 from firm.storage import (
     RetryPolicy,
     S3Store,
@@ -30,7 +31,6 @@ from firm.storage import (
     read_bytes,
 )
 from firm.storage.s3 import endpoint_from_settings, make_client
-from tests.fixtures.s3 import free_port
 
 
 def test_missing_bucket_errors_name_the_uri(s3_env: dict[str, str], tmp_path: Path) -> None:

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from firm.critic.images import load_image
 from firm.errors import InputError
+from firm.images import load_image
 
 DEFAULT_MAX_DECODE_PIXELS = 16_000_000  # header-checked before decoding; ~48 MB as RGB
 MAX_TEXT_BYTES = 16_384
-MAX_ASPECT_RATIO = 200  # the critic's resize rule (firm.critic.images.fit_pixels) refuses anything longer
+MAX_ASPECT_RATIO = 200  # the critic's resize rule (firm.images.fit_pixels) refuses anything longer
 
 
 @dataclass(frozen=True)

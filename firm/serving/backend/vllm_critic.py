@@ -37,9 +37,9 @@ def render_request(
     """(prompt text, base64 PNG images in placeholder order) for one `CriticRequest`, laid out by the pack's
     rubric exactly as the in-process critic lays it out (codec, pixel bounds, message layout)."""
     from firm.critic.critic import pixel_bounds, processor_pixel_bounds
-    from firm.critic.images import fit_pixels
     from firm.critic.messages import build_messages, encode_images, message_images, render_prompt
-    from firm.rewards.packs import load_pack
+    from firm.images import fit_pixels
+    from firm.rubric_store import load_pack
 
     rubric = load_pack(pack).get(req.task, req.axis, "student")
     factor, proc_lo, proc_hi = processor_pixel_bounds(processor)
@@ -58,7 +58,7 @@ class VllmCritic:
         from transformers import AutoConfig
 
         from firm.critic.critic import load_processor, resolve_model_source
-        from firm.rewards.packs import load_pack
+        from firm.rubric_store import load_pack
 
         path = resolve_model_source(location)
         self.processor = load_processor(path, AutoConfig.from_pretrained(path).model_type)
