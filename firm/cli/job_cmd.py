@@ -25,7 +25,8 @@ NamespaceOpt = typer.Option(None, "--namespace", "-n", help="Kubernetes namespac
 
 
 def _backend(name: str | None, namespace: str | None = None) -> JobBackend:
-    from firm.launch.backend import JobError, get_backend
+    from firm.launch.backend import JobError
+    from firm.launch.backends import get_backend
 
     if name not in (None, "local", "pytorchjob"):
         raise JobError(f"--backend must be local or pytorchjob, got {name!r}")

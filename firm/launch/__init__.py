@@ -4,9 +4,10 @@
   against its node pool and recipe and fixes the command, environment and checkpoint prefix every backend runs.
 - `firm.launch.cluster`: node pools, images, Secret and ConfigMap names (`FirmSettings.cluster`).
 - `firm.launch.render`: the Kubeflow `PyTorchJob` of a resolved job (kubeflow-training SDK models).
-- `firm.launch.backend`: the `JobBackend` interface (submit, status, wait, logs, cancel, list) and `get_backend`;
+- `firm.launch.backend`: the `JobBackend` interface (submit, status, wait, logs, cancel, list);
   `firm.launch.local_backend.LocalBackend` (torchrun, detached, `$FIRM_HOME/jobs/`) and
-  `firm.launch.pytorchjob.PyTorchJobBackend` (Training Operator through `TrainingClient`).
+  `firm.launch.pytorchjob.PyTorchJobBackend` (Training Operator through `TrainingClient`), chosen by name with
+  `firm.launch.backends.get_backend`.
 - `firm.launch.local`: `torchrun --nproc_per_node N -m MODULE ARGS` in the foreground (`run_local`, used by
   `firmctl critic train` / `rl train --nproc N`).
 - `firm.launch.torchrun_quiet`: torchrun's own launcher, ending a failed run with one `error:` line instead of its

@@ -5,7 +5,8 @@
 - `PyTorchJobBackend` (`firm.launch.pytorchjob`): a Kubeflow Training Operator `PyTorchJob` through the
   kubeflow-training SDK's `TrainingClient`.
 
-Code above this interface (the CLI, the KFP launcher component) never knows which one runs. A Kubeflow Trainer v2
+Code above this interface (the CLI, the KFP launcher component) never knows which one runs: it picks one by name
+with `firm.launch.backends.get_backend`, which sits above this module and both implementations. A Kubeflow Trainer v2
 `TrainJob` backend fits the same five verbs (its `TrainerClient` has train/get_job/get_job_logs/wait_for_job_status/
 delete_job); it is not shipped because the `kubeflow` SDK that provides it installs over the same
 `kubeflow/__init__.py` as kubeflow-training and cannot share an environment with it.
@@ -95,18 +96,3 @@ class JobBackend(ABC):
                 raise JobError(f"job {name} did not finish within {timeout:g} s (phase {st.phase})")
             time.sleep(poll)
 
-
-def get_backend(name: BackendName | None = None, namespace: str | None = None) -> JobBackend:
-    """The backend called `name` (default: the cluster settings' `job_backend`); `namespace` for PyTorchJobs."""
-    from firm.config import get_settings
-
-    name = name or get_settings().cluster.job_backend
-    if name == "local":
-        from firm.launch.local_backend import LocalBackend
-
-        return LocalBackend()
-    if name == "pytorchjob":
-        from firm.launch.pytorchjob import PyTorchJobBackend
-
-        return PyTorchJobBackend(namespace=namespace)
-    raise JobError(f"unknown job backend {name!r}; expected local or pytorchjob")

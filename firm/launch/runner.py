@@ -23,7 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from firm.launch.backend import BackendName, JobError, JobStatus, get_backend
+from firm.launch.backend import BackendName, JobError, JobStatus
+from firm.launch.backends import get_backend
 from firm.launch.spec import JobSpec, ResolvedJob, resolve_job
 
 

@@ -96,7 +96,8 @@ def evaluate_policy(
     """Sample and score the evaluation prompts without and with `lora_uri` (see the module docstring)."""
     from firm.errors import InputError
     from firm.rl.data import load_prompts, load_source
-    from firm.rl.policies.loading import load_policy, pick_device, resolve_pretrained
+    from firm.rl.policies.loading import load_policy, pick_device
+    from firm.rl.policies.pretrained import resolve_pretrained
     from firm.rl.rewards import RewardItem, build_reward, with_retries
     from firm.rl.sampling import ode_rollout
 

@@ -8,7 +8,8 @@ import torch
 
 from firm.errors import ConfigError, InputError
 from firm.rl.config import PolicyConfig
-from firm.rl.policies.loading import load_policy, pick_device, resolve_pretrained
+from firm.rl.policies.loading import load_policy, pick_device
+from firm.rl.policies.pretrained import resolve_pretrained
 from firm.storage.base import atomic_path
 
 

@@ -37,7 +37,7 @@ def preflight(cfg: RLConfig, world_size: int) -> None:
     from firm.rl.checkpoint import check_fresh_output
     from firm.rl.config import check_world_size
     from firm.rl.data import load_prompts
-    from firm.rl.policies.loading import resolve_pretrained
+    from firm.rl.policies.pretrained import resolve_pretrained
     from firm.storage import check_store_access
 
     check_world_size(cfg, world_size)

@@ -22,7 +22,7 @@ from tests.rl.conftest import tensorboard_tags
 def test_final_lora_loads_with_load_lora_weights(tiny_cfg, tiny_sd3: Path, tmp_path: Path) -> None:
     from diffusers import StableDiffusion3Pipeline
 
-    from firm.rl.policies.loading import absent_components
+    from firm.rl.policies.pretrained import absent_components
     from firm.rl.trainer import Trainer
 
     cfg = tiny_cfg(

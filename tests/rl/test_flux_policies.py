@@ -202,7 +202,7 @@ def test_nft_raises_the_mean_reward(trained: Trained) -> None:
 def test_exported_lora_loads_with_the_diffusers_pipeline(trained: Trained) -> None:
     """`final/lora` loads with FluxKontextPipeline / Flux2KleinPipeline.load_lora_weights and gives the trained
     velocities (the exported LoRA is the parameter EMA); with the LoRA disabled it gives the base model's."""
-    from firm.rl.policies.loading import absent_components
+    from firm.rl.policies.pretrained import absent_components
 
     tr = trained.trainer
     pol = tr.policy

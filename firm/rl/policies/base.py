@@ -146,7 +146,7 @@ class DiffusionPolicy(ABC):
 
     def load_base_pipeline(self) -> Any:
         """A fresh copy of the base pipeline (no LoRA), from where this policy was loaded."""
-        from firm.rl.policies.loading import absent_components
+        from firm.rl.policies.pretrained import absent_components
 
         return type(self.pipeline).from_pretrained(
             self.source, dtype=self.dtype, **absent_components(self.source)

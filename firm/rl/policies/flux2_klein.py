@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from firm.errors import ConfigError
 from firm.rl.policies.base import Conditioning, DiffusionPolicy
-from firm.rl.policies.loading import DTYPES, absent_components, ready_pipeline, resolve_pretrained
+from firm.rl.policies.pretrained import DTYPES, absent_components, ready_pipeline, resolve_pretrained
 
 
 class Flux2KleinOptions(BaseModel):

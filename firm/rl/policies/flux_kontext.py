@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from firm.errors import ConfigError, InputError
 from firm.rl.policies.base import Conditioning, DiffusionPolicy, dynamic_shift_sigmas
-from firm.rl.policies.loading import DTYPES, absent_components, ready_pipeline, resolve_pretrained
+from firm.rl.policies.pretrained import DTYPES, absent_components, ready_pipeline, resolve_pretrained
 
 T5_MAX_TOKENS = 512  # FluxKontextPipeline.check_inputs refuses more
 

@@ -17,7 +17,7 @@ import torch
 
 from firm.errors import InputError
 from firm.rl.policies.base import Conditioning, DiffusionPolicy, dynamic_shift_sigmas
-from firm.rl.policies.loading import DTYPES, resolve_pretrained
+from firm.rl.policies.pretrained import DTYPES, resolve_pretrained
 from firm.rl.policies.qwen_image import qwen_decode, qwen_image_latents
 
 

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from firm.errors import ConfigError
 from firm.rl.policies.base import Conditioning, DiffusionPolicy, dynamic_shift_sigmas
-from firm.rl.policies.loading import DTYPES, resolve_pretrained
+from firm.rl.policies.pretrained import DTYPES, resolve_pretrained
 
 
 class QwenImageOptions(BaseModel):

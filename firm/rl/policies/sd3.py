@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from firm.rl.policies.base import Conditioning, DiffusionPolicy
-from firm.rl.policies.loading import DTYPES, absent_components, ready_pipeline, resolve_pretrained
+from firm.rl.policies.pretrained import DTYPES, absent_components, ready_pipeline, resolve_pretrained
 
 
 class SD3Policy(DiffusionPolicy):

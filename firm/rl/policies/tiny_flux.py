@@ -4,7 +4,7 @@ The real diffusers/transformers classes at toy sizes, saved with `save_pretraine
 code the real checkpoints do (`FluxKontextPipeline` / `Flux2KleinPipeline.from_pretrained(dir)`). Tokenizers are
 built offline: a character-level CLIP (`firm.rl.policies.tiny.char_clip_tokenizer`), a character-level Unigram T5 and
 a byte-level BPE Qwen tokenizer with a minimal chat template. The VAE decoders are re-initialised so that latent
-channels carry colour (`firm.rl.policies.tiny.colour_decoder`), which makes cheap colour rewards learnable.
+channels carry colour (`firm.rl.policies.tiny_parts.colour_decoder`), which makes cheap colour rewards learnable.
 
     python -m firm.rl.policies.tiny flux_kontext runs/tiny-flux-kontext --prompts runs/tiny-flux-kontext/prompts.jsonl
     python -m firm.rl.policies.tiny flux2_klein runs/tiny-flux2-klein --prompts runs/tiny-flux2-klein/prompts.txt
@@ -16,7 +16,8 @@ import string
 from pathlib import Path
 from typing import Any
 
-from firm.rl.policies.tiny import char_clip_tokenizer, colour_decoder
+from firm.rl.policies.tiny import char_clip_tokenizer
+from firm.rl.policies.tiny_parts import colour_decoder
 
 _T5_CHARS = string.ascii_letters + string.digits + ".,'-!?"
 

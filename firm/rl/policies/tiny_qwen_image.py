@@ -121,7 +121,7 @@ def build_tiny_z_image(out_dir: str | Path, *, seed: int = 0, colour_vae: bool =
     )
     from transformers import Qwen3Config, Qwen3Model
 
-    from firm.rl.policies.tiny import colour_decoder
+    from firm.rl.policies.tiny_parts import colour_decoder
 
     out = Path(out_dir)
     torch.manual_seed(seed)

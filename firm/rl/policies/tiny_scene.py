@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from firm.curation.synthetic import BACKGROUND
-from firm.rl.policies.tiny import _signed_pairs, causal_eye, qwen_image_scheduler, qwen_vae_passthrough
+from firm.rl.policies.tiny_parts import causal_eye, qwen_image_scheduler, qwen_vae_passthrough, signed_pairs
 
 Z_DIM = 4
 RGB = 3
@@ -56,7 +56,7 @@ def scene_vae() -> Any:
             conv.bias.zero_()
         for half in (vae.encoder, vae.decoder):
             qwen_vae_passthrough(half)
-            _signed_pairs(half.conv_in, half.conv_out, RGB, RGB, tap=(-1, 1, 1))
+            signed_pairs(half.conv_in, half.conv_out, RGB, RGB, tap=(-1, 1, 1))
         # After the last RMS norm a pair channel is sqrt(C)·g·x_c / sqrt(2·|x|²), and the output reads x_c back
         # (silu(a) − silu(−a) = a), so colour c = sqrt(C / 2)·g·x_c / |x|.
         enc = vae.encoder.norm_out.gamma

@@ -42,7 +42,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from firm.rl.policies.base import Conditioning, DiffusionPolicy, dynamic_shift_sigmas
-from firm.rl.policies.loading import DTYPES, ready_pipeline, resolve_pretrained
+from firm.rl.policies.pretrained import DTYPES, ready_pipeline, resolve_pretrained
 from firm.rl.policies.qwen_image import check_common_run
 
 
