@@ -40,7 +40,8 @@ def progress_interval() -> float:
     return max(value, 0.0)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """`42s`, `3m07s`, `1h05m`."""
     s = round(seconds)
     if s < 60:
         return f"{s}s"
@@ -208,8 +209,8 @@ class Progress:
         if done and rate > 0:
             parts.append(f"{_bytes(rate)}/s" if self.unit == "B" else f"{rate:.3g}{unit}/s")
             if total and not final and done < total:
-                parts.append(f"ETA {_duration((total - done) / rate)}")
-        parts.append(f"{'done in' if final else 'elapsed'} {_duration(elapsed)}")
+                parts.append(f"ETA {format_duration((total - done) / rate)}")
+        parts.append(f"{'done in' if final else 'elapsed'} {format_duration(elapsed)}")
         text = f"progress: {self.label}: {', '.join(parts)}"
         return f"{text} | {info}" if info else text
 

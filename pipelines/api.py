@@ -15,8 +15,10 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel
+from rich.console import Console
 
 from firm.errors import ConfigError, FirmError
+from pipelines.local_view import StageResult
 
 COMPILED_DIR = Path(__file__).parent / "compiled"
 NAMES = ("firm", "critic", "rl", "bench")
@@ -163,14 +165,52 @@ class LocalRun(BaseModel):
     run_dir: Path
     seconds: float
     arguments: dict[str, Any]
+    stages: list[StageResult] = []
+    logs: Path | None = None
 
 
-def run_local(name: str, params: list[str], *, pipeline_root: str | Path | None = None) -> LocalRun:
+class LocalRunFailed(PipelineError):
+    """A local run failed; `run` holds what ran (its stages, their logs)."""
+
+    def __init__(self, message: str, run: LocalRun) -> None:
+        super().__init__(message)
+        self.run = run
+
+
+# Two warnings of the local runner that a local run cannot act on, each filtered by its exact text (any other
+# warning still reaches the run's log):
+# - every task whose image name lacks "python": FIRM's steps name the pipeline image a cluster runs, and the local
+#   runner runs them in this Python environment whatever their image is (that is what a local run is);
+# - every task with a display name (the name the KFP UI shows on a cluster) or a GPU (a step placed on the GPU pool):
+#   the pipeline's IR is built once, when `pipelines.dags` is imported, and the same IR runs locally and on a
+#   cluster. Other settings the local runner ignores (CPU or memory limits) still warn.
+_IMAGE_WARNING = "You may be attemping to run a task that uses custom or non-Python base image"
+_NOOP = r"'(?:display_name|accelerator)'"
+_NOOP_WARNING = rf"Task '[^']+': settings \[{_NOOP}(?:, {_NOOP})*\] have no effect in the current local runner"
+
+
+def run_local(
+    name: str,
+    params: list[str],
+    *,
+    pipeline_root: str | Path | None = None,
+    console: Console | None = None,
+    verbose: bool = False,
+) -> LocalRun:
     """Run the very same pipeline function with the KFP local runner (subprocesses in this environment), with
-    `backend=local`: torchrun jobs on this machine, the local object store, the bundled tritonserver."""
+    `backend=local`: torchrun jobs on this machine, the local object store, the bundled tritonserver.
+
+    The runner's output goes to one log per stage under the run's folder (`pipelines.local_view`); `console` (default:
+    stderr) gets one line per stage, and on failure the failing stage's last lines and its log's path before
+    `LocalRunFailed` is raised. `verbose=True` also shows everything the runner printed."""
+    import contextlib
+    import sys
+    import warnings
+
     from kfp import local
 
     from firm.config import get_settings
+    from pipelines.local_view import StageLogs
 
     args = validate_params(name, params)
     if "backend" in _inputs(get_pipeline(name)):
@@ -179,17 +219,40 @@ def run_local(name: str, params: list[str], *, pipeline_root: str | Path | None 
         args["backend"] = "local"
     root = Path(pipeline_root or get_settings().home / "pipeline-runs").resolve()
     root.mkdir(parents=True, exist_ok=True)
-    before = set(root.iterdir())
+    con = console or Console(file=sys.stderr)
+    stage_names = _stage_names(get_pipeline(name))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     t0 = time.perf_counter()
-    try:
-        get_pipeline(name)(**args)
-    except RuntimeError as exc:
-        raise PipelineError(" ".join(str(exc).split())) from None
-    finally:
-        seconds = time.perf_counter() - t0
-    new = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
-    return LocalRun(pipeline=name, run_dir=new[-1] if new else root, seconds=seconds, arguments=args)
+    logs = StageLogs(root, con, names=stage_names, verbose=verbose, echo=sys.__stderr__)
+    error: str | None = None
+    with logs, contextlib.redirect_stdout(logs), contextlib.redirect_stderr(logs), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_IMAGE_WARNING, category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=_NOOP_WARNING, category=UserWarning)
+        try:
+            get_pipeline(name)(**args)
+        except RuntimeError as exc:
+            error = " ".join(str(exc).split())
+    run = LocalRun(
+        pipeline=name, run_dir=logs.run_dir or root, seconds=time.perf_counter() - t0, arguments=args,
+        stages=list(logs.stages.values()), logs=logs.log_path(None),
+    )  # fmt: skip
+    if error is not None:
+        logs.report_failure()
+        stage, cause = logs.failed_stage(), logs.failure_cause()
+        if stage is not None:
+            error = f"pipeline {name}: step {stage.name!r} ({stage.task}) failed" + (f": {cause}" if cause else "")
+        raise LocalRunFailed(error, run)
+    return run
+
+
+def _stage_names(pipeline: Any) -> dict[str, str]:
+    """KFP task name → the step's display name in the pipeline's IR (what the KFP UI shows on a cluster)."""
+    spec = pipeline.pipeline_spec
+    out: dict[str, str] = {}
+    for dag in [spec.root.dag, *(c.dag for c in spec.components.values() if c.HasField("dag"))]:
+        for task_name, task in dag.tasks.items():
+            out[task_name] = task.task_info.name or task_name
+    return out
 
 
 def _client(host: str) -> Any:

@@ -99,14 +99,19 @@ def run_cmd(
         max_new_tokens=max_new_tokens,
         rubrics=rubrics,
     )
+    import time
+
+    from firm.logs import print_done
+
+    t0 = time.perf_counter()
     try:
         result = run_bench(backend, the_bench, out, limit=limit, batch_size=batch_size, policy=policy)  # type: ignore[arg-type]
     finally:
         backend.close()
-    typer.echo(
-        f"judged {result.judged} item(s), skipped {result.skipped} already scored; report in {result.out_dir}",
-        err=True,
-    )
+    print_done(
+        f"bench, judged {result.judged} item(s) (skipped {result.skipped} already scored)", time.perf_counter() - t0,
+        f"report in {result.out_dir}",
+    )  # fmt: skip
     echo_json(report_json(result.report))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import typer
 
 from firm.cli._common import cli_errors, echo_json, echo_out
@@ -80,8 +82,18 @@ def curate_edit_cmd(
     )  # fmt: skip
     t = _teacher(teacher, model, concurrency, retries, timeout, rps)
     rw = _teacher(rewriter, model, concurrency, retries, timeout, rps) if rewriter else None
+    t0 = time.perf_counter()
     res = curate_edit(cfg, t, rewriter=rw)
+    _done("editing curation", t0, res.uri, res.stats)
     echo_json({"uri": res.uri, "stats": res.stats})
+
+
+def _done(what: str, t0: float, uri: str, stats: dict) -> None:
+    from firm.logs import print_done
+
+    rows = stats.get("splits") or {}
+    counts = ", ".join(f"{v} {k}" for k, v in rows.items() if isinstance(v, int))
+    print_done(what, time.perf_counter() - t0, f"dataset {uri}" + (f" ({counts} rows)" if counts else ""))
 
 
 @app.command("curate-gen")
@@ -117,7 +129,9 @@ def curate_gen_cmd(
     )  # fmt: skip
     p = _teacher(planner, planner_model, concurrency, retries, timeout, rps)
     s = _teacher(scorer, scorer_model, concurrency, retries, timeout, rps)
+    t0 = time.perf_counter()
     res = curate_gen(cfg, p, s)
+    _done("generation curation", t0, res.uri, res.stats)
     echo_json({"uri": res.uri, "stats": res.stats})
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from pathlib import Path
 
 import typer
@@ -52,9 +50,13 @@ def run_cmd(
     local: bool = typer.Option(False, "--local", help="run with the KFP local runner on this machine"),
     params: list[str] = ParamOpt,
     pipeline_root: Path | None = typer.Option(None, "--pipeline-root", help="where step artifacts go"),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="show every step's whole output (by default it goes to the step's log)"
+    ),
 ) -> None:
     """Run a pipeline on this machine (`--local`): the same DAG as on a cluster, with backend=local (torchrun jobs,
-    the local object store, the bundled tritonserver). Prints a JSON summary; step logs go to stderr."""
+    the local object store, the bundled tritonserver). Prints one line per step on stderr — each step's whole output
+    goes to RUN_DIR/logs/STEP.log; on failure the step's last lines and its log — then a JSON summary on stdout."""
     from firm.errors import ConfigError
     from pipelines.api import run_local
 
@@ -62,8 +64,7 @@ def run_cmd(
         raise ConfigError(
             "'firmctl pipeline run' runs pipelines on this machine: add --local (use 'submit' for KFP)"
         )
-    with contextlib.redirect_stdout(sys.stderr):  # the local runner's step logs
-        result = run_local(name, params, pipeline_root=pipeline_root)
+    result = run_local(name, params, pipeline_root=pipeline_root, verbose=verbose)
     echo_json(result)
 
 

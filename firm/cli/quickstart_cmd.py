@@ -18,10 +18,14 @@ def quickstart(
     size: str = typer.Option(
         "tiny", "--size", help="tiny (about 2–3 minutes on 2 CPU cores) | small (more data, steps and prompts)"
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="show every stage's whole output (by default it goes to the stage's log)"
+    ),
 ) -> None:
     """Run the `firm` pipeline locally — curate (teacher) → train critic (2 processes) → bench → export to Triton →
     deploy → RL with rewards over gRPC → evaluate before/after — and write DIR/report/{index.html,summary.json}.
-    Prints the summary path and the checks as JSON."""
+    Prints one line per stage on stderr (each stage's whole output goes to DIR/pipeline-runs/RUN/logs/STAGE.log),
+    then the report path and the checks as one JSON line on stdout."""
     from firm.errors import ConfigError
 
     if task not in ("edit", "gen", "both"):
@@ -31,7 +35,7 @@ def quickstart(
     with library_output_to_stderr(), contextlib.redirect_stdout(sys.stderr):  # the local runner's step logs
         from firm.quickstart import run_quickstart
 
-        report = run_quickstart(workdir, task=task, size=size)  # type: ignore[arg-type]
+        report = run_quickstart(workdir, task=task, size=size, verbose=verbose)  # type: ignore[arg-type]
     import json
 
     summary = json.loads((report / "summary.json").read_text())

@@ -157,13 +157,13 @@ def start(
             raise
         typer.echo(f"error: stopped by signal {received[0]} while tritonserver was starting", err=True)
         raise typer.Exit(128 + received[0]) from None
-    echo_json(
-        {
-            **server.endpoints(),
-            "log": str(server.log_path),
-            "pid": server.process.pid if server.process else None,
-        }
+    ends = server.endpoints()
+    typer.echo(
+        f"serving {repository}: " + ", ".join(f"{k} {v}" for k, v in ends.items() if isinstance(v, str))
+        + f"; log {server.log_path}; stop with Ctrl-C or SIGTERM",
+        err=True,
     )
+    echo_json({**ends, "log": str(server.log_path), "pid": server.process.pid if server.process else None})
     rc = server.wait()
     if rc != 0:
         from firm.serving.server import triton_error_line

@@ -863,6 +863,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             config, overrides = parse_args(argv)
             cfg = load_sft_config(config, overrides)
+            t0 = time.perf_counter()
             result = train(cfg)
     except (FirmError, ValidationError) as exc:
         from firm.logs import print_error
@@ -870,6 +871,14 @@ def main(argv: list[str] | None = None) -> int:
         print_error(exc)  # once for all ranks
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
+        from firm.logs import print_done
+
+        where = [f"critic {result.export_dir}"] if result.export_dir else []
+        where += [f"checkpoints {result.checkpoints[-1]}"] if result.checkpoints else []
+        print_done(
+            f"critic SFT, {result.steps} steps", time.perf_counter() - t0,
+            ", ".join([*where, f"run {result.run_dir}"]),
+        )  # fmt: skip
         out.write(result.model_dump_json() + "\n")
         out.flush()
     return 0

@@ -47,10 +47,11 @@ class WarmUp(BaseModel):
 
 def build_policy(
     task: Literal["edit", "gen"], out: Path, *, steps: int, items: int, resolution: int, image_size: int,
-    batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
+    batch_size: int = 32, lr: float = 2e-3, seed: int = 0, progress_interval: float | None = None,
 ) -> WarmUp:  # fmt: skip
     """Build the scene policy of `task`, warm it up for `steps` steps on `items` synthetic items rendered at
-    `image_size` px (sampled at `resolution` px), and save it at `out` (atomically)."""
+    `image_size` px (sampled at `resolution` px), and save it at `out` (atomically). `progress_interval`: seconds
+    between progress lines when stderr is not a terminal (None: `FIRM_PROGRESS_INTERVAL`; 0: none)."""
     import torch
 
     from firm.curation.synthetic import synthetic_edit_items, synthetic_gen_items
@@ -82,7 +83,7 @@ def build_policy(
     opt = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    with Progress(f"warm up the quickstart {task} policy", total=steps) as bar:
+    with Progress(f"warm up the quickstart {task} policy", total=steps, interval=progress_interval) as bar:
         for _ in range(steps):
             idx = torch.randint(0, items, (batch_size,), generator=gen)
             x0 = target[idx]

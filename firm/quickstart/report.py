@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
 
 if TYPE_CHECKING:
     from firm.quickstart.run import PipelineRun, QuickstartSize
@@ -258,8 +257,9 @@ def _task_html(t: dict[str, Any]) -> list[tuple[str, str]]:
 
     name = t["task"]
     rel = "../"  # report/ sits next to pipeline-runs/
-    stages = table([["stage", "KFP task", "status", "seconds"],
-                    *[[s["name"], s["task_name"], s["status"], _fmt(s["seconds"])] for s in t["stages"]]])  # fmt: skip
+    stages = table([["stage", "KFP task", "status", "seconds", "headline", "log"],
+                    *[[s["name"], s["task_name"], s["status"], _fmt(s["seconds"]), s.get("headline") or "",
+                       str(s.get("log") or "")] for s in t["stages"]]])  # fmt: skip
     c = t["critic"]
     axes = c.get("axes", {})
     crit = table([["axis", "critic MAE", "mean predictor MAE", "random MAE", "vs mean predictor", "parse failures"],
@@ -293,6 +293,25 @@ def _task_html(t: dict[str, Any]) -> list[tuple[str, str]]:
     ]  # fmt: skip
 
 
+def _console_summary(t: dict) -> str:
+    """Two lines per task: the critic's MAE against its baselines, and the held-out reward with the checks."""
+    axes = " · ".join(
+        f"{a} {_fmt(v['mae'])} (mean predictor {_fmt(v['mean_predictor_mae'])}, random {_fmt(v['random_mae'])})"
+        for a, v in t["critic"].get("axes", {}).items()
+    )
+    rl = t["rl"]
+    checks = {k: v for k, v in t["checks"].items() if not k.endswith("per_axis")}
+    failed = [k for k, v in checks.items() if not v]
+    verdict = f"{len(checks) - len(failed)}/{len(checks)} checks passed" + (
+        f" (failed: {', '.join(failed)})" if failed else ""
+    )
+    return (
+        f"{t['task']}: critic MAE {axes or 'not measured'}\n"
+        f"{t['task']}: held-out reward {_fmt(rl.get('before', {}).get('reward_mean'))} → "
+        f"{_fmt(rl.get('after', {}).get('reward_mean'))} after RL; {verdict}"
+    )
+
+
 def write_report(
     work: Path, runs: list[PipelineRun], *, size: QuickstartSize, started: datetime, seconds: float,
     error: str | None, console: Console,
@@ -323,16 +342,5 @@ def write_report(
     with atomic_path(out / "summary.json") as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=2, default=str))
     for t in tasks:
-        tab = Table(title=f"quickstart ({t['task']})")
-        for col in ("axis", "critic MAE", "mean predictor", "random"):
-            tab.add_column(col)
-        for a, v in t["critic"].get("axes", {}).items():
-            tab.add_row(a, _fmt(v["mae"]), _fmt(v["mean_predictor_mae"]), _fmt(v["random_mae"]))
-        console.print(tab)
-        rl = t["rl"]
-        console.print(
-            f"RL reward on held-out prompts: before {_fmt(rl.get('before', {}).get('reward_mean'))}, after "
-            f"{_fmt(rl.get('after', {}).get('reward_mean'))}; reward server inferences {rl.get('served_inferences')}"
-        )
-        console.print(f"checks: {t['checks']}")
+        console.print(_console_summary(t), highlight=False, soft_wrap=True)
     return out

@@ -14,11 +14,7 @@ the prompt files.
 
 from __future__ import annotations
 
-import logging
-import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -30,15 +26,16 @@ Task = Literal["edit", "gen"]
 TaskChoice = Literal["edit", "gen", "both"]
 SizeName = Literal["tiny", "small"]
 
-# The pipeline's tasks in DAG order: (KFP task name, stage name in the report).
+# The pipeline's tasks in DAG order: (KFP task name, its display name — what the KFP UI, the terminal and the report
+# call the stage).
 STAGES: list[tuple[str, str]] = [
     ("curate-dataset", "curate"),
     ("train-critic", "train critic"),
-    ("bench-critic", "bench"),
-    ("export-to-triton", "export"),
-    ("deploy-reward-service", "deploy"),
+    ("bench-critic", "bench critic"),
+    ("export-to-triton", "export to Triton"),
+    ("deploy-reward-service", "deploy reward service"),
     ("rl-train", "RL"),
-    ("eval-policy", "evaluate"),
+    ("eval-policy", "evaluate policy"),
     ("stop-reward-service", "stop reward service"),
 ]
 
@@ -87,6 +84,8 @@ class StageRun(BaseModel):
     task_name: str
     status: str = "not run"
     seconds: float | None = None
+    headline: str = ""
+    log: Path | None = Field(None, description="the stage's whole output (KFP executor log, library output)")
 
 
 class PipelineRun(BaseModel):
@@ -100,53 +99,15 @@ class PipelineRun(BaseModel):
     base_policy: dict | None = Field(None, description="the policy RL starts from: path and warm-up record")
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_START = re.compile(r"Executing task '([^']+)'")
-_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
-
-
-class _StageWatcher(logging.Filter):
-    """Turns the KFP local runner's task log lines into progress lines and per-stage timings. A filter on the root
-    logger (the runner logs there and replaces the root's handlers for the run); it never drops a record."""
-
-    def __init__(self, console: Console, stages: list[StageRun]) -> None:
-        super().__init__()
-        self.console = console
-        self.by_task = {s.task_name: s for s in stages}
-        self.started: dict[str, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        self._observe(record)
-        return True
-
-    def _observe(self, record: logging.LogRecord) -> None:
-        msg = _ANSI.sub("", record.getMessage())
-        if m := _START.search(msg):
-            name = m.group(1)
-            self.started[name] = time.perf_counter()
-            stage = self.by_task.get(name)
-            if stage is not None:
-                stage.status = "running"
-                self.console.rule(f"[bold]{stage.name}[/] ({name})")
-        elif m := _END.search(msg):
-            name, status = m.group(1), m.group(2)
-            stage = self.by_task.get(name)
-            if stage is not None:
-                stage.status = status.lower()
-                stage.seconds = time.perf_counter() - self.started.get(name, time.perf_counter())
-                colour = "green" if stage.status == "success" else "red"
-                self.console.print(f"[{colour}]{stage.name}: {stage.status}[/] in {stage.seconds:.1f} s")
-
-
-@contextmanager
-def _watch(console: Console, stages: list[StageRun]) -> Iterator[None]:
-    watcher = _StageWatcher(console, stages)
-    root = logging.getLogger()
-    root.addFilter(watcher)
-    try:
-        yield
-    finally:
-        root.removeFilter(watcher)
+def _stages(ran: list) -> list[StageRun]:
+    """The DAG's stages in order, with what the local run recorded of each (`pipelines.local_view.StageResult`)."""
+    by_task = {r.task: r for r in ran}
+    out = []
+    for task_name, name in STAGES:
+        r = by_task.get(task_name)
+        fields = {} if r is None else {"status": r.status, "seconds": r.seconds, "headline": r.headline, "log": r.log}
+        out.append(StageRun(name=name, task_name=task_name, **fields))
+    return out
 
 
 def pipeline_parameters(
@@ -179,14 +140,17 @@ def pipeline_parameters(
     ]  # fmt: skip
 
 
-def prepare_inputs(work: Path, task: Task, size: QuickstartSize, console: Console) -> dict[str, Path | str]:
+def prepare_inputs(
+    work: Path, task: Task, size: QuickstartSize, console: Console, verbose: bool = False
+) -> dict[str, Path | str]:
     """The tiny base critic and policy, source data, held-out bench and prompt files of one task (reused when
-    already there: they are deterministic)."""
+    already there: they are deterministic). One line on `console` for the base policy and one for the inputs."""
     from firm.config import get_settings
     from firm.models.tiny import build_tiny_critic
     from firm.quickstart import data
     from firm.quickstart.policy import build_policy
     from firm.storage import is_published
+    from pipelines.local_view import StageResult, stage_line
 
     inputs = work / "inputs"
     critic = inputs / "tiny-critic"
@@ -194,13 +158,17 @@ def prepare_inputs(work: Path, task: Task, size: QuickstartSize, console: Consol
         build_tiny_critic(critic, size="tiny", seed=0)
     policy = inputs / f"tiny-policy-{task}-{size.name}"
     if not (policy / "model_index.json").is_file():
-        console.rule(f"[bold]base policy[/] (warm-up on synthetic {'edits' if task == 'edit' else 'images'})")
         w = build_policy(
             task, policy, steps=size.policy_warmup_steps, items=size.policy_warmup_items,
-            resolution=size.rl_resolution, image_size=size.image_size,
+            resolution=size.rl_resolution, image_size=size.image_size, progress_interval=None if verbose else 0,
         )  # fmt: skip
-        console.print(f"policy warm-up: {w.steps} steps, loss {w.first_loss:.3f} → {w.last_loss:.3f}, "
-                      f"{w.seconds:.1f} s")  # fmt: skip
+        console.print(
+            stage_line(StageResult(
+                task="warm-up", name="base policy", status="success", seconds=w.seconds,
+                headline=f"{w.steps} warm-up steps on synthetic {'edits' if task == 'edit' else 'images'}, loss "
+                f"{w.first_loss:.3f} → {w.last_loss:.3f}",
+            )), highlight=False, soft_wrap=True,
+        )  # fmt: skip
     src = inputs / f"curation-{task}-{size.name}"
     manifest = src / "manifest.jsonl"
     if not manifest.is_file():
@@ -218,43 +186,38 @@ def prepare_inputs(work: Path, task: Task, size: QuickstartSize, console: Consol
         inputs / f"rl-{task}-eval", task, size.rl_eval_prompts, size.image_size, data.RL_EVAL_SEED
     )
     console.print(
-        f"inputs ({task}): critic {critic}, policy {policy}, {size.curation_items} source items {manifest}, "
-        f"bench {bench_uri}, RL prompts {prompts} (held out: {held_out})"
+        f"inputs ({task}): {inputs} — tiny critic, base policy, {size.curation_items} source items, "
+        f"{size.bench_items} bench items, {size.rl_prompts} + {size.rl_eval_prompts} (held-out) RL prompts",
+        highlight=False, soft_wrap=True,
     )
     return {"critic": critic, "policy": policy, "manifest": manifest, "bench": bench_uri, "prompts": prompts,
             "eval_prompts": held_out}  # fmt: skip
 
 
-def run_task(work: Path, task: Task, size: QuickstartSize, console: Console) -> PipelineRun:
-    """Prepare the inputs of one task and run the `firm` pipeline on them with the KFP local runner."""
+def run_task(work: Path, task: Task, size: QuickstartSize, console: Console, verbose: bool = False) -> PipelineRun:
+    """Prepare the inputs of one task and run the `firm` pipeline on them with the KFP local runner (one line per
+    stage on `console`, each stage's whole output in its log; `verbose`: everything on the console too)."""
     from firm.quickstart.teacher import serve_teacher
-    from pipelines.api import PipelineError, run_local
+    from pipelines.api import LocalRunFailed, run_local
 
-    inputs = prepare_inputs(work, task, size, console)
-    stages = [StageRun(name=n, task_name=t) for t, n in STAGES]
-    with serve_teacher() as (teacher_url, calls):
+    inputs = prepare_inputs(work, task, size, console, verbose)
+    with serve_teacher() as (teacher_url, _calls):
         params = pipeline_parameters(
             task, size, critic=Path(inputs["critic"]), policy=Path(inputs["policy"]),
             manifest=Path(inputs["manifest"]), teacher=teacher_url, bench=str(inputs["bench"]),
             prompts=Path(inputs["prompts"]), eval_prompts=Path(inputs["eval_prompts"]),
         )  # fmt: skip
-        console.rule(f"[bold]firm pipeline, task {task}[/] (KFP local runner)")
-        t0 = time.perf_counter()
         try:
-            with _watch(console, stages):
-                run = run_local("firm", params, pipeline_root=work / "pipeline-runs")
-        except PipelineError as exc:
-            root = work / "pipeline-runs"
-            dirs = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+            run = run_local("firm", params, pipeline_root=work / "pipeline-runs", console=console, verbose=verbose)
+        except LocalRunFailed as exc:
             failed = PipelineRun(
-                task=task, run_dir=dirs[-1] if dirs else root, seconds=time.perf_counter() - t0,
-                parameters=dict(p.split("=", 1) for p in params), stages=stages,
+                task=task, run_dir=exc.run.run_dir, seconds=exc.run.seconds,
+                parameters=dict(p.split("=", 1) for p in params), stages=_stages(exc.run.stages),
                 base_policy=_base_policy(Path(inputs["policy"])),
             )  # fmt: skip
             raise QuickstartFailed(str(exc), failed) from None
-    console.print(f"teacher calls: {calls['requests']}")
     return PipelineRun(
-        task=task, run_dir=run.run_dir, seconds=run.seconds, parameters=run.arguments, stages=stages,
+        task=task, run_dir=run.run_dir, seconds=run.seconds, parameters=run.arguments, stages=_stages(run.stages),
         base_policy=_base_policy(Path(inputs["policy"])),
     )  # fmt: skip
 
@@ -275,12 +238,18 @@ class QuickstartFailed(Exception):
 
 
 def run_quickstart(
-    workdir: str | Path, *, task: TaskChoice = "edit", size: SizeName = "tiny", console: Console | None = None
+    workdir: str | Path, *, task: TaskChoice = "edit", size: SizeName = "tiny", console: Console | None = None,
+    verbose: bool = False,
 ) -> Path:
-    """Run the quickstart under `workdir`; returns the report directory (`index.html`, `summary.json`)."""
+    """Run the quickstart under `workdir`; returns the report directory (`index.html`, `summary.json`).
+
+    `console` (default: stderr) gets one line per stage and the key numbers; each stage's whole output goes to its
+    log under the pipeline run's folder (`verbose=True`: to the console as well)."""
+    import sys
+
     from firm.quickstart.report import write_report
 
-    con = console or Console(stderr=True)
+    con = console or Console(file=sys.stderr)  # bound now: local runs redirect sys.stderr to their stage logs
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     preset = SIZES[size]
@@ -290,7 +259,7 @@ def run_quickstart(
     error: str | None = None
     for t in ("edit", "gen") if task == "both" else (task,):
         try:
-            runs.append(run_task(work, t, preset, con))  # type: ignore[arg-type]
+            runs.append(run_task(work, t, preset, con, verbose))  # type: ignore[arg-type]
         except QuickstartFailed as exc:
             runs.append(exc.run)
             error = str(exc)
@@ -298,8 +267,7 @@ def run_quickstart(
     report = write_report(
         work, runs, size=preset, started=started, seconds=time.perf_counter() - t0, error=error, console=con
     )
-    con.rule("[bold]report")
-    con.print(f"report: {report / 'index.html'}\nsummary: {report / 'summary.json'}")
+    con.print(f"report: {report / 'index.html'}", highlight=False, soft_wrap=True)
     if error:
         from firm.errors import FirmError
 

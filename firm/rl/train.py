@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -115,8 +116,16 @@ def _run(argv: list[str] | None) -> tuple[int, dict[str, Any] | None]:
         from firm.rl.trainer import Trainer
 
         trainer = Trainer(cfg)
+        t0 = time.perf_counter()
         results = trainer.train(progress=True)  # rank 0: a bar on a terminal, periodic lines elsewhere
         if rank == 0:
+            from firm.logs import print_done
+
+            mean = (results[-1].metrics if results else {}).get("reward/mean")
+            print_done(
+                f"RL, {trainer.step} steps" + (f" (last reward/mean {mean:.3f})" if mean is not None else ""),
+                time.perf_counter() - t0, f"outputs in {cfg.output_uri}",
+            )  # fmt: skip
             last = results[-1].metrics if results else {}
             summary = {
                 "steps": trainer.step,

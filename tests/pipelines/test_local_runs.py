@@ -54,12 +54,21 @@ def test_a_failing_training_job_fails_the_run_with_the_jobs_error(tmp_path: Path
         cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines()[-1].startswith("error: Pipeline")
-    assert "train-critic" in out.stderr.strip().splitlines()[-1]
-    # the job's own one-line error reached the step log, and the step failed with it
-    assert "no-such-critic" in out.stderr
-    assert "job firm-sft-" in out.stderr and "failed: master-0 exited with code 1: error:" in out.stderr
-    assert "Executing task \x1b[96m'bench-critic'" not in out.stderr, "no step may run after the failed one"
+    err = out.stderr.strip().splitlines()
+    # one line per step, the failing step's last lines and its log, then ONE error line naming the step and the
+    # job's own error; nothing else (the runner's output is in the logs)
+    assert err[0].startswith("✓ curate ") and err[1].startswith("✗ train critic ") and "failure" in err[1]
+    assert err[2] == "--- last 20 lines of train critic ---"
+    assert err[-1].startswith("error: pipeline critic: step 'train critic' (train-critic) failed: job firm-sft-")
+    assert "exited with code 1: error: critic model" in err[-1] and "no-such-critic" in err[-1]
+    assert err[-2].startswith("log: ") and len(err) == 3 + 20 + 2, out.stderr
+    log = Path(err[-2].removeprefix("log: "))
+    assert log.name == "train-critic.log" and log.parent.name == "logs"
+    text = [ln for ln in log.read_text().splitlines() if ln.strip(" -")]
+    assert err[3:-2] == text[-20:]
+    assert "failed: master-0 exited with code 1: error:" in log.read_text()
+    assert "Executing task 'bench-critic'" not in (log.parent / "run.log").read_text(), "no step after the failed one"
+    assert not list(log.parent.glob("bench-critic.log"))
 
 
 @pytest.mark.slow

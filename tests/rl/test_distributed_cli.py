@@ -52,6 +52,9 @@ def test_cli_train_piped_prints_json_on_stdout_and_progress_lines_on_stderr(
     assert len(lines) >= 3, res.stderr
     assert any("step/s, ETA" in ln for ln in lines), lines
     assert lines[-1].startswith("progress: rl nft test: step 4/4 (100%)") and "done in" in lines[-1], lines
+    # the last line says what ran and where its outputs are
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("done: RL, 4 steps") and last.endswith(f"outputs in {summary['output_uri']}"), last
     for noise in (
         "Loading pipeline components",
         "Loading weights",

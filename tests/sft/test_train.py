@@ -222,6 +222,9 @@ def test_cli_stdout_is_only_the_json_summary(
     assert summary["steps"] == 6 and proc.stdout.count("\n") == 1
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("progress: critic sft t: ")]
     assert len(lines) >= 2 and lines[-1].startswith("progress: critic sft t: step 6/6 (100%)"), proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]  # what ran, and where the critic and its checkpoints are
+    assert last.startswith("done: critic SFT, 6 steps in ") and f"critic {summary['export_dir']}" in last, last
+    assert f"run {summary['run_dir']}" in last
     for noise in ("Setting accelerator to CPU", "Loading weights", "Writing model shards"):
         assert noise not in proc.stdout + proc.stderr, proc.stderr
 
