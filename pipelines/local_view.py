@@ -305,4 +305,4 @@ def stage_line(stage: StageResult) -> str:
     mark = "[green]✓[/]" if ok else "[red]✗[/]"
     took = format_duration(stage.seconds) if stage.seconds is not None else "-"
     figure = escape(stage.headline) if ok else f"[red]{escape(stage.status)}[/]"
-    return f"{mark} {escape(stage.name):<20} {took:>6}  {figure}".rstrip()
+    return f"{mark} {escape(stage.name):<22} {took:>6}  {figure}".rstrip()
