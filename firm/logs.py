@@ -10,8 +10,7 @@ accelerator-detection message. FIRM's own progress and errors are unaffected.
 
 `FIRM_LIBRARY_LOGS=1` keeps every library message (for debugging a library).
 
-`print_error()` prints a failed run's one `error:` line once for all ranks of a distributed run, not once per rank;
-`print_done()` a finished command's closing line: what it did and where its outputs are.
+`print_error()` prints a failed run's one `error:` line once for all ranks of a distributed run, not once per rank.
 """
 
 from __future__ import annotations
@@ -109,9 +108,3 @@ def print_error(exc: BaseException | str, grace_s: float = RANK_ERROR_GRACE_S) -
     text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
     print(f"error: {text}", file=sys.stderr, flush=True)
 
-
-def print_done(what: str, seconds: float, outputs: str) -> None:
-    """The closing line of a long command on stderr: `done: WHAT in 1m12s; OUTPUTS` (where its outputs are)."""
-    from firm.progress import format_duration
-
-    print(f"done: {what} in {format_duration(seconds)}; {outputs}", file=sys.stderr, flush=True)

@@ -221,3 +221,8 @@ class Progress:
         except (ValueError, OSError):  # the stream was closed under us: progress is best effort
             return
         self.lines += 1
+
+
+def print_done(what: str, seconds: float, outputs: str) -> None:
+    """The closing line of a long command on stderr: `done: WHAT in 1m12s; OUTPUTS` (where its outputs are)."""
+    print(f"done: {what} in {format_duration(seconds)}; {outputs}", file=sys.stderr, flush=True)

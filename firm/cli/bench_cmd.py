@@ -101,7 +101,7 @@ def run_cmd(
     )
     import time
 
-    from firm.logs import print_done
+    from firm.progress import print_done
 
     t0 = time.perf_counter()
     try:

@@ -89,7 +89,7 @@ def curate_edit_cmd(
 
 
 def _done(what: str, t0: float, uri: str, stats: dict) -> None:
-    from firm.logs import print_done
+    from firm.progress import print_done
 
     rows = stats.get("splits") or {}
     counts = ", ".join(f"{v} {k}" for k, v in rows.items() if isinstance(v, int))

@@ -871,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
         print_error(exc)  # once for all ranks
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
-        from firm.logs import print_done
+        from firm.progress import print_done
 
         where = [f"critic {result.export_dir}"] if result.export_dir else []
         where += [f"checkpoints {result.checkpoints[-1]}"] if result.checkpoints else []

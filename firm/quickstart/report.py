@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from firm.quickstart.run import PipelineRun, QuickstartSize
+    from firm.quickstart.models import PipelineRun, QuickstartSize
 
 MARGIN = 0.30  # "beats the mean baseline": at least 30 % lower MAE on each axis
 AXES = {"edit": ("execution", "consistency"), "gen": ("instruction",)}

@@ -119,7 +119,7 @@ def _run(argv: list[str] | None) -> tuple[int, dict[str, Any] | None]:
         t0 = time.perf_counter()
         results = trainer.train(progress=True)  # rank 0: a bar on a terminal, periodic lines elsewhere
         if rank == 0:
-            from firm.logs import print_done
+            from firm.progress import print_done
 
             mean = (results[-1].metrics if results else {}).get("reward/mean")
             print_done(
