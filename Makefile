@@ -18,9 +18,9 @@ UV := $(VENV)/bin/uv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Test files run on 2 pytest-xdist workers (whole files per worker: their module fixtures stay shared). Most tests
-# wait on subprocesses and servers: serially the 740-test suite took 13.5 min on a 2-core machine, with 2 workers
-# the 803-test suite takes 9.5 min (BENCHMARKS.md, test suite).
+# Test files run on 2 pytest-xdist workers (whole files per worker: their module fixtures stay shared), handed out
+# in collection order (--no-loadscope-reorder: xdist would otherwise sort files by their number of tests, which put
+# the longest files last) — tests/conftest.py collects the longest files first (BENCHMARKS.md, test suite).
 PYTEST_WORKERS ?= 2
 
 .PHONY: install test quickstart lint fmt clean images images-push manifests bench
@@ -45,7 +45,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 quickstart: $(STAMP)
 	$(VENV)/bin/firmctl quickstart

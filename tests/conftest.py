@@ -21,9 +21,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.models", "tests.fixtures.home"]
 
 
-# The suite runs on 2 pytest-xdist workers with whole files per worker (`--dist loadfile`), handed out in collection
-# order. Collected alphabetically, the longest files came last and one worker ran them alone while the other sat
-# idle; starting the longest first (longest-processing-time-first) leaves only short files for the end. Durations
+# The suite runs on 2 pytest-xdist workers with whole files per worker (`--dist loadfile --no-loadscope-reorder`:
+# files are handed out in collection order; by default xdist sorts them by their number of tests, which put the
+# one-test quickstart file last). Collected by name, the longest files came last and one worker ran them alone while
+# the other sat idle; starting the longest first (longest-processing-time-first) leaves only short files for the end. Durations
 # measured with `pytest --durations` (benchmarks/notes/test-suite.md); a file not listed keeps its place after these.
 LONGEST_FIRST = [
     "tests/test_quickstart.py",
