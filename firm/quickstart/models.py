@@ -44,7 +44,7 @@ class QuickstartSize(BaseModel):
 
 SIZES: dict[str, QuickstartSize] = {
     "tiny": QuickstartSize(
-        name="tiny", image_size=112, curation_items=400, sft_steps=480, bench_items=40, rl_steps=6,
+        name="tiny", image_size=112, curation_items=400, sft_steps=300, bench_items=40, rl_steps=6,
         rl_prompts=16, rl_eval_prompts=8, rl_resolution=128,
         policy_warmup_steps=400, policy_warmup_items=128,
     ),
