@@ -36,7 +36,7 @@ def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) 
     edit = summary["tasks"]["edit"]
 
     # every stage of the DAG ran, in order, and succeeded
-    assert [s["task_name"] for s in edit["stages"]] == DAG
+    assert [s["task"] for s in edit["stages"]] == DAG
     assert all(s["status"] == "success" and s["seconds"] > 0 for s in edit["stages"]), edit["stages"]
     run_dir = Path(edit["run_dir"])
 
@@ -47,9 +47,9 @@ def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) 
     for s in edit["stages"]:
         (line,) = [ln for ln in err if ln.startswith(f"✓ {s['name']} ")]
         assert line.endswith(s["headline"]), (line, s)
-        assert Path(s["log"]) == run_dir / "logs" / f"{s['task_name']}.log" and Path(s["log"]).is_file()
-        assert f"Executing task '{s['task_name']}'" in Path(s["log"]).read_text()
-    by_task = {s["task_name"]: s for s in edit["stages"]}
+        assert Path(s["log"]) == run_dir / "logs" / f"{s['task']}.log" and Path(s["log"]).is_file()
+        assert f"Executing task '{s['task']}'" in Path(s["log"]).read_text()
+    by_task = {s["task"]: s for s in edit["stages"]}
     assert "val_mae" in by_task["train-critic"]["headline"] and "mae_edit_overall" in by_task["bench-critic"]["headline"]
     assert by_task["eval-policy"]["headline"].startswith("held-out reward")
     assert "Warning" not in proc.stderr and "Executing task" not in proc.stderr and "{" not in proc.stderr

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from pipelines.local_view import StageResult
+
 Task = Literal["edit", "gen"]
 TaskChoice = Literal["edit", "gen", "both"]
 SizeName = Literal["tiny", "small"]
@@ -56,15 +58,6 @@ SIZES: dict[str, QuickstartSize] = {
 }  # fmt: skip
 
 
-class StageRun(BaseModel):
-    name: str
-    task_name: str
-    status: str = "not run"
-    seconds: float | None = None
-    headline: str = ""
-    log: Path | None = Field(None, description="the stage's whole output (KFP executor log, library output)")
-
-
 class PipelineRun(BaseModel):
     """One `firm` pipeline run of the quickstart (one task)."""
 
@@ -72,5 +65,5 @@ class PipelineRun(BaseModel):
     run_dir: Path
     seconds: float
     parameters: dict
-    stages: list[StageRun]
+    stages: list[StageResult] = Field(description="the DAG's stages in order, as the local run recorded them")
     base_policy: dict | None = Field(None, description="the policy RL starts from: path and warm-up record")

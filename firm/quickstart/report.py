@@ -258,7 +258,7 @@ def _task_html(t: dict[str, Any]) -> list[tuple[str, str]]:
     name = t["task"]
     rel = "../"  # report/ sits next to pipeline-runs/
     stages = table([["stage", "KFP task", "status", "seconds", "headline", "log"],
-                    *[[s["name"], s["task_name"], s["status"], _fmt(s["seconds"]), s.get("headline") or "",
+                    *[[s["name"], s["task"], s["status"], _fmt(s["seconds"]), s.get("headline") or "",
                        str(s.get("log") or "")] for s in t["stages"]]])  # fmt: skip
     c = t["critic"]
     axes = c.get("axes", {})

@@ -26,10 +26,10 @@ from firm.quickstart.models import (
     PipelineRun,
     QuickstartSize,
     SizeName,
-    StageRun,
     Task,
     TaskChoice,
 )
+from pipelines.local_view import StageResult
 
 RL_RECIPES: dict[str, str] = {"edit": "rl/tiny_qwen_edit_nft", "gen": "rl/tiny_qwen_image_nft"}
 # On top of the recipe: the warmed-up Qwen-Image policy was trained without an unconditional branch (no true CFG),
@@ -41,15 +41,10 @@ RL_TASK_OVERRIDES: dict[str, str] = {
 CRITIC_RECIPE = "critic/tiny_cpu"
 
 
-def _stages(ran: list) -> list[StageRun]:
-    """The DAG's stages in order, with what the local run recorded of each (`pipelines.local_view.StageResult`)."""
+def _stages(ran: list[StageResult]) -> list[StageResult]:
+    """The DAG's stages in order, with what the local run recorded of each ("not run" for the others)."""
     by_task = {r.task: r for r in ran}
-    out = []
-    for task_name, name in STAGES:
-        r = by_task.get(task_name)
-        fields = {} if r is None else {"status": r.status, "seconds": r.seconds, "headline": r.headline, "log": r.log}
-        out.append(StageRun(name=name, task_name=task_name, **fields))
-    return out
+    return [by_task.get(task) or StageResult(task=task, name=name) for task, name in STAGES]
 
 
 def pipeline_parameters(
@@ -92,7 +87,7 @@ def prepare_inputs(
     from firm.quickstart import data
     from firm.quickstart.policy import build_policy
     from firm.storage import is_published
-    from pipelines.local_view import StageResult, stage_line
+    from pipelines.local_view import stage_line
 
     inputs = work / "inputs"
     critic = inputs / "tiny-critic"
