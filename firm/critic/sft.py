@@ -112,6 +112,19 @@ def dist_env(cfg: SFTConfig) -> DistEnv:
     return DistEnv(rank=rank, world=world, local_rank=local, backend=backend, device=device)
 
 
+def _skip_shm_comm_build() -> None:
+    """DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce op (g++, Python headers) when its process
+    group starts — 25 s on a quiet 2-core machine, 60 s or more on a busy one, on every fresh machine or container, and
+    a failure where no compiler exists. The op serves only `inference_all_reduce`; training's all-reduce is gloo's
+    (`deepspeed/comm/torch.py`, `TorchBackend.all_reduce` vs `inference_all_reduce`). Critic SFT on CPU therefore
+    starts DeepSpeed without it; GPU runs never build it (their accelerator has no such op)."""
+    import importlib
+
+    # by module name: `deepspeed.comm.torch` as an attribute of `deepspeed.comm` is the torch package itself
+    backend = importlib.import_module("deepspeed.comm.torch")
+    backend.build_shm_op = lambda: None
+
+
 def init_distributed(env: DistEnv, cfg: SFTConfig) -> bool:
     """Initialise the process group when needed; True when this function created it."""
     import torch.distributed as dist
@@ -129,6 +142,8 @@ def init_distributed(env: DistEnv, cfg: SFTConfig) -> bool:
             os.environ.setdefault("RANK", "0")
             os.environ.setdefault("LOCAL_RANK", "0")
             os.environ.setdefault("WORLD_SIZE", "1")
+        if env.device.type == "cpu":
+            _skip_shm_comm_build()
         deepspeed.init_distributed(dist_backend=env.backend)
         return True
     if env.world > 1 and not dist.is_initialized():

@@ -204,3 +204,25 @@ def test_state_codec_round_trips_plain_state_and_refuses_objects(tmp_path: Path)
     )
     with pytest.raises(StateCodecError, match="unexpected node"):
         load_state(tmp_path / "evil.safetensors")
+
+
+def test_cpu_deepspeed_starts_without_compiling_the_shm_op(tmp_path: Path) -> None:
+    """FIRM's SFT starts DeepSpeed on CPU without JIT-compiling its shared-memory op (inference-only; training's
+    all-reduce is gloo's): no compiler needed, no 25–60 s build on a fresh machine."""
+    code = (
+        "import torch\n"
+        "from firm.critic.sft import DistEnv, init_distributed\n"
+        "from firm.critic.sft_config import SFTConfig\n"
+        "import deepspeed.comm.comm as c\n"
+        "cfg = SFTConfig.model_construct(dist=type('D', (), {'strategy': 'deepspeed'})())\n"
+        "env = DistEnv(rank=0, world=1, local_rank=0, backend='gloo', device=torch.device('cpu'))\n"
+        "assert init_distributed(env, cfg)\n"
+        "print('shm op:', c.cdb.shm_comm_op)\n"
+    )
+    ext = tmp_path / "torch_extensions"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=_env(TORCH_EXTENSIONS_DIR=str(ext)), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "shm op: None" in proc.stdout and not list(ext.rglob("*shm_comm*"))
