@@ -34,6 +34,7 @@ from firm.progress import format_duration
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_OUTPUT_FILE = re.compile(r'"outputFile": "([^"]+)"')
 _RULE = re.compile(r"^\s*-*\s*$")  # the runner's blank lines and horizontal rules
 # the last line of a Python traceback (`pkg.JobError: message`) or a FIRM `error: message` line
 _CAUSE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*(?:Error|Exception|Exit)|error): (.+)$")
@@ -195,17 +196,29 @@ class StageLogs(io.TextIOBase):
             self.echo.write(raw + "\n")
             self.echo.flush()
 
+    def _adopt_run_dir(self, line: str) -> None:
+        """The run's folder, from the first task's executor input (`"outputFile": "ROOT/RUN/TASK/..."`): the folder
+        this run writes to, even when another run under the same root starts at the same time."""
+        if self.run_dir is None and (m := _OUTPUT_FILE.search(line)):
+            path = Path(m.group(1))
+            if path.parent.parent.parent == self.root:
+                self._set_run_dir(path.parent.parent)
+
+    def _set_run_dir(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        pending, self._pending = self._pending, []
+        for task, line in pending:
+            self._write(task, line)
+
     def _find_run_dir(self, final: bool = False) -> Path | None:
-        if self.run_dir is None and self.root.is_dir():
-            new = [p for p in self.root.iterdir() if p.is_dir() and p not in self.before]
+        """The run's folder once known; at a task's end or the run's, the newest new folder under the root (a task
+        that failed before its executor printed its input), else a `failed-…` folder for the logs."""
+        if self.run_dir is None and final:
+            new = [p for p in self.root.iterdir() if p.is_dir() and p not in self.before] if self.root.is_dir() else []
             if new:
-                self.run_dir = max(new, key=lambda p: p.stat().st_mtime)
-            elif final and self._pending:  # a run that failed before any task wrote anything
-                self.run_dir = self.root / f"failed-{time.strftime('%Y-%m-%d-%H-%M-%S')}"
-            if self.run_dir is not None:
-                pending, self._pending = self._pending, []
-                for task, line in pending:
-                    self._write(task, line)
+                self._set_run_dir(max(new, key=lambda p: p.stat().st_mtime))
+            elif self._pending:
+                self._set_run_dir(self.root / f"failed-{time.strftime('%Y-%m-%d-%H-%M-%S')}")
         return self.run_dir
 
     def log_path(self, task: str | None) -> Path | None:
@@ -227,7 +240,8 @@ class StageLogs(io.TextIOBase):
             self._file(task).write(line + "\n")
 
     def _log(self, line: str) -> None:
-        if self._find_run_dir() is None:
+        self._adopt_run_dir(line)
+        if self.run_dir is None:
             self._pending.append((self.current, line))
         else:
             self._write(self.current, line)
@@ -248,7 +262,7 @@ class StageLogs(io.TextIOBase):
         stage = self.stages.setdefault(task, StageResult(task=task, name=self.names.get(task, task)))
         stage.status = status.lower()
         stage.seconds = time.perf_counter() - self._started.get(task, time.perf_counter())
-        run_dir = self._find_run_dir()
+        run_dir = self._find_run_dir(final=True)
         stage.log = self.log_path(task)
         if stage.status == "success" and run_dir is not None:
             try:

@@ -79,3 +79,25 @@ def test_headlines_name_each_steps_figure() -> None:
     )
     assert headline("deploy-reward-service", out({}, "127.0.0.1:8001")) == "127.0.0.1:8001"
     assert headline("stop-reward-service", out({})) == ""
+
+
+def test_the_run_folder_is_the_one_the_executor_writes_to(tmp_path: Path) -> None:
+    """Two local runs under one pipeline root (two `firmctl pipeline run --local` at once): each run's logs go to its
+    own folder — the one its tasks' executor input names — not to whichever folder is newest."""
+    import os
+
+    root = tmp_path / "runs"
+    mine, other = root / "firm-critic-2026-12-06-21-00-00", root / "firm-critic-2026-12-06-21-00-01"
+    root.mkdir()
+    logs = StageLogs(root, Console(file=io.StringIO(), width=200))
+    with logs:
+        first = _runner_output(mine, "curate-dataset", "SUCCESS", [
+            "[KFP Executor 2026-12-06 21:00:00,001 INFO]: Got executor_input:",
+            f'        "outputFile": "{mine}/curate-dataset/executor_output.json"',
+        ])  # fmt: skip
+        other.mkdir()  # the other run started a moment later: its folder is the newest
+        os.utime(other, (mine.stat().st_mtime + 10, mine.stat().st_mtime + 10))
+        logs.write(first)
+        logs.write(_runner_output(mine, "train-critic", "SUCCESS", ["step 1"]))
+    assert logs.run_dir == mine
+    assert (mine / "logs" / "train-critic.log").is_file() and not (other / "logs").exists()
