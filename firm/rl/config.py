@@ -43,10 +43,14 @@ class PolicyConfig(_Section):
     resolution: int = Field(512, ge=16, description="rollout image size (square), pixels")
     max_sequence_length: int = Field(256, ge=8, description="text tokens for the T5 / VL text encoder")
     gradient_checkpointing: bool = False
-    # Qwen-Image-Edit only. The diffusers pipeline resizes the condition image to ~1024² for the VL encoder and
-    # drops a fixed number of prompt-template tokens; both are settings here (tiny models need small values).
+    # Qwen-Image-Edit only. The diffusers pipeline resizes the condition image to a 384² area for the VL encoder
+    # (its `CONDITION_IMAGE_SIZE`; the VAE copy to a 1024² area) and drops a fixed number of prompt-template tokens;
+    # both are settings here (tiny models need small values).
     condition_pixels: int = Field(
-        384 * 384, ge=16 * 16, description="VL-encoder pixel budget of the source image"
+        384 * 384,
+        ge=16 * 16,
+        description="Qwen-Image-Edit: pixel area of the source image the VL encoder sees, resized keeping its aspect "
+        "ratio with sides on a 32-pixel grid as QwenImageEditPlusPipeline does (its CONDITION_IMAGE_SIZE, 384²)",
     )
     prompt_template_drop: int | None = Field(
         None,

@@ -89,11 +89,24 @@ def _object_exists(uri: str) -> bool:
     return store.exists(key)
 
 
+def square_source(image: Any, size: int) -> Any:
+    """A PIL image centre-cropped to its short side and resized to size × size with LANCZOS, as the official editing
+    trainers' datasets prepare a source (`PromptImageDataset.__getitem__` in FIRM-Reward's
+    `train_nft_qwen_image_edit.py` and `train_nft_kontext.py`)."""
+    from PIL import Image
+
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
+
+
 def load_source(src: str, size: int) -> torch.Tensor:
-    """A source image as [3, size, size] in [0, 1]."""
+    """A source image as [3, size, size] in [0, 1]: centre-cropped to a square and resized with LANCZOS
+    (`square_source`), never squashed."""
     from firm.images import load_image
 
-    img = load_image(src).convert("RGB").resize((size, size))
+    img = square_source(load_image(src).convert("RGB"), size)
     t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(size, size, 3)
     return t.permute(2, 0, 1).float() / 255.0
 

@@ -2,8 +2,19 @@
 
 After optimizer step k (1-based), every `update_every` steps: ema ← ema + (1 − d_k)·(θ − ema), with
 d_k = min(decay, (1 + k)/(10 + k)) when `warmup` (the official trainers' EMA wrapper, decay 0.9), else d_k = decay.
-The EMA starts as a copy of the initial parameters. `applied(params)` swaps it into the parameters for a block
-(export, sample grids) and restores the trained values afterwards.
+The EMA starts as a copy of the initial parameters and is kept in float32, like the LoRA weights themselves
+(`firm.rl.lora`): with decay 0.9 an EMA step moves it by a tenth of an update, far below bf16's spacing.
+`applied(params)` swaps it into the parameters for a block (export, sample grids) and restores the trained values
+afterwards.
+
+The official wrapper (`EMAModuleWrapper` in the `flow_grpo/ema.py` that FIRM-Reward, DiffusionNFT and Flow-GRPO each
+carry) keeps `p.clone()` copies of the trainable parameters, decays with min(decay, (1 + k)/(10 + k)) at
+optimization step k, folds when (k + 1) % `update_step_interval` == 0, and swaps the average in (`copy_ema_to`) and
+back (`copy_temp_to`) around evaluation and checkpoint saving. The NFT trainers call `step` once after each optimizer
+step with k counted from 1 (interval 1: every step, as here). Where FIRM differs: Flow-GRPO's `train_sd3.py` calls
+`step(…, global_step)` after every training micro-batch, so with interval 8 it folds at each micro-batch while
+global_step is 7, 15, …; FIRM folds once, after optimizer steps 8, 16, … (one fold per optimizer step, the count the
+decay schedule is written in).
 
 This is not DiffusionNFT's "old" policy (`firm.rl.lora.ema_update`), which is a second adapter with its own ramped
 decay that collects rollouts.
@@ -22,7 +33,7 @@ class ParamEMA:
         self, params: Sequence[torch.Tensor], decay: float, *, warmup: bool = True, update_every: int = 1
     ) -> None:
         self.decay, self.warmup, self.update_every = decay, warmup, update_every
-        self.shadow = [p.detach().clone() for p in params]
+        self.shadow = [p.detach().clone().float() for p in params]
 
     def decay_at(self, k: int) -> float:
         """The decay used at optimizer step k (1-based)."""

@@ -3,6 +3,12 @@
 Two adapters live on the transformer: "default" (trainable, v_θ) and "old" (the EMA copy, v_old, which also collects
 the NFT rollouts). The reference policy is the base model: adapters disabled.
 
+Both adapters are float32 whatever the base's dtype: diffusers' `add_adapter` creates them in the base layers' dtype
+(bf16 in the paper recipes), where AdamW updates below bf16's spacing (2⁻⁸ relative) round away and weight decay does
+nothing. The official trainers train float32 LoRA weights: the SD3 trainers keep the whole transformer in float32
+under autocast, the Qwen-Image-Edit trainer loads a bf16 base and gets float32 adapters from peft's `get_peft_model`
+(`autocast_adapter_dtype=True`, the same `cast_adapter_dtype` used here).
+
 Switching adapters happens several times per micro-batch, so `add_lora` records the LoRA layers and each adapter's
 parameters once (`_Cache`) and switches them directly: diffusers' own `set_adapter` / `disable_adapters` walk every
 module and look up the installed peft version on each call, which on the tiny test policies cost about a third of a
@@ -66,8 +72,8 @@ _CACHE_ATTR = "_firm_lora_cache"
 
 
 def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, init: str, targets: list[str]) -> None:
-    """Add the trainable and the old adapter (identical at start); only the trainable one requires grad."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    """Add the trainable and the old adapter (identical at start, float32); only the trainable one requires grad."""
+    from peft.tuners.tuners_utils import BaseTunerLayer, cast_adapter_dtype
 
     found = present_targets(transformer, targets)
     transformer.__dict__.pop(_CACHE_ATTR, None)
@@ -75,6 +81,9 @@ def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, init: str
     with warnings.catch_warnings():  # peft warns that a second adapter is being added: that is the point here
         warnings.filterwarnings("ignore", message=".*multiple adapters.*")
         transformer.add_adapter(_lora_config(rank, alpha, init, found), adapter_name=OLD)
+    # bf16 / fp16 adapter weights → float32 (new Parameter objects, so before the scan below)
+    for adapter in (TRAINABLE, OLD):
+        cast_adapter_dtype(transformer, adapter)
     transformer.__dict__[_CACHE_ATTR] = _Cache(
         layers=[m for m in transformer.modules() if isinstance(m, BaseTunerLayer)],
         params={a: _scan(transformer, a) for a in (TRAINABLE, OLD)},

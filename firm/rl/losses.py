@@ -11,7 +11,9 @@ factor (Flow-GRPO's `train_sd3.py`).
 
 Both take optional per-sample `weights` [B]: the loss is then Σ w_i·loss_i instead of the batch mean, so a step's
 gradient can be accumulated over groups and ranks as one mean over all of its trained samples (a weight of 0 drops a
-sample). The logged `policy` and `kl` are plain means over the samples with a positive weight.
+sample from the loss and its denominator: a sample without a reward, and under Flow-GRPO one whose advantage is 0 —
+`firm.rl.advantages.trained_flags`; NFT trains zero-advantage samples). The logged `policy` and `kl` are plain means
+over the samples with a positive weight.
 """
 
 from __future__ import annotations

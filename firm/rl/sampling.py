@@ -8,7 +8,8 @@
 - `sde_rollout`: Flow-GRPO's SDE with the same marginals; each step is Gaussian with mean μ_θ(x_σ) and std
   std_t·√(σ−σ'), std_t = a·√(σ/(1−σ)), so every step has a log-probability. `sde_step` recomputes a step's log-prob
   for a given next state, which the GRPO loss uses (it equals the sampling pass for the same weights).
-- `guided`: classifier-free guidance v_u + s·(v_c − v_u) around any velocity function.
+- `guided`: classifier-free guidance v_u + s·(v_c − v_u) around any velocity function (optionally without gradient
+  through v_u, as Flow-GRPO trains).
 - `train_timesteps`: which rollout timesteps a step trains on, per sample or shared.
 """
 
@@ -90,14 +91,22 @@ def ode_rollout(
     return Trajectory(sigmas=sigmas, final=x)
 
 
-def guided(velocity: VelocityFn, uncond: Conditioning, scale: float) -> VelocityFn:
-    """Classifier-free guidance: v_u + scale·(v_c − v_u), both in one batched call (`uncond` matches the batch)."""
+def guided(
+    velocity: VelocityFn, uncond: Conditioning, scale: float, *, detach_uncond: bool = False
+) -> VelocityFn:
+    """Classifier-free guidance: v_u + scale·(v_c − v_u), both in one batched call (`uncond` matches the batch).
+
+    `detach_uncond`: no gradient through the unconditional prediction, as Flow-GRPO's policy update computes it
+    (`compute_log_prob` in `scripts/train_sd3.py` detaches `noise_pred_uncond`): the gradient is then scale·∂v_c only.
+    """
     if scale == 1.0:
         return velocity
 
     def fn(x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         both = velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), Conditioning.cat([uncond, cond]))
         v_u, v_c = both.chunk(2)
+        if detach_uncond:
+            v_u = v_u.detach()
         return v_u + scale * (v_c - v_u)
 
     return fn

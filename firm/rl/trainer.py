@@ -6,7 +6,8 @@ old/EMA policy; GRPO: the SDE with log-probs and classifier-free guidance, with 
 decoded images to the reward (in a background thread when `reward.async_overlap`, so group i is scored while group
 i+1 rolls out). Each sample trains on its reward when its status is "ok", else on what `reward.parse_failure` says
 (`firm.rl.failures`). Once every rank has its rewards they are shared (`firm.rl.step_rewards`) and every rank computes
-the same advantages — the group mean over one std of all rewards of the step, or per group (`advantages.std`). The
+the same advantages — the group mean over one std of all rewards of the step, or per group (`advantages.std`);
+Flow-GRPO then drops the samples whose advantage is 0, NFT trains them (`firm.rl.advantages.trained_flags`). The
 step then makes `optim.updates_per_step` optimizer steps, each on a fixed share of the step's groups, with the
 gradients of all those groups on all ranks accumulated into one mean (so the update count and, up to float
 rounding, the update itself do not depend on the number of ranks); clipped, AdamW; after each optimizer step the
@@ -35,6 +36,7 @@ import torch.distributed as dist
 
 from firm.errors import FirmError
 from firm.rl import lora as lora_mod
+from firm.rl.advantages import trained_flags
 from firm.rl.checkpoint import (
     check_fresh_output,
     export_final,
@@ -346,7 +348,9 @@ class Trainer:
         per_rank = len(groups)
         adv = stats.advantages
         k = self.cfg.sampling.group_size
-        trained = [[a is not None for a in adv[s * k : (s + 1) * k]] for s in range(len(shared.train))]
+        # Flow-GRPO drops the samples with A = 0, NFT trains them
+        trains = trained_flags(adv, drop_zero=self.cfg.algorithm == "grpo")
+        trained = [trains[s * k : (s + 1) * k] for s in range(len(shared.train))]
         n_update = [0] * updates
         for s, flags in enumerate(trained):
             n_update[update_of(s // self.world, per_rank, updates)] += sum(flags)
@@ -376,6 +380,7 @@ class Trainer:
             out.setdefault("clip_frac", 0.0)
         out["grad_norm"] = sum(norms) / len(norms) if norms else 0.0
         out["optim/updates"] = float(len(norms))
+        out["optim/trained_samples"] = float(sum(n_update))
         if self.cfg.algorithm == "nft":
             nc = self.cfg.nft
             decay = lora_mod.ema_decay(self.optimizer_steps, nc.ema_max_decay, nc.ema_ramp)

@@ -71,18 +71,21 @@ class StepUpdate:
         return self._plans[key]
 
     def _velocity(self, b: Batch) -> VelocityFn:
+        """The velocity the update predicts with: NFT's is CFG-free; GRPO's has the training's guidance, whose
+        unconditional branch carries no gradient (Flow-GRPO's `compute_log_prob` detaches it)."""
         scale = 1.0 if self.nft else self.cfg.grpo.guidance_scale
         if scale == 1.0 or b.uncond is None:
             return self.policy.velocity
-        return guided(self.policy.velocity, b.uncond, scale)
+        return guided(self.policy.velocity, b.uncond, scale, detach_uncond=True)
 
     def _nft_inputs(self, b: Batch, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, sigma [K], eps) of NFT micro-batch j: the forward process at each sample's j-th timestep."""
-        x0 = b.final
+        """(x_t, sigma [K], eps) of NFT micro-batch j: the forward process at each sample's j-th timestep, all float32
+        whatever the policy's dtype (the official trainers: `t = timesteps / 1000`, `noise = randn_like(x0.float())`,
+        `xt = (1 − t)·x0 + t·noise`), so x_t and σ reach the model unrounded and equal what the loss recomputes."""
+        x0 = b.final.float()
         s = self.sigmas[self.timesteps(b)[:, j]].float()
-        eps = torch.randn(x0.shape, generator=self.gen(self.cfg.seed, self.step, b.slot, 4, j))
-        eps = eps.to(x0.device, x0.dtype)
-        sb = s.to(x0.device, x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
+        eps = torch.randn(x0.shape, generator=self.gen(self.cfg.seed, self.step, b.slot, 4, j)).to(x0.device)
+        sb = s.to(x0.device).reshape(-1, *([1] * (x0.ndim - 1)))
         return (1 - sb) * x0 + sb * eps, s, eps
 
     # ------------------------------------------------------------------ no-grad predictions

@@ -3,10 +3,19 @@
 A policy owns a diffusers pipeline. Everything outside `firm/rl/policies/` sees only: conditioning from prompts (and
 source images for editing), initial noise in the model's latent layout, the sigma schedule, the velocity
 v(x_σ, σ, cond) (convention x_σ = (1−σ)·x0 + σ·ε, v = ε − x0), and decoding to images in [0, 1].
+
+Numerics (the official trainers' mixed precision): the frozen base weights are in `policy.dtype`; the LoRA weights
+are float32 (`firm.rl.lora.add_lora`), so the optimizer state and both EMAs are too. Every adapter runs its transformer
+inside `DiffusionPolicy.autocast()` (torch autocast to `policy.dtype` on the policy's device, off for float32) and
+hands it float32 latents and a float32 σ / timestep: the official trainers compute x_σ = (1 − σ)·x0 + σ·ε and
+σ = timestep / 1000 in float32 and pass them to the model under autocast. What the model does with them is its own:
+SD3's and FLUX.2's transformers keep the float32 timestep up to the sinusoidal embedding; Qwen-Image's and FLUX.1's
+cast it to the dtype of their embedded latents (bf16 under bf16 autocast), in the official trainers as here.
 """
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +160,13 @@ class DiffusionPolicy(ABC):
         return type(self.pipeline).from_pretrained(
             self.source, dtype=self.dtype, **absent_components(self.source)
         )
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision for the transformer's forward: torch autocast to `dtype` on the policy's device
+        (`torch.autocast("cpu", dtype=torch.bfloat16)` for a bf16 policy on the CPU), a no-op for float32."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def eval_mode(self) -> None:
         """Disable dropout everywhere (freshly built tiny models are in train mode)."""

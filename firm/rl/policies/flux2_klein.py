@@ -193,15 +193,19 @@ class Flux2KleinPolicy(DiffusionPolicy):
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         b = x.shape[0]
         g = self.options.embedded_guidance
-        out = self.transformer(
-            hidden_states=x,
-            timestep=sigma.to(x.device, x.dtype).expand(b),
-            guidance=None if g is None else torch.full((b,), float(g), device=x.device, dtype=x.dtype),
-            encoder_hidden_states=cond.tensors["prompt_embeds"],
-            txt_ids=cond.tensors["text_ids"],
-            img_ids=self._latent_ids(),
-            return_dict=False,
-        )[0]
+        guidance = None if g is None else torch.full((b,), float(g), device=x.device, dtype=torch.float32)
+        # float32 latents and σ (`flux_predict`'s `timesteps.float() / 1000` on float32 x_t): the transformer casts
+        # the timestep to the latents' dtype, so both stay float32 up to the sinusoidal embedding
+        with self.autocast():
+            out = self.transformer(
+                hidden_states=x.float(),
+                timestep=sigma.to(x.device, torch.float32).expand(b),
+                guidance=guidance,
+                encoder_hidden_states=cond.tensors["prompt_embeds"],
+                txt_ids=cond.tensors["text_ids"],
+                img_ids=self._latent_ids(),
+                return_dict=False,
+            )[0]
         return out[:, : x.shape[1]]
 
     @torch.no_grad()

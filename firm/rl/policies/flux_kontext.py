@@ -18,9 +18,9 @@ Parity notes (each default checked against the official code):
 - Source image at the rollout resolution, no snapping to Kontext's preferred resolutions: `max_area=resolution**2,
   _auto_resize=False` in `train_nft_kontext.py`; the pipeline's default `_auto_resize=True` would resize a square
   source to 1024² (`PREFERRED_KONTEXT_RESOLUTIONS`). The official dataset (`PromptImageDataset.__getitem__`)
-  centre-crops to a square and resizes with LANCZOS; FIRM's trainer hands the adapter sources already resized to the
-  rollout resolution by `firm.rl.data.load_source` (squashed, not cropped — the same for every editing family); a PIL
-  source given to `encode` directly is centre-cropped as the official dataset does.
+  centre-crops to a square and resizes with LANCZOS; so does `firm.rl.data.load_source`, which prepares the sources
+  FIRM's trainer hands every editing family at the rollout resolution; a PIL source given to `encode` directly is
+  centre-cropped by the pipeline's image processor (`resize_mode="crop"`).
 - Source latents: the VAE mode (`retrieve_latents(..., sample_mode="argmax")`), shifted and scaled by the VAE's
   `shift_factor` / `scaling_factor`, packed 2×2, position ids with first coordinate 1
   (`FluxKontextPipeline.prepare_latents`); the target's ids keep 0.
@@ -189,18 +189,21 @@ class FluxKontextPolicy(DiffusionPolicy):
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         b = x.shape[0]
-        src = cond.tensors["image_latents"].to(x.dtype)
+        src = cond.tensors["image_latents"]
         g = self.options.guidance_scale
-        out = self.transformer(
-            hidden_states=torch.cat([x, src], dim=1),
-            timestep=sigma.to(x.device, x.dtype).expand(b),
-            guidance=None if g is None else torch.full((b,), float(g), device=x.device, dtype=torch.float32),
-            pooled_projections=cond.tensors["pooled"],
-            encoder_hidden_states=cond.tensors["prompt_embeds"],
-            txt_ids=torch.zeros(cond.tensors["prompt_embeds"].shape[1], 3, device=x.device, dtype=x.dtype),
-            img_ids=self._img_ids(src.shape[1]),
-            return_dict=False,
-        )[0]
+        guidance = None if g is None else torch.full((b,), float(g), device=x.device, dtype=torch.float32)
+        txt_ids = torch.zeros(cond.tensors["prompt_embeds"].shape[1], 3, device=x.device, dtype=self.dtype)
+        with self.autocast():  # float32 latents and σ, as the official trainer passes them (`timestep=t`)
+            out = self.transformer(
+                hidden_states=torch.cat([x.float(), src.float()], dim=1),
+                timestep=sigma.to(x.device, torch.float32).expand(b),
+                guidance=guidance,
+                pooled_projections=cond.tensors["pooled"],
+                encoder_hidden_states=cond.tensors["prompt_embeds"],
+                txt_ids=txt_ids,
+                img_ids=self._img_ids(src.shape[1]),
+                return_dict=False,
+            )[0]
         return out[:, : x.shape[1]]
 
     @torch.no_grad()

@@ -1,16 +1,19 @@
 """Qwen-Image-Edit(-2509) editing policy (diffusers `QwenImageEditPlusPipeline`), CFG-free as in FIRM's RL.
 
-The pipeline's own `__call__` resizes the condition image for the VL encoder to a hard-coded ~384² area and the
-VAE copy to ~1024², and drops a fixed 64 prompt-template tokens from the encoder output. This adapter does not go
-through `__call__`: the VL-encoder pixel budget (`policy.condition_pixels`) and the dropped-token count
-(`policy.prompt_template_drop`, None = the pipeline's own) are settings, and the source image is VAE-encoded at the
-rollout resolution. Latents use the pipeline's packed layout [B, (h/2)(w/2), 4·C]; the source latents are appended
-to the sequence and the prediction for them is discarded.
+The pipeline's own `__call__` resizes the condition image for the VL encoder to a 384² area (`CONDITION_IMAGE_SIZE`)
+and the VAE copy to a 1024² area, both with `calculate_dimensions` (the aspect ratio kept, each side rounded to a
+multiple of 32) and the image processor's LANCZOS resize, and drops a fixed 64 prompt-template tokens from the encoder
+output. This adapter does not go through `__call__`, but resizes the VL-encoder image with the same function and
+resize; its area is `policy.condition_pixels` (default the pipeline's 384², a setting because tiny test encoders need
+far fewer pixels). A square source thus reaches the VL encoder at 384², which the Qwen2.5-VL processor rounds to a
+multiple of its 28-pixel patches, 392². The dropped-token count (`policy.prompt_template_drop`, None = the pipeline's
+own) is a setting too, and the source image is VAE-encoded at the rollout resolution, as the official trainer does.
+Latents use the pipeline's packed layout [B, (h/2)(w/2), 4·C]; the source latents are appended to the sequence and the
+prediction for them is discarded.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -105,9 +108,9 @@ class QwenEditPolicy(DiffusionPolicy):
         embeds, masks, latents = [], [], []
         for prompt, src in zip(prompts, sources, strict=True):
             img = to_pil(src) if isinstance(src, torch.Tensor) else src
-            side = max(28, int(math.sqrt(self.condition_pixels)) // 28 * 28)
-            cond_img = img.resize((side, side))
-            pe, _ = pipe._get_qwen_prompt_embeds([prompt], [cond_img], device=self.device, dtype=self.dtype)
+            pe, _ = pipe._get_qwen_prompt_embeds(
+                [prompt], [self.condition_image(img)], device=self.device, dtype=self.dtype
+            )
             pe = pe[:, : self.max_sequence_length]
             pad = self.max_sequence_length - pe.shape[1]
             mask = torch.cat([torch.ones(pe.shape[1]), torch.zeros(pad)]).to(self.device, torch.long)
@@ -121,6 +124,15 @@ class QwenEditPolicy(DiffusionPolicy):
                 "image_latents": torch.cat(latents),
             }
         )
+
+    def condition_image(self, image: Any) -> Any:
+        """The PIL image the VL encoder sees: `image` resized to about `condition_pixels` pixels keeping its aspect
+        ratio, each side a multiple of 32 (`QwenImageEditPlusPipeline.__call__`: `calculate_dimensions` and
+        `image_processor.resize`, LANCZOS)."""
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
+
+        width, height = calculate_dimensions(self.condition_pixels, image.width / image.height)
+        return self.pipeline.image_processor.resize(image, height, width)
 
     def image_latents(self, images: list[Any]) -> torch.Tensor:
         """Packed, normalised VAE latents of PIL images at the rollout resolution: the source-image conditioning
@@ -139,14 +151,15 @@ class QwenEditPolicy(DiffusionPolicy):
         side = self._latent_side() // 2
         img_lat = cond.tensors["image_latents"]
         shapes = [[(1, side, side), (1, side, side)]] * x.shape[0]
-        out = self.transformer(
-            hidden_states=torch.cat([x, img_lat.to(x.dtype)], dim=1),
-            timestep=sigma.to(x.device, x.dtype).expand(x.shape[0]),
-            encoder_hidden_states=cond.tensors["prompt_embeds"],
-            encoder_hidden_states_mask=cond.tensors["prompt_mask"],
-            img_shapes=shapes,
-            return_dict=False,
-        )[0]
+        with self.autocast():  # float32 latents and σ, as the official trainer passes them (`timestep=t`)
+            out = self.transformer(
+                hidden_states=torch.cat([x.float(), img_lat.float()], dim=1),
+                timestep=sigma.to(x.device, torch.float32).expand(x.shape[0]),
+                encoder_hidden_states=cond.tensors["prompt_embeds"],
+                encoder_hidden_states_mask=cond.tensors["prompt_mask"],
+                img_shapes=shapes,
+                return_dict=False,
+            )[0]
         return out[:, : x.shape[1]]
 
     def decode(self, x0: torch.Tensor, cond: Conditioning) -> torch.Tensor:

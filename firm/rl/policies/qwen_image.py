@@ -196,14 +196,15 @@ class QwenImagePolicy(DiffusionPolicy):
             x, t = torch.cat([x, x]), torch.cat([t, t])
             embeds, mask = torch.cat([embeds, c["neg_embeds"]]), torch.cat([mask, c["neg_mask"]])
         side = self._latent_side() // 2
-        out = self.transformer(
-            hidden_states=x,
-            timestep=t,
-            encoder_hidden_states=embeds,
-            encoder_hidden_states_mask=mask,
-            img_shapes=[[(1, side, side)]] * x.shape[0],
-            return_dict=False,
-        )[0]
+        with self.autocast():
+            out = self.transformer(
+                hidden_states=x.float(),
+                timestep=t,
+                encoder_hidden_states=embeds,
+                encoder_hidden_states_mask=mask,
+                img_shapes=[[(1, side, side)]] * x.shape[0],
+                return_dict=False,
+            )[0]
         if not self.guided:
             return out
         cond_v, uncond_v = out[:b], out[b:]

@@ -70,14 +70,17 @@ class SD3Policy(DiffusionPolicy):
         return sched.sigmas.detach().float().cpu().clone()
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        t = (sigma * 1000.0).to(x.device, x.dtype).expand(x.shape[0])
-        return self.transformer(
-            hidden_states=x,
-            encoder_hidden_states=cond.tensors["prompt_embeds"],
-            pooled_projections=cond.tensors["pooled"],
-            timestep=t,
-            return_dict=False,
-        )[0]
+        # timestep = 1000·σ in float32, as the official SD3 trainers pass the scheduler's timesteps; the transformer
+        # keeps it float32 up to its sinusoidal embedding (bf16 would be off by up to 2 timestep units)
+        t = (sigma.to(x.device, torch.float32) * 1000.0).expand(x.shape[0])
+        with self.autocast():
+            return self.transformer(
+                hidden_states=x.float(),
+                encoder_hidden_states=cond.tensors["prompt_embeds"],
+                pooled_projections=cond.tensors["pooled"],
+                timestep=t,
+                return_dict=False,
+            )[0]
 
     @torch.no_grad()
     def decode(self, x0: torch.Tensor, cond: Conditioning) -> torch.Tensor:

@@ -172,7 +172,8 @@ class ZImagePolicy(DiffusionPolicy):
             x, t = torch.cat([x, x]), torch.cat([t, t])
             embeds, mask = torch.cat([embeds, c["neg_embeds"]]), torch.cat([mask, c["neg_mask"]])
         feats = [e[m.bool()] for e, m in zip(embeds, mask, strict=True)]
-        out = self.transformer(list(x.unsqueeze(2).unbind(0)), t, feats, return_dict=False)[0]
+        with self.autocast():
+            out = self.transformer(list(x.unsqueeze(2).unbind(0)), t, feats, return_dict=False)[0]
         v = -torch.stack(out).squeeze(2)
         if not self.guided:
             return v
