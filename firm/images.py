@@ -7,7 +7,16 @@ Two budgets keep memory bounded:
 - `max_decode_pixels`: a header-only check before decoding (like `Image.MAX_IMAGE_PIXELS`, but a clear
   `InputError` instead of a warning); images above it are refused rather than decoded.
 - `fit_pixels(img, max_pixels, factor)`: images above the model's pixel budget are resized (aspect kept, sides
-  multiples of `factor` = patch × merge, 28 for Qwen2.5-VL-style processors) before they reach the processor.
+  multiples of `factor` = patch × merge) before they reach the processor.
+
+`pixel_rule` is THE resize rule of a critic's images, used by critic SFT (`firm.critic.collate`, and its token
+measurement), the in-training eval and every serving path (`firm.critic.Critic`, the Triton backends, the vLLM
+engine, the bench's local critic): one `PixelRule` (factor, min pixels, max pixels) read from the model's own
+image processor (`patch_size × merge_size`; `size.shortest_edge` / `size.longest_edge`, into which transformers 5
+folds a config's legacy `min_pixels` / `max_pixels`) and overridden by the rubric's bounds and an explicit budget —
+no factor or bound is a constant here. Images are fitted once with `PixelRule.fit`, and the processor is called
+with `PixelRule.processor_size()`, under which a fitted image is a fixed point of its own resize: it is never
+resized twice and never enlarged to a default minimum.
 """
 
 from __future__ import annotations
@@ -15,12 +24,14 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from firm.errors import FirmError, InputError
+from firm.errors import ConfigError, FirmError, InputError
 
 DEFAULT_MAX_DECODE_PIXELS = 64_000_000  # ~8000×8000; a decoded RGB image of this size is ~190 MB
 ImageSource = Image.Image | bytes | bytearray | str | Path
@@ -108,16 +119,10 @@ def load_image(
         raise InputError(f"{label}: unreadable image data: {exc}") from None
 
 
-def fit_pixels(
-    img: Image.Image, max_pixels: int, factor: int = 28, min_pixels: int | None = None
-) -> Image.Image:
-    """Resize `img` so that width×height ≤ `max_pixels` and both sides are multiples of `factor`, keeping the aspect
-    ratio as closely as possible (Qwen-VL's `smart_resize` rule). Images already within budget with aligned sides
-    are returned unchanged; `min_pixels` (default factor²) enlarges tiny images."""
-    if max_pixels < factor * factor:
-        raise InputError(f"max_pixels={max_pixels} is below one {factor}x{factor} patch")
-    min_pixels = factor * factor if min_pixels is None else min_pixels
-    w, h = img.size
+def target_size(width: int, height: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) of an image after Qwen-VL's `smart_resize` rule: both sides multiples of `factor`, the area
+    within [`min_pixels`, `max_pixels`], the aspect ratio kept as closely as those allow."""
+    w, h = int(width), int(height)
     if max(w, h) / max(min(w, h), 1) > 200:
         raise InputError(f"image {w}x{h}: aspect ratio above 200 cannot be judged")
     new_h = max(factor, round(h / factor) * factor)
@@ -130,6 +135,100 @@ def fit_pixels(
         beta = math.sqrt(min_pixels / (h * w))
         new_h = math.ceil(h * beta / factor) * factor
         new_w = math.ceil(w * beta / factor) * factor
-    if (new_w, new_h) == (w, h):
+    return new_w, new_h
+
+
+def fit_pixels(img: Image.Image, max_pixels: int, factor: int, min_pixels: int | None = None) -> Image.Image:
+    """Resize `img` so that width×height ≤ `max_pixels` and both sides are multiples of `factor` (the processor's
+    patch × merge size), keeping the aspect ratio as closely as possible (Qwen-VL's `smart_resize` rule). Images
+    already within budget with aligned sides are returned unchanged; `min_pixels` (default factor²) enlarges tiny
+    images. Prefer `PixelRule.fit`, whose factor and bounds come from the model's processor."""
+    if max_pixels < factor * factor:
+        raise InputError(f"max_pixels={max_pixels} is below one {factor}x{factor} patch")
+    min_pixels = factor * factor if min_pixels is None else min_pixels
+    new_w, new_h = target_size(img.size[0], img.size[1], factor, min_pixels, max_pixels)
+    if (new_w, new_h) == tuple(img.size):
         return img
     return img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+
+
+@dataclass(frozen=True)
+class PixelRule:
+    """How a critic's images are sized: sides multiples of `factor` (patch × merge), area in
+    [`min_pixels`, `max_pixels`]. Build it with `pixel_rule`; never from constants."""
+
+    factor: int
+    min_pixels: int
+    max_pixels: int
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) an image of this size is judged at."""
+        return target_size(width, height, self.factor, self.min_pixels, self.max_pixels)
+
+    def fit(self, img: Image.Image) -> Image.Image:
+        """`img` resized to `size(*img.size)` (unchanged when it already is)."""
+        return fit_pixels(img, self.max_pixels, self.factor, min_pixels=self.min_pixels)
+
+    def image_tokens(self, width: int, height: int) -> int:
+        """Image tokens the model sees for an image of this size (one per factor × factor cell)."""
+        w, h = self.size(width, height)
+        return (w // self.factor) * (h // self.factor)
+
+    def processor_size(self) -> dict[str, int]:
+        """The processor's `size` argument for images fitted by this rule: they pass through unchanged."""
+        return {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
+
+
+def _field(obj: Any, key: str) -> Any:
+    if obj is None:
+        return None
+    return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
+
+
+def processor_pixel_rule(processor: Any) -> PixelRule:
+    """The rule of a Qwen-VL-style processor (or its `image_processor`) as its own config gives it: factor =
+    `patch_size × merge_size`; bounds = `size.shortest_edge` / `size.longest_edge` (transformers 5's Qwen2-VL image
+    processors, which serve Qwen2-VL, Qwen2.5-VL and Qwen3-VL, fold a config's `min_pixels` / `max_pixels` into
+    them), else `size.min_pixels` / `size.max_pixels`, else `min_pixels` / `max_pixels` attributes (older
+    transformers). Raises `ConfigError` when the processor states no patch/merge size or no bounds."""
+    ip = getattr(processor, "image_processor", None) or processor
+    patch, merge = getattr(ip, "patch_size", None), getattr(ip, "merge_size", None)
+    name = type(ip).__name__
+    if not patch or not merge:
+        raise ConfigError(f"image processor {name} states no patch_size/merge_size (not a Qwen-VL processor)")
+    size = getattr(ip, "size", None)
+    lo = _field(size, "shortest_edge") or _field(size, "min_pixels") or getattr(ip, "min_pixels", None)
+    hi = _field(size, "longest_edge") or _field(size, "max_pixels") or getattr(ip, "max_pixels", None)
+    if not lo or not hi:
+        raise ConfigError(
+            f"image processor {name} states no pixel bounds (size.shortest_edge/longest_edge or "
+            "min_pixels/max_pixels)"
+        )
+    return PixelRule(factor=int(patch) * int(merge), min_pixels=int(lo), max_pixels=int(hi))
+
+
+def pixel_rule(
+    processor: Any,
+    *,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    budget: int | None = None,
+) -> PixelRule:
+    """THE resize rule for one rubric's images (see the module docstring), from the model's processor:
+
+    - factor: the processor's `patch_size × merge_size`;
+    - upper bound: `budget` (an explicit per-image budget for every rubric), else `max_pixels` (the rubric's),
+      else the processor's `size.longest_edge` — which a critic trained by FIRM carries from its recipe's
+      `model.max_pixels`, so serving it needs no flag to see images as it was trained;
+    - lower bound: `min_pixels` (the rubric's), else the processor's `size.shortest_edge`;
+    - the bounds are never below one factor × factor cell, and the lower never above the upper.
+
+    Raises `ConfigError` for a `budget` below one cell.
+    """
+    base = processor_pixel_rule(processor)
+    cell = base.factor**2
+    if budget is not None and budget < cell:
+        raise ConfigError(f"max_pixels={budget} is below one {base.factor}x{base.factor} patch")
+    hi = max(budget or max_pixels or base.max_pixels, cell)
+    lo = max(cell, min(min_pixels or base.min_pixels, hi))
+    return PixelRule(factor=base.factor, min_pixels=lo, max_pixels=hi)

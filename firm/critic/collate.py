@@ -3,7 +3,10 @@ labels that mask everything but the assistant response, micro-batches grouped by
 each row's tokenized size measured without decoding its images (`SFTCollator.measure`, for `firm.critic.packing`).
 
 The prompt is laid out by `firm.critic.messages.build_messages` — the same function the `Critic` uses at inference,
-so training and serving see identical prompts.
+so training and serving see identical prompts. The images are prepared as the `Critic` prepares them: loaded, passed
+through the rubric's codec, fitted once by `firm.critic.critic.rubric_pixel_rule` (the model processor's factor and
+bounds, the rubric's bounds, an explicit budget) and handed to the processor with that rule's `size`, so the batch's
+`pixel_values` / `image_grid_thw` are the serving path's for the same image (tests/sft/test_image_rule.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from firm.critic.critic import rubric_pixel_rule
 from firm.critic.messages import build_messages, encode_images, message_images
 from firm.curation.dataset import CriticSFTRow, SFTDataset
 from firm.errors import InputError
@@ -23,19 +27,17 @@ from firm.rubric_store import load_pack
 
 if TYPE_CHECKING:
     from firm.critic.packing import RowSize
+    from firm.images import PixelRule
 
 IGNORE_INDEX = -100
 
 
 class _Size:
-    """An image reduced to its size: what `fit_pixels` and the chat template need to know of it."""
+    """An image reduced to its size: what the pixel rule and the chat template need to know of it."""
 
     def __init__(self, w: int, h: int):
         self.w, self.h = int(w), int(h)
         self.size = (self.w, self.h)
-
-    def resize(self, size: tuple[int, int], *_: Any, **__: Any) -> _Size:
-        return _Size(*size)
 
 
 def row_messages(
@@ -53,7 +55,11 @@ def row_messages(
 
 class SFTCollator:
     """Tokenizes rows with the processor and builds right-padded `input_ids`, `attention_mask`, `labels`,
-    `pixel_values`, `image_grid_thw`. Only the assistant answer and its end-of-turn token are learned."""
+    `pixel_values`, `image_grid_thw`. Only the assistant answer and its end-of-turn token are learned.
+
+    `max_pixels`: an explicit per-image budget for every rubric, as `Critic(max_pixels=...)` takes it; None (what
+    `firm.critic.sft` passes) leaves the bounds to the rubric, else to the processor, into which the SFT run has
+    written its recipe's `model.min_pixels` / `model.max_pixels` (and which the export saves for serving)."""
 
     def __init__(
         self,
@@ -73,24 +79,35 @@ class SFTCollator:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.end_id = tok.convert_tokens_to_ids("<|im_end|>")
 
-    def load_images(self, row: CriticSFTRow) -> list[Any]:
-        from firm.images import fit_pixels, load_image
+    def pixel_rule(self, row: CriticSFTRow) -> PixelRule:
+        """How this row's images are sized: `rubric_pixel_rule` for the row's student rubric (the `Critic`'s)."""
+        return rubric_pixel_rule(
+            self.processor, self.pack.get(row.task, row.axis, "student"), self.max_pixels
+        )
 
+    def load_images(self, row: CriticSFTRow) -> list[Any]:
+        """The row's images as the critic sees them, in the `Critic`'s order: loaded, through the rubric's codec,
+        then fitted by the pixel rule."""
+        from firm.images import load_image
+
+        rubric = self.pack.get(row.task, row.axis, "student")
+        rule = self.pixel_rule(row)
         images = [
             load_image(self.dataset.image_ref(ref), name=f"{ref} (row {row.id}, {row.axis})")
             for ref in row.images
         ]
-        if self.max_pixels:
-            images = [fit_pixels(im, self.max_pixels) for im in images]
-        return images
+        return [rule.fit(im) for im in encode_images(rubric, images)]
 
     def encode(self, row: CriticSFTRow) -> dict[str, torch.Tensor]:
         """One row → unpadded tensors; labels are -100 except on the answer tokens and the closing <|im_end|>."""
-        rubric = self.pack.get(row.task, row.axis, "student")
-        images = encode_images(rubric, self.load_images(row))
-        messages = row_messages(row, images, pack=self.pack)
+        messages = row_messages(row, self.load_images(row), pack=self.pack)
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-        enc = self.processor(text=[text], images=message_images(messages), return_tensors="pt")
+        enc = self.processor(
+            text=[text],
+            images=message_images(messages),
+            return_tensors="pt",
+            size=self.pixel_rule(row).processor_size(),  # the images are fitted: no second resize
+        )
         ids = enc["input_ids"][0]
         self._check_length(row, len(ids))
         answer_ids = self.processor.tokenizer(row.target, add_special_tokens=False)["input_ids"]
@@ -126,14 +143,12 @@ class SFTCollator:
 
     def measure(self, rows: Sequence[CriticSFTRow]) -> list[RowSize]:
         """Each row's tokenized size — what `encode` would produce — without decoding an image: the prompt is
-        rendered with placeholder images and tokenized, and each image contributes the image tokens the processor's
-        own resize rule gives its header size (after `max_pixels`, as `load_images` applies it). Checks
-        `data.max_seq_len` like `encode`. tests/sft/test_packing.py checks it against `encode`."""
+        rendered with placeholder images and tokenized, and each image contributes the image tokens the row's pixel
+        rule gives its header size (as `load_images` fits it). Checks `data.max_seq_len` like `encode`.
+        tests/sft/test_packing.py checks it against `encode`."""
         from firm.critic.packing import RowSize
 
         tok = self.processor.tokenizer
-        ip = self.processor.image_processor
-        merge = int(ip.merge_size) ** 2
         out: list[RowSize] = []
         for k in range(0, len(rows), 256):  # tokenize in chunks: bounded memory, the fast tokenizer batches
             chunk = rows[k : k + 256]
@@ -145,7 +160,8 @@ class SFTCollator:
                     self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
                 )
                 # each image's single <|image_pad|> placeholder expands to its image tokens
-                extra.append(sum(ip.get_number_of_image_patches(im.h, im.w, {}) // merge - 1 for im in sizes))
+                rule = self.pixel_rule(row)
+                extra.append(sum(rule.image_tokens(im.w, im.h) - 1 for im in sizes))
             ids = tok(texts)["input_ids"]
             answers = tok([r.target for r in chunk], add_special_tokens=False)["input_ids"]
             for row, text_ids, n_extra, answer in zip(chunk, ids, extra, answers, strict=True):
@@ -155,8 +171,8 @@ class SFTCollator:
         return out
 
     def _image_size(self, row: CriticSFTRow, ref: str) -> _Size:
-        """The size `load_images` would give the image, from its header only (decoded when it is a URI)."""
-        from firm.images import fit_pixels, load_image
+        """The image's own size, from its header only (decoded when it is a URI)."""
+        from firm.images import load_image
 
         name = f"{ref} (row {row.id}, {row.axis})"
         src = self.dataset.image_ref(ref)
@@ -171,8 +187,7 @@ class SFTCollator:
                 size = None  # load_image below raises the clear InputError
         if size is None:
             size = load_image(src, name=name).size
-        im = _Size(*size)
-        return fit_pixels(im, self.max_pixels) if self.max_pixels else im  # type: ignore[arg-type,return-value]
+        return _Size(*size)
 
     def __call__(self, rows: Sequence[CriticSFTRow]) -> dict[str, torch.Tensor]:
         items = [self.encode(r) for r in rows]

@@ -9,9 +9,12 @@ Inference: requests are grouped into batches and run through ONE greedy `generat
 The chat messages come from `firm.critic.messages.build_messages` (shared with SFT), the rubric from the critic's
 rubric pack (`rubrics=`: a pack name, path or URI; `firm-v1` by default — `firm.rewards.packs`), the score from
 `firm.rewards.parsing.parse_answer`. The pack also decides each rubric's image codec, pixel bounds and answer
-budget (`max_new_tokens` per (task, axis); an explicit `max_new_tokens` overrides it for every rubric). Loading a
-critic whose recorded training pack (or, for the released FIRM critics, whose official pack) differs from the one
-in use logs a warning.
+budget (`max_new_tokens` per (task, axis); an explicit `max_new_tokens` overrides it for every rubric). Images are
+sized by `rubric_pixel_rule` (`firm.images.pixel_rule`), the rule critic SFT trains with: one resize to multiples of
+the processor's patch × merge size, within the rubric's bounds, else the processor's own (a FIRM-trained critic's
+processor config carries its recipe's bounds); the processor is then called with bounds that leave them as they are.
+Loading a critic whose recorded training pack (or, for the released FIRM critics, whose official pack) differs from
+the one in use logs a warning.
 
 Statuses: `ok`, `unparseable`, `out_of_range` (from the parser) and `truncated` — the answer used its whole token
 budget and no score could be read, i.e. it was cut off (raise the pack's or the caller's `max_new_tokens`).
@@ -47,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from firm.critic.messages import build_messages, encode_images, message_images, render_prompt
 from firm.errors import ConfigError, InputError
-from firm.images import DEFAULT_MAX_DECODE_PIXELS, fit_pixels, load_image
+from firm.images import DEFAULT_MAX_DECODE_PIXELS, PixelRule, load_image, pixel_rule, processor_pixel_rule
 from firm.rewards.packs import warn_if_mismatched
 from firm.rewards.parsing import ParseResult, parse_answer
 from firm.rewards.rubrics import N_IMAGES, Rubric, RubricPack
@@ -94,7 +97,9 @@ class CriticRequest(BaseModel):
             )
         n_images = N_IMAGES[self.task]
         if len(self.images) != n_images:
-            raise InputError(f"{self.task}/{self.axis}{who} needs {n_images} image(s), got {len(self.images)}")
+            raise InputError(
+                f"{self.task}/{self.axis}{who} needs {n_images} image(s), got {len(self.images)}"
+            )
         if self.task == "edit" and not (self.instruction and self.instruction.strip()):
             raise InputError(f"edit/{self.axis}{who}: instruction must not be empty")
         if self.task == "gen" and self.axis == "instruction" and not (self.prompt and self.prompt.strip()):
@@ -196,28 +201,13 @@ def load_processor(path: str, model_type: str) -> Any:
     return cls.from_pretrained(path)
 
 
-def processor_pixel_bounds(processor: Any) -> tuple[int, int, int]:
-    """(factor, min pixels, max pixels) of a Qwen-VL processor: factor = patch × merge size, the bounds from its
-    `size` (shortest_edge / longest_edge; defaults one patch and 1024 patches when it gives none)."""
-    ip = processor.image_processor
-    factor = int(ip.patch_size) * int(ip.merge_size)
-    size = getattr(ip, "size", None) or {}
-
-    def edge(key: str) -> Any:
-        return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-
-    hi, lo = edge("longest_edge"), edge("shortest_edge")
-    return factor, int(lo) if lo else factor**2, int(hi) if hi else 1024 * factor**2
-
-
-def pixel_bounds(
-    rubric: Rubric, factor: int, processor_min: int, processor_max: int, explicit_max: int | None = None
-) -> tuple[int, int]:
-    """(min, max) pixels per image for `rubric`: the explicit budget, else the rubric's, else the processor's; the
-    lower bound is the rubric's (else the processor's), never below one patch nor above the upper bound."""
-    hi = max(explicit_max or rubric.images.max_pixels or processor_max, factor**2)
-    lo = max(factor**2, min(rubric.images.min_pixels or processor_min, hi))
-    return lo, hi
+def rubric_pixel_rule(processor: Any, rubric: Rubric, budget: int | None = None) -> PixelRule:
+    """The resize rule for `rubric`'s images (`firm.images.pixel_rule`: the processor's factor and bounds, the
+    rubric's bounds over them, an explicit `budget` over both) — the one rule of critic SFT and every serving
+    path."""
+    return pixel_rule(
+        processor, min_pixels=rubric.images.min_pixels, max_pixels=rubric.images.max_pixels, budget=budget
+    )
 
 
 class Critic:
@@ -249,7 +239,9 @@ class Critic:
             raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.max_new_tokens = max_new_tokens
         self.max_decode_pixels = max_decode_pixels
-        self.factor, self.processor_min_pixels, self.processor_max_pixels = processor_pixel_bounds(processor)
+        own = processor_pixel_rule(processor)  # the model's own factor and bounds
+        self.factor = own.factor
+        self.processor_min_pixels, self.processor_max_pixels = own.min_pixels, own.max_pixels
         if max_pixels is not None and max_pixels < self.factor**2:
             raise ConfigError(f"max_pixels={max_pixels} is below one {self.factor}x{self.factor} patch")
         self.explicit_max_pixels = max_pixels
@@ -266,11 +258,15 @@ class Critic:
         """The student rubric this critic asks with for (task, axis)."""
         return self.pack.get(task, axis, "student")
 
+    def pixel_rule(self, rubric: Rubric) -> PixelRule:
+        """How `rubric`'s images are sized (`rubric_pixel_rule`): the explicit budget, else the rubric's bounds,
+        else the processor's."""
+        return rubric_pixel_rule(self.processor, rubric, self.explicit_max_pixels)
+
     def pixel_bounds(self, rubric: Rubric) -> tuple[int, int]:
-        """(min, max) pixels per image: the explicit budget, else the rubric's, else the processor's."""
-        return pixel_bounds(
-            rubric, self.factor, self.processor_min_pixels, self.processor_max_pixels, self.explicit_max_pixels
-        )
+        """(min, max) pixels per image of `rubric` (`pixel_rule`)."""
+        rule = self.pixel_rule(rubric)
+        return rule.min_pixels, rule.max_pixels
 
     def answer_budget(self, rubric: Rubric) -> int:
         """Max new tokens for an answer to `rubric`: the explicit budget, else the rubric's."""
@@ -321,7 +317,12 @@ class Critic:
         processor = load_processor(path, config.model_type)
         warn_if_mismatched(str(src), path if Path(path).is_dir() else None, pack)
         return cls(
-            model, processor, max_pixels=max_pixels, max_new_tokens=max_new_tokens, rubrics=pack, name=str(src)
+            model,
+            processor,
+            max_pixels=max_pixels,
+            max_new_tokens=max_new_tokens,
+            rubrics=pack,
+            name=str(src),
         )
 
     def _digit_ids(self) -> list[int]:
@@ -371,8 +372,8 @@ class Critic:
         for name, src in zip(names, req.images, strict=True):
             label = f"{name} of sample {who}" + (f" ({src})" if isinstance(src, str | Path) else "")
             loaded.append(load_image(src, name=label, max_decode_pixels=self.max_decode_pixels))
-        lo, hi = self.pixel_bounds(rubric)
-        images = [fit_pixels(img, hi, self.factor, min_pixels=lo) for img in encode_images(rubric, loaded)]
+        rule = self.pixel_rule(rubric)
+        images = [rule.fit(img) for img in encode_images(rubric, loaded)]
         messages = build_messages(rubric, images, **req.fields())
         return req, render_prompt(self.processor, messages), message_images(messages)
 
@@ -396,8 +397,8 @@ class Critic:
         self, prompts: list[str], images: list[Any], *, max_new_tokens: int | None = None
     ) -> list[str]:
         """Greedy answers for already-rendered chat prompts (`firm.critic.messages.render_prompt`); `images` are
-        the prompts' images in order, already sized with `fit_pixels`. The building block for serving the critic
-        behind other protocols (e.g. an OpenAI-compatible chat endpoint)."""
+        the prompts' images in order, already sized with `pixel_rule(...).fit`. The building block for serving the
+        critic behind other protocols (e.g. an OpenAI-compatible chat endpoint)."""
         gc = self._generation_config(max_new_tokens or self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
         enc = self._encode(prompts, images)
         with self._torch.inference_mode():

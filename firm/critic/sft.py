@@ -11,6 +11,9 @@ standard torch.distributed environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADD
 - or, with `batch.packing: token_budget`, the same global batch per step cut into length-grouped micro-batches of at
   most `batch.max_tokens_per_batch` padded tokens (bucketing, not concatenation), the loss normalised per learned
   token over the whole step so the update does not depend on the split (`firm.critic.packing`);
+- the vision tower and merger frozen or trained (`model.freeze_vision_tower`, `model.freeze_merger`; the paper
+  recipes freeze both, LLaMA-Factory's default) and the recipe's pixel bounds written into the processor, so the
+  collator, the eval and the exported critic size images by one rule (`firm.critic.sft_model`, `firm.images`);
 - DDP (gloo on CPU, nccl on GPU) or DeepSpeed ZeRO-2/3; full fine-tune or LoRA (peft); gradient accumulation,
   clipping, cosine schedule with warmup ratio, bf16 autocast where supported;
 - eval on the val split every N steps: loss, and with the `Critic`'s batched generation the parse rate and the MAE
@@ -188,10 +191,12 @@ def _param_dtype(cfg: SFTConfig, bf16: bool) -> torch.dtype:
 
 
 def load_model(cfg: SFTConfig, dtype: torch.dtype, resume_dir: Path | None) -> tuple[Any, Any]:
-    """The trainable model (full, or base + LoRA adapter) and its processor."""
+    """The trainable model (full, or base + LoRA adapter) and its processor, with the recipe's vision freezing and
+    pixel bounds applied (`firm.critic.sft_model`)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     from firm.critic.critic import load_processor, resolve_model_source
+    from firm.critic.sft_model import apply_pixel_bounds, freeze_vision, lora_target_modules
 
     base_path = resolve_model_source(cfg.model.path)
     full_from = str(resume_dir) if (resume_dir is not None and cfg.finetune == "full") else base_path
@@ -202,6 +207,8 @@ def load_model(cfg: SFTConfig, dtype: torch.dtype, resume_dir: Path | None) -> t
         raise InputError(f"model.path {cfg.model.path}: cannot load a model config ({reason})") from None
     model = AutoModelForImageTextToText.from_pretrained(full_from, dtype=dtype)
     processor = load_processor(base_path, config.model_type)
+    apply_pixel_bounds(processor, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
+    tower, merger = cfg.model.freeze_vision_tower, cfg.model.freeze_merger
     if cfg.finetune == "lora":
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -209,22 +216,35 @@ def load_model(cfg: SFTConfig, dtype: torch.dtype, resume_dir: Path | None) -> t
             model = PeftModel.from_pretrained(model, str(resume_dir), is_trainable=True)
         else:
             lc = cfg.lora
-            names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-            missing = [t for t in lc.target_modules if t not in names]
-            if missing:
-                raise ConfigError(f"lora.target_modules {missing} name no module of {cfg.model.path}")
+            try:
+                targets = lora_target_modules(model, lc.target_modules, tower=tower, merger=merger)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} ({cfg.model.path})") from None
             model = get_peft_model(
                 model,
-                LoraConfig(
-                    r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules
-                ),
+                LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets),
             )
+    else:
+        freeze_vision(model, tower=tower, merger=merger)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         if cfg.finetune == "lora":
             model.enable_input_require_grads()
     model.train()
     return model, processor
+
+
+def make_optimizer(model: Any, cfg: SFTConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only: frozen vision parts and LoRA base weights are not in it."""
+    from firm.critic.sft_model import trainable_parameters
+
+    return torch.optim.AdamW(
+        trainable_parameters(model),
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
+    )
 
 
 def _unwrap(model: Any) -> Any:
@@ -300,12 +320,8 @@ def evaluate(
                 count += len(chunk)
         metrics["val/loss"] = total / max(count, 1)
         if cfg.eval.generate:
-            critic = Critic(
-                net,
-                processor,
-                max_pixels=cfg.model.max_pixels,
-                max_new_tokens=cfg.eval.max_new_tokens,
-                rubrics=collator.pack,
+            critic = Critic(  # pixel bounds: the processor's, which carry the recipe's (as the export will)
+                net, processor, max_new_tokens=cfg.eval.max_new_tokens, rubrics=collator.pack
             )
             requests = [
                 CriticRequest(
@@ -574,9 +590,7 @@ def train(cfg: SFTConfig) -> TrainResult:
         bf16 = env.bf16 = _use_bf16(cfg, env)
         model, processor = load_model(cfg, _param_dtype(cfg, bf16), ckpt.model_dir if ckpt else None)
         model.to(env.device)
-        collator = SFTCollator(
-            processor, ds, max_pixels=cfg.model.max_pixels, pack=pack, max_seq_len=cfg.data.max_seq_len
-        )
+        collator = SFTCollator(processor, ds, pack=pack, max_seq_len=cfg.data.max_seq_len)
         planner = None
         if packing:
             from firm.critic.packing import TokenBudgetPlanner, check_budget, measure_rows
@@ -597,14 +611,8 @@ def train(cfg: SFTConfig) -> TrainResult:
                     "token-budget micro-batches: %d train rows measured in %.1f s (longest %d tokens), budget %d",
                     len(sizes), time.perf_counter() - t_measure, max(z.tokens for z in sizes), budget,
                 )  # fmt: skip
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            params,
-            lr=cfg.optim.lr,
-            betas=cfg.optim.betas,
-            eps=cfg.optim.eps,
-            weight_decay=cfg.optim.weight_decay,
-        )
+        optimizer = make_optimizer(model, cfg)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         scheduler = _schedule(optimizer, cfg, total_steps)
         start_step = 0
         if ckpt is not None:

@@ -30,11 +30,42 @@ class ModelCfg(_Cfg):
         default="auto",
         description="parameter dtype; auto = bfloat16 when precision is bf16 on GPU, else float32",
     )
-    max_pixels: int | None = Field(default=None, description="cap on pixels per image (processor resize)")
+    max_pixels: int | None = Field(
+        default=None,
+        ge=1,
+        description="upper pixel bound per image; written into the critic's processor config (size.longest_edge), "
+        "so training, eval, export and serving size images by one rule (firm.images.pixel_rule); null: the base "
+        "processor's",
+    )
+    min_pixels: int | None = Field(
+        default=None,
+        ge=1,
+        description="lower pixel bound per image (size.shortest_edge), like max_pixels; null: the base processor's. "
+        "A rubric pack's own images.min_pixels / max_pixels take precedence, in training and serving alike",
+    )
+    freeze_vision_tower: bool = Field(
+        default=False,
+        description="keep the vision encoder (patch/position embeddings, blocks, Qwen3-VL's deepstack mergers) "
+        "fixed: no gradients, not in the optimizer, no LoRA adapters. LLaMA-Factory's default (freeze_vision_tower), "
+        "which the paper recipes set; false trains it",
+    )
+    freeze_merger: bool = Field(
+        default=False,
+        description="keep the vision-language merger (visual.merger, LLaMA-Factory's multi-modal projector) fixed; "
+        "LLaMA-Factory's default (freeze_multi_modal_projector), which the paper recipes set",
+    )
     gradient_checkpointing: bool = Field(
         default=False,
         description="activation checkpointing: recompute each layer in backward (memory for time)",
     )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ModelCfg:
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ConfigError(
+                f"model.min_pixels={self.min_pixels} is above model.max_pixels={self.max_pixels}"
+            )
+        return self
 
 
 class DataCfg(_Cfg):

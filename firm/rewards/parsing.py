@@ -4,11 +4,12 @@ Three answer formats (see `firm.rewards.rubrics`):
 
 - ``edit`` (execution / consistency): ``{"reasoning": "...", "score": [k]}``. Rules, in order: a JSON object (the
   first ``{`` that starts an object with a ``score`` key; code fences, surrounding prose, single quotes, curly quotes
-  and trailing commas are tolerated), ``score`` given as an int, a one-element list or a digit string; then a regex
-  fallback (``"score": [4]``, ``score: 4``, ``Score = 4/5``).
+  and trailing commas are tolerated), ``score`` given as an int, a list whose values agree (``[4]``, ``[4, 4]``) or a
+  digit string; then a regex fallback (``"score": [4]``, ``score: 4``, ``Score = 4/5``).
 - ``gen`` (instruction following): ``\\boxed{k}``, then ``Final Alignment Rating: k``, then the JSON rule, then a
   regex (``score: k`` / ``rating: k``).
-- ``quality``: a three-element list ``[aesthetics, technical, structure]`` from JSON, then a regex.
+- ``quality``: a three-element list ``[aesthetics, technical, structure]`` from JSON, then after a ``score:`` key,
+  then a bare ``[a, b, c]`` (rule ``list``).
 
 Full-width characters (``１２３``, ``：``, ``｛｝``) and curly quotes are folded to ASCII one character for one
 character, so every index into the folded text is an index into the original. ``ParseResult.score_spans`` are the
@@ -19,20 +20,43 @@ Scores outside 1..5 give ``out_of_range``; disagreeing answers (two different bo
 disagrees with the rating line, two JSON answers with different scores) and missing scores give ``unparseable``.
 A parse failure never becomes a score of 0: ``score`` is None unless ``status == "ok"``.
 
-Where FIRM's parser is deliberately stricter than the official reward servers' (read in FIRM-Reward's
-``editing/reward_server/reward_server_qwen3_vl_8b_sft.py`` and ``generation/flow_grpo/reward_model_server.py``):
+Agreement with the official extractors
+--------------------------------------
+The official FIRM-Reward servers read scores with ``_extract_score_and_reasoning`` (editing:
+``editing/reward_server/reward_server_qwen3_vl_8b_sft.py``; generation and quality:
+``generation/flow_grpo/reward_model_server.py``, with ``_extract_quality_score_and_reasoning``) and score an answer
+they cannot read as 0. FIRM reads the score they read from: a JSON object (fenced or inside prose), a list score
+(``[4]``, and ``[4, 4]``), a digit string, ``4.0``, a quoted ``"score": [k]`` outside JSON, ``\\boxed{k}`` /
+``\\boxed{[k]}`` / ``\\boxed{{k}}``, ``Final Alignment Rating: [k]``, ``Final Score: k``, a quality list after
+``"score":`` or bare (``[4, 5, 3]``), a nested ``{"answer": {"score": ...}}`` and agreeing duplicates; and it fails
+where they fail (0, 6, ``[]``, no score). Every remaining disagreement is deliberate and named here;
+tests/rewards/test_parsing.py::test_official_extractor_table pins each one against what the official code returns:
 
-- a non-integer score (``3.5``, a quality list with ``4.5``) is ``unparseable``; the official servers truncate it
-  (``int(3.5) == 3``), which biases every half score downwards and hides that the answer left the scale;
-- a number outside 1..5 is ``out_of_range``; the official fallback regex ``\\[?\\s*([1-5])`` reads ``10`` as ``1``;
-- disagreeing answers are ``unparseable``: two different ``\\boxed{}`` scores, or a ``\\boxed{}`` that contradicts
-  the ``Final Alignment Rating`` line; the official servers take the first match;
-- a failure is a status, never a 0: the official servers return score 0 for an unparsed answer (the RL reward then
-  follows from that 0); FIRM leaves the decision to the caller's parse-failure policy (the RL trainer's
-  ``official`` policy reproduces the official rewards).
+- ``several-scores``: a one-score answer whose list holds different values (``"score": [4, 5]``) is
+  ``unparseable``; the official extractors take the first value. Which of the two the critic meant is unknowable.
+  (The regex fallback for text that is not JSON reads single values only, so a broken-JSON ``"score": [4, 4]`` is
+  unparseable too, where the official regex reads 4.)
+- ``non-integer``: ``3.5`` (or a quality list with ``4.5``) is ``unparseable``; the official servers truncate it
+  (``int(3.5) == 3``), which biases every half score downwards and hides that the answer left the scale.
+- ``out-of-range``: a number outside 1..5 is ``out_of_range``; the official fallback regex ``\\[?\\s*([1-5])``
+  reads the first digit of ``10`` as 1 (and of ``45`` as 4).
+- ``boolean``: ``"score": true`` is ``unparseable``; the official check ``isinstance(score, (int, float))`` lets a
+  JSON ``true`` through as 1.
+- ``disagreeing-answers``: two JSON answers, two ``"score"`` keys, two ``\\boxed{}`` or a ``\\boxed{}`` and a
+  ``Final Alignment Rating`` that differ are ``unparseable``; the official servers take the first match.
+- ``quality-extra-values``: a quality list of four or more values is ``unparseable``; the official extractor scores
+  its first three.
+- ``lenient-forms``: FIRM reads a score the official extractors miss (they return 0) when the answer states it
+  plainly in another surface form: an unquoted key (``score: 4``, ``Rating: 3``), a sentence (``The score is 4.``),
+  ``Score = 2/5`` or a ``"4/5"`` string, single-quoted JSON, full-width digits (``［３］``), a ``"scores"`` key and
+  ``\\boxed{\\text{4}}``. A critic that wrote its score this way did judge; a 0 would punish the policy for the
+  critic's formatting.
 
-Accepted like the official servers: ``\\boxed{[k]}``, ``\\boxed{{k}}``, ``\\boxed{{[k]}}``, ``Final Alignment Rating:
-[k]``, a one-element score list, a digit string, and ``4.0`` for 4.
+A failure is a status, never a 0: FIRM leaves the decision to the caller's parse-failure policy, and the RL
+trainer's ``parse_failure=official`` gives a failed judgement the official servers' 0-score reward. Under that
+policy FIRM's rewards therefore equal the official trainers' except on the deliberate cases above: for
+``lenient-forms`` FIRM trains on the stated score instead of the failure value, for the others on the failure
+value instead of the score the official extractor picked.
 """
 
 from __future__ import annotations
@@ -324,14 +348,20 @@ def _digit_span(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 def _score_nodes(node: Any, n: int) -> list[_Scalar]:
-    """The scalar node(s) of a `score` value: an int/str for n == 1 (or a one-element list), a list of n otherwise."""
+    """The scalar node(s) of a `score` value: for n == 1 an int/str or a list whose values all agree (``[4]``,
+    ``[4, 4]``; the first is used), a list of n otherwise."""
     items = node if isinstance(node, list) else [node]
-    if len(items) != n:
-        what = "one score" if n == 1 else f"a list of {n} scores"
-        raise _Bad("unparseable", f"expected {what}, got {len(items)} value(s)")
     for it in items:
         if not isinstance(it, _Scalar):
             raise _Bad("unparseable", "score list contains a nested value")
+    if n == 1 and len(items) > 1:
+        values = sorted({_to_int(it.value) for it in items})
+        if len(values) > 1:
+            raise _Bad("unparseable", f"ambiguous: the score list holds different scores ({values})")
+        return items[:1]
+    if len(items) != n:
+        what = "one score" if n == 1 else f"a list of {n} scores"
+        raise _Bad("unparseable", f"expected {what}, got {len(items)} value(s)")
     return items
 
 
@@ -408,10 +438,17 @@ _QUALITY_LIST = re.compile(
     + r"""\s*["']?\s*\]""",
     re.IGNORECASE,
 )
-_BOXED = re.compile(  # also \boxed{[4]}, \boxed{{4}} and \boxed{{[4]}}, which the official reward servers accept
-    r"\\?boxed\s*\{+\s*(?:\\(?:text|mathbf|textbf)\s*\{\s*)?(?:\[\s*)?"
-    + _NUM
-    + r"\s*(?:/\s*5\s*)?(?:\]\s*)?\}+"
+_BARE_LIST = (
+    re.compile(  # a list of three numbers without a score key, the official quality extractor's last rule
+        r"""\[\s*["']?\s*""" + r"""\s*["']?\s*,\s*["']?\s*""".join([_NUM] * N_QUALITY) + r"""\s*["']?\s*\]"""
+    )
+)
+_BOXED = (
+    re.compile(  # also \boxed{[4]}, \boxed{{4}} and \boxed{{[4]}}, which the official reward servers accept
+        r"\\?boxed\s*\{+\s*(?:\\(?:text|mathbf|textbf)\s*\{\s*)?(?:\[\s*)?"
+        + _NUM
+        + r"\s*(?:/\s*5\s*)?(?:\]\s*)?\}+"
+    )
 )
 _RATING_LINE = re.compile(r"final\s+alignment\s+rating\s*\*{0,2}\s*:?\s*\*{0,2}\s*" + _NUM, re.IGNORECASE)
 
@@ -541,7 +578,9 @@ def parse_quality(text: str) -> ParseResult:
     if got is not None:
         scores, spans, reasoning, _ = got
         return _ok(scores, spans, "json", reasoning)
-    matches = list(_QUALITY_LIST.finditer(t))
+    rule, matches = "regex", list(_QUALITY_LIST.finditer(t))
+    if not matches:
+        rule, matches = "list", list(_BARE_LIST.finditer(t))
     if not matches:
         return _fail("unparseable", f"no list of {N_QUALITY} scores found", reasoning=_strip_fences(text))
     try:
@@ -551,10 +590,10 @@ def parse_quality(text: str) -> ParseResult:
         scores = list(triples[-1])
         _check_range(scores)
     except _Bad as e:
-        return _fail(e.status, e.detail, "regex")
+        return _fail(e.status, e.detail, rule)
     last = matches[-1]
     spans = [_digit_span(t, last.start(k), last.end(k)) for k in range(1, N_QUALITY + 1)]
-    return _ok(scores, spans, "regex", _regex_reasoning(t, text) or _strip_fences(text[: matches[0].start()]))
+    return _ok(scores, spans, rule, _regex_reasoning(t, text) or _strip_fences(text[: matches[0].start()]))
 
 
 _PARSERS = {"edit": parse_edit, "gen": parse_gen, "quality": parse_quality}

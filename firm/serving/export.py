@@ -42,6 +42,11 @@ checked structurally by tests/serving/test_export.py)::
   `firm_edit_reward` / `firm_gen_reward` keep the same tensors as the python engine and call it through BLS, so
   `RewardClient` and the RL trainer need no change. Extra engine args: `ExportConfig.vllm_engine_args` (e.g.
   `tensor_parallel_size`); `disable_log_requests` in the defaults may need removing on vLLM releases that dropped it.
+- Image sizing: the reward models fit every image with the critic's pixel rule before sending it
+  (`firm.serving.backend.vllm_critic.render_request`, the in-process critic's rule). `mm_processor_kwargs.size`
+  (`vllm_processor_kwargs`) then spans every rubric's bounds, so vLLM's own pass through the critic's processor leaves
+  the fitted images as they are instead of enlarging small ones to the processor's default minimum (65536 pixels
+  for Qwen3-VL) — vLLM hands these kwargs to the HF processor call; not exercised on CPU CI.
 """
 
 from __future__ import annotations
@@ -252,7 +257,9 @@ def _write_python_model(
 PROMPT_ROOM = 8192  # tokens for the rubric text and two images at the processor's pixel bounds
 
 
-def vllm_engine_args(cfg: ExportConfig, model_path: str, pack: RubricPack) -> dict[str, object]:
+def vllm_engine_args(
+    cfg: ExportConfig, model_path: str, pack: RubricPack, source: Path | None = None
+) -> dict[str, object]:
     """Engine args for Triton's vLLM backend (model.json): the critic judges one image pair per prompt, and the
     context fits the prompt plus the longest answer the pack allows (the official generation budget is 8192)."""
     longest = cfg.max_new_tokens or max(r.generation.max_new_tokens for r in pack.rubrics)
@@ -266,13 +273,36 @@ def vllm_engine_args(cfg: ExportConfig, model_path: str, pack: RubricPack) -> di
         "enforce_eager": False,
         "trust_remote_code": False,
     }
-    if cfg.max_pixels:
-        args["mm_processor_kwargs"] = {"max_pixels": cfg.max_pixels}
+    kwargs = vllm_processor_kwargs(cfg, pack, source)
+    if kwargs:
+        args["mm_processor_kwargs"] = kwargs
     args.update(cfg.vllm_engine_args)
     return args
 
 
-def _write_vllm_critic(root: Path, cfg: ExportConfig, model_path: str, pack: RubricPack) -> None:
+def vllm_processor_kwargs(cfg: ExportConfig, pack: RubricPack, source: Path | None) -> dict[str, object]:
+    """Processor kwargs for vLLM: `size` bounds that hold every image the reward models fit (the loosest of the
+    pack's rubrics under `firm.critic.critic.rubric_pixel_rule`), read from the critic's processor in `source`.
+    Without a local critic (a Hugging Face id) only an explicit `max_pixels` can be passed (empty when none)."""
+    if source is None:
+        return {"max_pixels": cfg.max_pixels} if cfg.max_pixels else {}
+    from transformers import AutoConfig
+
+    from firm.critic.critic import load_processor, rubric_pixel_rule
+
+    processor = load_processor(str(source), AutoConfig.from_pretrained(source).model_type)
+    rules = [rubric_pixel_rule(processor, r, cfg.max_pixels) for r in pack.rubrics if r.role == "student"]
+    return {
+        "size": {
+            "shortest_edge": min(r.min_pixels for r in rules),
+            "longest_edge": max(r.max_pixels for r in rules),
+        }
+    }
+
+
+def _write_vllm_critic(
+    root: Path, cfg: ExportConfig, model_path: str, pack: RubricPack, source: Path | None
+) -> None:
     d = root / CRITIC.name
     (d / "1").mkdir(parents=True, exist_ok=True)
     # The vLLM backend declares its own tensors (text_input, image, sampling_parameters, … → text_output), is
@@ -296,7 +326,8 @@ def _write_vllm_critic(root: Path, cfg: ExportConfig, model_path: str, pack: Rub
             decoupled=True,
         )
     )
-    (d / "1" / "model.json").write_text(json.dumps(vllm_engine_args(cfg, model_path, pack), indent=2) + "\n")
+    args = vllm_engine_args(cfg, model_path, pack, source)
+    (d / "1" / "model.json").write_text(json.dumps(args, indent=2) + "\n")
 
 
 def build_repository(cfg: ExportConfig, out_dir: Path) -> Path:
@@ -324,7 +355,7 @@ def build_repository(cfg: ExportConfig, out_dir: Path) -> Path:
         model_path = (
             f"{cfg.vllm_models_root.rstrip('/')}/{weights_ref}" if critic_ref == weights_ref else critic_ref
         )
-        _write_vllm_critic(out_dir, cfg, model_path, pack)
+        _write_vllm_critic(out_dir, cfg, model_path, pack, src)
         for spec in reward_models:  # python models that call the vLLM critic through BLS
             _write_python_model(out_dir, spec, cfg, critic_ref, cfg.batching.max_batch_size, pack)
     else:

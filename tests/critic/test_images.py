@@ -1,4 +1,5 @@
-"""Loading critic images: every source kind, and clear errors for everything that is not a usable picture."""
+"""Loading critic images: every source kind, and clear errors for everything that is not a usable picture; the one
+resize rule (`firm.images.pixel_rule`) read from a Qwen3-VL processor config."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from firm.errors import InputError
-from firm.images import fit_pixels, load_image
+from firm.errors import ConfigError, InputError
+from firm.images import PixelRule, fit_pixels, load_image, pixel_rule, processor_pixel_rule
 from firm.models.images import png_bytes, shapes_image
 
 
@@ -93,10 +94,71 @@ def test_fit_pixels_keeps_aspect_and_budget() -> None:
     assert w * h <= 112 * 112 and w % 28 == 0 and h % 28 == 0
     assert abs(w / h - 3.0) < 0.6
     small = Image.new("RGB", (56, 84))
-    assert fit_pixels(small, max_pixels=112 * 112) is small  # aligned and within budget: untouched
-    tiny = fit_pixels(Image.new("RGB", (5, 7)), max_pixels=112 * 112)
+    assert fit_pixels(small, 112 * 112, 28) is small  # aligned and within budget: untouched
+    tiny = fit_pixels(Image.new("RGB", (5, 7)), 112 * 112, 28)
     assert tiny.size[0] >= 28 and tiny.size[1] >= 28
     with pytest.raises(InputError, match="aspect ratio"):
-        fit_pixels(Image.new("RGB", (2000, 3)), max_pixels=112 * 112)
+        fit_pixels(Image.new("RGB", (2000, 3)), 112 * 112, 28)
     with pytest.raises(InputError, match="below one 28x28 patch"):
-        fit_pixels(small, max_pixels=100)
+        fit_pixels(small, 100, 28)
+
+
+def _saved_image_processor(tmp_path: Path, config: dict[str, object]) -> object:
+    """An image processor loaded the way transformers loads a checkpoint's preprocessor_config.json."""
+    import json
+
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    return Qwen2VLImageProcessorPil.from_pretrained(tmp_path)
+
+
+# Qwen/Qwen3-VL-8B-Instruct's preprocessor_config.json (its image part)
+QWEN3_VL_8B = {
+    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "image_processor_type": "Qwen2VLImageProcessorFast",
+}
+
+
+def test_the_rule_comes_from_the_processor_config(tmp_path: Path) -> None:
+    """Factor and bounds are the model's (Qwen3-VL: 16 × 2 = 32; 65536..16777216 pixels), never FIRM constants;
+    one resize reaches the sizes the processor itself would produce, so it never resizes a fitted image again."""
+    ip = _saved_image_processor(tmp_path, QWEN3_VL_8B)
+    assert processor_pixel_rule(ip) == PixelRule(factor=32, min_pixels=65536, max_pixels=16777216)
+    served = pixel_rule(ip)
+    assert served.size(1920, 1080) == (1920, 1088)
+    recipe = pixel_rule(ip, budget=1003520)  # the paper recipes' model.max_pixels
+    assert recipe.size(1920, 1080) == (1312, 736)  # was 1316×728 (factor 28), then 1312×736 by the processor
+    assert recipe.size(1024, 1024) == (992, 992)  # was 980² (factor 28), then 992² by the processor
+    assert served.size(200, 150) == (320, 224)  # the processor's own minimum enlarges a small image
+    assert pixel_rule(ip, min_pixels=1).size(200, 150) == (
+        192,
+        160,
+    )  # a rubric's lower bound (firm-v1) does not
+    for rule in (served, recipe, pixel_rule(ip, min_pixels=1)):
+        for w, h in ((480, 270), (700, 700), (200, 150), (33, 1500)):
+            fitted = rule.fit(Image.new("RGB", (w, h)))
+            assert fitted.size == rule.size(w, h) and rule.size(*fitted.size) == fitted.size  # a fixed point
+            # what the processor makes of the fitted image under the rule's size: the same grid, no second resize
+            out = ip(fitted, size=rule.processor_size(), return_tensors="np")
+            assert out["image_grid_thw"].tolist() == [[1, fitted.size[1] // 16, fitted.size[0] // 16]]
+            assert rule.image_tokens(w, h) == (fitted.size[0] // 32) * (fitted.size[1] // 32)
+
+
+def test_legacy_min_max_pixels_configs_and_bad_processors(tmp_path: Path) -> None:
+    legacy = {k: v for k, v in QWEN3_VL_8B.items() if k != "size"} | {
+        "min_pixels": 3136,
+        "max_pixels": 1003520,
+    }
+    ip = _saved_image_processor(tmp_path, legacy)
+    assert processor_pixel_rule(ip) == PixelRule(factor=32, min_pixels=3136, max_pixels=1003520)
+    assert pixel_rule(ip, max_pixels=50_000, min_pixels=10).min_pixels == 32 * 32  # never below one cell
+    with pytest.raises(ConfigError, match="below one 32x32 patch"):
+        pixel_rule(ip, budget=1000)
+    with pytest.raises(ConfigError, match="no patch_size/merge_size"):
+        processor_pixel_rule(object())

@@ -303,3 +303,95 @@ def test_quality_range(triple: list[int], reason: str) -> None:
         assert [text[a:b] for a, b in r.score_spans] == [str(s) for s in triple]
     else:
         assert r.status == "out_of_range" and r.score is None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Against the official FIRM-Reward extractors
+
+# (format, critic text, what the official extractor returns, what FIRM returns, deliberate-difference name or None).
+# "official": the score of `_extract_score_and_reasoning` in FIRM-Reward's editing/reward_server/
+# reward_server_qwen3_vl_8b_sft.py (edit) and generation/flow_grpo/reward_model_server.py (gen; quality via
+# `_extract_quality_score_and_reasoning`, its sub-scores), read and run at commit ba4149389e8902b91817fbccce90a4e3cf9f7605;
+# None: no score (the servers then score 0). "firm": the parsed score, or the failure status.
+OFFICIAL: list[tuple[str, str, object, object, str | None]] = [
+    # ---------------- agreements
+    ("edit", '{"reasoning": "done", "score": [4]}', 4, 4, None),
+    ("edit", '{"reasoning": "done", "score": 4}', 4, 4, None),
+    ("edit", '{"reasoning": "done", "score": "4"}', 4, 4, None),
+    ("edit", '{"reasoning": "done", "score": [4.0]}', 4, 4, None),
+    ("edit", '```json\n{"reasoning": "done", "score": [5]}\n```', 5, 5, None),
+    ("edit", '{"reasoning": "ok", "score": [4, 4]}', 4, 4, None),
+    ("edit", '"score": [3]', 3, 3, None),
+    ("edit", '{"reasoning": "ok", "score": [4],}', 4, 4, None),
+    ("edit", '{"score": [3]} {"score": [3]}', 3, 3, None),
+    ("edit", '{"answer": {"reasoning": "nested", "score": [4]}}', 4, 4, None),
+    ("edit", '{"reasoning": "ok", "score": [0]}', None, "out_of_range", None),
+    ("edit", '{"reasoning": "ok", "score": [6]}', None, "out_of_range", None),
+    ("edit", '{"reasoning": "ok", "score": []}', None, "unparseable", None),
+    ("edit", '{"reasoning": "I cannot judge"}', None, "unparseable", None),
+    ("gen", "Final Alignment Rating: 4\n\\boxed{4}", 4, 4, None),
+    ("gen", "**Final Alignment Rating: [4]**", 4, 4, None),
+    ("gen", "\\boxed{[3]}", 3, 3, None),
+    ("gen", "\\boxed{{3}}", 3, 3, None),
+    ("gen", "Final Score: 3", 3, 3, None),
+    ("gen", '{"reasoning": "ok", "score": 3}', 3, 3, None),
+    ("gen", "\\boxed{4.5}", None, "unparseable", None),
+    ("quality", '{"reasoning": "ok", "score": [4, 5, 3]}', [4, 5, 3], [4, 5, 3], None),
+    ("quality", '{"reasoning": "ok", "score": ["4", "5", "3"]}', [4, 5, 3], [4, 5, 3], None),
+    ("quality", "Scores: [4, 5, 3]", [4, 5, 3], [4, 5, 3], None),
+    ("quality", "[4, 5, 3]", [4, 5, 3], [4, 5, 3], None),
+    ("quality", "aesthetics 4, quality 5, structure 3: [4, 5, 3]", [4, 5, 3], [4, 5, 3], None),
+    ("quality", '{"reasoning": "ok", "score": [4, 6, 3]}', None, "out_of_range", None),
+    ("quality", '{"reasoning": "ok", "score": [4, 5]}', None, "unparseable", None),
+    # ---------------- deliberate differences (named in firm.rewards.parsing's docstring)
+    ("edit", '{"reasoning": "ok", "score": [4, 5]}', 4, "unparseable", "several-scores"),
+    ("gen", '{"reasoning": "ok", "score": [4, 5]}', 4, "unparseable", "several-scores"),
+    ("edit", 'reasoning: fine\n"score": [4, 4]', 4, "unparseable", "several-scores"),
+    ("edit", '{"reasoning": "ok", "score": 3.5}', 3, "unparseable", "non-integer"),
+    ("quality", '{"reasoning": "ok", "score": [4.5, 4, 3]}', [4, 4, 3], "unparseable", "non-integer"),
+    ("edit", '{"reasoning": "ok", "score": [10]}', 1, "out_of_range", "out-of-range"),
+    ("edit", '{"reasoning": "ok", "score": 45}', 4, "out_of_range", "out-of-range"),
+    ("gen", "Final Alignment Rating: 10", 1, "out_of_range", "out-of-range"),
+    ("edit", '{"reasoning": "ok", "score": true}', 1, "unparseable", "boolean"),
+    ("edit", '{"score": [3]} {"score": [4]}', 3, "unparseable", "disagreeing-answers"),
+    ("edit", '"score": 3 and later "score": 4', 3, "unparseable", "disagreeing-answers"),
+    ("gen", "\\boxed{4}\nFinal Alignment Rating: 3", 4, "unparseable", "disagreeing-answers"),
+    ("gen", "\\boxed{4} ... \\boxed{2}", 4, "unparseable", "disagreeing-answers"),
+    ("quality", "[4, 5, 3] and [2, 2, 2]", [4, 5, 3], "unparseable", "disagreeing-answers"),
+    ("quality", '{"score": [4, 5, 3]} {"score": [2, 2, 2]}', [4, 5, 3], "unparseable", "disagreeing-answers"),
+    (
+        "quality",
+        '{"reasoning": "ok", "score": [4, 5, 3, 2]}',
+        [4, 5, 3],
+        "unparseable",
+        "quality-extra-values",
+    ),
+    ("edit", "The score is 4.", None, 4, "lenient-forms"),
+    ("edit", "score: 4", None, 4, "lenient-forms"),
+    ("edit", "Score = 2/5", None, 2, "lenient-forms"),
+    ("edit", "{'reasoning': 'ok', 'score': [4]}", None, 4, "lenient-forms"),
+    ("edit", '{"reasoning": "ok", "score": [３]}', None, 3, "lenient-forms"),
+    ("edit", '{"reasoning": "ok", "scores": [4]}', None, 4, "lenient-forms"),
+    ("edit", '{"reasoning": "ok", "score": "4/5"}', None, 4, "lenient-forms"),
+    ("gen", "\\boxed{\\text{4}}", None, 4, "lenient-forms"),
+    ("gen", "The rating is 4.", None, 4, "lenient-forms"),
+]
+
+
+@pytest.mark.parametrize("case", OFFICIAL, ids=[f"{c[0]}-{c[4] or 'same'}-{c[1][:30]!r}" for c in OFFICIAL])
+def test_official_extractor_table(case: tuple[str, str, object, object, str | None]) -> None:
+    """FIRM reads what the official extractors read, except where the difference is deliberate and named in the
+    parser's docstring; a failure matches the official "no score" (the servers' 0)."""
+    import firm.rewards.parsing as parsing
+
+    fmt, text, official, firm, deliberate = case
+    got = parse_answer(fmt, text)  # type: ignore[arg-type]
+    assert (got.score if got.ok else got.status) == firm
+    same = got.score == official if got.ok else official is None
+    if deliberate is None:
+        assert same, f"FIRM disagrees with the official extractor on {text!r} without a named reason"
+    else:
+        assert not same, (
+            f"{deliberate}: no longer a difference on {text!r}; drop it from the docstring and table"
+        )
+        assert f"``{deliberate}``" in (parsing.__doc__ or "")

@@ -131,6 +131,9 @@ def test_vllm_variant_is_structurally_valid(tmp_path: Path, tiny_critic_dir: Pat
     engine = json.loads((repo / "firm_critic" / "1" / "model.json").read_text())
     assert engine["model"] == "/models/firm_critic/1/critic" and engine["tensor_parallel_size"] == 2
     assert engine["limit_mm_per_prompt"] == {"image": 2} and engine["dtype"] == "bfloat16"
+    # vLLM's processor pass keeps the images the reward models fitted: its size spans every rubric's bounds (firm-v1:
+    # one 28×28 cell, no enlarging, up to the tiny processor's 112×112), never its own default minimum
+    assert engine["mm_processor_kwargs"] == {"size": {"shortest_edge": 28 * 28, "longest_edge": 112 * 112}}
     # room for the prompt and the pack's longest answer (firm-v1: 1024 tokens for gen/instruction)
     assert engine["max_model_len"] == 8192 + max(r.generation.max_new_tokens for r in load_pack().rubrics)
     assert (repo / "firm_critic" / "1" / "critic" / "config.json").exists()

@@ -98,7 +98,7 @@ def test_measured_lengths_equal_the_collated_rows(tiny_critic_dir: Path, mixed_d
     ds = read_sft_dataset(str(mixed_dataset))
     processor = load_processor(str(tiny_critic_dir), AutoConfig.from_pretrained(tiny_critic_dir).model_type)
     rows = [ds.rows[0], ds.rows[1], ds.rows[-1], ds.rows[-2]]  # edits and gens
-    for max_pixels in (None, 28 * 28 * 2):  # the processor's own resize, then FIRM's fit_pixels first
+    for max_pixels in (None, 28 * 28 * 2):  # the processor's bounds, then an explicit budget (one pixel rule)
         collator = SFTCollator(processor, ds, max_pixels=max_pixels)
         encoded = [collator.encode(r) for r in rows]
         want = [

@@ -36,15 +36,13 @@ def render_request(
 ) -> tuple[str, list[bytes]]:
     """(prompt text, base64 PNG images in placeholder order) for one `CriticRequest`, laid out by the pack's
     rubric exactly as the in-process critic lays it out (codec, pixel bounds, message layout)."""
-    from firm.critic.critic import pixel_bounds, processor_pixel_bounds
+    from firm.critic.critic import rubric_pixel_rule
     from firm.critic.messages import build_messages, encode_images, message_images, render_prompt
-    from firm.images import fit_pixels
     from firm.rubric_store import load_pack
 
     rubric = load_pack(pack).get(req.task, req.axis, "student")
-    factor, proc_lo, proc_hi = processor_pixel_bounds(processor)
-    lo, hi = pixel_bounds(rubric, factor, proc_lo, proc_hi, max_pixels)
-    images = [fit_pixels(im, hi, factor, min_pixels=lo) for im in encode_images(rubric, req.images)]
+    rule = rubric_pixel_rule(processor, rubric, max_pixels)
+    images = [rule.fit(im) for im in encode_images(rubric, req.images)]
     messages = build_messages(rubric, images, **req.fields())
     return render_prompt(processor, messages), [_b64_png(im) for im in message_images(messages)]
 
@@ -101,7 +99,10 @@ class VllmCritic:
                 text += b"".join(bytes(x) for x in out.as_numpy().reshape(-1)).decode("utf-8", "replace")
         parsed = parse_answer(self.pack.get(req.task, req.axis).answer_format, text)
         # the engine returns text only: an unparsed answer as long as the budget was cut off there
-        if not parsed.ok and len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) >= budget:
+        if (
+            not parsed.ok
+            and len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) >= budget
+        ):
             parsed = parsed.model_copy(update={"status": "truncated"})
         return Judgement(
             task=req.task,
