@@ -22,6 +22,11 @@ PYTEST_ARGS ?=
 # in collection order (--no-loadscope-reorder: xdist would otherwise sort files by their number of tests, which put
 # the longest files last) — tests/conftest.py collects the longest files first (BENCHMARKS.md, test suite).
 PYTEST_WORKERS ?= 2
+# Python may cache bytecode (__pycache__, ignored by git) even where the environment says not to: uv installs without
+# .pyc files, and the suite starts hundreds of Python processes (CLI calls, torchrun ranks, KFP local-runner steps),
+# each of which would otherwise compile what it imports from source again (importing DeepSpeed, KFP, tritonclient
+# and boto3 took 8.5 s instead of 4.7 s on this project's 2-core machine; BENCHMARKS.md, test suite).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install test quickstart lint fmt clean images images-push manifests bench
 

@@ -20,7 +20,8 @@ from firm.critic.sft_config import SFTConfig
 from firm.errors import ConfigError, InputError
 from tests.sft.helpers import read_metrics, sft_config, train_losses, write_config
 
-LEARN_STEPS = 240  # the red-square count is learned at ~200 steps of batch 8 (lr 1e-3, constant, 112 px)
+LEARN_STEPS = 160  # the red-square count is learned by ~160 steps of batch 8 (lr 1e-3, constant, 112 px): val MAE
+# 0.35 against the constant guess's 1.95 (120 steps at lr 2e-3: the loss falls but the count is not learned)
 LEARN = {"max_steps": LEARN_STEPS, "optim__lr": 1e-3, "log_every": 1}
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,7 +62,7 @@ def learned(
     """ONE single-process learning run, shared by the learning, checkpoint, export and resume tests."""
     tmp = tmp_path_factory.mktemp("learn")
     cfg = sft_config(
-        tiny_critic_dir, sft_dataset, tmp, run_name="learn", checkpoint__every_n_steps=100, **LEARN
+        tiny_critic_dir, sft_dataset, tmp, run_name="learn", checkpoint__every_n_steps=60, **LEARN
     )  # fmt: skip
     return train(SFTConfig.model_validate(cfg)), cfg
 
@@ -101,15 +102,11 @@ def test_checkpoints_are_published_and_pruned(learned: tuple[TrainResult, dict[s
 
     result, cfg = learned
     root = cfg["checkpoint"]["uri"]
-    assert [c.rsplit("/", 1)[-1] for c in result.checkpoints] == [
-        "step-100",
-        "step-200",
-        f"step-{LEARN_STEPS}",
-    ]
+    assert [c.rsplit("/", 1)[-1] for c in result.checkpoints] == ["step-60", "step-120", f"step-{LEARN_STEPS}"]
     assert latest(root) == f"{root}/step-{LEARN_STEPS}"
     local = Path(root.removeprefix("file://"))
-    assert sorted(p.name for p in local.iterdir()) == ["step-200", f"step-{LEARN_STEPS}"]  # keep_last 2
-    files = {f.path for f in read_manifest(f"{root}/step-200").files}
+    assert sorted(p.name for p in local.iterdir()) == ["step-120", f"step-{LEARN_STEPS}"]  # keep_last 2
+    files = {f.path for f in read_manifest(f"{root}/step-120").files}
     assert {
         "model/model.safetensors",
         "optimizer.pt",
@@ -117,8 +114,8 @@ def test_checkpoints_are_published_and_pruned(learned: tuple[TrainResult, dict[s
         "rng.pt",
         "trainer_state.json",
     } <= files
-    state = json.loads((local / "step-200" / "trainer_state.json").read_text())
-    assert state["step"] == 200 and state["world_size"] == 1 and state["global_batch"] == 8
+    state = json.loads((local / "step-120" / "trainer_state.json").read_text())
+    assert state["step"] == 120 and state["world_size"] == 1 and state["global_batch"] == 8
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(
