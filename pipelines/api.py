@@ -4,11 +4,19 @@ Parameters are given as `key=value` strings and checked against the pipeline's d
 compiles or is submitted: an unknown name, a value that is not of the declared type (int, float, bool, list, str),
 a `*_recipe` that is neither a shipped recipe nor a file/URI, or `dataset_source=curate-edit|curate-gen` without
 the `curation_*` parameters it needs is one `ConfigError` naming the parameter.
+
+On a cluster: the client sends a bearer token when it has one (`KFP_TOKEN`, else the projected ServiceAccount token
+at `KF_PIPELINES_SA_TOKEN_PATH`, default /var/run/secrets/kubeflow/pipelines/token) and, when the KFP API reports
+multi-user mode, names the profile namespace of experiments and runs. Uploads compile the pipelines from the current
+settings (images, node pools, Secret and ServiceAccount names: what the Helm chart's settings ConfigMap holds) and
+refuse a KFP older than `MIN_KFP_VERSION` when the endpoint reports its version.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +26,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from firm.errors import ConfigError, FirmError
+from firm.launch.kfp_run import MIN_KFP_VERSION
 from pipelines.local_view import StageResult
 
 COMPILED_DIR = Path(__file__).parent / "compiled"
@@ -255,26 +264,110 @@ def _stage_names(pipeline: Any) -> dict[str, str]:
     return out
 
 
-def _client(host: str) -> Any:
-    import warnings
+SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"  # kfp's KF_PIPELINES_SA_TOKEN_PATH default
 
-    import kfp
 
+def kfp_token() -> str | None:
+    """The bearer token for the KFP API: `KFP_TOKEN`, else the projected ServiceAccount token file (in a pod)."""
+    if token := os.environ.get("KFP_TOKEN", "").strip():
+        return token
+    path = Path(os.environ.get("KF_PIPELINES_SA_TOKEN_PATH", SA_TOKEN_PATH))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # kfp's "only works with KFP v2" FutureWarning on every client
-            client = kfp.Client(host=host)
-        client.list_experiments(page_size=1)  # reach the API before anything is uploaded
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+class KfpServer(BaseModel):
+    multi_user: bool = False
+    version: str | None = None
+
+
+def server_info(host: str, token: str | None = None) -> KfpServer:
+    """Healthz of the KFP endpoint: multi-user mode and, where it says, the KFP release. The API server's v2beta1
+    healthz only has `multi_user` (and `pipeline_store`; kubeflow/pipelines backend/api/v2beta1/healthz.proto); the
+    KFP UI in front of it (the usual endpoint, e.g. Kubeflow's `/pipeline`) adds its release as `frontendTagName`
+    (frontend/server/handlers/healthz.ts); releases before 2.0 answered `tag_name`."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{host.rstrip('/')}/apis/v2beta1/healthz")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            body = json.loads(resp.read() or b"{}")
     except Exception as exc:
         raise PipelineError(
             f"cannot reach Kubeflow Pipelines at {host}: {' '.join(str(exc).split())[:200]}"
         ) from None
-    return client
+    version = body.get("frontendTagName") or body.get("apiServerTagName") or body.get("tag_name") or None
+    return KfpServer(multi_user=bool(body.get("multi_user")), version=version)
 
 
-def _upload(client: Any, name: str, path: Path) -> tuple[str, str]:
-    """(pipeline id, version id): the pipeline `firm-<name>` created or reused, a version named by content hash."""
+def _older(version: str, minimum: str) -> bool | None:
+    import re
+
+    def parse(v: str) -> tuple[int, ...] | None:
+        m = re.match(r"^v?(\d+)\.(\d+)(?:\.(\d+))?", v.strip())
+        return tuple(int(x or 0) for x in m.groups()) if m else None
+
+    have, need = parse(version), parse(minimum)
+    return None if have is None or need is None else have < need
+
+
+def check_version(host: str, version: str | None, console: Console | None = None) -> None:
+    """Refuse a KFP older than `MIN_KFP_VERSION` (one line); say so on stderr when its version is unknown."""
+    if version and _older(version, MIN_KFP_VERSION):
+        raise PipelineError(
+            f"Kubeflow Pipelines {version} at {host} is older than {MIN_KFP_VERSION}, the oldest KFP backend that "
+            f"runs FIRM's compiled pipelines; upgrade Kubeflow Pipelines"
+        )
+    if not version:
+        (console or Console(stderr=True)).print(
+            f"note: {host} does not report its KFP version; FIRM's pipelines need Kubeflow Pipelines >= "
+            f"{MIN_KFP_VERSION} (state it with --kfp-version to check)",
+            highlight=False,
+        )
+
+
+class KfpSession(BaseModel):
+    model_config = {"arbitrary_types_allowed": True}
+
+    client: Any
+    namespace: str | None = None  # the profile namespace in multi-user mode, else None
+    server: KfpServer
+
+
+def _client(host: str, namespace: str | None = None, kfp_version: str | None = None) -> KfpSession:
+    import warnings
+
+    import kfp
+
+    from firm.config import get_settings
+
+    token = kfp_token()
+    server = server_info(host, token)
+    if kfp_version:
+        server.version = kfp_version
+    check_version(host, server.version)
+    ns = (namespace or get_settings().namespace) if server.multi_user else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # kfp's "only works with KFP v2" FutureWarning on every client
+            client = kfp.Client(host=host, existing_token=token, namespace=ns or "kubeflow")
+        client.list_experiments(page_size=1, namespace=ns)  # reach the API before anything is uploaded
+    except Exception as exc:
+        raise PipelineError(
+            f"cannot reach Kubeflow Pipelines at {host}: {' '.join(str(exc).split())[:200]}"
+        ) from None
+    return KfpSession(client=client, namespace=ns, server=server)
+
+
+def _upload(client: Any, name: str, path: Path, label: str | None = None) -> tuple[str, str]:
+    """(pipeline id, version id): the pipeline `firm-<name>` created or reused, a version named by content hash
+    (prefixed by `label`, e.g. the chart version and values hash, so an upgrade makes a new version)."""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    digest = f"{label}-{digest}" if label else digest
     display = "firm" if name == "firm" else f"firm-{name}"
     pid = client.get_pipeline_id(display)
     if pid is None:
@@ -288,13 +381,35 @@ def _upload(client: Any, name: str, path: Path) -> tuple[str, str]:
     return pid, v.pipeline_version_id
 
 
-def upload_all(host: str, compiled_dir: str | Path = COMPILED_DIR) -> dict[str, tuple[str, str]]:
-    client = _client(host)
-    return {n: _upload(client, n, Path(compiled_dir) / f"{n}.yaml") for n in NAMES}
+def upload_all(
+    host: str,
+    compiled_dir: str | Path | None = None,
+    *,
+    label: str | None = None,
+    namespace: str | None = None,
+    kfp_version: str | None = None,
+) -> dict[str, tuple[str, str]]:
+    """Upload every pipeline: compiled now from the current settings (what the cluster's settings ConfigMap says:
+    images, pools, Secret and ServiceAccount names), or the files in `compiled_dir`."""
+    import tempfile
+
+    session = _client(host, namespace, kfp_version)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(compiled_dir) if compiled_dir is not None else Path(tmp)
+        if compiled_dir is None:
+            compile_all(src)
+        return {n: _upload(session.client, n, src / f"{n}.yaml", label) for n in NAMES}
 
 
 def submit(
-    name: str, params: list[str], *, host: str, experiment: str = "firm", service_account: str | None = None
+    name: str,
+    params: list[str],
+    *,
+    host: str,
+    experiment: str = "firm",
+    service_account: str | None = None,
+    namespace: str | None = None,
+    kfp_version: str | None = None,
 ) -> str:
     """Upload (or reuse) the pipeline version and start a run; returns the run's URL in the KFP UI."""
     import tempfile
@@ -302,11 +417,12 @@ def submit(
     from firm.config import get_settings
 
     args = validate_params(name, params)
-    client = _client(host)
+    session = _client(host, namespace, kfp_version)
+    client = session.client
     with tempfile.TemporaryDirectory() as tmp:
         path = compile_pipeline(name, tmp)
         pid, vid = _upload(client, name, path)
-    exp = client.create_experiment(experiment)
+    exp = client.create_experiment(experiment, namespace=session.namespace)
     run = client.run_pipeline(
         experiment_id=exp.experiment_id,
         job_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",

@@ -4,7 +4,9 @@ Everything comes from the same settings `firmctl job` uses (`firm.launch.cluster
 node selector (+ accelerator label), tolerations, accelerator type and limit; the object-store credentials and the
 HF token come from the Secrets the cluster settings name, the other `FIRM_*` settings from the settings ConfigMap;
 GPU steps get a memory-backed `/dev/shm`. Every pod is labelled as part of FIRM (the object store's NetworkPolicy
-admits FIRM's pods) and, where it calls the reward service, as a reward client.
+admits FIRM's pods) and, where it calls the reward service, as a reward client; it pulls its image with the cluster
+settings' `image_pull_secrets` and opts out of Istio sidecar injection (`sidecar.istio.io/inject: "false"`: in a
+multi-user Kubeflow profile namespace an injected sidecar keeps a finished step's pod running).
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ def place(task: PipelineTask, p: Placement) -> PipelineTask:
             )
     kubernetes.add_pod_label(task, "app.kubernetes.io/name", "firm")
     kubernetes.add_pod_label(task, "app.kubernetes.io/component", "pipeline-step")
+    kubernetes.add_pod_label(task, "sidecar.istio.io/inject", "false")
+    kubernetes.add_pod_annotation(task, "sidecar.istio.io/inject", "false")
+    if cluster.image_pull_secrets:
+        kubernetes.set_image_pull_secrets(task, list(cluster.image_pull_secrets))
     if p.reward_client:
         kubernetes.add_pod_label(task, "firm.dev/reward-client", "true")
     kubernetes.set_image_pull_policy(task, "IfNotPresent")

@@ -430,6 +430,8 @@ def analyse(c: Command, workspace: Path, unavailable: set[str]) -> Analysis:
                     hit("trains", "a local training job")
             if path in (["pipeline", "submit"], ["pipeline", "upload"]):
                 hit("cluster", f"firmctl pipeline {path[1]}: a KFP host")
+            if path[:1] == ["cluster"]:
+                hit("cluster", f"firmctl {' '.join(path)}: a Kubernetes cluster")
             if path == ["pipeline", "run"]:
                 hit("trains", "a local pipeline run (trains a critic)")
             if path == ["serve", "start"]:

@@ -11,6 +11,7 @@ import typer
 from firm import __version__
 from firm.cli import (
     bench_cmd,
+    cluster_cmd,
     critic_cmd,
     critic_parse,  # noqa: F401  (registers `critic parse`)
     critic_score,  # noqa: F401  (registers `critic score`)
@@ -58,6 +59,7 @@ app.add_typer(rl_cmd.app, name="rl")
 app.add_typer(rubrics_cmd.app, name="rubrics")
 app.add_typer(job_cmd.app, name="job")
 app.add_typer(pipeline_cmd.app, name="pipeline")
+app.add_typer(cluster_cmd.app, name="cluster")
 
 
 def main() -> None:

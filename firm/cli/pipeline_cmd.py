@@ -13,6 +13,14 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 ParamOpt = typer.Option([], "--param", "-p", help="pipeline parameter key=value (repeatable)")
+KfpNamespaceOpt = typer.Option(
+    None, "--namespace", "-n", help="multi-user Kubeflow: the profile namespace (default: FIRM_NAMESPACE)"
+)
+KfpVersionOpt = typer.Option(
+    None,
+    "--kfp-version",
+    help="the KFP release, when the endpoint does not report it (checked against the minimum)",
+)
 
 
 @app.command("list")
@@ -78,17 +86,40 @@ def submit_cmd(
     service_account: str | None = typer.Option(
         None, "--service-account", help="default: the cluster settings' pipeline_service_account"
     ),
+    namespace: str | None = KfpNamespaceOpt,
+    kfp_version: str | None = KfpVersionOpt,
 ) -> None:
-    """Upload (or reuse) the pipeline version and start a run on Kubeflow Pipelines; prints the run's URL."""
+    """Upload (or reuse) the pipeline version and start a run on Kubeflow Pipelines; prints the run's URL. A bearer
+    token comes from KFP_TOKEN or the projected token at KF_PIPELINES_SA_TOKEN_PATH."""
     from pipelines.api import submit
 
-    echo_out(submit(name, params, host=host, experiment=experiment, service_account=service_account))
+    echo_out(
+        submit(
+            name, params, host=host, experiment=experiment, service_account=service_account, namespace=namespace,
+            kfp_version=kfp_version,
+        )
+    )  # fmt: skip
 
 
 @app.command("upload")
 @cli_errors
-def upload_cmd(host: str = typer.Option(..., "--host", help="KFP API endpoint")) -> None:
-    """Upload every compiled pipeline (pipelines/compiled) to KFP: new pipelines or new versions by content."""
+def upload_cmd(
+    host: str = typer.Option(..., "--host", help="KFP API endpoint"),
+    compiled: Path | None = typer.Option(
+        None,
+        "--compiled",
+        help="upload these compiled files (<name>.yaml) instead of compiling from the settings",
+    ),
+    label: str | None = typer.Option(
+        None, "--version-label", help="prefix of the version names (the chart: <chart version>-<values hash>)"
+    ),
+    namespace: str | None = KfpNamespaceOpt,
+    kfp_version: str | None = KfpVersionOpt,
+) -> None:
+    """Compile every pipeline from the current settings (images, node pools, Secret and ServiceAccount names) and
+    upload it to KFP: new pipelines, or new versions named by label and content. Refuses a KFP older than the
+    minimum its compiled pipelines need."""
     from pipelines.api import upload_all
 
-    echo_json({k: {"pipeline_id": v[0], "version_id": v[1]} for k, v in upload_all(host).items()})
+    result = upload_all(host, compiled, label=label, namespace=namespace, kfp_version=kfp_version)
+    echo_json({k: {"pipeline_id": v[0], "version_id": v[1]} for k, v in result.items()})

@@ -10,6 +10,10 @@
   `firm.launch.backends.get_backend`.
 - `firm.launch.local`: `torchrun --nproc_per_node N -m MODULE ARGS` in the foreground (`run_local`, used by
   `firmctl critic train` / `rl train --nproc N`).
+- `firm.launch.kfp_run`: inside a KFP step, whether its run was terminated (only then does a stopped launcher step
+  cancel its job; otherwise a restarted step re-attaches to it); `MIN_KFP_VERSION`.
+- `firm.launch.doctor`: `cluster_doctor`, what `firmctl cluster doctor` checks (operators, RBAC, Secrets/ConfigMaps,
+  Istio, node pools, the object store).
 - `firm.launch.torchrun_quiet`: torchrun's own launcher, ending a failed run with one `error:` line instead of its
   traceback, and with exit codes the `ExitCode` restart policy understands.
 

@@ -29,11 +29,15 @@ from firm.launch.spec import ResolvedJob
 
 Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Cancelled", "Unknown"]
 TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed", "Cancelled"})
-BackendName = Literal["local", "pytorchjob"]
+BackendName = Literal["local", "pytorchjob", "trainjob"]
 
 
 class JobError(FirmError):
     """A job could not be submitted, found, or controlled; the message says what to check."""
+
+
+class JobNotFound(JobError):
+    """No job of that name (in that namespace)."""
 
 
 class JobStatus(BaseModel):
@@ -48,6 +52,7 @@ class JobStatus(BaseModel):
     started: datetime | None = None
     finished: datetime | None = None
     exit_code: int | None = None
+    reason: str | None = Field(default=None, description="why it failed or restarts, e.g. OOMKilled")
     attempts: int = Field(default=1, description="local: how many times the job was (re)started")
     checkpoint_uri: str | None = None
     replicas: dict[str, dict[str, int]] = Field(default_factory=dict)

@@ -28,6 +28,25 @@ IMAGE_REF = re.compile(
 )
 
 
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
+_UNITS = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}  # fmt: skip
+
+
+def check_quantity(value: object, what: str = "quantity") -> str:
+    if not QUANTITY.match(str(value)):
+        raise ValueError(f"{what} {value!r} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)")
+    return str(value)
+
+
+def quantity_bytes(value: str) -> float:
+    """A Kubernetes quantity (`64Gi`, `900M`, `2`) as a number (bytes for memory)."""
+    m = QUANTITY.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity")
+    return float(str(value)[: len(str(value)) - len(m.group(2) or "")]) * _UNITS[m.group(2) or ""]
+
+
 def check_dns_subdomain(value: str, what: str = "name") -> str:
     if not value or len(value) > 253 or not DNS1123_SUBDOMAIN.match(value):
         raise ValueError(
@@ -75,6 +94,32 @@ class Toleration(_Model):
         return out
 
 
+class JobResources(_Model):
+    """CPU, memory (request = limit) and `/dev/shm` of each job pod on a pool: what a job spec that names no
+    `resources` / `shm_size` gets (the Helm chart: `nodePools.<pool>.jobResources`). `/dev/shm` is memory-backed and
+    counts against the container's memory limit, so `shm_size` may not exceed `memory`."""
+
+    cpu: str | None = Field(default=None, description="CPU request and limit of each job pod, e.g. 96")
+    memory: str | None = Field(
+        default=None, description="memory request and limit of each job pod, e.g. 900Gi"
+    )
+    shm_size: str | None = Field(default=None, description="size of the memory-backed /dev/shm (<= memory)")
+
+    @field_validator("cpu", "memory", "shm_size", mode="before")
+    @classmethod
+    def _q(cls, v: object) -> str | None:
+        return None if v is None else check_quantity(v)
+
+    @model_validator(mode="after")
+    def _shm_fits(self) -> JobResources:
+        if self.shm_size and self.memory and quantity_bytes(self.shm_size) > quantity_bytes(self.memory):
+            raise ValueError(
+                f"job_resources.shm_size {self.shm_size} exceeds job_resources.memory {self.memory}: /dev/shm "
+                "counts against the memory limit"
+            )
+        return self
+
+
 class NodePool(_Model):
     """Where a job lands and what one node offers."""
 
@@ -88,6 +133,9 @@ class NodePool(_Model):
     )
     accelerator_type: str | None = Field(
         default=None, description="its value on this pool's nodes, e.g. NVIDIA-H100-80GB-HBM3"
+    )
+    job_resources: JobResources = Field(
+        default_factory=JobResources, description="CPU, memory and /dev/shm of each job pod on this pool"
     )
 
     @model_validator(mode="after")
@@ -135,7 +183,10 @@ class SecretRef(_Model):
 
 def _default_pools() -> dict[str, NodePool]:
     return {
-        "cpu": NodePool(description="CPU nodes (small jobs, pipeline steps, tests)"),
+        "cpu": NodePool(
+            description="CPU nodes (small jobs, pipeline steps, tests)",
+            job_resources=JobResources(cpu="4", memory="8Gi", shm_size="1Gi"),
+        ),
         "gpu-h100": NodePool(
             description="8 x H100 80GB nodes (NVIDIA GPU operator labels)",
             node_selector={"nvidia.com/gpu.present": "true"},
@@ -143,6 +194,7 @@ def _default_pools() -> dict[str, NodePool]:
             gpus_per_node=8,
             accelerator_label="nvidia.com/gpu.product",
             accelerator_type="NVIDIA-H100-80GB-HBM3",
+            job_resources=JobResources(cpu="96", memory="900Gi", shm_size="128Gi"),
         ),
     }
 
@@ -194,6 +246,15 @@ class ClusterSettings(_Model):
     pipeline_service_account: str = Field(
         default="firm-pipeline-runner", description="service account KFP runs FIRM's pipeline steps as"
     )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list,
+        description="docker-registry Secrets of every pod FIRM creates (training jobs, pipeline steps)",
+    )
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _pull_secrets(cls, v: list[str]) -> list[str]:
+        return [check_dns_subdomain(n, "image pull Secret name") for n in v]
 
     @field_validator("trainer_image", "pipeline_image", "triton_image")
     @classmethod

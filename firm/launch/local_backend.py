@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from firm.launch.backend import TERMINAL, JobBackend, JobError, JobStatus
+from firm.launch.backend import TERMINAL, JobBackend, JobError, JobNotFound, JobStatus
 from firm.launch.spec import ResolvedJob
 from firm.processes import pid_alive
 
@@ -74,7 +74,9 @@ class LocalBackend(JobBackend):
         d = self._dir(name)
         if not (d / "job.json").is_file():
             known = ", ".join(sorted(p.name for p in self.root.glob("*") if (p / "job.json").is_file()))
-            raise JobError(f"no local job named {name!r} (local jobs: {known or 'none'}; under {self.root})")
+            raise JobNotFound(
+                f"no local job named {name!r} (local jobs: {known or 'none'}; under {self.root})"
+            )
         return d
 
     def _supervisor_pid(self, d: Path, state: dict[str, Any]) -> int | None:

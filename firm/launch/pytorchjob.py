@@ -20,9 +20,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from firm.launch.backend import JobBackend, JobError, JobStatus
+from firm.launch.backend import JobBackend, JobError, JobNotFound, JobStatus
 from firm.launch.render import CONTAINER, build_pytorchjob
 from firm.launch.spec import ResolvedJob
+from firm.launch.torchrun_quiet import OOM_EXIT_CODE, OOM_MESSAGE
 
 _PHASE_BY_CONDITION = {
     "Succeeded": "Succeeded",
@@ -124,7 +125,7 @@ class PyTorchJobBackend(JobBackend):
                     f"cannot create {what}: namespace {ns!r} does not exist or the PyTorchJob resource "
                     "(kubeflow.org/v1) is not installed — is the Kubeflow Training Operator installed?"
                 )
-            return JobError(f"no PyTorchJob named {name!r} in namespace {ns!r}")
+            return JobNotFound(f"no PyTorchJob named {name!r} in namespace {ns!r}")
         if status == 422:
             return JobError(f"the API server rejected {what}: {message}")
         if status is not None:
@@ -176,7 +177,44 @@ class PyTorchJobBackend(JobBackend):
             raise
         except Exception as exc:
             raise self._error(exc, "get", name) from None
-        return self._to_status(obj)
+        st = self._to_status(obj)
+        if st.phase in ("Failed", "Restarting"):
+            oom = self._oom_killed(name)
+            if oom is not None:
+                st = st.model_copy(update={"reason": "OOMKilled", "message": oom})
+        return st
+
+    def _oom_killed(self, name: str) -> str | None:
+        """ "out of memory: raise resources.memory (...)" when a pod of the job was OOM-killed: the container was
+        killed by the kubelet/kernel (`reason: OOMKilled`, exit 137 — retryable for the ExitCode policy, bounded by
+        `backoffLimit`), or torchrun_quiet reported a worker's OOM kill (`OOM_EXIT_CODE`, not retried)."""
+        try:
+            pods = self.client.get_job_pods(name=name, namespace=self.namespace, is_master=False)
+        except Exception:  # the status is still right without the cause
+            return None
+        for pod in pods or []:
+            st = pod.status
+            for cs in (getattr(st, "container_statuses", None) or []) if st else []:
+                if cs.name != CONTAINER:
+                    continue
+                for state in (cs.state, cs.last_state):
+                    term = getattr(state, "terminated", None) if state else None
+                    if term is None:
+                        continue
+                    if term.reason == "OOMKilled" or (
+                        term.exit_code == OOM_EXIT_CODE and OOM_MESSAGE in (term.message or "")
+                    ):
+                        limit = next(
+                            (
+                                (c.resources.limits or {}).get("memory")
+                                for c in (pod.spec.containers if pod.spec else [])
+                                if c.name == CONTAINER and c.resources
+                            ),
+                            None,
+                        )
+                        at = f" at its {limit} memory limit" if limit else ""
+                        return f"{OOM_MESSAGE} (pod {pod.metadata.name} was OOM-killed{at})"
+        return None
 
     def list(self) -> list[JobStatus]:
         try:

@@ -8,7 +8,8 @@ Layout of the rendered job:
 - each pod: the pool's node selector (+ accelerator label) and tolerations, GPU requests = limits = GPUs per node,
   a memory-backed `/dev/shm` with a size limit, `emptyDir`s for `/tmp` and the working directory (the root
   filesystem is read-only), non-root user, every capability dropped, `seccompProfile: RuntimeDefault`, no
-  service-account token, the FIRM settings ConfigMap as `envFrom`, credentials as `secretKeyRef` env.
+  service-account token, the FIRM settings ConfigMap as `envFrom`, credentials as `secretKeyRef` env, the cluster's
+  image pull Secrets, and the Istio sidecar opt-out (`sidecar.istio.io/inject: "false"`).
 - `runPolicy`: clean-pod policy, TTL after finishing, backoff limit, active deadline, and a `schedulingPolicy`
   (queue, min available, priority class) for gang scheduling.
 """
@@ -28,6 +29,7 @@ from kubernetes.client import (
     V1EnvFromSource,
     V1EnvVar,
     V1EnvVarSource,
+    V1LocalObjectReference,
     V1ObjectMeta,
     V1PodSecurityContext,
     V1PodSpec,
@@ -49,6 +51,10 @@ CONTAINER = "pytorch"  # the Training Operator finds the training container by t
 PORT_NAME, PORT = "pytorchjob-port", 23456
 RUN_AS = 1000
 LABEL_JOB = "firm.dev/job"
+# Multi-user Kubeflow profile namespaces carry `istio-injection=enabled`; a pod with an injected sidecar never
+# completes (the sidecar keeps running), so every FIRM job pod opts out. Istio reads the label (the annotation of the
+# same name is its older, still honoured form): istio/istio pkg/kube/inject/webhook.go (injectRequired).
+ISTIO_INJECT = "sidecar.istio.io/inject"
 
 
 def labels(job: ResolvedJob) -> dict[str, str]:
@@ -74,7 +80,7 @@ def annotations(job: ResolvedJob) -> dict[str, str]:
 
 
 def _resources(job: ResolvedJob) -> V1ResourceRequirements:
-    r = job.spec.resources
+    r = job.resources
     requests = {k: v for k, v in (("cpu", r.requests.cpu), ("memory", r.requests.memory)) if v is not None}
     limits = {k: v for k, v in (("cpu", r.limits.cpu), ("memory", r.limits.memory)) if v is not None}
     if job.gpus_per_node > 0:
@@ -136,6 +142,7 @@ def pod_template(job: ResolvedJob) -> V1PodTemplateSpec:
         service_account_name=job.service_account,
         automount_service_account_token=False,
         priority_class_name=spec.priority_class,
+        image_pull_secrets=[V1LocalObjectReference(name=n) for n in job.image_pull_secrets] or None,
         scheduler_name=spec.gang.scheduler_name if spec.gang else None,
         security_context=V1PodSecurityContext(
             run_as_non_root=True,
@@ -145,15 +152,17 @@ def pod_template(job: ResolvedJob) -> V1PodTemplateSpec:
             seccomp_profile=V1SeccompProfile(type="RuntimeDefault"),
         ),
         volumes=[
-            V1Volume(
-                name="dshm", empty_dir=V1EmptyDirVolumeSource(medium="Memory", size_limit=spec.shm_size)
-            ),
+            V1Volume(name="dshm", empty_dir=V1EmptyDirVolumeSource(medium="Memory", size_limit=job.shm_size)),
             V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource()),
             V1Volume(name="workspace", empty_dir=V1EmptyDirVolumeSource()),
         ],
     )
     return V1PodTemplateSpec(
-        metadata=V1ObjectMeta(labels=labels(job), annotations=annotations(job)), spec=pod
+        metadata=V1ObjectMeta(
+            labels={**labels(job), ISTIO_INJECT: "false"},
+            annotations={**annotations(job), ISTIO_INJECT: "false"},
+        ),
+        spec=pod,
     )
 
 

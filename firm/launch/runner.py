@@ -2,14 +2,16 @@
 
 What a pipeline's launcher step does (`pipelines.components.launch`), usable from any Python code:
 
-- resolve and submit the spec with the chosen backend (a failed earlier attempt of the same name resumes from its
-  checkpoint; a finished one is refused);
+- resolve the spec and re-attach to the job of that name when it is still running or has succeeded (the step was
+  evicted or restarted: its job name is deterministic, `step_job_spec`), else submit it (a failed earlier attempt
+  of the same name resumes from its checkpoint);
 - stream the master's log line by line to `on_line` (the step's log) and keep the last JSON object rank 0 printed
   (the entrypoints end with one: SFT's `TrainResult`, RL's summary);
 - wait until the job ends; raise `JobError` with the job's own message when it failed, or after `timeout` seconds
   (cancelling it);
-- cancel the job when this process is told to stop (SIGTERM from a terminated KFP run, SIGINT) — a job never
-  outlives the step that launched it.
+- cancel the job only when the stop is explicit (`firm.launch.kfp_run.stop_cancels_job`): SIGTERM/SIGINT outside
+  a KFP pod (the user), or inside one when the pipeline run was terminated. An evicted or restarted step leaves its
+  job running (bounded by its `activeDeadlineSeconds`) for the step's retry to re-attach to.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from firm.launch.backend import BackendName, JobError, JobStatus
+from firm.launch.backend import BackendName, JobBackend, JobError, JobNotFound, JobStatus
 from firm.launch.backends import get_backend
 from firm.launch.spec import JobSpec, ResolvedJob, resolve_job
 
@@ -36,7 +38,7 @@ class JobRun(BaseModel):
     result: dict[str, Any] | None = None
 
 
-class _Stop(Exception):
+class _Stop(BaseException):  # not an Exception: API-call error handlers must not swallow it
     def __init__(self, signum: int) -> None:
         super().__init__(f"signal {signum}")
         self.signum = signum
@@ -73,6 +75,22 @@ def _json_line(line: str) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def attach_or_submit(b: JobBackend, job: ResolvedJob, on_line: Callable[[str], None] = print) -> JobStatus:
+    """The job's status after re-attaching to a running or succeeded job of its name, or after submitting it."""
+    try:
+        existing: JobStatus | None = b.status(job.name)
+    except JobNotFound:
+        existing = None
+    if existing is not None and (not existing.done or existing.succeeded):
+        on_line(
+            f"[firm] job {job.name} exists ({existing.phase}): re-attaching to it instead of submitting it again"
+        )
+        return existing
+    status = b.submit(job)
+    on_line(f"[firm] job {job.name} submitted ({b.name}): {status.phase}")
+    return status
+
+
 def run_job(
     spec: JobSpec,
     backend: BackendName,
@@ -81,6 +99,7 @@ def run_job(
     timeout: float | None = None,
     on_line: Callable[[str], None] = print,
     poll: float = 1.0,
+    stop_cancels: Callable[[], tuple[bool, str]] | None = None,
 ) -> JobRun:
     """Submit `spec`, stream its master log to `on_line`, wait; `JobError` unless it succeeded (see module doc)."""
     b = get_backend(backend, namespace=namespace)
@@ -99,14 +118,21 @@ def run_job(
 
     with _cancel_on_signal():
         try:
-            status = b.submit(job)
-            on_line(f"[firm] job {job.name} submitted ({b.name}): {status.phase}")
+            status = attach_or_submit(b, job, on_line)
             logs = threading.Thread(target=pump_logs, daemon=True)
             logs.start()
             status = b.wait(job.name, timeout=timeout, poll=poll)
             logs.join(timeout=30.0)  # the tail of the log, written as the job ended
         except _Stop as stop:
-            on_line(f"[firm] stopped by signal {stop.signum}: cancelling job {job.name}")
+            from firm.launch.kfp_run import stop_cancels_job
+
+            cancel, why = (stop_cancels or (lambda: stop_cancels_job(namespace)))()
+            if not cancel:
+                on_line(f"[firm] signal {stop.signum}: {why}; job {job.name} keeps running")
+                raise JobError(
+                    f"job {job.name} left running: {why} (signal {stop.signum}); retrying the step re-attaches to it"
+                ) from None
+            on_line(f"[firm] stopped by signal {stop.signum} ({why}): cancelling job {job.name}")
             b.cancel(job.name)
             raise JobError(f"job {job.name} cancelled: the step was stopped (signal {stop.signum})") from None
         except JobError as exc:

@@ -41,6 +41,7 @@ from firm.launch.cluster import (
     SecretRef,
     check_dns_subdomain,
     check_image,
+    quantity_bytes,
 )
 from firm.overrides import apply_overrides, split_override
 
@@ -49,6 +50,7 @@ _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
 MAX_NAME = 45  # "<name>-worker-<index>" pod names and their Service names must stay within 63 characters
 POD_WORKDIR = "/workspace"
+DEFAULT_DEADLINE_S = 7 * 24 * 3600  # = the launcher step's own timeout (pipelines.placement.LAUNCHER)
 
 
 class _Model(BaseModel):
@@ -72,10 +74,11 @@ class ResourceAmounts(_Model):
 
 
 class Resources(_Model):
-    """CPU and memory of each node's container (GPUs come from the pool and `gpus_per_node`)."""
+    """CPU and memory of each node's container (GPUs come from the pool and `gpus_per_node`). A job spec without
+    `resources` gets its pool's `job_resources` (request = limit)."""
 
-    requests: ResourceAmounts = Field(default_factory=lambda: ResourceAmounts(cpu="2", memory="8Gi"))
-    limits: ResourceAmounts = Field(default_factory=lambda: ResourceAmounts(cpu="4", memory="8Gi"))
+    requests: ResourceAmounts = Field(default_factory=ResourceAmounts)
+    limits: ResourceAmounts = Field(default_factory=ResourceAmounts)
 
 
 class NcclSettings(_Model):
@@ -219,15 +222,21 @@ class JobSpec(_Model):
         default=None, ge=1, description="processes per node; default: the GPUs per node (1 on CPU pools)"
     )
     gpus_per_node: int | None = Field(default=None, ge=0, description="default: all GPUs of a pool node")
-    resources: Resources = Field(default_factory=Resources)
-    shm_size: str = Field(default="16Gi", description="size of the memory-backed /dev/shm")
+    resources: Resources | None = Field(default=None, description="default: the pool's job_resources")
+    shm_size: str | None = Field(
+        default=None, description="memory-backed /dev/shm (<= the memory limit); default: the pool's"
+    )
     nccl: NcclSettings = Field(default_factory=NcclSettings)
     env: dict[str, str] = Field(default_factory=dict)
     secrets: JobSecrets = Field(default_factory=JobSecrets)
     service_account: str | None = Field(default=None, description="default: cluster.service_account")
     priority_class: str | None = None
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
-    backoff_limit: int = Field(default=3, ge=0, description="pod restarts before the job fails")
+    active_deadline_seconds: int = Field(
+        default=DEFAULT_DEADLINE_S,
+        ge=1,
+        description="wall-clock limit of the job (runPolicy), default 7 days",
+    )
+    backoff_limit: int = Field(default=3, ge=0, le=100, description="pod restarts before the job fails")
     ttl_seconds_after_finished: int | None = Field(default=3 * 24 * 3600, ge=0)
     clean_pod_policy: Literal["None", "Running", "All"] = "Running"
     restart_policy: Literal["OnFailure", "ExitCode", "Always", "Never"] = Field(
@@ -264,8 +273,8 @@ class JobSpec(_Model):
 
     @field_validator("shm_size")
     @classmethod
-    def _shm(cls, v: str) -> str:
-        return _quantity(v, "shm_size") or v
+    def _shm(cls, v: str | None) -> str | None:
+        return _quantity(v, "shm_size")
 
     @field_validator("env")
     @classmethod
@@ -305,14 +314,17 @@ def step_job_spec(
     nodes: int,
     nproc_per_node: int,
     image: str,
+    timeout_s: float = 0,
 ) -> JobSpec:
     """The job of a pipeline's launcher step: named `firm-<entrypoint>-<run id>` (cut to a valid name), one job per
-    pipeline run; `nproc_per_node=0` and `image=""` mean the pool's / settings' defaults."""
+    pipeline run — a restarted step finds its job again by this name; `nproc_per_node=0` and `image=""` mean the
+    pool's / settings' defaults; `timeout_s` (0: the default deadline) is the job's `activeDeadlineSeconds`."""
     name = re.sub(r"[^a-z0-9-]", "-", f"firm-{entrypoint}-{run_id}".lower())[:MAX_NAME].strip("-")
     try:
         return JobSpec(
             name=name, entrypoint=entrypoint, recipe=recipe, overrides=list(overrides), pool=pool, nodes=nodes,
             nproc_per_node=nproc_per_node or None, image=image or None,
+            active_deadline_seconds=int(timeout_s) if timeout_s and timeout_s >= 1 else DEFAULT_DEADLINE_S,
         )  # fmt: skip
     except ValidationError as exc:
         raise _field_error(f"of step {name}", exc) from None
@@ -391,6 +403,9 @@ class ResolvedJob(BaseModel):
     secret_env: list[tuple[str, SecretKeyEnv]] = Field(default_factory=list)
     service_account: str | None = None
     settings_configmap: str | None = None
+    resources: Resources = Field(default_factory=Resources, description="the spec's, else the pool's")
+    shm_size: str = Field(default="1Gi", description="the spec's, else the pool's, else a quarter of memory")
+    image_pull_secrets: list[str] = Field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -451,6 +466,33 @@ def _check_world(spec: JobSpec, config_file: Path, overrides: list[str], world_s
                 raise ConfigError(f"job spec field 'overrides' (recipe {spec.recipe}): {exc}") from None
 
 
+def _job_resources(spec: JobSpec, pool: NodePool) -> tuple[Resources, str]:
+    """The container's resources and the `/dev/shm` size: the spec's, else the pool's `job_resources`. `/dev/shm`
+    (an `emptyDir` with `medium: Memory`) counts against the container's memory limit: a size above the limit lets
+    the pod be OOM-killed instead of a write failing, so it is refused here."""
+    pr = pool.job_resources
+    if spec.resources is not None:
+        resources = spec.resources
+    else:
+        amounts = ResourceAmounts(cpu=pr.cpu, memory=pr.memory)
+        resources = Resources(requests=amounts, limits=amounts)
+    limit = resources.limits.memory
+    shm = spec.shm_size or pr.shm_size
+    if shm is None:  # a quarter of the memory limit, at most 16Gi
+        shm = (
+            "16Gi"
+            if limit is None
+            else f"{max(1, min(16 * 2**30, int(quantity_bytes(limit) / 4)) // 2**20)}Mi"
+        )
+    if limit is not None and quantity_bytes(shm) > quantity_bytes(limit):
+        field = "shm_size" if spec.shm_size else f"pool {spec.pool!r} job_resources.shm_size"
+        raise ConfigError(
+            f"job spec field 'shm_size': {field} {shm} exceeds the memory limit resources.limits.memory={limit} "
+            "(/dev/shm counts against it); lower shm_size or raise resources.limits.memory"
+        )
+    return resources, shm
+
+
 def resolve_job(
     spec: JobSpec, backend: Literal["local", "pytorchjob"], cluster: ClusterSettings | None = None
 ) -> ResolvedJob:
@@ -491,6 +533,7 @@ def resolve_job(
             f"job spec field 'gang.min_available': {spec.gang.min_available} exceeds the {spec.nodes} node(s)"
         )
     image = spec.image or cluster.trainer_image
+    resources, shm_size = _job_resources(spec, pool)
 
     root = (settings.bucket_uris()["checkpoints"] if backend == "local" else cluster.checkpoints_uri).rstrip(
         "/"
@@ -564,4 +607,7 @@ def resolve_job(
         secret_env=secret_env,
         service_account=spec.service_account or cluster.service_account,
         settings_configmap=cluster.settings_configmap if backend == "pytorchjob" else None,
+        resources=resources,
+        shm_size=shm_size,
+        image_pull_secrets=list(cluster.image_pull_secrets) if backend == "pytorchjob" else [],
     )

@@ -8,15 +8,52 @@ worker environment — including the `PET_*` variables a PyTorchJob pod gets) is
 Each rank runs through `firm.launch.rank_main` (line-buffered stdout/stderr) instead of torchrun's `python -u`, so
 ranks that share a node's log never break each other's lines.
 
-Exit codes follow the Training Operator's `ExitCode` restart policy: 1 when a worker failed by itself (a config or
-data error: retrying cannot help), 128 + N when a worker or torchrun itself was killed by signal N (preemption,
-OOM kill, `firmctl job cancel`: the pod may be restarted and resumes from its last checkpoint).
+Exit codes follow the Training Operator's `ExitCode` restart policy, which restarts a pod whose exit code is >= 128
+and fails the job on 1..127 (kubeflow/training-operator v1.9, pkg/util/train/train_util.go `IsRetryableExitCode`):
+1 when a worker failed by itself (a config or data error: retrying cannot help), `OOM_EXIT_CODE` when a worker was
+killed by the kernel's OOM killer (the container's cgroup counted an OOM kill: the same job would run out of memory
+again, so it is not retried — the termination message says "out of memory: raise resources.memory"), and 128 + N
+when a worker or torchrun itself was killed by signal N otherwise (preemption, `firmctl job cancel`: the pod may be
+restarted and resumes from its last checkpoint; `runPolicy.backoffLimit` bounds the restarts).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from pathlib import Path
+
+OOM_EXIT_CODE = 3  # < 128: permanent for the ExitCode restart policy
+OOM_MESSAGE = "out of memory: raise resources.memory"
+TERMINATION_LOG = Path("/dev/termination-log")  # the kubelet's terminationMessagePath default
+# cgroup v2 (memory.events) and v1 (memory.oom_control) counters of OOM kills in this container
+_OOM_EVENTS = (Path("/sys/fs/cgroup/memory.events"), Path("/sys/fs/cgroup/memory/memory.oom_control"))
+
+
+def oom_kills(files: tuple[Path, ...] = _OOM_EVENTS) -> int:
+    """How many processes the kernel's OOM killer killed in this container's cgroup (0 when unknown)."""
+    for f in files:
+        try:
+            for line in f.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+def killed_exit(rank: object, signum: int, name: str, oom: int | None = None) -> int:
+    """The exit code (and the line on stderr) for a worker killed by signal `signum`."""
+    if signum == 9 and (oom_kills() if oom is None else oom) > 0:
+        msg = f"{OOM_MESSAGE} ({name} rank {rank} was killed by the OOM killer)"
+        print(f"error: {msg}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # not in a pod
+            TERMINATION_LOG.write_text(msg)
+        return OOM_EXIT_CODE
+    print(f"error: {name} rank {rank} was killed by signal {signum}", file=sys.stderr)
+    return 128 + signum
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode
         if code < 0:  # killed by a signal
-            print(f"error: {name} rank {rank} was killed by signal {-code}", file=sys.stderr)
-            return 128 - code
+            return killed_exit(rank, -code, name)
         print(
             f"error: {name} failed on rank {rank} (exit code {code}); its error is above",
             file=sys.stderr,

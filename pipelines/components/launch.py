@@ -1,7 +1,8 @@
 """Launcher components: run critic SFT / RL as a distributed job (`firm.launch.runner.run_job`) and wait for it.
 
 The job is a PyTorchJob on the GPU pool (backend `pytorchjob`) or torchrun on the runner's machine (`local`). The
-step streams rank 0's log into its own, fails with the job's error, and cancels the job when it is stopped.
+step streams rank 0's log into its own and fails with the job's error; `timeout_s` is also the job's deadline. A
+restarted step re-attaches to its job (named by the run ID); only a terminated run cancels it.
 """
 
 from kfp.dsl import HTML, Metrics, Model, Output
@@ -35,7 +36,7 @@ def train_critic(
     extra += [f"rubrics={rubrics}"] if rubrics else []
     spec = step_job_spec(
         "sft", run_id, recipe=recipe, overrides=[*overrides, *extra], pool=pool, nodes=nodes,
-        nproc_per_node=nproc_per_node, image=image,
+        nproc_per_node=nproc_per_node, image=image, timeout_s=timeout_s,
     )  # fmt: skip
     run = run_job(spec, backend, timeout=timeout_s or None)  # type: ignore[arg-type]
     uri = f"{run.job.checkpoint_uri}/export"
@@ -72,7 +73,7 @@ def rl_train(
     extra = ["reward.kind=triton", f"reward.url={reward_url}"] if reward_url else []
     spec = step_job_spec(
         "rl", run_id, recipe=recipe, overrides=[*overrides, *extra], pool=pool, nodes=nodes,
-        nproc_per_node=nproc_per_node, image=image,
+        nproc_per_node=nproc_per_node, image=image, timeout_s=timeout_s,
     )  # fmt: skip
     run = run_job(spec, backend, timeout=timeout_s or None)  # type: ignore[arg-type]
     uri = f"{run.job.checkpoint_uri}/final/lora"

@@ -8,7 +8,11 @@ kubeconfig. It serves
   the CRD schema; 403 in namespaces listed as forbidden; 404 in unknown namespaces), get, list, delete;
 - `v1` `pods` (list by label selector) and `pods/<name>/log` (plain and `follow=true`);
 - `apps/v1` `deployments/<name>` get and patch (a patch of the pod template starts a rollout that completes over the
-  next reads, or never when `stuck_rollouts` names the Deployment).
+  next reads, or never when `stuck_rollouts` names the Deployment);
+- any object put into `objects` by its API path (CRDs, namespaces, ConfigMaps, Secrets, ServiceAccounts, pods,
+  Argo Workflows, ...) is served on GET, `nodes` as the node list, and `SubjectAccessReview`s are answered from
+  `grants` (`healthy_cluster` fills all of them as `firmctl cluster doctor` expects a ready cluster);
+- `pod_statuses` (pod name → status fields) are merged into the job pods' status (e.g. an OOM-killed container).
 
 Each job follows a scripted life, fixed when it is created: every GET of it moves it one step along its script
 (default Created → Running → Succeeded), creating its pods (with the Training Operator's labels) once it runs. This checks our calls and our
@@ -34,6 +38,13 @@ POD_LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
 DEPLOYMENT = re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/deployments/([^/]+)$")
 
 
+_NAMED = re.compile(  # single objects served from `objects`; absent → 404
+    r"^/api/v1/namespaces/[^/]+/(configmaps|secrets|serviceaccounts|pods)/[^/]+$|^/api/v1/(namespaces)/[^/]+$"
+    r"|^/apis/apiextensions\.k8s\.io/v1/(customresourcedefinitions)/[^/]+$"
+    r"|^/apis/argoproj\.io/v1alpha1/namespaces/[^/]+/(workflows)/[^/]+$"
+)
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -57,6 +68,11 @@ class FakeKubeAPI:
         self.validate = validate  # callable(obj) raising on an invalid PyTorchJob
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.stuck_rollouts: set[str] = set()
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.nodes: list[dict[str, Any]] = []
+        # (user, api group, resource[/subresource], verb, namespace) the authorizer allows
+        self.grants: set[tuple[str, str, str, str, str]] = set()
+        self.pod_statuses: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------------ life of a job
@@ -108,13 +124,34 @@ class FakeKubeAPI:
                     out.append({"apiVersion": "v1", "kind": "Pod",
                                 "metadata": {"name": f"{name}-{rtype.lower()}-{i}", "namespace": ns,
                                              "labels": labels, "creationTimestamp": _now()},
-                                "status": {"phase": "Running"}})  # fmt: skip
+                                "status": {"phase": "Running",
+                                           **self.pod_statuses.get(f"{name}-{rtype.lower()}-{i}", {})}})  # fmt: skip
         return out
 
     # ------------------------------------------------------------------ request handling
     def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
         with self.lock:
             self.requests.append((method, path, body))
+            if method == "GET" and path in self.objects:
+                return 200, self.objects[path]
+            if method == "GET" and path == "/api/v1/nodes":
+                return 200, {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": self.nodes}
+            if method == "POST" and path == "/apis/authorization.k8s.io/v1/subjectaccessreviews":
+                spec = body["spec"]
+                ra = spec.get("resourceAttributes") or {}
+                res = ra.get("resource", "") + (f"/{ra['subresource']}" if ra.get("subresource") else "")
+                key = (
+                    spec.get("user", ""),
+                    ra.get("group", ""),
+                    res,
+                    ra.get("verb", ""),
+                    ra.get("namespace", ""),
+                )
+                return 201, {**body, "status": {"allowed": key in self.grants}}
+            m = _NAMED.match(path)
+            if method == "GET" and m:
+                kind = next(g for g in m.groups() if g)
+                return 404, _status(404, "NotFound", f'{kind} "{path.rsplit("/", 1)[-1]}" not found')
             m = JOBS.match(path)
             if m:
                 return self._jobs(method, m.group(1), m.group(2), body)
@@ -293,3 +330,86 @@ def write_kubeconfig(path: Path, server: str, namespace: str = "firm") -> Path:
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+# ------------------------------------------------------------------ a cluster ready for FIRM (firmctl cluster doctor)
+CRD_NAMES = ("pytorchjobs.kubeflow.org", "trainjobs.trainer.kubeflow.org", "workflows.argoproj.io")
+
+
+def _meta(name: str, namespace: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"name": name, **({"namespace": namespace} if namespace else {}), **extra}
+
+
+def add_crd(api: FakeKubeAPI, name: str) -> None:
+    plural, group = name.split(".", 1)
+    api.objects[f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"] = {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": _meta(name),
+        "spec": {"group": group, "scope": "Namespaced",
+                 "names": {"plural": plural, "kind": plural.rstrip("s").capitalize()},
+                 "versions": [{"name": "v1", "served": True, "storage": True}]},
+    }  # fmt: skip
+
+
+def add_object(api: FakeKubeAPI, kind: str, namespace: str, name: str, **fields: Any) -> None:
+    """A namespaced core object (configmaps, secrets, serviceaccounts, pods) at its API path."""
+    kinds = {
+        "configmaps": "ConfigMap",
+        "secrets": "Secret",
+        "serviceaccounts": "ServiceAccount",
+        "pods": "Pod",
+    }
+    api.objects[f"/api/v1/namespaces/{namespace}/{kind}/{name}"] = {
+        "apiVersion": "v1", "kind": kinds[kind], "metadata": _meta(name, namespace, **fields.pop("metadata", {})),
+        **fields,
+    }  # fmt: skip
+
+
+def add_namespace(api: FakeKubeAPI, name: str, labels: dict[str, str] | None = None) -> None:
+    api.namespaces.add(name)
+    api.objects[f"/api/v1/namespaces/{name}"] = {
+        "apiVersion": "v1", "kind": "Namespace", "metadata": _meta(name, labels=labels or {}),
+    }  # fmt: skip
+
+
+def grant_pipeline_permissions(
+    api: FakeKubeAPI, namespace: str, pipeline_namespace: str | None = None
+) -> None:
+    from firm.config import get_settings
+    from firm.launch.doctor import PIPELINE_PERMISSIONS
+
+    pns = pipeline_namespace or namespace
+    user = f"system:serviceaccount:{pns}:{get_settings().cluster.pipeline_service_account}"
+    for p in PIPELINE_PERMISSIONS:
+        res = p.resource + (f"/{p.subresource}" if p.subresource else "")
+        for verb in p.verbs:
+            api.grants.add((user, p.group, res, verb, namespace if p.where == "jobs" else pns))
+
+
+def healthy_cluster(api: FakeKubeAPI, namespace: str = "firm", kfp_version: str = "2.15.0") -> None:
+    """Everything `firmctl cluster doctor` checks, present and allowed, for the default cluster settings."""
+    from firm.config import get_settings
+
+    cluster = get_settings().cluster
+    for crd in CRD_NAMES:
+        add_crd(api, crd)
+    add_namespace(api, namespace, {"istio-injection": "enabled"})
+    add_namespace(api, "kubeflow")
+    add_object(api, "configmaps", "kubeflow", "pipeline-install-config", data={"appVersion": kfp_version})
+    add_object(api, "configmaps", namespace, cluster.settings_configmap, data={})
+    add_object(api, "configmaps", namespace, "kfp-launcher", data={})
+    add_object(api, "secrets", namespace, "mlpipeline-minio-artifact", data={})
+    for ref in (cluster.object_store_secret, cluster.hf_token_secret):
+        if ref is not None:
+            add_object(api, "secrets", namespace, ref.name, data={})
+    for sa in (cluster.service_account, cluster.pipeline_service_account):
+        if sa:
+            add_object(api, "serviceaccounts", namespace, sa)
+    grant_pipeline_permissions(api, namespace)
+    api.nodes = [
+        {"apiVersion": "v1", "kind": "Node", "metadata": _meta("cpu-0", labels={"kubernetes.io/os": "linux"}),
+         "status": {"allocatable": {"cpu": "16", "memory": "64Gi"}}},
+        {"apiVersion": "v1", "kind": "Node",
+         "metadata": _meta("gpu-0", labels={"nvidia.com/gpu.present": "true",
+                                            "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}),
+         "status": {"allocatable": {"cpu": "192", "memory": "1800Gi", "nvidia.com/gpu": "8"}}},
+    ]  # fmt: skip

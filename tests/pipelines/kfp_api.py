@@ -24,6 +24,9 @@ class FakeKFP:
         self.versions: list[dict[str, Any]] = []
         self.runs: list[dict[str, Any]] = []
         self.uploads: list[tuple[str, bytes]] = []
+        # what healthz answers: the API server's fields; the KFP UI in front of it adds its release (frontendTagName)
+        self.healthz: dict[str, Any] = {"multi_user": False}
+        self.authorization: list[str | None] = []  # the Authorization header of every request
 
     @staticmethod
     def _filtered(items: list[dict[str, Any]], query: dict[str, list[str]]) -> list[dict[str, Any]]:
@@ -39,7 +42,7 @@ class FakeKFP:
 
     def handle(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> tuple[int, Any]:
         if path == "/apis/v2beta1/healthz":
-            return 200, {"multi_user": False}
+            return 200, self.healthz
         if path == "/apis/v2beta1/experiments":
             if method == "GET":
                 return 200, {"experiments": self._filtered(self.experiments, query)}
@@ -78,6 +81,7 @@ def serve(api: FakeKFP) -> Iterator[str]:
     class Handler(JSONHandler):
         def _do(self) -> None:
             url = urlparse(self.path)
+            api.authorization.append(self.headers.get("Authorization"))
             code, payload = api.handle(self.command, url.path, parse_qs(url.query), self.body_bytes())
             self.send_json(code, payload)
 
