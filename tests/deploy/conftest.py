@@ -99,7 +99,13 @@ def objects(text: str) -> list[dict[str, Any]]:
 
 
 def by_kind(objs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
+    """Objects of one kind by name; where the chart renders a name in several namespaces (settings, accounts per
+    pipeline namespace) the first one, which is the release namespace's."""
+    out: dict[str, dict[str, Any]] = {}
+    for o in objs:
+        if o["kind"] == kind:
+            out.setdefault(o["metadata"]["name"], o)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -78,6 +78,7 @@ DEV_VALUES: dict[str, Any] = {
         ],
         "shmSize": "1Gi",
         "repositorySizeLimit": "4Gi",
+        "ephemeralStorage": "8Gi",
     },
 }
 
@@ -209,11 +210,18 @@ def render_chart_manifests() -> dict[Path, str]:
             ("ServiceAccount", "firm-workload"),
         ),
         BASE / "rbac.yaml": _pick(
-            base, ("Role", "firm-pipeline-runner"), ("RoleBinding", "firm-pipeline-runner")
+            base,
+            ("Role", "firm-pipeline-runner"),
+            ("RoleBinding", "firm-pipeline-runner"),
+            ("Role", "firm-reward-deployer"),
+            ("RoleBinding", "firm-reward-deployer"),
         ),
         BASE / "settings.yaml": _pick(base, ("ConfigMap", "firm-settings")),
         BASE / "reward-edit.yaml": _pick(
-            base, ("Deployment", "firm-reward-edit"), ("Service", "firm-reward-edit")
+            base,
+            ("Deployment", "firm-reward-edit"),
+            ("Service", "firm-reward-edit"),
+            ("Service", "firm-reward-edit-headless"),
         ),
         BASE / "reward-networkpolicy.yaml": _pick(base, ("NetworkPolicy", "firm-reward")),
         BASE / "storage-init.yaml": _pick(base, ("Job", "firm-storage-init"), ("NetworkPolicy", "firm-jobs")),
@@ -221,7 +229,10 @@ def render_chart_manifests() -> dict[Path, str]:
             minio, ("StatefulSet", "firm-minio"), ("Service", "firm-minio"), ("NetworkPolicy", "firm-minio")
         ),
         OVERLAYS / "prod-gpu" / "reward-gen.yaml": _pick(
-            prod, ("Deployment", "firm-reward-gen"), ("Service", "firm-reward-gen")
+            prod,
+            ("Deployment", "firm-reward-gen"),
+            ("Service", "firm-reward-gen"),
+            ("Service", "firm-reward-gen-headless"),
         ),
         OVERLAYS / "prod-gpu" / "pdb.yaml": _pick(
             prod, ("PodDisruptionBudget", "firm-reward-edit"), ("PodDisruptionBudget", "firm-reward-gen")

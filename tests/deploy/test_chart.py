@@ -92,12 +92,18 @@ def test_strict_validation_catches_a_misspelled_field(rendered: dict[str, list[d
         validate_builtin(dep, K8S_VERSIONS[-1])
 
 
-def test_every_object_lives_in_the_release_namespace_and_nothing_is_cluster_wide(
+def test_every_object_lives_in_the_release_or_a_pipeline_namespace_and_nothing_is_cluster_wide(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     for name, objs in rendered.items():
+        allowed = {"firm", *merged_values(name)["pipelines"]["namespaces"]}
         for o in objs:
-            assert o["metadata"].get("namespace") == "firm", f"{name}: {o['kind']}/{o['metadata']['name']}"
+            ns = o["metadata"].get("namespace")
+            assert ns in allowed, f"{name}: {o['kind']}/{o['metadata']['name']}"
+            if ns != "firm":  # only what pipeline steps and the jobs they launch use goes there
+                assert o["kind"] in ("ServiceAccount", "ConfigMap", "Secret", "Role", "RoleBinding"), o[
+                    "kind"
+                ]
             assert o["kind"] not in ("ClusterRole", "ClusterRoleBinding", "Namespace"), name
             assert o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "firm"
             assert o["metadata"]["labels"]["app.kubernetes.io/instance"] == "firm"
@@ -154,8 +160,9 @@ def test_reward_services_are_named_ported_and_fetch_their_repository(
         assert init["command"] == ["firmctl", "storage", "fetch", "$(FIRM_MODEL_REPOSITORY)", "/models/repo"]
         # ... and tritonserver serves what it fetched, on the Service's ports
         (triton,) = pod["spec"]["containers"]
-        assert triton["name"] == "triton" and triton["command"] == ["tritonserver"]
+        assert triton["name"] == "triton" and "command" not in triton  # NVIDIA's entrypoint runs the args
         args = triton["args"]
+        assert args[0] == "tritonserver"
         for arg in (
             "--model-repository=/models/repo",
             "--http-port=8000",
@@ -241,7 +248,7 @@ def test_gpu_values_add_queue_autoscaling_service_monitor_and_disruption_budgets
     pdbs = by_kind(objs, "PodDisruptionBudget")
     assert set(pdbs) == set(deployments)
     for name, pdb in pdbs.items():
-        assert pdb["spec"]["minAvailable"] == 1
+        assert pdb["spec"]["maxUnavailable"] == 1
         assert selects(pdb["spec"]["selector"]["matchLabels"], pods[name]["metadata"]["labels"])
         assert not any(
             selects(pdb["spec"]["selector"]["matchLabels"], p["metadata"]["labels"])
@@ -357,7 +364,7 @@ def test_pipeline_upload_job_runs_firmctl_pipeline_upload(rendered: dict[str, li
     job = by_kind(rendered["gpu-values"], "Job")["firm-pipelines-upload"]
     spec = job["spec"]["template"]["spec"]
     (c,) = spec["containers"]
-    assert c["command"] == ["firmctl", "pipeline", "upload", "--host", VALUES["pipelines"]["kfpHost"]]
+    assert c["command"][:5] == ["firmctl", "pipeline", "upload", "--host", VALUES["pipelines"]["kfpHost"]]
     assert spec["serviceAccountName"] == "firm-pipeline-runner"
     (token,) = [v for v in spec["volumes"] if v["name"] == "kfp-token"]
     assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
@@ -383,32 +390,66 @@ def test_the_chart_runs_only_firmctl_commands_that_exist() -> None:
 def test_pipeline_runner_role_grants_exactly_what_pipelines_need(
     rendered: dict[str, list[dict[str, Any]]], name: str
 ) -> None:
+    """The rules, spelled out (tests/deploy/test_cluster.py checks them against the table of API calls)."""
     objs = rendered[name]
-    (role,) = by_kind(objs, "Role").values()
+    namespaces = merged_values(name)["pipelines"]["namespaces"] or ["firm"]
+    roles = [o for o in objs if o["kind"] == "Role"]
     rewards = sorted(by_kind(objs, "Deployment"))
-    assert role["metadata"]["name"] == "firm-pipeline-runner"
-    assert role["rules"] == [
-        {
-            "apiGroups": ["kubeflow.org"],
-            "resources": ["pytorchjobs"],
-            "verbs": ["create", "get", "list", "watch", "delete"],
-        },
-        {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]},
+    runners = [r for r in roles if r["metadata"]["name"] == "firm-pipeline-runner"]
+    assert sorted(r["metadata"]["namespace"] for r in runners) == sorted(namespaces)
+    for role in runners:
+        assert role["rules"] == [
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": ["kfp-launcher"],
+                "verbs": ["get"],
+            },
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": ["mlpipeline-minio-artifact"],
+                "verbs": ["get"],
+            },
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+            {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+            {"apiGroups": ["argoproj.io"], "resources": ["workflows"], "verbs": ["get"]},
+            {
+                "apiGroups": ["argoproj.io"],
+                "resources": ["workflowtaskresults"],
+                "verbs": ["create", "patch"],
+            },
+            {
+                "apiGroups": ["kubeflow.org"],
+                "resources": ["pytorchjobs"],
+                "verbs": ["create", "get", "list", "delete"],
+            },
+        ]
+    (deployer,) = [r for r in roles if r["metadata"]["name"] == "firm-reward-deployer"]
+    assert deployer["metadata"]["namespace"] == "firm"
+    assert deployer["rules"] == [
         {
             "apiGroups": ["apps"],
             "resources": ["deployments"],
             "resourceNames": rewards,
             "verbs": ["get", "patch"],
-        },
+        }
     ]
-    (binding,) = by_kind(objs, "RoleBinding").values()
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
-        "name": "firm-pipeline-runner",
+    bindings = {
+        (b["metadata"]["namespace"], b["metadata"]["name"]): b for b in objs if b["kind"] == "RoleBinding"
     }
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "firm-pipeline-runner", "namespace": "firm"}
+    for ns in namespaces:
+        binding = bindings[(ns, "firm-pipeline-runner")]
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "firm-pipeline-runner",
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "firm-pipeline-runner", "namespace": ns}
+        ]
+    assert bindings[("firm", "firm-reward-deployer")]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "firm-pipeline-runner", "namespace": ns} for ns in namespaces
     ]
     sas = by_kind(objs, "ServiceAccount")
     assert sas["firm-trainer"]["automountServiceAccountToken"] is False
@@ -573,7 +614,7 @@ def test_schema_rejects_missing_required_values(
             'rewardService.models[1].name: "edit" is used twice',
         ),
         (
-            {"nodePools": {"gpu-h100": {"acceleratorType": ""}}},
+            {"nodePools": {"gpu-h100": {"acceleratorType": "NVIDIA-H100-80GB-HBM3"}}},
             "nodePools.gpu-h100: acceleratorLabel and acceleratorType",
         ),
         ({"pipelines": {"gpuPool": "gpu-a100"}}, 'pipelines.gpuPool: unknown node pool "gpu-a100"'),

@@ -77,7 +77,7 @@ def test_base_alone_starts_no_training_job(kustomize: Callable[[Path], str]) -> 
     objs = objects(kustomize(BASE))
     assert not by_kind(objs, "PyTorchJob")
     assert set(by_kind(objs, "Deployment")) == {"firm-reward-edit"}
-    assert set(by_kind(objs, "Service")) == {"firm-reward-edit"}
+    assert set(by_kind(objs, "Service")) == {"firm-reward-edit", "firm-reward-edit-headless"}
     assert "firm" in by_kind(objs, "Namespace")
 
 
@@ -144,12 +144,25 @@ def test_prod_gpu_role_covers_exactly_its_reward_deployments(
     overlays: dict[str, list[dict[str, Any]]],
 ) -> None:
     for overlay, objs in overlays.items():
-        (role,) = by_kind(objs, "Role").values()
+        role = by_kind(objs, "Role")["firm-reward-deployer"]
         (apps,) = [r for r in role["rules"] if r["apiGroups"] == ["apps"]]
         assert sorted(apps["resourceNames"]) == sorted(by_kind(objs, "Deployment")), overlay
+        runner = by_kind(objs, "Role")["firm-pipeline-runner"]
+        assert not [r for r in runner["rules"] if r["apiGroups"] == ["apps"]], overlay
     prod = overlays["prod-gpu"]
     assert by_kind(prod, "Deployment")["firm-reward-edit"]["spec"]["replicas"] == 2
     assert set(by_kind(prod, "PodDisruptionBudget")) == {"firm-reward-edit", "firm-reward-gen"}
+
+
+def test_prod_gpu_does_not_start_every_gpu_job_at_once(overlays: dict[str, list[dict[str, Any]]]) -> None:
+    """Applying the prod overlay creates the example GPU jobs suspended; they start one at a time."""
+    jobs = by_kind(overlays["prod-gpu"], "PyTorchJob")
+    assert len(jobs) > 1
+    assert all(j["spec"]["runPolicy"]["suspend"] is True for j in jobs.values())
+    # dev-cpu runs its single small job at once
+    assert all(
+        not j["spec"]["runPolicy"].get("suspend") for j in by_kind(overlays["dev-cpu"], "PyTorchJob").values()
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -106,22 +106,34 @@ def test_settings_configmap_validates_as_firm_settings_with_the_values_pools(
 def test_default_chart_settings_are_firms_own_defaults(
     rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """With the release `firm` and default values the chart writes FIRM's defaults: nothing is renamed."""
+    """With the release `firm` and default values the chart writes FIRM's defaults: nothing is renamed. The node
+    pools are the exception where FIRM's built-in defaults use NVIDIA GPU-operator labels: the chart's defaults
+    must work on a stock cluster, so its pools select by the GPU resource alone (same names, GPUs, tolerations)."""
     data = by_kind(rendered["default"], "ConfigMap")["firm-settings"]["data"]
     cluster = load_settings(data, monkeypatch, tmp_path / "home").cluster
     defaults = ClusterSettings()
-    assert cluster.model_dump(exclude={"hf_token_secret"}) == defaults.model_dump(exclude={"hf_token_secret"})
+    exclude = {"hf_token_secret", "node_pools"}
+    assert cluster.model_dump(exclude=exclude) == defaults.model_dump(exclude=exclude)
+    assert set(cluster.node_pools) == set(defaults.node_pools)
+    for name, pool in cluster.node_pools.items():
+        want = defaults.node_pools[name]
+        assert (pool.gpus_per_node, pool.gpu_resource, pool.tolerations) == (
+            want.gpus_per_node,
+            want.gpu_resource,
+            want.tolerations,
+        )
+        assert pool.node_selector == {} and pool.accelerator_label is None
 
 
 def test_every_settings_key_is_a_firm_setting(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    """The ConfigMap holds FirmSettings variables only (a typo would be rejected at pod start), and sets every
-    cluster setting but the optional Hugging Face token Secret."""
+    """The ConfigMap holds FirmSettings variables only (a typo would be rejected at pod start) plus NCCL_* transport
+    variables for the training pods, and sets every cluster setting but the optional Hugging Face token Secret."""
     from firm.config import settings_env_keys
 
     known = set(settings_env_keys())
     cluster_keys = {k for k in known if k.startswith("FIRM_CLUSTER__")}
     for name, objs in rendered.items():
-        keys = set(by_kind(objs, "ConfigMap")["firm-settings"]["data"])
+        keys = {k for k in by_kind(objs, "ConfigMap")["firm-settings"]["data"] if not k.startswith("NCCL_")}
         assert keys <= known, f"{name}: not FIRM settings: {sorted(keys - known)}"
         assert cluster_keys - keys <= {"FIRM_CLUSTER__HF_TOKEN_SECRET"}, (
             f"{name}: unset: {sorted(cluster_keys - keys)}"

@@ -244,3 +244,73 @@ tolerations:
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Namespaces where FIRM's pipeline steps run (pipelines.namespaces; default: the release namespace), as a JSON list.
+Standalone Kubeflow Pipelines runs pipeline pods in its own namespace, multi-user Kubeflow in the user's profile
+namespace; a pod can only use ServiceAccounts, ConfigMaps and Secrets of its own namespace.
+*/}}
+{{- define "firm.pipeline.namespaces" -}}
+{{- toJson (uniq (.Values.pipelines.namespaces | default (list .Release.Namespace))) -}}
+{{- end -}}
+
+{{/* Namespaces that get FIRM's per-namespace objects (settings, trainer account, object-store Secret): the release
+namespace and every pipeline namespace, as a JSON list. */}}
+{{- define "firm.namespaces" -}}
+{{- toJson (uniq (prepend (include "firm.pipeline.namespaces" . | fromJsonArray) .Release.Namespace)) -}}
+{{- end -}}
+
+{{/*
+Batch pods (Jobs) opt out of Istio's sidecar: an injected istio-proxy keeps running after the job's container
+exits, so the pod never completes. The pod label is what istiod's injector checks first ("The label is the new
+API; if both are present we prefer the label": injectRequired in istio/istio pkg/kube/inject/inject.go, commit
+00af2c5549d5b4b48b3c32fd2d3ceca59ea79f5b); the annotation covers older Istio releases.
+*/}}
+{{- define "firm.batchPod.labels" -}}
+sidecar.istio.io/inject: "false"
+{{- end -}}
+{{- define "firm.batchPod.annotations" -}}
+sidecar.istio.io/inject: "false"
+{{- end -}}
+
+{{/* Add an ephemeral-storage request to a resources map unless it names one. Call with (dict "resources" <map>
+"default" <quantity>). */}}
+{{- define "firm.resources.withEphemeral" -}}
+{{- $res := deepCopy (.resources | default dict) -}}
+{{- $req := $res.requests | default dict -}}
+{{- if not (hasKey $req "ephemeral-storage") -}}
+{{- $_ := set $req "ephemeral-storage" .default -}}
+{{- end -}}
+{{- $_ := set $res "requests" $req -}}
+{{- toYaml $res -}}
+{{- end -}}
+
+{{/*
+The reward Deployment as it runs in the cluster ({} under `helm template` / --dry-run=client, which cannot look
+up). Call with (dict "root" $ "name" <Deployment name>).
+*/}}
+{{- define "firm.reward.live" -}}
+{{- toJson (lookup "apps/v1" "Deployment" .root.Release.Namespace .name | default dict) -}}
+{{- end -}}
+
+{{/*
+The model repository a reward Deployment serves. A pipeline deploy step rolls out a new repository by patching the
+pod-template annotation firm.dev/model-repository; the chart records what the values said in
+firm.dev/chart-repository. On upgrade: when the values' repository is still what the chart last rendered, the
+live (deployed) repository is kept, so `helm upgrade` never rolls back a deploy; when the values name a new
+repository, that one is rolled out. Call with (dict "root" $ "name" <Deployment name> "model" <model>).
+*/}}
+{{- define "firm.reward.repository" -}}
+{{- $want := .model.repository | default "" -}}
+{{- $live := include "firm.reward.live" (dict "root" .root "name" .name) | fromJson -}}
+{{- $ann := dict -}}
+{{- if and $live $live.spec $live.spec.template $live.spec.template.metadata -}}
+{{- $ann = $live.spec.template.metadata.annotations | default dict -}}
+{{- end -}}
+{{- $deployed := get $ann "firm.dev/model-repository" -}}
+{{- if and $deployed (hasKey $ann "firm.dev/chart-repository") (eq (get $ann "firm.dev/chart-repository") $want) -}}
+{{- $deployed -}}
+{{- else -}}
+{{- $want -}}
+{{- end -}}
+{{- end -}}
