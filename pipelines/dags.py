@@ -11,9 +11,11 @@ editing or plan-then-score generation; `curation_teacher` is an OpenAI-compatibl
 path/URI, `curation_planner` the gen planner, default the teacher), or a published SFT dataset URI.
 
 `backend` is the one switch between a cluster and this machine: `pytorchjob` (distributed steps as PyTorchJobs on
-the GPU pool, the reward service rolled out in the cluster) or `local` (torchrun on the runner's machine, the bundled
-tritonserver for the run, stopped by the exit handler whether the run succeeds or fails). `firmctl pipeline run
---local` sets it.
+the GPU pool — Kubeflow Training Operator v1), `trainjob` (the same steps as Kubeflow Trainer v2 TrainJobs), `auto`
+(whichever of the two the cluster has, Trainer v2 first) — each with the reward service rolled out in the cluster —
+or `local` (torchrun on the runner's machine, the bundled tritonserver for the run, stopped by the exit handler
+whether the run succeeds or fails). Its default is the cluster settings' `job_backend` (the chart's
+`training.backend`, compiled in at install); `firmctl pipeline run --local` sets `local`.
 """
 
 from kfp import dsl
@@ -28,6 +30,7 @@ from pipelines.placement import CPU, CURATE, DEPLOY, EXIT, GPU, LAUNCHER, place
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 _GPU_POOL = get_settings().cluster.pipeline_gpu_pool
+_BACKEND = get_settings().cluster.job_backend
 
 
 def _curation(args: dict) -> dict:
@@ -99,7 +102,7 @@ def critic_pipeline(
     train_nodes: int = 1,
     train_nproc_per_node: int = 0,
     trainer_image: str = "",
-    backend: str = "pytorchjob",
+    backend: str = _BACKEND,
     job_timeout_s: float = 0.0,
     bench: str = "synthetic",
     bench_items: int = 40,
@@ -151,7 +154,7 @@ def rl_pipeline(
     rl_nodes: int = 2,
     rl_nproc_per_node: int = 0,
     trainer_image: str = "",
-    backend: str = "pytorchjob",
+    backend: str = _BACKEND,
     job_timeout_s: float = 0.0,
     eval_prompts: int = 8,
 ) -> None:
@@ -203,7 +206,7 @@ def firm_pipeline(
     train_nodes: int = 1,
     train_nproc_per_node: int = 0,
     trainer_image: str = "",
-    backend: str = "pytorchjob",
+    backend: str = _BACKEND,
     job_timeout_s: float = 0.0,
     bench: str = "synthetic",
     bench_items: int = 40,

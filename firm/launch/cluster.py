@@ -233,8 +233,15 @@ class ClusterSettings(_Model):
         description="Secret with a Hugging Face token (gated models); optional",
     )
     node_pools: dict[str, NodePool] = Field(default_factory=_default_pools)
-    job_backend: Literal["pytorchjob", "local"] = Field(
-        default="pytorchjob", description="backend of `firmctl job` when --backend is not given"
+    job_backend: Literal["pytorchjob", "trainjob", "auto", "local"] = Field(
+        default="pytorchjob",
+        description="backend of `firmctl job` and the pipelines' launcher steps when --backend is not given: "
+        "pytorchjob (Kubeflow Training Operator v1), trainjob (Kubeflow Trainer v2), auto (whichever of the two "
+        "the cluster has installed, TrainJob first), local",
+    )
+    trainjob_runtime: str = Field(
+        default="torch-distributed",
+        description="the ClusterTrainingRuntime TrainJobs run on (Kubeflow Trainer installs torch-distributed)",
     )
     reward_deployment: str = Field(
         default="firm-reward-{name}",

@@ -386,7 +386,9 @@ class ResolvedJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     spec: JobSpec
-    backend: Literal["local", "pytorchjob"]
+    backend: Literal["local", "pytorchjob", "trainjob"] = Field(
+        description="local, or a cluster backend (pytorchjob, trainjob): both resolve a job the same way"
+    )
     pool: NodePool
     image: str
     nproc_per_node: int
@@ -494,7 +496,7 @@ def _job_resources(spec: JobSpec, pool: NodePool) -> tuple[Resources, str]:
 
 
 def resolve_job(
-    spec: JobSpec, backend: Literal["local", "pytorchjob"], cluster: ClusterSettings | None = None
+    spec: JobSpec, backend: Literal["local", "pytorchjob", "trainjob"], cluster: ClusterSettings | None = None
 ) -> ResolvedJob:
     """Check `spec` against its node pool and recipe and compute what the backend runs. Raises `ConfigError`."""
     from firm.config import get_settings
@@ -539,13 +541,13 @@ def resolve_job(
         "/"
     )
     prefix = (spec.checkpoint_uri or f"{root}/{spec.name}").rstrip("/")
-    if backend == "pytorchjob" and not prefix.startswith("s3://"):
+    if backend != "local" and not prefix.startswith("s3://"):
         raise ConfigError(
             f"job spec field 'checkpoint_uri': {prefix} is not reachable from cluster pods; use an s3:// URI "
             "(the object store the cluster settings name)"
         )
-    secret_env = spec.secrets.resolved(cluster) if backend == "pytorchjob" else []
-    if backend == "pytorchjob" and prefix.startswith("s3://"):
+    secret_env = spec.secrets.resolved(cluster) if backend != "local" else []
+    if backend != "local" and prefix.startswith("s3://"):
         names = {env for env, _ in secret_env}
         if not {"FIRM_S3_ACCESS_KEY", "FIRM_S3_SECRET_KEY"} <= names:
             raise ConfigError(
@@ -568,7 +570,7 @@ def resolve_job(
         world_sizes = [n * nproc for n in node_counts]
         _check_world(spec, config_file, overrides, world_sizes)
         local_file = Path(spec.recipe).expanduser()
-        if backend == "pytorchjob" and "://" not in spec.recipe and not _is_shipped(spec.recipe):
+        if backend != "local" and "://" not in spec.recipe and not _is_shipped(spec.recipe):
             config_ref = f"{prefix}/job/recipe.yaml"  # a local recipe travels with the job through the store
             upload = (str(local_file.resolve()), config_ref)
         elif backend == "local" and local_file.is_file():
@@ -579,7 +581,7 @@ def resolve_job(
         "PYTHONUNBUFFERED": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    if backend == "pytorchjob":
+    if backend != "local":
         env |= {
             "HOME": POD_WORKDIR,
             "FIRM_HOME": f"{POD_WORKDIR}/.firm",
@@ -606,8 +608,8 @@ def resolve_job(
         env=env,
         secret_env=secret_env,
         service_account=spec.service_account or cluster.service_account,
-        settings_configmap=cluster.settings_configmap if backend == "pytorchjob" else None,
+        settings_configmap=cluster.settings_configmap if backend != "local" else None,
         resources=resources,
         shm_size=shm_size,
-        image_pull_secrets=list(cluster.image_pull_secrets) if backend == "pytorchjob" else [],
+        image_pull_secrets=list(cluster.image_pull_secrets) if backend != "local" else [],
     )

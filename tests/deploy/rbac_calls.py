@@ -204,6 +204,30 @@ FIRM_CALLS = [
 ]
 
 
+# FIRM's launch steps with Kubeflow Trainer v2 (training.backend trainjob, or auto): the same verbs on TrainJobs
+# (firm/launch/trainjob.py through CustomObjectsApi); pods and pods/log as above. `auto` reads the discovery
+# endpoints (/apis/<group>/<version>), which are not namespaced resources and are open to every account.
+TRAINJOB_CALLS = [
+    Call(
+        "firm-step", verb, "trainer.kubeflow.org", "trainjobs", RUN, None, f"firm/launch/trainjob.py ({api})"
+    )
+    for verb, api in (
+        ("create", "submit: create_namespaced_custom_object"),
+        ("get", "status/wait: get_namespaced_custom_object"),
+        ("list", "list: list_namespaced_custom_object"),
+        ("delete", "cancel: delete_namespaced_custom_object"),
+    )
+]
+
+
+def backend_calls(backend: str) -> list[Call]:
+    """FIRM's calls for the chart's `training.backend`: PyTorchJobs, TrainJobs, or both (auto)."""
+    trainjob = TRAINJOB_CALLS if backend in ("trainjob", "auto") else []
+    if backend in ("pytorchjob", "auto"):
+        return [*FIRM_CALLS, *trainjob]
+    return [c for c in FIRM_CALLS if c.resource != "pytorchjobs"] + trainjob
+
+
 def expand(
     calls: list[Call],
     run: str,
@@ -222,6 +246,10 @@ def expand(
     return out
 
 
-def pipeline_run_calls(run: str, release: str, rewards: list[str], **names: object) -> list[Call]:
-    """Everything a FIRM pipeline run in namespace `run` does with its ServiceAccount."""
-    return expand([*KFP_CALLS, *ARGO_CALLS, *FIRM_CALLS], run, release, rewards, **names)  # type: ignore[arg-type]
+def pipeline_run_calls(
+    run: str, release: str, rewards: list[str], backend: str = "pytorchjob", **names: object
+) -> list[Call]:
+    """Everything a FIRM pipeline run in namespace `run` does with its ServiceAccount (`backend`: the chart's
+    training.backend)."""
+    calls = [*KFP_CALLS, *ARGO_CALLS, *backend_calls(backend)]
+    return expand(calls, run, release, rewards, **names)  # type: ignore[arg-type]

@@ -397,6 +397,15 @@ def test_pipeline_runner_role_grants_exactly_what_pipelines_need(
     rewards = sorted(by_kind(objs, "Deployment"))
     runners = [r for r in roles if r["metadata"]["name"] == "firm-pipeline-runner"]
     assert sorted(r["metadata"]["namespace"] for r in runners) == sorted(namespaces)
+    backend = merged_values(name)["training"]["backend"]
+    jobs = {
+        "apiGroups": ["kubeflow.org"],
+        "resources": ["pytorchjobs"],
+        "verbs": ["create", "get", "list", "delete"],
+    }
+    trainjobs = {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"],
+                 "verbs": ["create", "get", "list", "delete"]}  # fmt: skip
+    training = {"pytorchjob": [jobs], "trainjob": [trainjobs], "auto": [jobs, trainjobs]}[backend]
     for role in runners:
         assert role["rules"] == [
             {
@@ -419,11 +428,7 @@ def test_pipeline_runner_role_grants_exactly_what_pipelines_need(
                 "resources": ["workflowtaskresults"],
                 "verbs": ["create", "patch"],
             },
-            {
-                "apiGroups": ["kubeflow.org"],
-                "resources": ["pytorchjobs"],
-                "verbs": ["create", "get", "list", "delete"],
-            },
+            *training,
         ]
     (deployer,) = [r for r in roles if r["metadata"]["name"] == "firm-reward-deployer"]
     assert deployer["metadata"]["namespace"] == "firm"

@@ -148,6 +148,7 @@ def _subjects(objs: list[dict[str, Any]], values: dict[str, Any]) -> dict[Subjec
             ns,
             RELEASE_NS,
             rewards,
+            backend=values["training"]["backend"],
             kfp_launcher=values["pipelines"]["rbac"]["kfpLauncherConfigMap"],
             artifact_secrets=tuple(values["pipelines"]["rbac"]["artifactSecrets"]),
         )

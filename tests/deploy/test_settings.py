@@ -56,7 +56,7 @@ def test_settings_configmap_validates_as_firm_settings_with_the_values_pools(
     buckets = values["objectStore"]["buckets"]
     assert settings.bucket_uris() == {k: f"s3://{v}" for k, v in buckets.items()}
     assert cluster.checkpoints_uri == f"s3://{buckets['checkpoints']}"
-    assert cluster.job_backend == "pytorchjob"
+    assert cluster.job_backend == values["training"]["backend"]  # the chart's training.backend reaches FIRM
     # every name in the settings is an object the chart created (or the Secret it was told exists)
     assert cluster.settings_configmap == cm["metadata"]["name"]
     sas = by_kind(objs, "ServiceAccount")
