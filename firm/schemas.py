@@ -61,6 +61,25 @@ class GenSample(Record):
         return _non_empty(v, "prompt")
 
 
+class Confidence(Record):
+    """How sure the critic was, read from its digit distribution at the score position (`firm.rewards.confidence`).
+
+    A judgement's: `p` the probability of the score it wrote, `entropy` (nats; 0 = certain, ln 5 ≈ 1.609 =
+    uniform over 1..5) and `std` (raw 1..5 units) of that distribution, `probs` = P(score = 1..5); for quality, of
+    min(s1, s2, s3) with the three sub-scores' own in `sub`. A reward's: the joint of the axes that enter it
+    (`p` = product, `entropy` = sum, `std` = the reward's own, in reward units) with `axes` = each axis's `p`.
+    """
+
+    p: float = Field(
+        ge=0.0, le=1.0, description="probability of the chosen score (what thresholds and rankings use)"
+    )
+    entropy: float = Field(ge=0.0, description="entropy of the score distribution, nats")
+    std: float = Field(ge=0.0, description="std of the score under the distribution")
+    probs: list[float] | None = Field(default=None, description="judgement: P(score = 1..5)")
+    sub: list[Confidence] | None = Field(default=None, description="quality: per sub-score")
+    axes: dict[str, float] | None = Field(default=None, description="reward: `p` of each axis that enters it")
+
+
 class Judgement(Record):
     """One critic answer for one (sample, axis).
 
@@ -74,6 +93,9 @@ class Judgement(Record):
     score: int | list[int] | None = None
     expected_score: float | None = Field(
         default=None, description="probability-weighted score over the digit tokens 1..5 (expected readout)"
+    )
+    confidence: Confidence | None = Field(
+        default=None, description="from the digit distribution at the score; None whenever the score is None"
     )
     reasoning: str = ""
     raw_text: str = ""
@@ -102,3 +124,6 @@ class RewardBreakdown(Record):
     quality: float | None = None
     raw_scores: dict[str, float | list[int] | None] = Field(default_factory=dict)
     reasoning: dict[str, str] = Field(default_factory=dict)
+    confidence: Confidence | None = Field(
+        default=None, description="joint confidence of the axes entering the reward; None when any is missing"
+    )

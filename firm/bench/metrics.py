@@ -13,6 +13,10 @@ answer: `worst` (default) substitutes the score farthest from the human score (1
 is a tie between 1 and 5 and gets 1), `exclude` drops them (then `n` counts only the answered items).
 `parse_failures` is always the number of failures among the group's items.
 
+Calibration (`calibration`, `firm.bench.calibration`): where the predictions carry the critic's confidence, per
+axis (`edit.execution`, `edit.consistency`, `gen.instruction`) the MAE by confidence decile, the exact-match rate
+by decile, the selective MAE of the most confident 50/80/100 % and the area under the risk–coverage curve.
+
 Undefined numbers are `null` (JSON) / `None`: a correlation when either side is constant (zero variance, e.g. a
 critic that always answers 3) or fewer than 2 items; a group with no items is `null` as a whole.
 """
@@ -26,6 +30,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from firm.bench.calibration import CalibrationMetrics, calibration_metrics
 from firm.bench.records import HumanScore
 from firm.errors import InputError
 
@@ -56,6 +61,10 @@ class BenchReport(BaseModel):
 
     edit: dict[str, GroupMetrics | None]
     gen: dict[str, GroupMetrics | None]
+    calibration: dict[str, CalibrationMetrics | None] = Field(
+        default_factory=dict,
+        description="`task.axis` → calibration of the critic's confidence (None: no confidence)",
+    )
     meta: dict[str, object] = Field(default_factory=dict)
 
     def mae(self, task: str, group: str) -> float | None:
@@ -75,6 +84,14 @@ class BenchReport(BaseModel):
                 if g.pearson is not None:
                     out[f"pearson/{task}/{group}"] = g.pearson
                 out[f"parse_failure_rate/{task}/{group}"] = g.parse_failures / g.n
+        for key, c in self.calibration.items():
+            if c is None:
+                continue
+            where = key.replace(".", "/")
+            for cov, mae in c.selective_mae.items():
+                out[f"selective_mae_{cov}/{where}"] = mae
+            out[f"aurc/{where}"] = c.aurc
+            out[f"confidence_mean/{where}"] = c.mean_confidence
         return out
 
 
@@ -223,8 +240,10 @@ def compute_report(
     policy: ParseFailurePolicy = "worst",
     n_boot: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
+    confidences: Mapping[str, float | None] | None = None,
 ) -> BenchReport:
-    """The full FIRM-Bench report for human scores and a {id: score|None} map with exactly the same ids."""
+    """The full FIRM-Bench report for human scores and a {id: score|None} map with exactly the same ids;
+    `confidences` ({id: the critic's confidence | None}) adds the calibration per axis."""
     check_ids(humans, predictions)
 
     def pick(pred) -> GroupMetrics | None:  # type: ignore[no-untyped-def]
@@ -253,7 +272,17 @@ def compute_report(
         "bootstrap": {"n": n_boot, "seed": seed, "level": 0.95},
         "parse_failures": sum(predictions[h.id] is None for h in humans),
     }
-    return BenchReport(edit=edit, gen=gen, meta=meta)
+    calibration: dict[str, CalibrationMetrics | None] = {}
+    if confidences is not None and any(v is not None for v in confidences.values()):
+        for task, axis in (("edit", "execution"), ("edit", "consistency"), ("gen", "instruction")):
+            sel = [h for h in humans if h.task == task and h.axis == axis]
+            if sel:
+                calibration[f"{task}.{axis}"] = calibration_metrics(
+                    [h.human_score for h in sel],
+                    [predictions[h.id] for h in sel],
+                    [confidences.get(h.id) for h in sel],
+                )
+    return BenchReport(edit=edit, gen=gen, calibration=calibration, meta=meta)
 
 
 def report_json(report: BenchReport) -> dict:

@@ -106,6 +106,9 @@ class Prediction(Record):
         default=None, description="parse status from the critic (bench run only)"
     )
     expected_score: float | None = None
+    confidence: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="the critic's probability of its score (bench run only)"
+    )
     raw_text: str | None = None
     reasoning: str | None = None
     task: Task | None = None

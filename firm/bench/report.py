@@ -82,6 +82,70 @@ def detail_table(report: BenchReport) -> list[list[str]]:
     return rows
 
 
+def calibration_table(report: BenchReport) -> list[list[str]] | None:
+    """Per axis: items, mean confidence, selective MAE of the most confident 50/80/100 %, AURC; None without
+    confidence."""
+    rows = [c for c in report.calibration.items() if c[1] is not None]
+    if not rows:
+        return None
+    out = [["axis", "n", "mean conf.", "MAE@50%", "MAE@80%", "MAE@100%", "AURC"]]
+    for key, c in rows:
+        assert c is not None
+        sm = c.selective_mae
+        out.append(
+            [
+                key,
+                str(c.n),
+                _fmt(c.mean_confidence),
+                _fmt(sm.get("50")),
+                _fmt(sm.get("80")),
+                _fmt(sm.get("100")),
+                _fmt(c.aurc),
+            ]
+        )
+    return out
+
+
+CALIBRATION_NOTE = (
+    "Confidence = the critic's probability of the score digit it wrote. MAE@k% = MAE of the k % most confident "
+    "items (a confidence that means something: MAE@50% < MAE@100%); AURC = area under that risk–coverage curve."
+)
+
+
+def _calibration_png(report: BenchReport) -> bytes | None:
+    """Per axis: reliability (MAE and exact-match rate by confidence decile) and the risk–coverage curve."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    items = [(k, c) for k, c in report.calibration.items() if c is not None]
+    if not items:
+        return None
+    fig = Figure(figsize=(6.4, 2.8 * len(items)), dpi=80)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(items), 2, squeeze=False)
+    fig.subplots_adjust(hspace=0.6, wspace=0.35, left=0.1, right=0.88)
+    for (key, c), (rel, rc) in zip(items, axes, strict=True):
+        conf = [b.confidence for b in c.deciles]
+        rel.plot(conf, [b.mae for b in c.deciles], "o-", label="MAE")
+        rel.set_xlabel("confidence (decile mean)")
+        rel.set_ylabel("|critic − human|")
+        acc = rel.twinx()
+        acc.plot(conf, [b.accuracy for b in c.deciles], "s--", color="tab:orange", label="exact match")
+        acc.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
+        acc.set_ylim(0, 1)
+        acc.set_ylabel("exact-match rate")
+        rel.set_title(f"{key}: reliability", fontsize=9)
+        cov = [p[0] for p in c.curve]
+        rc.plot(cov, [p[1] for p in c.curve], "-")
+        rc.axhline(c.selective_mae.get("100", 0.0), color="grey", linestyle=":", linewidth=0.8)
+        rc.set_xlabel("coverage (most confident first)")
+        rc.set_ylabel("MAE")
+        rc.set_title(f"{key}: risk–coverage (AURC {c.aurc:.2f})", fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def _md_table(rows: list[list[str]]) -> str:
     head, *body = rows
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -113,6 +177,9 @@ def render_markdown(report: BenchReport, critic: str) -> str:
         ]
     if report.meta.get("rubrics"):
         parts += [f"Rubric pack: `{report.meta['rubrics']}`.", ""]
+    cal = calibration_table(report)
+    if cal is not None:
+        parts += ["## Calibration", "", _md_table(cal), "", CALIBRATION_NOTE, ""]
     return "\n".join(parts)
 
 
@@ -189,6 +256,9 @@ def render_html(report: BenchReport, critic: str, pngs: dict[str, bytes]) -> str
     for title, rows in paper_tables(report, critic).items():
         body += [f"<h2>{html.escape(title)}</h2>", _html_table(rows)]
     body += ["<h2>All metrics</h2>", _html_table(detail_table(report))]
+    cal = calibration_table(report)
+    if cal is not None:
+        body += ["<h2>Calibration</h2>", _html_table(cal), f"<p>{html.escape(CALIBRATION_NOTE)}</p>"]
     for name, data in pngs.items():
         b64 = base64.b64encode(data).decode("ascii")
         body.append(
@@ -225,5 +295,10 @@ def write_report(report: BenchReport, out_dir: str | Path, *, critic: str = "cri
     _write(paths["report.md"], render_markdown(report, critic).encode())
     for name, data in pngs.items():
         _write(paths[name], data)
+    cal = _calibration_png(report)
+    if cal is not None:  # only where the critic gave confidences
+        pngs["calibration.png"] = cal
+        paths["calibration.png"] = out / "calibration.png"
+        _write(paths["calibration.png"], cal)
     _write(paths["report.html"], render_html(report, critic, pngs).encode())
     return paths

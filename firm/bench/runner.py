@@ -93,6 +93,7 @@ def to_prediction(j: Judgement, item: BenchItem, critic: str) -> Prediction:
         score=score,
         status=status,
         expected_score=j.expected_score,
+        confidence=j.confidence.p if score is not None and j.confidence is not None else None,
         raw_text=j.raw_text,
         reasoning=j.reasoning or None,
         task=item.task,
@@ -188,7 +189,8 @@ def _run(
     humans = [it.human() for it in selected]
     write_records(out / HUMAN_FILE, humans)
     scores = {it.id: done[it.id].score for it in selected}
-    report = compute_report(humans, scores, policy=policy, n_boot=n_boot, seed=seed)
+    confidences = {it.id: done[it.id].confidence for it in selected}
+    report = compute_report(humans, scores, policy=policy, n_boot=n_boot, seed=seed, confidences=confidences)
     report.meta["judged_this_run"] = len(todo)
     report.meta["resumed"] = skipped
     # failures by status: `truncated` (answer cut at its token budget) is counted apart from `unparseable`

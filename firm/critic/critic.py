@@ -36,6 +36,13 @@ Readouts:
     The judgement keeps the text's `status` and `score`: an unparseable answer stays `unparseable` with
     `score=None`, so reward functions still apply their `ParseFailurePolicy` to it; the teacher-forced
     `expected_score` is there for monitoring and for callers that opt in explicitly.
+
+Confidence (both readouts, `confidence=True` by default): the same recorded digit logits give each parsed
+judgement a `Judgement.confidence` (`firm.rewards.confidence`: the probability of the digit written, the
+distribution's entropy and the score's std; quality: of the minimum, with each sub-score's in `sub`) — no second
+generation. With the expected readout, a digit that could not be located takes the teacher-forced distribution;
+with the text readout (no extra forward pass) it leaves the confidence None. An answer that did not parse has
+no confidence (None, never 0).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from firm.critic.messages import build_messages, encode_images, message_images, render_prompt
 from firm.errors import ConfigError, InputError
 from firm.images import DEFAULT_MAX_DECODE_PIXELS, PixelRule, load_image, pixel_rule, processor_pixel_rule
+from firm.rewards.confidence import judgement_confidence
 from firm.rewards.packs import warn_if_mismatched
 from firm.rewards.parsing import ParseResult, parse_answer
 from firm.rewards.rubrics import N_IMAGES, Rubric, RubricPack
@@ -342,10 +350,12 @@ class Critic:
         readout: Readout = "text",
         batch_size: int = 16,
         progress: bool = False,
+        confidence: bool = True,
     ) -> list[Judgement]:
         """Judge `requests` in batches of `batch_size` (one greedy generate call per batch, left padding).
 
         All images are loaded and checked before anything runs, so bad input fails fast and loses nothing.
+        `confidence=False` skips recording the digit logits with the text readout (no `Judgement.confidence`).
         """
         if readout not in ("text", "expected"):
             raise InputError(f"unknown readout {readout!r}; expected 'text' or 'expected'")
@@ -359,7 +369,7 @@ class Critic:
         batches = [prepared[i : i + batch_size] for i in range(0, len(prepared), batch_size)]
         with _maybe_progress(progress, len(prepared), f"judging with {self.name}") as advance:
             for batch in batches:
-                out.extend(self._judge_batch(batch, readout))
+                out.extend(self._judge_batch(batch, readout, confidence))
                 advance(len(batch))
         return out
 
@@ -419,17 +429,18 @@ class Critic:
         return gc
 
     def _judge_batch(
-        self, batch: list[tuple[CriticRequest, str, list[Any]]], readout: Readout
+        self, batch: list[tuple[CriticRequest, str, list[Any]]], readout: Readout, confidence: bool = True
     ) -> list[Judgement]:
         torch = self._torch
         want = readout == "expected"
+        record = want or confidence
         prompts = [p for _, p, _ in batch]
         images = [im for _, _, ims in batch for im in ims]
         enc = self._encode(prompts, images, self._batch_size(batch))
         rubrics = [self.rubric(req.task, req.axis) for req, _, _ in batch]
         limits = [self.answer_budget(r) for r in rubrics]
         # the expected readout records only the five digit logits of each step, never (B, T, vocab) logits
-        recorder = _DigitLogits(self.digit_ids) if want else None
+        recorder = _DigitLogits(self.digit_ids) if record else None
         stop = _RowBudgets(enc["input_ids"].shape[1], limits)
         with torch.inference_mode():
             out = self.model.generate(
@@ -449,13 +460,17 @@ class Critic:
             if not parsed.ok and len(ids) >= limits[row]:  # cut off at the budget before a score was written
                 parsed = parsed.model_copy(update={"status": TRUNCATED})
             expected: float | None = None
+            conf = None
             parsed_from = parsed.parsed_from
-            if want:
-                assert logits is not None
-                expected = self._expected_from_generation(ids, text, parsed, logits[row])
-                if expected is None:
-                    forced.append(row)
-                    parsed_from = f"{parsed_from}+{TEACHER_FORCED}" if parsed.ok else TEACHER_FORCED
+            dists = self._generation_dists(ids, text, parsed, logits[row]) if logits is not None else None
+            if dists is not None:
+                if want:
+                    expected = _expected_min(dists)
+                if confidence and parsed.ok and parsed.score is not None:
+                    conf = _confidence(dists, parsed.score)
+            elif want:
+                forced.append(row)
+                parsed_from = f"{parsed_from}+{TEACHER_FORCED}" if parsed.ok else TEACHER_FORCED
             results.append(
                 Judgement(
                     task=req.task,  # type: ignore[arg-type]
@@ -463,6 +478,7 @@ class Critic:
                     status=parsed.status,
                     score=parsed.score if parsed.ok else None,
                     expected_score=expected,
+                    confidence=conf,
                     reasoning=parsed.reasoning,
                     raw_text=text,
                     parsed_from=parsed_from,
@@ -470,9 +486,13 @@ class Critic:
                 )
             )
         if forced:
-            values = self._expected_teacher_forced([batch[r] for r in forced])
-            for row, value in zip(forced, values, strict=True):
-                results[row] = results[row].model_copy(update={"expected_score": value})
+            all_dists = self._teacher_forced_dists([batch[r] for r in forced])
+            for row, dists in zip(forced, all_dists, strict=True):
+                update: dict[str, Any] = {"expected_score": _expected_min(dists)}
+                score = results[row].score
+                if confidence and results[row].ok and score is not None:
+                    update["confidence"] = _confidence(dists, score)
+                results[row] = results[row].model_copy(update=update)
         return results
 
     def _trim(self, ids: list[int]) -> list[int]:
@@ -484,23 +504,35 @@ class Critic:
     # ------------------------------------------------------------------------------------------------ expected
 
     def _token_at(self, ids: list[int], text: str, char: int) -> int | None:
-        """Index of the generated token that produced `text[char]`, if that token is exactly one score digit."""
+        """Index of the generated token that produced `text[char]`, if that token is exactly one score digit.
+
+        The first token whose decoded prefix reaches past `char` is found by bisection (decoded prefixes only
+        grow), so locating a digit costs O(log T) decodes, not O(T); the prefix before it is then checked."""
         dec = self.tokenizer.decode
-        for t in range(len(ids)):
-            if len(dec(ids[: t + 1], skip_special_tokens=True)) > char:
-                before = dec(ids[:t], skip_special_tokens=True)
-                if before == text[:char] and ids[t] in self.digit_ids:
-                    return t
-                return None
+        lo, hi = 0, len(ids)  # the answer is the smallest t with len(dec(ids[: t + 1])) > char, else None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(dec(ids[: mid + 1], skip_special_tokens=True)) > char:
+                hi = mid
+            else:
+                lo = mid + 1
+        t = lo
+        if t >= len(ids):
+            return None
+        before = dec(ids[:t], skip_special_tokens=True)
+        if before == text[:char] and ids[t] in self.digit_ids:
+            return t
         return None
 
     def _digit_probs(self, digit_logits: Any) -> Any:
         """Softmax over the five digit logits ("1".."5") of one position."""
         return self._torch.softmax(digit_logits.float(), dim=-1)
 
-    def _expected_from_generation(
+    def _generation_dists(
         self, ids: list[int], text: str, parsed: ParseResult, logits: Any
-    ) -> float | None:
+    ) -> list[Any] | None:
+        """The digit distribution(s) where the answer wrote its score digit(s), or None where they cannot be
+        located (not parsed, or a digit merged into another token)."""
         if not parsed.ok or not parsed.score_spans:
             return None
         probs = []
@@ -511,9 +543,15 @@ class Critic:
             if t is None:
                 return None
             probs.append(self._digit_probs(logits[t]))
-        return _expected_min(probs)
+        return probs
 
-    def _expected_teacher_forced(self, batch: list[tuple[CriticRequest, str, list[Any]]]) -> list[float]:
+    def _expected_from_generation(
+        self, ids: list[int], text: str, parsed: ParseResult, logits: Any
+    ) -> float | None:
+        dists = self._generation_dists(ids, text, parsed, logits)
+        return None if dists is None else _expected_min(dists)
+
+    def _teacher_forced_dists(self, batch: list[tuple[CriticRequest, str, list[Any]]]) -> list[list[Any]]:
         """Force the canonical answer skeleton after each prompt and read the digit distribution(s) there."""
         torch = self._torch
         fmts = [self.rubric(req.task, req.axis).answer_format for req, _, _ in batch]
@@ -531,7 +569,7 @@ class Critic:
                     p = self._digit_probs(last[i])
                     probs[i].append(p)
                     prefixes[i] += DIGITS[int(p.argmax())] + ", "
-        return [_expected_min(p) for p in probs]
+        return probs
 
     # ------------------------------------------------------------------------------------------------ tasks
 
@@ -656,6 +694,16 @@ def _processors(recorder: _DigitLogits | None) -> Any:
     from transformers import LogitsProcessorList
 
     return LogitsProcessorList([recorder] if recorder is not None else [])
+
+
+def _confidence(dists: list[Any], score: int | list[int]) -> Any:
+    """`Judgement.confidence` from the located digit distributions (torch) and the parsed score."""
+    as_lists = [[float(x) for x in d.tolist()] for d in dists]
+    if isinstance(score, list) and len(as_lists) != len(score):
+        return None
+    if isinstance(score, int) and len(as_lists) != 1:
+        return None
+    return judgement_confidence(as_lists, score)
 
 
 def _expected_min(probs: list[Any]) -> float:

@@ -16,6 +16,9 @@ Weights must be non-negative and sum to 1, so every reward lies in [0, 1].
 A judgement that failed to parse never turns into a silent 0. `ParseFailurePolicy` decides: ``skip`` (default) →
 ``reward=None`` so the RL trainer drops the sample; ``min_reward`` → ``reward=0.0`` with the failure named in
 ``status``; ``raise`` → `firm.errors.ParseError`.
+
+Each breakdown also carries the reward's `confidence`: the joint of the confidences of the axes that enter the
+formula (`firm.rewards.confidence.reward_confidence`; None when any of them has none).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from firm.errors import ConfigError, InputError, ParseError
+from firm.rewards.confidence import reward_confidence
 from firm.schemas import Judgement, Readout, RewardBreakdown
 
 SCORE_MIN, SCORE_MAX = 1.0, 5.0
@@ -244,6 +248,10 @@ def edit_reward(
         consistency=c01,
         raw_scores={"execution": raw_e, "consistency": raw_c},
         reasoning={"execution": execution.reasoning, "consistency": consistency.reasoning},
+        confidence=reward_confidence(
+            {"execution": execution.confidence, "consistency": consistency.confidence},
+            lambda e, c: edit_formula(e, c, config),
+        ),
     )
 
 
@@ -288,6 +296,12 @@ def gen_reward(
     if quality is not None:
         raw_scores["quality"] = raw_q
         reasoning["quality"] = quality.reasoning
+        confidence = reward_confidence(
+            {"instruction": instruction.confidence, "quality": quality.confidence},
+            lambda i, q: qma(i, q, config.w_base, config.w_bonus),
+        )
+    else:
+        confidence = reward_confidence({"instruction": instruction.confidence}, lambda i: i)
     return RewardBreakdown(
         task="gen",
         formulation=formulation,
@@ -297,6 +311,7 @@ def gen_reward(
         quality=q01,
         raw_scores=raw_scores,
         reasoning=reasoning,
+        confidence=confidence,
     )
 
 

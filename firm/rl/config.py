@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from firm.errors import ConfigError
@@ -243,6 +242,21 @@ class RewardConfig(_Section):
         description="warn when the parse failure rate stays above this for 2 consecutive steps (repeated every "
         "10 steps while it lasts)",
     )
+    low_confidence: Literal["keep", "drop", "discount"] = Field(
+        "keep",
+        description="samples whose reward confidence (RewardBreakdown.confidence.p) is low (firm.rl.confidence): "
+        "keep = as is; drop = no reward, no advantage (before the group advantages); discount = advantage × p",
+    )
+    confidence_threshold: float | None = Field(
+        None, ge=0, le=1, description="low confidence: p below this (None: no threshold)"
+    )
+    confidence_coverage: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="low confidence: outside the most confident fraction of each group (0.9: the least confident "
+        "10%; ties are never cut, so a constant confidence flags nothing)",
+    )
 
 
 class DataConfig(_Section):
@@ -342,12 +356,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RLConfi
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: config file does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping, got {type(data).__name__}")
+    from firm.overrides import read_yaml_mapping
+
+    data = read_yaml_mapping(p)
     return config_from_dict(apply_overrides(data, overrides or []), source=str(p), overrides=overrides)
 
 

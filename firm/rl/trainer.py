@@ -21,6 +21,7 @@ uninterrupted run would have taken.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -45,6 +46,7 @@ from firm.rl.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from firm.rl.confidence import apply_low_confidence
 from firm.rl.config import RLConfig, check_world_size
 from firm.rl.data import PromptItem, load_prompts, load_source, step_prompts
 from firm.rl.ema import ParamEMA
@@ -61,6 +63,7 @@ from firm.schemas import RewardBreakdown
 log = logging.getLogger(__name__)
 
 SUB_SCORES = ("execution", "consistency", "instruction", "quality")
+LOW_CONFIDENCE_SAVED = 4  # least confident samples' rationales saved per step (and rank)
 EDIT_EVAL_ITEMS = 4  # editing eval grids: the first 4 (instruction, source) items of the prompt file
 WARN_AFTER_STEPS = 2  # reward.warn_parse_failure_rate: consecutive steps above it before the first warning
 WARN_EVERY_STEPS = 10  # … and how often the warning repeats while it lasts
@@ -80,6 +83,8 @@ class Group:
     source: torch.Tensor | None
     rewards: list[RewardBreakdown] = field(default_factory=list)
     pending: Future[list[RewardBreakdown]] | None = None  # async: the reward call still in flight
+    adv_weights: list[float] | None = None  # reward.low_confidence=discount: advantage multipliers
+    low_confidence: list[bool] = field(default_factory=list)  # flagged by reward.low_confidence
 
 
 @dataclass
@@ -305,8 +310,16 @@ class Trainer:
         return None
 
     def _share_rewards(self, groups: list[Group], failed: BaseException | None) -> StepRewards:
-        policy = self.cfg.reward.parse_failure
+        rc = self.cfg.reward
+        policy = rc.parse_failure
         train = [[training_reward(b, policy) for b in g.rewards] for g in groups] if failed is None else []
+        if failed is None:  # reward.low_confidence, per group, before the advantages
+            for gi, g in enumerate(groups):
+                conf = [b.confidence.p if b.confidence is not None else None for b in g.rewards]
+                plan = apply_low_confidence(
+                    train[gi], conf, rc.low_confidence, rc.confidence_threshold, rc.confidence_coverage
+                )
+                train[gi], g.adv_weights, g.low_confidence = plan.train, plan.weights, plan.flagged
         parsed = [[is_scored(b) for b in g.rewards] for g in groups] if failed is None else []
         if failed is not None:  # the shape still has to match the other ranks'
             k = self.cfg.sampling.group_size
@@ -364,6 +377,8 @@ class Trainer:
                     if update_of(gi, per_rank, updates) != u or not any(trained[slot]):
                         continue
                     a = torch.tensor([x if x is not None else 0.0 for x in adv[slot * k : (slot + 1) * k]])
+                    if grp.adv_weights is not None:
+                        a = a * torch.tensor(grp.adv_weights, dtype=a.dtype)
                     w = torch.tensor([1.0 / n_update[u] if f else 0.0 for f in trained[slot]])
                     for key, val in upd.backward(grp.batch, a, w, epoch).items():
                         sums[key] = sums.get(key, 0.0) + val
@@ -417,6 +432,8 @@ class Trainer:
             vec += [float(source_similarity(images, srcs).sum()), 0.0]
         else:
             vec += [float(detail(images).sum()), float(entropy(images).sum())]
+        confs = [b.confidence.p for g in groups for b in g.rewards if b.confidence is not None]
+        vec += [float(sum(confs)), float(len(confs)), float(sum(sum(g.low_confidence) for g in groups))]
         # answers cut at the critic's token budget, counted apart from other parse failures
         vec.append(float(sum("truncated" in b.status for g in groups for b in g.rewards)))
         vec.append(float(images.shape[0]))
@@ -436,7 +453,42 @@ class Trainer:
             m["hacking/detail"] = v[off] / n_img
             m["hacking/entropy"] = v[off + 1] / n_img
         m["reward/truncated_rate"] = v[-2] / n_img
+        conf_sum, conf_n, flagged = v[-5], v[-4], v[-3]
+        if conf_n > 0:
+            m["reward/confidence_mean"] = conf_sum / conf_n
+        m["reward/dropped_low_confidence"] = flagged
         return m
+
+    def _save_low_confidence(
+        self, step: int, groups: list[Group], k: int = LOW_CONFIDENCE_SAVED
+    ) -> Path | None:
+        """The `k` least confident samples of this rank's groups — prompt, reward, confidence, status and the
+        critic's rationale per axis — next to the step's sample grid (`samples/step-N.low_confidence.json`)."""
+        rows = [
+            (b.confidence.p, g.prompt, j, b)
+            for g in groups
+            for j, b in enumerate(g.rewards)
+            if b.confidence is not None
+        ]
+        if not rows:
+            return None
+        rows.sort(key=lambda r: r[0])
+        doc = [
+            {
+                "prompt": prompt,
+                "sample": j,
+                "reward": b.reward,
+                "status": b.status,
+                "confidence": b.confidence.model_dump(mode="json") if b.confidence is not None else None,
+                "reasoning": b.reasoning,
+            }
+            for _, prompt, j, b in rows[:k]
+        ]
+        suffix = f".rank-{self.rank}" if self.world > 1 else ""
+        out = self.run_dir / "samples" / f"step-{step:08d}.low_confidence{suffix}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+        return out
 
     @torch.no_grad()
     def eval_grid(self, step: int) -> Path | None:
@@ -487,6 +539,7 @@ class Trainer:
         times["time/update"] = time.perf_counter() - t1 - (times["time/reward_wait"] - wait0)
         times["time/step"] = time.perf_counter() - t0
         metrics = {**self._reward_metrics(groups, shared, stats), **out, **times}
+        self._save_low_confidence(step, groups)
         if self.cfg.task == "edit":
             metrics["hacking/identity_copy_flag"] = float(
                 self.identity_flag.update(metrics["hacking/source_similarity"])

@@ -12,7 +12,9 @@
 - every request has a deadline (`timeout` seconds);
 - images (PIL, torch tensors, numpy arrays, paths/URIs, bytes) are encoded to PNG or JPEG on the client;
 - results are `firm.schemas.RewardBreakdown` records in input order: `reward` is None with a `status` naming the
-  axis when the critic's answer did not parse — never a fabricated 0.
+  axis when the critic's answer did not parse — never a fabricated 0;
+- each breakdown's `confidence` comes from the service's `confidence` output (`[p, entropy, std]`, NaN → None:
+  the answer did not parse); a service exported before that output existed answers without it (None).
 
 The sync methods run the async implementation on a private event-loop thread, so they also work from code that
 already runs an event loop (e.g. a trainer with its own asyncio rollout loop).
@@ -33,9 +35,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from firm.errors import FirmError, InputError
-from firm.schemas import RewardBreakdown
+from firm.schemas import Confidence, RewardBreakdown
 from firm.serving.encoding import ImageFormat, encode_image
-from firm.serving.spec import EDIT_REWARD_MODEL, GEN_REWARD_MODEL
+from firm.serving.spec import CONFIDENCE_OUTPUT, EDIT_REWARD_MODEL, GEN_REWARD_MODEL
 
 T = TypeVar("T")
 
@@ -63,6 +65,20 @@ def _status_of(exc: Exception) -> str:
     status = getattr(exc, "status", None)
     s = str(status() if callable(status) else status or "")
     return s.replace("StatusCode.", "")
+
+
+def _with_confidence(bs: list[RewardBreakdown], conf: Any) -> list[RewardBreakdown]:
+    """Each breakdown with its `confidence` row (`[p, entropy, std]`; NaN → None)."""
+    rows = np.asarray(conf, dtype=np.float64).reshape(len(bs), -1)
+    out = []
+    for b, row in zip(bs, rows, strict=True):
+        c = None
+        if row.size >= 3 and not np.isnan(row[:3]).any():
+            c = Confidence(
+                p=float(np.clip(row[0], 0, 1)), entropy=max(0.0, float(row[1])), std=max(0.0, float(row[2]))
+            )
+        out.append(b.model_copy(update={"confidence": c}))
+    return out
 
 
 def _edit_item(item: Any) -> tuple[Any, Any, str]:
@@ -138,6 +154,7 @@ class RewardClient:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._sems: dict[int, asyncio.Semaphore] = {}
+        self._without_confidence: set[str] = set()  # endpoints whose models have no `confidence` output
 
     # -- public API ----------------------------------------------------------------------------------------------
     async def ascore_edit(self, items: Sequence[Any]) -> list[RewardBreakdown]:
@@ -300,6 +317,26 @@ class RewardClient:
         results = await asyncio.gather(*parts)
         return [b for part in results for b in part]
 
+    async def _infer(self, ep: _Endpoint, model: str, inputs: list[Any]) -> list[RewardBreakdown]:
+        """One inference: the breakdowns with their confidence; an endpoint whose models predate the `confidence`
+        output is asked again without it (and from then on)."""
+        import tritonclient.grpc.aio as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        with_conf = ep.url not in self._without_confidence
+        names = ["breakdown", CONFIDENCE_OUTPUT] if with_conf else ["breakdown"]
+        outputs = [grpcclient.InferRequestedOutput(n) for n in names]
+        try:
+            res = await self._client(ep).infer(model, inputs, outputs=outputs, client_timeout=self.timeout)
+        except InferenceServerException as exc:
+            older = _status_of(exc) == "INVALID_ARGUMENT" and CONFIDENCE_OUTPUT in str(exc.message())
+            if not (with_conf and older):
+                raise
+            self._without_confidence.add(ep.url)
+            return await self._infer(ep, model, inputs)
+        bs = [RewardBreakdown.model_validate_json(bytes(x)) for x in res.as_numpy("breakdown").reshape(-1)]
+        return _with_confidence(bs, res.as_numpy(CONFIDENCE_OUTPUT)) if with_conf else bs
+
     async def _request(
         self, model: str, names: Sequence[str], rows: list[tuple[bytes, ...]]
     ) -> list[RewardBreakdown]:
@@ -312,7 +349,6 @@ class RewardClient:
             inp = grpcclient.InferInput(name, list(arr.shape), "BYTES")
             inp.set_data_from_numpy(arr)
             inputs.append(inp)
-        outputs = [grpcclient.InferRequestedOutput("breakdown")]
         tried: list[str] = []
         last: Exception | None = None
         async with self._semaphore():
@@ -321,12 +357,9 @@ class RewardClient:
                 tried.append(ep.url)
                 ep.in_flight += 1
                 try:
-                    res = await self._client(ep).infer(
-                        model, inputs, outputs=outputs, client_timeout=self.timeout
-                    )
+                    bs = await self._infer(ep, model, inputs)
                     ep.served += 1
-                    data = res.as_numpy("breakdown")
-                    return [RewardBreakdown.model_validate_json(bytes(x)) for x in data.reshape(-1)]
+                    return bs
                 except InferenceServerException as exc:
                     status = _status_of(exc)
                     if status == "INVALID_ARGUMENT":

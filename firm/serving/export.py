@@ -118,6 +118,11 @@ class ExportConfig(Record):
         default="copy", description="copy the weights into the repository, or reference the critic URI/id"
     )
     readout: Readout = "text"
+    confidence: bool = Field(
+        default=True,
+        description="fill the `confidence` output from the score digit's distribution (False: always NaN; the "
+        "benchmark's baseline)",
+    )
     max_pixels: int | None = Field(
         default=None,
         ge=28 * 28,
@@ -204,6 +209,7 @@ def _model_params(cfg: ExportConfig, critic_ref: str, model: str, pack: RubricPa
         "dtype": cfg.dtype,
         "threads": str(cfg.threads),
         "readout": cfg.readout,
+        "confidence": str(cfg.confidence).lower(),
         "max_pixels": str(cfg.max_pixels or 0),  # 0: the pack's, else the processor's
         "max_new_tokens": str(cfg.max_new_tokens or 0),  # 0: the pack's, per (task, axis)
         "policy": cfg.policy,
@@ -384,18 +390,23 @@ def build_repository(cfg: ExportConfig, out_dir: Path) -> Path:
 
 def export_repository(cfg: ExportConfig, out: str | Path, *, overwrite: bool = False) -> str:
     """Export to a local directory (built aside, then renamed into place) or publish to a file:// / s3:// URI
-    (files first, MANIFEST.json last, via `firm.storage.publish_dir`). Returns where it went."""
+    (files first, MANIFEST.json last, via `firm.storage.publish_dir`). Returns where it went. An existing,
+    non-empty target is refused unless `overwrite` (`firm.storage.targets`)."""
+    from firm.storage.targets import check_target, clear_target
+
     out_s = str(out)
     if "://" in out_s:
         from firm.storage import publish_dir
 
+        replace = check_target(out_s, "--out", overwrite=overwrite)
         with tempfile.TemporaryDirectory(prefix="firm-export-") as tmp:
             build_repository(cfg, Path(tmp) / "repo")
+            if replace:
+                clear_target(out_s)
             publish_dir(Path(tmp) / "repo", out_s, producer="firm.serving.export")
         return out_s
     target = Path(out_s).expanduser().resolve()
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise InputError(f"export target {target} exists and is not empty (pass --overwrite to replace it)")
+    check_target(target, "--out", overwrite=overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

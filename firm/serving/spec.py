@@ -3,6 +3,12 @@
 Every model batches (`max_batch_size > 0`, batch dimension first), so a tensor declared with `dims: [1]` travels as
 shape `[batch, 1]`. Strings are Triton `BYTES` (`TYPE_STRING` in config.pbtxt): images are encoded PNG/JPEG bytes,
 text is UTF-8. Scores that did not parse come back as NaN with a `status` saying which axis failed — never 0.
+
+`confidence` (every model, added after the first release: older clients that do not request it are unaffected)
+is `[p, entropy, std]` of `firm.schemas.Confidence` — the critic's probability of the score it wrote, the entropy
+(nats) and std of its digit distribution; for the reward models the joint over the axes entering the reward
+(`firm.rewards.confidence`) — all NaN where there is none (the answer did not parse, or the engine cannot see
+the digit's probabilities). The `breakdown` JSON leaves it out, exactly as before.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CRITIC_MODEL = "firm_critic"
+CONFIDENCE_OUTPUT = "confidence"  # [p, entropy, std]; see the module docstring
 ENGINE_MODEL = "firm_engine"  # python engine: the one model that holds the critic; the three above are ensembles
 EDIT_REWARD_MODEL = "firm_edit_reward"
 GEN_REWARD_MODEL = "firm_gen_reward"
@@ -57,6 +64,7 @@ CRITIC = ModelSpec(
         TensorSpec("status", B),
         TensorSpec("reasoning", B),
         TensorSpec("raw_text", B),
+        TensorSpec("confidence", F, (3,)),  # [p, entropy, std] of the judgement; NaN = none
     ),
 )
 
@@ -70,6 +78,7 @@ EDIT_REWARD = ModelSpec(
         TensorSpec("status", B),  # "ok" or e.g. "unparseable:execution"
         TensorSpec("reasoning", B),  # JSON {"execution": "...", "consistency": "..."}
         TensorSpec("breakdown", B),  # JSON of firm.schemas.RewardBreakdown (what RewardClient returns)
+        TensorSpec("confidence", F, (3,)),  # [p, entropy, std] of the reward (RewardBreakdown.confidence); NaN = none
     ),
 )
 
@@ -85,6 +94,7 @@ GEN_REWARD = ModelSpec(
         TensorSpec("status", B),
         TensorSpec("reasoning", B),
         TensorSpec("breakdown", B),
+        TensorSpec("confidence", F, (3,)),
     ),
 )
 

@@ -375,3 +375,58 @@ def test_score_digit_location_and_full_width_fallback(tiny_critic: Critic) -> No
             assert got == pytest.approx(float((p * torch.arange(1, 6)).sum()))  # read at the "4" token
         else:
             assert got is None
+
+
+def test_confidence_from_the_same_pass_both_readouts(formatted_critic: Critic) -> None:
+    """Every parsed judgement carries the confidence of the digit it wrote, identical in both readouts (read from
+    the same recorded digit logits); the probability is that of the written digit under the digit softmax."""
+    reqs = _mixed_requests()
+    text = formatted_critic.judge(reqs, readout="text")
+    expected = formatted_critic.judge(reqs, readout="expected")
+    assert all(j.ok for j in text)
+    for req, t, e in zip(reqs, text, expected, strict=True):
+        assert t.confidence is not None and e.confidence is not None
+        for field in ("p", "entropy", "std"):
+            assert getattr(t.confidence, field) == pytest.approx(getattr(e.confidence, field), abs=1e-5)
+        assert t.confidence.probs == pytest.approx(e.confidence.probs, abs=1e-5)
+        c = t.confidence
+        assert 0.0 < c.p <= 1.0 and 0.0 <= c.entropy <= 1.61 and 0.0 <= c.std <= 2.0
+        assert c.probs is not None and sum(c.probs) == pytest.approx(1.0)
+        if req.axis == "quality":
+            assert isinstance(t.score, list) and c.sub is not None and len(c.sub) == 3
+            assert [s.p for s in c.sub] == pytest.approx(
+                [s.probs[k - 1] for s, k in zip(c.sub, t.score, strict=True)]
+            )
+            assert c.p == pytest.approx(c.probs[min(t.score) - 1])
+            # E[min] of the sub-score distributions is the expected readout's value
+            assert sum((k + 1) * p for k, p in enumerate(c.probs)) == pytest.approx(
+                e.expected_score, abs=1e-4
+            )
+        else:
+            assert c.p == pytest.approx(c.probs[t.score - 1]) and c.sub is None
+            assert sum((k + 1) * p for k, p in enumerate(c.probs)) == pytest.approx(
+                e.expected_score, abs=1e-4
+            )
+    off = formatted_critic.judge(reqs, readout="text", confidence=False)
+    assert all(j.confidence is None for j in off)
+    assert [j.raw_text for j in off] == [j.raw_text for j in text]
+    # the reward helpers carry the joint confidence
+    src, dst, instruction = edit_pair()
+    ((b, (ej, cj)),) = formatted_critic.edit_rewards(
+        [EditInput(source=src, edited=dst, instruction=instruction)]
+    )
+    assert b.confidence is not None and b.confidence.p == pytest.approx(ej.confidence.p * cj.confidence.p)
+
+
+def test_failed_parse_has_no_confidence(tiny_critic: Critic) -> None:
+    """The random critic's byte soup does not parse: no confidence in either readout, although the expected
+    readout still teacher-forces an expected score."""
+    reqs = _mixed_requests()
+    for readout in ("text", "expected"):
+        js = tiny_critic.judge(reqs, readout=readout)
+        assert any(not j.ok for j in js)
+        for j in js:
+            if not j.ok:
+                assert j.confidence is None and j.score is None
+            else:
+                assert j.confidence is not None

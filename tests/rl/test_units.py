@@ -291,3 +291,38 @@ def test_reward_hacking_monitors() -> None:
     assert [flag.update(x) for x in (0.90, 0.96, 0.97, 0.99)] == [False, False, True, True]
     steady = IdentityCopyFlag(threshold=0.95, window=3)
     assert not any(steady.update(x) for x in (0.99, 0.98, 0.97, 0.96))  # high but not trending up
+
+
+def test_low_confidence_drop_removes_advantages_and_constant_confidence_changes_nothing() -> None:
+    """reward.low_confidence (firm.rl.confidence): with `drop`, samples under the threshold (or outside the group's
+    most confident fraction) get no advantage and leave the baseline; a constant confidence flags nothing."""
+    from firm.rl.advantages import group_advantages
+    from firm.rl.confidence import apply_low_confidence, low_confidence_flags
+
+    rewards = [0.9, 0.1, 0.5, 0.7]
+    conf = [0.95, 0.2, 0.9, None]  # the last reward has no confidence: never flagged
+    plan = apply_low_confidence(rewards, conf, "drop", threshold=0.5)
+    assert plan.flagged == [False, True, False, False] and plan.train == [0.9, None, 0.5, 0.7]
+    adv = group_advantages([plan.train]).advantages
+    assert adv[1] is None and all(a is not None for i, a in enumerate(adv) if i != 1)
+    assert adv == group_advantages([[0.9, None, 0.5, 0.7]]).advantages  # as if it had never been scored
+    # coverage 0.75 of 4: the least confident of the known ones goes
+    assert low_confidence_flags([0.9, 0.8, 0.3, 0.7], coverage=0.75) == [False, False, True, False]
+    # a constant-confidence critic: nothing flagged, advantages unchanged, under every mode
+    for mode in ("drop", "discount"):
+        same = apply_low_confidence(rewards, [0.6] * 4, mode, threshold=0.5, coverage=0.5)  # type: ignore[arg-type]
+        assert same.train == rewards and same.weights == [1.0] * 4 and not any(same.flagged)
+        assert group_advantages([same.train]).advantages == group_advantages([rewards]).advantages
+    disc = apply_low_confidence(rewards, conf, "discount", threshold=0.5)
+    assert disc.train == rewards and disc.weights == [1.0, 0.2, 1.0, 1.0]
+    keep = apply_low_confidence(rewards, conf, "keep", threshold=0.99)
+    assert keep.train == rewards and not any(keep.flagged)
+
+
+def test_low_confidence_config() -> None:
+    from firm.rl.config import RewardConfig
+
+    rc = RewardConfig(low_confidence="drop", confidence_coverage=0.9)
+    assert rc.low_confidence == "drop" and rc.confidence_threshold is None
+    with pytest.raises(ValueError):
+        RewardConfig(low_confidence="ignore")  # type: ignore[arg-type]

@@ -247,3 +247,27 @@ def test_cli_vllm_export_for_the_helm_chart_mount(tmp_path: Path, tiny_critic_di
     assert out.returncode == 0, out.stderr
     engine = json.loads((tmp_path / "repo" / "firm_critic" / "1" / "model.json").read_text())
     assert engine["model"] == "/models/repo/firm_critic/1/critic"
+
+
+def test_vllm_confidence_from_top_k_logprobs() -> None:
+    """The vLLM engine's confidence: the greedy tokens' decoded text locates the score digit, whose top-k
+    logprobs give the digit distribution (digits outside the top k count as 0); no match → no confidence."""
+    import math
+
+    from firm.serving.backend.vllm_critic import digit_dists_from_logprobs
+
+    digit_ids = [16, 17, 18, 19, 20]
+
+    def step(chosen: int, piece: str, others: dict[int, float] | None = None) -> dict[str, dict]:
+        d = {str(chosen): {"logprob": math.log(0.7), "rank": 1, "decoded_token": piece}}
+        for tid, p in (others or {}).items():
+            d[str(tid)] = {"logprob": math.log(p), "rank": 2, "decoded_token": "?"}
+        return d
+
+    text = '{"score": [4]}'
+    steps = [step(1, '{"score": ['), step(19, "4", {18: 0.2, 500: 0.1}), step(2, "]}")]
+    (probs,) = digit_dists_from_logprobs(steps, text, [(11, 12)], digit_ids)  # type: ignore[misc]
+    assert probs == pytest.approx([0, 0, 0.2 / 0.9, 0.7 / 0.9, 0])
+    assert digit_dists_from_logprobs(steps, text, [(10, 12)], digit_ids) is None  # not one character
+    merged = [step(1, '{"score": [4'), step(2, "]}")]
+    assert digit_dists_from_logprobs(merged, text, [(11, 12)], digit_ids) is None

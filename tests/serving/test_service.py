@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import math
 import subprocess
 import sys
@@ -138,7 +139,15 @@ def test_gen_reward_and_critic_equal_in_process(server, grpc, local_critic) -> N
         "skip",
         batch_size=6,
     )
-    assert [g.model_dump() for g in got] == [w.model_dump() for w, _ in want]
+    drop = {"confidence"}  # the service sends [p, entropy, std] (float32) in its own tensor
+    assert [g.model_dump(exclude=drop) for g in got] == [w.model_dump(exclude=drop) for w, _ in want]
+    for g, (w, _) in zip(got, want, strict=True):
+        assert (g.confidence is None) == (w.confidence is None)
+        if w.confidence is not None:
+            assert g.confidence is not None
+            assert (g.confidence.p, g.confidence.entropy, g.confidence.std) == pytest.approx(
+                (w.confidence.p, w.confidence.entropy, w.confidence.std), abs=1e-5
+            )
     assert all(g.reward is not None and 0.0 <= g.reward <= 1.0 for g in got if g.status == "ok")
     assert any(g.status == "ok" for g in got)
     # firm_critic: one quality judgement per row, same as Critic.judge
@@ -648,3 +657,73 @@ def test_one_copy_of_the_critic_per_server(formatted_critic_dir: Path, tmp_path:
         one = _warm_memory(alone, ("firm_critic",))
     assert all_three["processes"] == one["processes"] == 2  # tritonserver + the engine's stub
     assert all_three["pss"] <= 1.2 * one["pss"], (all_three, one)
+
+
+def test_confidence_output_for_a_batch_mixing_tasks(server, local_critic) -> None:
+    """firm_critic, firm_edit_reward and firm_gen_reward requests sent together (one dynamic batch of the engine)
+    each return the new `confidence` output — `[p, entropy, std]` equal to the in-process critic's, NaN where the
+    answer did not parse — while the breakdown JSON is what it was before (no confidence in it)."""
+    from firm.critic.critic import CriticRequest, EditInput, GenInput
+    from firm.rewards.formulas import EditRewardConfig, GenRewardConfig
+    from firm.schemas import RewardBreakdown
+
+    ((src, dst, ins),) = _edits(1)
+    img, prompt = shapes_image([("circle", "blue")] * 2), "two blue circles"
+
+    async def fire() -> list:
+        c = aioclient.InferenceServerClient(server.grpc_url)
+        try:
+            edit = [
+                _inp(n, [v], aioclient)
+                for n, v in zip(
+                    ("source_image", "edited_image", "instruction"),
+                    (png_bytes(src), png_bytes(dst), ins.encode()),
+                    strict=True,
+                )
+            ]
+            gen = [_inp("image", [png_bytes(img)], aioclient), _inp("prompt", [prompt.encode()], aioclient)]
+            crit = [
+                _inp("images", [png_bytes(img)], aioclient),
+                _inp("rubric_id", [b"gen.quality.student.v1"], aioclient),
+                _inp("text", [b""], aioclient),
+            ]
+            return await asyncio.gather(
+                c.infer("firm_edit_reward", edit),
+                c.infer("firm_gen_reward", gen),
+                c.infer("firm_critic", crit),
+            )
+        finally:
+            await c.close()
+
+    edit_res, gen_res, crit_res = asyncio.run(fire())
+    ((eb, _),) = local_critic.edit_rewards(
+        [EditInput(source=src, edited=dst, instruction=ins)], EditRewardConfig()
+    )
+    ((gb, _),) = local_critic.gen_rewards([GenInput(image=img, prompt=prompt)], True, GenRewardConfig())
+    (qj,) = local_critic.judge([CriticRequest(task="gen", axis="quality", images=[img])])
+    for res, want in ((edit_res, eb.confidence), (gen_res, gb.confidence), (crit_res, qj.confidence)):
+        got = res.as_numpy("confidence")
+        assert got.shape == (1, 3) and got.dtype == np.float32
+        if want is None:
+            assert np.isnan(got).all()
+        else:
+            assert got[0].tolist() == pytest.approx([want.p, want.entropy, want.std], abs=1e-5)
+    assert any(w is not None for w in (eb.confidence, gb.confidence, qj.confidence))
+    for res in (edit_res, gen_res):
+        raw = json.loads(bytes(res.as_numpy("breakdown")[0, 0]))
+        assert "confidence" not in raw  # older clients validate the breakdown with extra="forbid"
+        RewardBreakdown.model_validate(raw)
+    with RewardClient(server.grpc_url) as client:
+        (b,) = client.score_edit([(src, dst, ins)])
+    assert (b.confidence is None) == (eb.confidence is None)
+    if b.confidence is not None:
+        assert b.confidence.p == pytest.approx(eb.confidence.p, abs=1e-5)
+
+
+def test_client_without_confidence_output_falls_back(server) -> None:
+    """A service exported before the `confidence` output: the client asks again without it (breakdowns, no
+    confidence) — simulated by an endpoint URL the client marks as such."""
+    with RewardClient(server.grpc_url) as client:
+        client._without_confidence.add(server.grpc_url)
+        (b,) = client.score_gen([(shapes_image([("circle", "blue")]), "one blue circle")])
+    assert b.confidence is None and b.status

@@ -6,11 +6,15 @@ tensors:
 
 - `CriticApi` (`firm_critic`): one judgement per row — the rubric's images, its id (`task.axis`, optionally
   `.student` and the pack's name, e.g. `edit.execution.student.firm-v1`) and its text field (the instruction for
-  edits, the prompt for gen/instruction, ignored for quality) → score, expected score, status, reasoning, raw answer;
+  edits, the prompt for gen/instruction, ignored for quality) → score, expected score, status, reasoning, raw answer,
+  confidence;
 - `EditRewardApi` (`firm_edit_reward`): source, edited, instruction → both axes, then CME/… → reward, execution,
-  consistency, status, reasoning, breakdown;
+  consistency, status, reasoning, breakdown, confidence;
 - `GenRewardApi` (`firm_gen_reward`): image, prompt → instruction (+ quality), then QMA → reward, instruction,
-  quality, status, reasoning, breakdown.
+  quality, status, reasoning, breakdown, confidence.
+
+`confidence` is `[p, entropy, std]` (`firm.serving.spec`), NaN where absent; the `breakdown` JSON leaves the
+confidence out, as it was before the tensor existed, so older clients keep validating it.
 
 `serve_requests` runs a merged batch of requests for any mix of these APIs through ONE critic call. The python
 engine (`firm_engine`) serves all three with the in-process critic; on the vLLM engine each reward model serves its
@@ -25,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from firm.errors import InputError
+from firm.rewards.confidence import confidence_vector
 from firm.schemas import Judgement, RewardBreakdown
 from firm.serving.backend.common import (
     ModelParams,
@@ -145,7 +150,15 @@ class CriticApi(Api):
             self._tensor("status", bytes_col([j.status for j in js])),
             self._tensor("reasoning", bytes_col([j.reasoning for j in js])),
             self._tensor("raw_text", bytes_col([j.raw_text for j in js])),
+            self._tensor("confidence", _confidences([j.confidence for j in js])),
         ]
+
+
+def _confidences(cs: list[Any]) -> Any:
+    """The `confidence` tensor: one `[p, entropy, std]` row per judgement / reward, NaN where there is none."""
+    import numpy as np
+
+    return np.array([confidence_vector(c) for c in cs], dtype=np.float32).reshape(len(cs), 3)
 
 
 def _raw_single(v: Any) -> float | None:
@@ -171,7 +184,8 @@ class _RewardApi(Api):
         return [
             self._tensor("status", bytes_col([b.status for b in bs])),
             self._tensor("reasoning", bytes_col([json.dumps(b.reasoning) for b in bs])),
-            self._tensor("breakdown", bytes_col([b.model_dump_json() for b in bs])),
+            self._tensor("breakdown", bytes_col([b.model_dump_json(exclude={"confidence"}) for b in bs])),
+            self._tensor("confidence", _confidences([b.confidence for b in bs])),
         ]
 
 

@@ -25,6 +25,7 @@ class EngineModel:
         _config, self.params = parse_args(args)
         self.critic = load_critic(self.params, args)
         self.readout = self.params.get("readout", "text")
+        self.confidence = self.params.get_bool("confidence", True)
         max_pixels = self.params.get_int("max_decode_pixels", DEFAULT_MAX_DECODE_PIXELS)
         self.apis = []
         for cls in (CriticApi, EditRewardApi, GenRewardApi):
@@ -41,7 +42,9 @@ class EngineModel:
             )
 
     def _judge(self, requests: list[Any]) -> list[Any]:
-        return self.critic.judge(requests, readout=self.readout, batch_size=len(requests))
+        return self.critic.judge(
+            requests, readout=self.readout, batch_size=len(requests), confidence=self.confidence
+        )
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return serve_requests(self.pb, requests, self.apis, self._judge)

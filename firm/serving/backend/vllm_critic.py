@@ -7,11 +7,19 @@ codec, the critic's own processor and chat template), sends it with the base64 i
 answer with `firm.rewards.parsing`; the formulas are applied by the caller. Only the `text` readout is available
 this way. It needs the NGC vLLM Triton image and a GPU, so it is not exercised on CPU CI;
 `render_request` (the part that decides what vLLM sees) is tested directly.
+
+Confidence: each request asks vLLM for the top-`TOP_LOGPROBS` log-probabilities of every generated token
+(`return_logprobs`, the backend's `logprobs` output: per token `{token id: {logprob, rank, decoded_token}}`);
+`digit_dists_from_logprobs` finds the token that wrote each score digit (the parser's character spans, matched
+against the greedy tokens' decoded text) and renormalises the five digits' probabilities there (a digit outside
+the top k counts as 0). Where the digit cannot be located, or the backend returns no logprobs (older images),
+the judgement has no confidence.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 from collections.abc import Sequence
@@ -20,9 +28,11 @@ from typing import Any
 import numpy as np
 
 from firm.errors import ConfigError
+from firm.rewards.confidence import digit_probs_from_logprobs, judgement_confidence
 from firm.schemas import Judgement
 
 CRITIC_MODEL = "firm_critic"
+TOP_LOGPROBS = 20  # enough for the five digits at a score position in practice; vLLM's default cap is 20
 
 
 def _b64_png(img: Any) -> bytes:
@@ -47,6 +57,41 @@ def render_request(
     return render_prompt(processor, messages), [_b64_png(im) for im in message_images(messages)]
 
 
+def digit_dists_from_logprobs(
+    steps: Sequence[dict[Any, Any]], text: str, spans: Sequence[tuple[int, int]], digit_ids: Sequence[int]
+) -> list[list[float]] | None:
+    """The digit distribution at each score span of `text` from vLLM's per-token top-k logprobs (`steps`: one
+    `{token id: {"logprob", "rank", "decoded_token"}}` per generated token; the greedy token is the one of rank 1),
+    or None when a span is not exactly one digit token whose decoded prefix matches `text`."""
+    chosen: list[tuple[int, str]] = []
+    tops: list[dict[int, float]] = []
+    for step in steps:
+        entries = {int(k): v for k, v in step.items()}
+        if not entries:
+            return None
+        tid = min(entries, key=lambda k: entries[k].get("rank") or 1 << 30)
+        chosen.append((tid, entries[tid].get("decoded_token") or ""))
+        tops.append({k: float(v["logprob"]) for k, v in entries.items()})
+    starts, at = [], 0
+    for _, piece in chosen:
+        starts.append(at)
+        at += len(piece)
+    decoded = "".join(piece for _, piece in chosen)
+    digits = set(digit_ids)
+    dists = []
+    for start, end in spans:
+        if end - start != 1 or decoded[:start] != text[:start]:
+            return None
+        t = next((i for i, s0 in enumerate(starts) if s0 == start), None)
+        if t is None or chosen[t][0] not in digits or chosen[t][1] != text[start:end]:
+            return None
+        probs = digit_probs_from_logprobs(tops[t], digit_ids)
+        if probs is None:
+            return None
+        dists.append(probs)
+    return dists or None
+
+
 class VllmCritic:
     """Critic facade over BLS calls to a vLLM-backend `firm_critic`."""
 
@@ -63,6 +108,8 @@ class VllmCritic:
         self.max_pixels = max_pixels
         self.max_new_tokens = max_new_tokens
         self.pack = load_pack(rubrics)
+        tok = self.processor.tokenizer
+        self.digit_ids = [tok.encode(d, add_special_tokens=False)[0] for d in "12345"]
 
     def _budget(self, req: Any) -> int:
         return self.max_new_tokens or self.pack.get(req.task, req.axis).generation.max_new_tokens
@@ -70,16 +117,17 @@ class VllmCritic:
     def _generate(self, prompt: str, images: list[bytes], max_tokens: int) -> Any:
         import triton_python_backend_utils as pb_utils
 
-        sampling = json.dumps({"temperature": 0.0, "max_tokens": max_tokens})
+        sampling = json.dumps({"temperature": 0.0, "max_tokens": max_tokens, "logprobs": TOP_LOGPROBS})
         inputs = [
             pb_utils.Tensor("text_input", np.array([prompt.encode("utf-8")], dtype=np.object_)),
             pb_utils.Tensor("image", np.array(images, dtype=np.object_)),
             pb_utils.Tensor("sampling_parameters", np.array([sampling.encode()], dtype=np.object_)),
             pb_utils.Tensor("exclude_input_in_output", np.array([True], dtype=bool)),
             pb_utils.Tensor("stream", np.array([False], dtype=bool)),
+            pb_utils.Tensor("return_logprobs", np.array([True], dtype=bool)),
         ]
         request = pb_utils.InferenceRequest(
-            model_name=CRITIC_MODEL, inputs=inputs, requested_output_names=["text_output"]
+            model_name=CRITIC_MODEL, inputs=inputs, requested_output_names=["text_output", "logprobs"]
         )
         return request.async_exec(decoupled=True)
 
@@ -91,12 +139,19 @@ class VllmCritic:
         prompt, images = render_request(self.processor, req, self.max_pixels, self.pack)
         budget = self._budget(req)
         text = ""
+        steps: list[dict[Any, Any]] | None = []
         async for resp in await self._generate(prompt, images, budget):
             if resp.has_error():
                 raise RuntimeError(f"{CRITIC_MODEL}: {resp.error().message()}")
             out = pb_utils.get_output_tensor_by_name(resp, "text_output")
             if out is not None:
                 text += b"".join(bytes(x) for x in out.as_numpy().reshape(-1)).decode("utf-8", "replace")
+            lp = pb_utils.get_output_tensor_by_name(resp, "logprobs")
+            chunk = json.loads(bytes(lp.as_numpy().reshape(-1)[0])) if lp is not None else None
+            if steps is not None and isinstance(chunk, list):
+                steps.extend(chunk)
+            else:
+                steps = None  # no logprobs from this backend: no confidence
         parsed = parse_answer(self.pack.get(req.task, req.axis).answer_format, text)
         # the engine returns text only: an unparsed answer as long as the budget was cut off there
         if (
@@ -104,11 +159,18 @@ class VllmCritic:
             and len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) >= budget
         ):
             parsed = parsed.model_copy(update={"status": "truncated"})
+        confidence = None
+        if parsed.ok and parsed.score is not None and steps:
+            dists = digit_dists_from_logprobs(steps, text, parsed.score_spans, self.digit_ids)
+            if dists is not None:
+                with contextlib.suppress(ValueError):  # as many distributions as sub-scores, else none
+                    confidence = judgement_confidence(dists, parsed.score)
         return Judgement(
             task=req.task,
             axis=req.axis,
             status=parsed.status,
             score=parsed.score if parsed.ok else None,
+            confidence=confidence,
             reasoning=parsed.reasoning,
             raw_text=text,
             parsed_from=parsed.parsed_from,
