@@ -19,6 +19,25 @@ from pydantic import BaseModel
 from firm.errors import ConfigError
 
 
+def read_yaml_mapping(path: Any, what: str = "") -> dict[str, Any]:
+    """The mapping a config YAML file holds; a `ConfigError` naming the file for an empty file (or one with only
+    comments), invalid YAML, or anything but a mapping — never a "missing field" further on. `what`: a prefix such
+    as `"job spec "`."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{what}{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what}{path}: invalid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:
+        raise ConfigError(f"{what}{path}: empty file (expected a mapping of settings)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}{path}: expected a mapping, got {type(data).__name__}")
+    return data
+
+
 def parse_value(text: str) -> Any:
     """An override value as YAML (`4` → int, `[a, b]` → list, `null` → None); unparseable text stays a string."""
     try:

@@ -29,15 +29,20 @@ DEFAULT_INTERVAL = 30.0
 
 
 def progress_interval() -> float:
-    """Seconds between progress lines when stderr is not a terminal (`FIRM_PROGRESS_INTERVAL`; 0 = no lines)."""
+    """Seconds between progress lines when stderr is not a terminal (`FIRM_PROGRESS_INTERVAL`; 0 = no lines). A
+    value that is not a number of seconds ≥ 0 is a `ValueError` naming the variable (never silently the default)."""
+    import math
+
     raw = os.environ.get(INTERVAL_ENV, "").strip()
     if not raw:
         return DEFAULT_INTERVAL
     try:
         value = float(raw)
     except ValueError:
-        return DEFAULT_INTERVAL
-    return max(value, 0.0)
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{INTERVAL_ENV}={raw!r}: expected a number of seconds ≥ 0 (0 turns the lines off)")
+    return value
 
 
 def format_duration(seconds: float) -> str:

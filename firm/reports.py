@@ -24,7 +24,8 @@ def page(title: str, sections: Sequence[tuple[str, str]]) -> str:
     """A page with a heading per section; section bodies are HTML fragments (escape text before passing it)."""
     body = "".join(f"<h2>{html.escape(h)}</h2>{b}" for h, b in sections)
     style = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")  # fmt: skip
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}"
+             "pre{white-space:pre-wrap;overflow-wrap:anywhere}")  # fmt: skip
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")  # fmt: skip
 

@@ -351,6 +351,9 @@ def make_backend(
                 "it was exported with (firmctl serve export --rubrics)"
             )
         return TritonBackend(eps)
+    from firm.storage.model_ref import check_model_ref
+
+    check_model_ref(s, "--critic")  # a mistyped local path fails here, not after hub retries
     return LocalCriticBackend(
         s,
         readout=readout,

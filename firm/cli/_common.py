@@ -47,6 +47,7 @@ def cli_errors(fn: F) -> F:
         _RESULT_STREAMS.append(sys.stdout)
         try:
             with contextlib.redirect_stdout(sys.stderr):
+                check_environment()
                 return fn(*args, **kwargs)
         except FirmError as exc:
             typer.echo(f"error: {one_line(exc)}", err=True)
@@ -64,6 +65,18 @@ def cli_errors(fn: F) -> F:
             _RESULT_STREAMS.pop()
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_environment() -> None:
+    """Settings read from the environment outside `FirmSettings` are checked when a command starts: a value that
+    does not parse is a `ConfigError` naming the variable, never silently replaced by a default."""
+    from firm.errors import ConfigError
+    from firm.progress import progress_interval
+
+    try:
+        progress_interval()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def torchrun_env() -> dict[str, str]:

@@ -62,7 +62,9 @@ def run_cmd(
     bench: str = typer.Option(
         ..., "--bench", help="bench directory, or a published file:// / s3:// dataset URI"
     ),
-    out: str = typer.Option(..., "--out", help="output directory (rerun with the same one to resume)"),
+    out: str = typer.Option(
+        ..., "--out", help="output directory (a non-empty one needs --resume or --overwrite)"
+    ),
     limit: int | None = typer.Option(None, "--limit", help="evaluate only the first N items"),
     model: str | None = typer.Option(None, "--model", help="model name for OpenAI-compatible endpoints"),
     batch_size: int = typer.Option(8, "--batch-size", help="items per critic call"),
@@ -78,13 +80,22 @@ def run_cmd(
     rubrics: str | None = typer.Option(
         None, "--rubrics", help=RUBRICS_HELP + " (local critic and endpoints; default firm-v1)"
     ),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the run in --out: items already scored there are skipped"
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace what is in a non-empty --out"),
 ) -> None:
-    """Judge the bench with a critic, then write predictions.jsonl and the reports into --out."""
+    """Judge the bench with a critic, then write predictions.jsonl and the reports into --out. A non-empty --out
+    is refused unless --resume (continue that run) or --overwrite (start over)."""
     from firm.bench.backends import make_backend
     from firm.bench.loaders import load_bench
     from firm.bench.metrics import report_json
     from firm.bench.runner import run_bench
+    from firm.storage.targets import check_target, clear_target
 
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite: choose one")
+    replace = not resume and check_target(out, "--out", overwrite=overwrite, resume="--resume")
     if readout not in ("text", "expected"):
         raise InputError(f"--readout must be text or expected, got {readout!r}")
     policy = _policy(parse_failure)
@@ -104,6 +115,8 @@ def run_cmd(
     from firm.progress import print_done
 
     t0 = time.perf_counter()
+    if replace:
+        clear_target(out)
     try:
         result = run_bench(backend, the_bench, out, limit=limit, batch_size=batch_size, policy=policy)  # type: ignore[arg-type]
     finally:

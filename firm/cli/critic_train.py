@@ -20,6 +20,11 @@ def train_cmd(
     ),
     nproc: int = typer.Option(1, "--nproc", help="local processes (torchrun --nproc_per_node)"),
     resume: str | None = typer.Option(None, "--resume", help="auto | none | checkpoint URI"),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="a fresh run replaces the run's existing checkpoints, run folder and export",
+    ),
 ) -> None:
     """Train a critic: `firmctl critic train --config critic/tiny_cpu --nproc 2 optim.lr=2e-5` (key=value overrides).
 
@@ -32,7 +37,7 @@ def train_cmd(
     if resume is not None:
         overrides.append(f"resume={resume}")
     cfg = load_sft_config(config, overrides)
-    preflight(cfg, nproc)
+    preflight(cfg, nproc, overwrite=overwrite)
     code = run_local("firm.critic.sft", ["--config", config, *overrides], nproc, env=torchrun_env())
     if code != 0:
         raise typer.Exit(code)

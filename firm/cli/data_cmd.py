@@ -43,6 +43,14 @@ _COMMON = {
     "input": typer.Option(..., "--input", help="JSONL manifest (path or file:// / s3:// URI)"),
     "out": typer.Option(..., "--out", help="where to publish the dataset (a local dir or a URI)"),
 }
+OverwriteOpt = typer.Option(False, "--overwrite", help="replace an existing, non-empty dataset at --out")
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+    """The shared refusal of an existing, non-empty --out, before any teacher or input is touched."""
+    from firm.storage.targets import check_target
+
+    check_target(out, "--out", overwrite=overwrite)
 
 
 @app.command("curate-edit")
@@ -72,13 +80,16 @@ def curate_edit_cmd(
     timeout: float = typer.Option(120.0, "--timeout", help="seconds per teacher request"),
     rps: float | None = typer.Option(None, "--rate-limit", help="max teacher requests started per second"),
     limit: int | None = typer.Option(None, "--limit", help="only the first N manifest items"),
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Difference-first editing curation (report → score per axis); prints the dataset URI and stats (JSON)."""
     from firm.curation.edit import EditCurationConfig, curate_edit
 
+    _check_out(out, overwrite)
     cfg = EditCurationConfig(
         input=input, out=out, name=name, rubrics=rubrics, val_fraction=val_fraction, leak_policy=leak_policy,  # type: ignore[arg-type]
         balance=_balance(balance), cache=cache, work_dir=work_dir, limit=limit, rewrite_ratio=rewrite_ratio,  # type: ignore[arg-type]
+        overwrite=overwrite,
     )  # fmt: skip
     t = _teacher(teacher, model, concurrency, retries, timeout, rps)
     rw = _teacher(rewriter, model, concurrency, retries, timeout, rps) if rewriter else None
@@ -119,13 +130,15 @@ def curate_gen_cmd(
     timeout: float = typer.Option(120.0, "--timeout"),
     rps: float | None = typer.Option(None, "--rate-limit"),
     limit: int | None = typer.Option(None, "--limit"),
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Plan-then-score generation curation; prints the dataset URI and stats (JSON)."""
     from firm.curation.gen import GenCurationConfig, curate_gen
 
+    _check_out(out, overwrite)
     cfg = GenCurationConfig(
         input=input, out=out, name=name, rubrics=rubrics, val_fraction=val_fraction, leak_policy=leak_policy,  # type: ignore[arg-type]
-        balance=_balance(balance), cache=cache, work_dir=work_dir, limit=limit,  # type: ignore[arg-type]
+        balance=_balance(balance), cache=cache, work_dir=work_dir, limit=limit, overwrite=overwrite,  # type: ignore[arg-type]
     )  # fmt: skip
     p = _teacher(planner, planner_model, concurrency, retries, timeout, rps)
     s = _teacher(scorer, scorer_model, concurrency, retries, timeout, rps)
@@ -145,11 +158,14 @@ def import_edit_cmd(
     ),
     val_fraction: float = typer.Option(0.01, "--val-fraction"),
     limit: int | None = typer.Option(None, "--limit"),
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """FIRM-Edit-370K → a critic SFT dataset (JSON: URI and stats)."""
     from firm.curation.importers import import_firm_edit
 
-    uri, stats = import_firm_edit(src, out, default_axis=default_axis, val_fraction=val_fraction, limit=limit)
+    uri, stats = import_firm_edit(
+        src, out, default_axis=default_axis, val_fraction=val_fraction, limit=limit, overwrite=overwrite
+    )
     echo_json({"uri": uri, "stats": stats})
 
 
@@ -160,11 +176,12 @@ def import_gen_cmd(
     out: str = typer.Option(..., "--out"),
     val_fraction: float = typer.Option(0.01, "--val-fraction"),
     limit: int | None = typer.Option(None, "--limit"),
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """FIRM-Gen-293K → a critic SFT dataset (JSON: URI and stats)."""
     from firm.curation.importers import import_firm_gen
 
-    uri, stats = import_firm_gen(src, out, val_fraction=val_fraction, limit=limit)
+    uri, stats = import_firm_gen(src, out, val_fraction=val_fraction, limit=limit, overwrite=overwrite)
     echo_json({"uri": uri, "stats": stats})
 
 

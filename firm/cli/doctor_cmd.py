@@ -84,6 +84,22 @@ def check_helm() -> Check:
     return ("OK", "helm", f"{detail} ({helm})")
 
 
+def check_settings() -> Check:
+    """The FIRM settings (FIRM_CONFIG / $FIRM_HOME/config.yaml and FIRM_* variables) parse: reported on their own
+    line, so a malformed settings file is never mistaken for an object-store problem."""
+    import os
+
+    from firm.config import get_settings
+    from firm.errors import ConfigError
+
+    try:
+        get_settings(fresh=True)
+    except ConfigError as exc:
+        return ("FAIL", "settings", str(exc))
+    explicit = os.environ.get("FIRM_CONFIG")
+    return ("OK", "settings", f"FIRM_CONFIG={explicit}" if explicit else "defaults, FIRM_* environment")
+
+
 def check_object_store() -> Check:
     from firm.config import get_settings
     from firm.errors import ConfigError
@@ -91,8 +107,8 @@ def check_object_store() -> Check:
 
     try:
         settings = get_settings()
-    except ConfigError as exc:
-        return ("FAIL", "object store", str(exc))
+    except ConfigError:
+        return ("MISSING", "object store", "not checked: the settings above do not parse")
     status, detail = check_store(settings)
     return (status, "object store", detail)
 
@@ -105,6 +121,7 @@ def run_checks() -> list[Check]:
         check_package("diffusers"),
         check_tritonserver(),
         check_helm(),
+        check_settings(),
         check_object_store(),
     ]
 

@@ -1,4 +1,5 @@
-"""`firmctl job`: distributed training jobs (critic SFT, RL) on a cluster (PyTorchJob) or on this machine."""
+"""`firmctl job`: distributed training jobs (critic SFT, RL) on a cluster (PyTorchJob or TrainJob) or on this
+machine."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ app = typer.Typer(
 
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 BackendOpt = typer.Option(
-    None, "--backend", help="pytorchjob | local (default: the cluster settings' job_backend)"
+    None,
+    "--backend",
+    help="pytorchjob | trainjob | auto | local (default: the cluster settings' job_backend; auto: what the "
+    "cluster has installed, Kubeflow Trainer v2 first)",
 )
 NamespaceOpt = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace (default: FIRM_NAMESPACE)")
 
@@ -28,12 +32,14 @@ def _backend(name: str | None, namespace: str | None = None) -> JobBackend:
     from firm.launch.backend import JobError
     from firm.launch.backends import get_backend
 
-    if name not in (None, "local", "pytorchjob"):
-        raise JobError(f"--backend must be local or pytorchjob, got {name!r}")
+    if name not in (None, "local", "pytorchjob", "trainjob", "auto"):
+        raise JobError(f"--backend must be local, pytorchjob, trainjob or auto, got {name!r}")
     return get_backend(name, namespace=namespace)  # type: ignore[arg-type]
 
 
-def _resolve(config: str, overrides: list[str], backend: Literal["local", "pytorchjob"]) -> ResolvedJob:
+def _resolve(
+    config: str, overrides: list[str], backend: Literal["local", "pytorchjob", "trainjob"]
+) -> ResolvedJob:
     from firm.launch.spec import load_job_spec, resolve_job
 
     return resolve_job(load_job_spec(config, overrides), backend)
@@ -47,17 +53,32 @@ def render_cmd(
         ..., "--config", help="job spec YAML (e.g. k8s/jobs/critic-sft-qwen3vl-8b-1x8.yaml)"
     ),
     namespace: str | None = NamespaceOpt,
+    backend: str = typer.Option(
+        "pytorchjob",
+        "--backend",
+        help="pytorchjob (a PyTorchJob) | trainjob (a Kubeflow Trainer v2 TrainJob)",
+    ),
 ) -> None:
-    """Print the PyTorchJob YAML of a job spec; nothing is applied. Extra `key=value` arguments override the spec
-    (`nodes=2`, `image=...`); `recipe.<key>=<value>` overrides the recipe (`recipe.optim.lr=2e-5`)."""
+    """Print the PyTorchJob (or TrainJob) YAML of a job spec; nothing is applied. Extra `key=value` arguments
+    override the spec (`nodes=2`, `image=...`); `recipe.<key>=<value>` overrides the recipe (`recipe.optim.lr=2e-5`)."""
     from firm.config import get_settings
+    from firm.errors import InputError
     from firm.launch.render import render_yaml
+    from firm.launch.trainjob_render import render_trainjob_yaml
 
-    job = _resolve(config, list(ctx.args), "pytorchjob")
+    if backend not in ("pytorchjob", "trainjob"):
+        raise InputError(f"--backend: render makes a pytorchjob or a trainjob, got {backend!r}")
+    job = _resolve(config, list(ctx.args), backend)  # type: ignore[arg-type]
     if job.upload is not None:
         typer.echo(f"note: submit uploads recipe {job.upload[0]} to {job.upload[1]}", err=True)
+    settings = get_settings()
+    ns = namespace or settings.namespace
     out = result_stream()
-    out.write(render_yaml(job, namespace or get_settings().namespace))
+    out.write(
+        render_trainjob_yaml(job, ns, settings.cluster.trainjob_runtime)
+        if backend == "trainjob"
+        else render_yaml(job, ns)
+    )
     out.flush()
 
 
@@ -75,11 +96,23 @@ def submit_cmd(
     timeout: float | None = typer.Option(
         None, "--timeout", help="with --wait/--follow: give up after S seconds"
     ),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue from the checkpoints already under the job's checkpoint prefix"
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="remove what is under the job's checkpoint prefix first"
+    ),
 ) -> None:
     """Submit a job spec (validated first: nothing starts when the spec, pool or recipe is wrong). Prints the job's
-    status as JSON; with --wait or --follow, exits non-zero unless the job succeeded."""
+    status as JSON; with --wait or --follow, exits non-zero unless the job succeeded. A non-empty checkpoint prefix
+    (local runs, or any file:// prefix) is refused unless --resume (continue it) or --overwrite."""
+    from firm.errors import InputError
+
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite: choose one")
     b = _backend(backend, namespace)
     job = _resolve(config, list(ctx.args), b.name)
+    _check_prefix(job, b.name, resume=resume, overwrite=overwrite)
     status = b.submit(job)
     if status.attempts > 1:
         typer.echo(f"job {job.name}: attempt {status.attempts}, resuming from its last checkpoint", err=True)
@@ -101,6 +134,18 @@ def submit_cmd(
             f"error: job {job.name} {status.phase.lower()}: {status.message or 'see its logs'}", err=True
         )
         raise typer.Exit(1)
+
+
+def _check_prefix(job: ResolvedJob, backend: str, *, resume: bool, overwrite: bool) -> None:
+    """The shared refusal (`firm.storage.targets`) of a job into a non-empty checkpoint prefix. An s3:// prefix of
+    a cluster job is checked only when this machine can see it (the local backend); its pods resume it."""
+    from firm.storage.targets import check_target, clear_target
+
+    prefix = job.checkpoint_uri
+    if resume or (backend != "local" and prefix.startswith("s3://")):
+        return
+    if check_target(prefix, "checkpoint prefix", overwrite=overwrite, resume="--resume"):
+        clear_target(prefix)
 
 
 @app.command("status")
@@ -137,7 +182,7 @@ def cancel_cmd(
     namespace: str | None = NamespaceOpt,
 ) -> None:
     """Stop every process of the job (a PyTorchJob is deleted). Published checkpoints stay; submitting the job
-    again continues from the last one."""
+    again with --resume continues from the last one."""
     echo_json(_backend(backend, namespace).cancel(name))
 
 
@@ -148,7 +193,7 @@ def list_cmd(
     namespace: str | None = NamespaceOpt,
     as_json: bool = typer.Option(False, "--json", help="JSON instead of a table"),
 ) -> None:
-    """Jobs of the backend (a namespace's PyTorchJobs, or this machine's local jobs)."""
+    """Jobs of the backend (a namespace's PyTorchJobs or TrainJobs, or this machine's local jobs)."""
     jobs = _backend(backend, namespace).list()
     if as_json:
         echo_json(jobs)

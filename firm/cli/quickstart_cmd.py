@@ -21,6 +21,9 @@ def quickstart(
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="show every stage's whole output (by default it goes to the stage's log)"
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="empty a non-empty --workdir first (a quickstart's own workdir is reused)"
+    ),
 ) -> None:
     """Run the `firm` pipeline locally — curate (teacher) → train critic (2 processes) → bench → export to Triton →
     deploy → RL with rewards over gRPC → evaluate before/after — and write DIR/report/{index.html,summary.json}.
@@ -32,6 +35,9 @@ def quickstart(
         raise ConfigError(f"--task {task}: expected edit, gen or both")
     if size not in ("tiny", "small"):
         raise ConfigError(f"--size {size}: expected tiny or small")
+    from firm.quickstart.run import check_workdir
+
+    check_workdir(workdir.resolve(), overwrite=overwrite)  # before anything is built
     with library_output_to_stderr(), contextlib.redirect_stdout(sys.stderr):  # the local runner's step logs
         from firm.quickstart import run_quickstart
 

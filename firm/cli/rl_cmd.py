@@ -23,6 +23,9 @@ def train(
     ),
     nproc: int = typer.Option(1, "--nproc", help="local processes (torchrun, DDP over prompts)"),
     resume: str | None = typer.Option(None, "--resume", help="auto | none | checkpoint URI"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="a fresh run replaces what is already at output_uri"
+    ),
 ) -> None:
     """Train a policy with DiffusionNFT or Flow-GRPO. Extra `key=value` arguments override the config."""
     from firm.launch.local import run_local
@@ -33,7 +36,7 @@ def train(
     path = config_path(config)
     # validate here: bad configs fail before any process starts
     cfg = load_config(path, [*overrides, *([f"checkpoint.resume={resume}"] if resume else [])])
-    preflight(cfg, nproc)
+    preflight(cfg, nproc, overwrite=overwrite)
     args = ["--config", str(path), *(["--resume", resume] if resume else []), *overrides]
     if nproc == 1:
         from firm.rl.train import main

@@ -67,7 +67,7 @@ def export(
     policy: str = typer.Option(
         "skip", help="Unparsed answers: skip (reward null) | min_reward (0 + status)."
     ),
-    overwrite: bool = typer.Option(False, help="Replace an existing local export."),
+    overwrite: bool = typer.Option(False, help="Replace an existing, non-empty export (local or URI)."),
     vllm_models_root: str = typer.Option(
         "/models",
         help="--engine vllm: where the serving container mounts the repository (the Helm chart: /models/repo).",
@@ -75,7 +75,12 @@ def export(
 ) -> None:
     """Write a Triton model repository (firm_critic + reward model(s)) for a critic."""
     from firm.serving.export import BatchingConfig, ExportConfig, export_repository
+    from firm.storage.targets import check_target
 
+    check_target(out, "--out", overwrite=overwrite)  # before the critic is read
+    from firm.storage.model_ref import check_model_ref
+
+    check_model_ref(critic, "--critic")
     cfg = ExportConfig(
         critic=critic,
         task=task,

@@ -63,11 +63,17 @@ def ls_cmd(
 def cp_cmd(
     src: str = typer.Argument(..., help="source: local path, file:// or s3:// URI (object or prefix)"),
     dst: str = typer.Argument(..., help="destination: local path, file:// or s3:// URI"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing, non-empty destination"),
 ) -> None:
-    """Copy an object, or recursively a directory/prefix (manifests last), with a progress bar."""
+    """Copy an object, or recursively a directory/prefix (manifests last), with a progress bar. An existing
+    destination object, or a non-empty destination prefix, is refused unless --overwrite (which removes it first)."""
     from firm.storage import copy, plan_copy
+    from firm.storage.targets import check_target, clear_target
 
     plan = plan_copy(src, dst)
+    target = plan.dst.uri(plan.items[0].dst_key) if len(plan.items) == 1 and plan.single else dst
+    if check_target(target, "destination", overwrite=overwrite):
+        clear_target(target)
     with _byte_progress(f"copying {len(plan.items)} file(s)", plan.total_bytes) as advance:
         copy(src, dst, on_bytes=advance, plan=plan)
     echo_out(f"copied {len(plan.items)} file(s), {_size(plan.total_bytes)}: {src} -> {dst}")
@@ -89,12 +95,22 @@ def publish_cmd(
     local_dir: str = typer.Argument(..., help="local directory to publish"),
     uri: str = typer.Argument(..., help="destination prefix (file:// or s3://)"),
     producer: str = typer.Option(None, "--producer", help="who made it (recorded in MANIFEST.json)"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace what is at URI (it is removed first; publications are immutable)"
+    ),
 ) -> None:
-    """Publish a directory atomically: every file, then MANIFEST.json (sizes, sha256) last."""
+    """Publish a directory atomically: every file, then MANIFEST.json (sizes, sha256) last. Publications are
+    immutable: a URI that already holds anything is refused unless --overwrite, which removes it first."""
     from pathlib import Path
 
+    from firm.errors import StorageError
     from firm.storage import publish_dir
+    from firm.storage.targets import check_target, clear_target
 
+    if not Path(local_dir).is_dir():
+        raise StorageError(f"{local_dir}: not a local directory, nothing to publish")
+    if check_target(uri, "publication", overwrite=overwrite):
+        clear_target(uri)
     total = sum(p.stat().st_size for p in Path(local_dir).rglob("*") if p.is_file())
     with _byte_progress("publishing", total) as advance:
         manifest = publish_dir(local_dir, uri, producer=producer, on_bytes=advance)
@@ -106,13 +122,19 @@ def publish_cmd(
 def fetch_cmd(
     uri: str = typer.Argument(..., help="published directory (file:// or s3://)"),
     local_dir: str = typer.Argument(..., help="local destination directory"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace a non-empty LOCAL_DIR (swapped in once everything verified)"
+    ),
 ) -> None:
-    """Download a published directory, verifying every sha256 before anything lands in LOCAL_DIR."""
+    """Download a published directory, verifying every sha256 before anything lands in LOCAL_DIR. A non-empty
+    LOCAL_DIR is refused unless --overwrite (then the verified copy replaces it in one swap, never merged)."""
     from firm.storage import fetch_dir, read_manifest
+    from firm.storage.targets import check_target
 
+    check_target(local_dir, "destination", overwrite=overwrite)
     manifest = read_manifest(uri)
     with _byte_progress("fetching", manifest.total_bytes) as advance:
-        fetch_dir(uri, local_dir, on_bytes=advance)
+        fetch_dir(uri, local_dir, on_bytes=advance, overwrite=overwrite)
     echo_out(f"fetched {len(manifest.files)} file(s), {_size(manifest.total_bytes)} into {local_dir}")
 
 

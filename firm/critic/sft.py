@@ -47,6 +47,7 @@ import torch
 from pydantic import BaseModel, Field, field_validator
 
 from firm.critic.sft_config import SFTConfig, check_fresh_run, load_sft_config
+from firm.critic.sft_config import run_dir as sft_run_dir
 from firm.errors import ConfigError, FirmError, InputError
 
 log = logging.getLogger("firm.critic.sft")
@@ -539,7 +540,7 @@ def train(cfg: SFTConfig) -> TrainResult:
     pack = load_pack(cfg.rubrics)
     ckpt_root = cfg.checkpoint_root()
     check_fresh_run(cfg)
-    run_dir = Path(cfg.output_dir).expanduser().resolve() / cfg.run_name  # made once training starts
+    run_dir = sft_run_dir(cfg)  # made once training starts
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)

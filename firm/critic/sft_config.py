@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from firm.errors import ConfigError, FirmError, InputError
@@ -254,15 +253,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load_sft_config(config: str | Path, overrides: list[str] | None = None) -> SFTConfig:
     """Load a recipe (a YAML path or a shipped recipe name like `critic/tiny_cpu`) and apply overrides."""
+    from firm.overrides import read_yaml_mapping
     from firm.recipes import resolve_config
 
     path = resolve_config(str(config))
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(path)
     data = apply_overrides(data, list(overrides or []))
     try:
         return SFTConfig.model_validate(data)
@@ -277,11 +272,13 @@ def load_sft_config(config: str | Path, overrides: list[str] | None = None) -> S
 
 def check_fresh_run(cfg: SFTConfig) -> None:
     """A fresh run (`resume=none`) must not write into a checkpoint root that already holds a run: it would append
-    to that run's metrics and prune old and new checkpoints together."""
+    to that run's metrics and prune old and new checkpoints together. (What every rank checks; `firmctl critic
+    train` refuses any non-empty target first, see `check_targets`.)"""
     if cfg.resume != "none":
         return
     from firm.errors import MissingBucketError
     from firm.storage import latest
+    from firm.storage.targets import exists_message
 
     root = cfg.checkpoint_root()
     try:
@@ -289,20 +286,37 @@ def check_fresh_run(cfg: SFTConfig) -> None:
     except MissingBucketError:  # the run's first checkpoint creates the bucket
         return
     if found is not None:
-        raise ConfigError(
-            f"run {cfg.run_name}: {root} already has checkpoints (latest: {found}); pass --resume auto to continue "
-            "that run, or choose another run_name (or checkpoint.uri)"
-        )
+        raise ConfigError(exists_message(f"run {cfg.run_name}: checkpoints", root, resume="--resume auto"))
 
 
-def preflight(cfg: SFTConfig, world_size: int) -> None:
+def run_dir(cfg: SFTConfig) -> Path:
+    """The run's local folder (metrics, TensorBoard, export): `output_dir/run_name`."""
+    return Path(cfg.output_dir).expanduser().resolve() / cfg.run_name
+
+
+def check_targets(cfg: SFTConfig, *, overwrite: bool = False) -> list[str]:
+    """The shared refusal (`firm.storage.targets`) of a fresh run (`resume=none`) into a non-empty checkpoint root,
+    run folder or export URI; returns those `overwrite` replaces (the caller clears them after its other checks)."""
+    if cfg.resume != "none":
+        return []
+    from firm.storage.targets import check_target
+
+    targets = [(f"run {cfg.run_name}: checkpoints", cfg.checkpoint_root()), ("run folder", str(run_dir(cfg)))]
+    if cfg.export.uri:
+        targets.append(("export.uri", cfg.export.uri))
+    return [t for what, t in targets if check_target(t, what, overwrite=overwrite, resume="--resume auto")]
+
+
+def preflight(cfg: SFTConfig, world_size: int, *, overwrite: bool = False) -> None:
     """What can be checked before any training process starts (`firmctl critic train`), so a mistake is one
     `error:` line instead of one per rank: the world size against the global batch, object-store credentials for
     every s3:// location, a local base model directory, the rubric pack, and the dataset (its dataset.json; a
     published dataset is fetched and verified into the local cache here, where the workers then find it)."""
     from firm.rubric_store import load_pack
     from firm.storage import check_store_access
+    from firm.storage.targets import clear_target
 
+    replace = check_targets(cfg, overwrite=overwrite)  # first: a refusal costs nothing
     cfg.global_batch(world_size)
     try:
         load_pack(cfg.rubrics)
@@ -316,9 +330,6 @@ def preflight(cfg: SFTConfig, world_size: int) -> None:
             "export.uri": cfg.export.uri,
         }
     )
-    model = cfg.model.path  # a path (not a Hugging Face id) must be a directory
-    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
-        raise InputError(f"model.path={model}: no such directory")
     from firm.curation.dataset import INFO_FILE
 
     data = cfg.data.dataset
@@ -331,4 +342,12 @@ def preflight(cfg: SFTConfig, world_size: int) -> None:
     if not (root / INFO_FILE).is_file():
         what = "no such directory" if not root.is_dir() else f"not a critic SFT dataset (no {INFO_FILE})"
         raise InputError(f"data.dataset={data}: {what}")
+    from firm.storage.model_ref import check_model_ref
+
+    # a mistyped local model path fails here, before any rank starts (never looked up as a Hugging Face id)
+    model = check_model_ref(cfg.model.path, "model.path")
+    if "://" not in model and Path(model).expanduser().exists() and not Path(model).expanduser().is_dir():
+        raise InputError(f"model.path={model}: not a directory")
     check_fresh_run(cfg)
+    for target in replace:
+        clear_target(target)

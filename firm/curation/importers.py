@@ -77,9 +77,10 @@ def iter_rows(src: str | Path) -> Iterator[tuple[Path, int, dict[str, Any]]]:
                 for n, line in enumerate(fh, start=1):
                     if line.strip():
                         try:
-                            yield path, n, json.loads(line)
+                            obj = json.loads(line)
                         except json.JSONDecodeError:
-                            yield path, n, {"__bad__": True}
+                            obj = None
+                        yield path, n, obj if isinstance(obj, dict) else {"__bad__": True}
         else:
             try:
                 import pyarrow.parquet as pq
@@ -157,12 +158,15 @@ def _axis_of(path: Path, row: dict[str, Any], default: str | None) -> str | None
 
 
 def _import(src: str | Path, out: str, *, kind: str, name: str, val_fraction: float, default_axis: str | None,
-            limit: int | None) -> tuple[str, dict[str, Any]]:  # fmt: skip
+            limit: int | None, overwrite: bool = False) -> tuple[str, dict[str, Any]]:  # fmt: skip
     from firm.curation.dataset import CriticSFTRow, SFTDatasetWriter
+    from firm.curation.runner import WARN_DROPPED_SHARE, log
     from firm.curation.selection import split_of
     from firm.rewards.parsing import parse_answer
     from firm.storage import to_uri
+    from firm.storage.targets import check_target, clear_target
 
+    check_target(out, "--out", overwrite=overwrite)
     fields = EDIT_FIELDS if kind == "edit" else GEN_FIELDS
     uri = out if "://" in out else to_uri(Path(out).resolve())
     writer = SFTDatasetWriter(name)
@@ -233,10 +237,20 @@ def _import(src: str | Path, out: str, *, kind: str, name: str, val_fraction: fl
             "samples": {"written": {a: dict(c) for a, c in written.items()}},
             "field_map": {k: list(v) for k, v in fields.items()},
         }  # fmt: skip
+        dropped = sum(drops.values())
+        if not any(sum(c.values()) for c in written.values()):
+            why = ", ".join(f"{k}={v}" for k, v in drops.most_common()) or "no rows"
+            raise InputError(
+                f"{src}: imported no rows of {read} read — dropped: {why}; nothing was published"
+            )
+        if dropped / read > WARN_DROPPED_SHARE:
+            log.warning("import dropped %d of %d row(s): %s", dropped, read, dict(drops.most_common()))
         from firm.curation.stats import histogram_png
 
         (writer.dir / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
         (writer.dir / "histogram.png").write_bytes(histogram_png(stats))
+        if overwrite:
+            clear_target(uri)
         writer.finish(uri, producer=f"firm.curation.importers.{kind}")
     finally:
         writer.close()
@@ -244,13 +258,16 @@ def _import(src: str | Path, out: str, *, kind: str, name: str, val_fraction: fl
 
 
 def import_firm_edit(src: str | Path, out: str, *, name: str = "firm-edit-370k", val_fraction: float = 0.01,
-                     default_axis: str | None = None, limit: int | None = None) -> tuple[str, dict[str, Any]]:  # fmt: skip
-    """FIRM-Edit-370K (either or both released parts) → a critic SFT dataset at `out`; returns (URI, stats)."""
+                     default_axis: str | None = None, limit: int | None = None,
+                     overwrite: bool = False) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """FIRM-Edit-370K (either or both released parts) → a critic SFT dataset at `out`; returns (URI, stats).
+    An existing, non-empty `out` is refused unless `overwrite`."""
     return _import(src, out, kind="edit", name=name, val_fraction=val_fraction, default_axis=default_axis,
-                   limit=limit)  # fmt: skip
+                   limit=limit, overwrite=overwrite)  # fmt: skip
 
 
 def import_firm_gen(src: str | Path, out: str, *, name: str = "firm-gen-293k", val_fraction: float = 0.01,
-                    limit: int | None = None) -> tuple[str, dict[str, Any]]:  # fmt: skip
+                    limit: int | None = None, overwrite: bool = False) -> tuple[str, dict[str, Any]]:  # fmt: skip
     """FIRM-Gen-293K → a critic SFT dataset (gen / instruction rows) at `out`; returns (URI, stats)."""
-    return _import(src, out, kind="gen", name=name, val_fraction=val_fraction, default_axis=None, limit=limit)
+    return _import(src, out, kind="gen", name=name, val_fraction=val_fraction, default_axis=None, limit=limit,
+                   overwrite=overwrite)  # fmt: skip

@@ -117,6 +117,7 @@ def _curate(kind: str, p: CurationParams, *, seed: int, rubrics: str | None) -> 
     common = {
         "input": p.input, "out": uri, "name": f"curated-{kind}", "rubrics": rubrics or None, "seed": seed,
         "val_fraction": p.val_fraction, "leak_policy": p.leak_policy, "balance": dict(p.balance), "progress": False,
+        "overwrite": True,  # content-addressed and not published: only an unfinished earlier attempt is there
     }  # fmt: skip
     if kind == "edit":
         from firm.curation.edit import EditCurationConfig, curate_edit

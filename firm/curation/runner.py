@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import time
 from collections import Counter, defaultdict
@@ -44,6 +45,8 @@ from firm.errors import InputError
 
 STATS_FILE = "stats.json"
 HISTOGRAM_FILE = "histogram.png"
+WARN_DROPPED_SHARE = 0.5  # a run that drops more than this share of its manifest's items warns (all: fails)
+log = logging.getLogger("firm.curation")
 
 
 class CurationConfig(BaseModel):
@@ -67,6 +70,7 @@ class CurationConfig(BaseModel):
         default=None, description="journal dir (None: $FIRM_HOME/curation/<run hash>)"
     )
     resume: bool = Field(default=True, description="skip items already in the journal")
+    overwrite: bool = Field(default=False, description="replace an existing, non-empty dataset at `out`")
     in_flight: int | None = Field(
         default=None, ge=1, le=100_000,
         description="items curated at once (None: twice the largest teacher concurrency, at least 16)",
@@ -242,6 +246,7 @@ def run_curation(
     """Drive a curation run (see the module docstring)."""
     from firm.progress import Progress
 
+    check_out(cfg)
     fp = run_fingerprint(fingerprint)
     journal = Journal(work_dir_for(cfg, fp) / "items.jsonl")
     done = journal.load() if cfg.resume else {}
@@ -339,6 +344,58 @@ async def _drive(
     return order, new, resumed
 
 
+def check_out(cfg: CurationConfig) -> None:
+    """Refuse an existing, non-empty `out` unless `overwrite` (before any teacher is asked)."""
+    from firm.storage.targets import check_target
+
+    check_target(cfg.out, "--out", overwrite=cfg.overwrite)
+
+
+def _reasons(counts: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if v)
+
+
+def check_yield(cfg: CurationConfig, stats: dict[str, Any]) -> None:
+    """Nothing written is an error naming the drop counts by reason (an empty manifest, every line malformed,
+    no readable image, a JSON array instead of JSONL); more than `WARN_DROPPED_SHARE` of the items dropped warns."""
+    read = stats["items"]["read"]
+    item_drops: dict[str, int] = stats["items"]["dropped"]
+    samples = stats["samples"]
+    rows = sum(sum(v.values()) for v in samples["written"].values())
+    if rows == 0:
+        if read == 0:
+            raise InputError(
+                f"--input {cfg.input}: the manifest has no items (empty file); nothing was published"
+            )
+        sample_drops: Counter[str] = Counter()
+        for per_axis in samples["dropped"].values():
+            sample_drops.update(per_axis)
+        if samples["image_gone"]:
+            sample_drops["image_gone"] += samples["image_gone"]
+        for n in samples["balanced_out"].values():
+            sample_drops["balanced_out"] += n
+        parts = [f"items dropped: {_reasons(item_drops)}"] if item_drops else []
+        parts += [f"samples dropped: {_reasons(dict(sample_drops))}"] if sample_drops else []
+        hint = (
+            " (the manifest is JSONL: one JSON object per line, not a JSON array)"
+            if item_drops.get("bad_json") == read
+            else ""
+        )
+        raise InputError(
+            f"--input {cfg.input}: curation kept no rows of {read} item(s) — {'; '.join(parts) or 'no samples'}"
+            f"{hint}; nothing was published"
+        )
+    dropped = sum(item_drops.values())
+    if read and dropped / read > WARN_DROPPED_SHARE:
+        log.warning(
+            "curation dropped %d of %d item(s) (%.0f%%): %s",
+            dropped,
+            read,
+            100 * dropped / read,
+            _reasons(item_drops),
+        )
+
+
 def finish(
     cfg: CurationConfig,
     kind: Kind,
@@ -401,8 +458,13 @@ def finish(
         stats = _stats(
             cfg, kind, records, axes, before, final, written, balanced_out, image_gone, meta, teachers, t0
         )
+        check_yield(cfg, stats)
         (writer.dir / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
         (writer.dir / HISTOGRAM_FILE).write_bytes(histogram_png(stats))
+        if cfg.overwrite:
+            from firm.storage.targets import clear_target
+
+            clear_target(uri)
         writer.finish(uri, producer=f"firm.curation.{kind}")
     finally:
         writer.close()

@@ -40,6 +40,8 @@ def read_stats(uri_or_path: str) -> dict[str, Any]:
     from firm.storage import resolve_local
 
     root = resolve_local(uri_or_path)
+    if not root.exists():
+        raise InputError(f"{uri_or_path}: no such file or directory")
     path = root / "stats.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))

@@ -416,6 +416,9 @@ def make_teacher(
         )  # fmt: skip
         return HTTPTeacher(client)
     from firm.critic import Critic
+    from firm.storage.model_ref import check_model_ref
+
+    check_model_ref(s, "teacher")
 
     critic = Critic.from_pretrained(s, device=device)
     return LocalTeacher(critic, batch_size=batch_size, name=model or s)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -220,25 +221,72 @@ def task_summary(run: PipelineRun, report_dir: Path) -> dict[str, Any]:
         "rl": {**rl, "base_policy": run.base_policy},
         "checks": checks,
         "commands": commands(run),
-        "kfp_pages": {
-            name: str(Path(run.run_dir, step, art).relative_to(report_dir.parent))
-            for name, step, art in (
-                ("bench report", "bench-critic", "report"),
-                ("RL curves", "rl-train", "curves"),
-                ("policy before/after", "eval-policy", "samples"),
-                ("dataset summary", "curate-dataset", "summary"),
-            )
-            if Path(run.run_dir, step, art).is_file()
-        },
+        "kfp_pages": artifact_pages(run, report_dir),
+        "grids": sample_grids(Path(run.run_dir, "eval-policy", "samples"), assets),
     }
 
 
-def _fmt(x: Any) -> str:
+KFP_PAGES = (  # (link text, step, artifact, type): the steps' pages, copied with the extension of their type
+    ("bench report", "bench-critic", "report", "html"),
+    ("RL curves", "rl-train", "curves", "html"),
+    ("policy before/after", "eval-policy", "samples", "html"),
+    ("dataset summary", "curate-dataset", "summary", "md"),
+)
+
+
+def artifact_pages(run: PipelineRun, report_dir: Path) -> dict[str, str]:
+    """The KFP artifact pages of a run, copied next to the report as `<task>/<step>-<artifact>.<type>` (the
+    artifacts themselves have no extension: a browser would show their source); link text → path under the report."""
+    out: dict[str, str] = {}
+    for name, step, art, kind in KFP_PAGES:
+        src = Path(run.run_dir, step, art)
+        if not src.is_file():
+            continue
+        if kind == "md":  # markdown: shown as text
+            kind = "txt"
+        rel = f"{run.task}/{step}-{art}.{kind}"
+        (report_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, report_dir / rel)
+        out[name] = rel
+    return out
+
+
+_GRID = re.compile(r'<img alt="(before|after)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+def sample_grids(samples_html: Path, copy_to: Path) -> list[str]:
+    """The before/after sample grids of the eval step's page, written as PNGs beside the report (shown on it)."""
+    import base64
+
+    if not samples_html.is_file():
+        return []
+    names = []
+    for side, data in _GRID.findall(samples_html.read_text(errors="replace")):
+        copy_to.mkdir(parents=True, exist_ok=True)
+        (copy_to / f"samples-{side}.png").write_bytes(base64.b64decode(data))
+        names.append(f"samples-{side}.png")
+    return names
+
+
+def _text(x: Any) -> str:
+    """A value as plain text (not escaped: `table` escapes its cells): dicts as `key: value` pairs, booleans as
+    yes/no, floats to 3 significant digits."""
     if x is None:
         return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
     if isinstance(x, float):
         return f"{x:.3g}"
-    return html.escape(str(x))
+    if isinstance(x, dict):
+        return ", ".join(f"{k}: {_text(v)}" for k, v in x.items()) or "n/a"
+    if isinstance(x, list | tuple):
+        return ", ".join(_text(v) for v in x) or "n/a"
+    return str(x)
+
+
+def _fmt(x: Any) -> str:
+    """A value as HTML text (escaped once), for fragments outside `table`."""
+    return html.escape(_text(x))
 
 
 def _base_policy_line(base: dict[str, Any] | None) -> str:
@@ -256,37 +304,42 @@ def _task_html(t: dict[str, Any]) -> list[tuple[str, str]]:
     from firm.reports import table
 
     name = t["task"]
-    rel = "../"  # report/ sits next to pipeline-runs/
     stages = table([["stage", "KFP task", "status", "seconds", "headline", "log"],
-                    *[[s["name"], s["task"], s["status"], _fmt(s["seconds"]), s.get("headline") or "",
+                    *[[s["name"], s["task"], s["status"], _text(s["seconds"]), s.get("headline") or "",
                        str(s.get("log") or "")] for s in t["stages"]]])  # fmt: skip
     c = t["critic"]
     axes = c.get("axes", {})
     crit = table([["axis", "critic MAE", "mean predictor MAE", "random MAE", "vs mean predictor", "parse failures"],
-                  *[[a, _fmt(v["mae"]), _fmt(v["mean_predictor_mae"]), _fmt(v["random_mae"]),
+                  *[[a, _text(v["mae"]), _text(v["mean_predictor_mae"]), _text(v["random_mae"]),
                      "n/a" if v["vs_mean_predictor"] is None else f"{100 * v['vs_mean_predictor']:.0f} % lower",
-                     _fmt(v["parse_failures"])] for a, v in axes.items()]])  # fmt: skip
+                     _text(v["parse_failures"])] for a, v in axes.items()]])  # fmt: skip
     pics = "".join(f'<figure><img src="{name}/{p}" alt="{p}"><figcaption>{p}</figcaption></figure>'
                    for p in c.get("pictures", []))  # fmt: skip
     rl = t["rl"]
     keys = sorted(set(rl.get("before", {})) | set(rl.get("after", {})))
     rl_table = table([["held-out prompts", "before RL", "after RL"],
-                      *[[k, _fmt(rl["before"].get(k)), _fmt(rl["after"].get(k))] for k in keys]])  # fmt: skip
+                      *[[k, _text(rl["before"].get(k)), _text(rl["after"].get(k))] for k in keys]])  # fmt: skip
     served = table([["model", "successful inferences (server count)"],
                     *[[m, n] for m, n in sorted(rl.get("served_inferences", {}).items())]])  # fmt: skip
     rl_pics = "".join(f'<figure><img src="{name}/{p}" alt="{p}"><figcaption>{p}</figcaption></figure>'
                       for p in rl.get("pictures", []))  # fmt: skip
-    links = "<ul>" + "".join(f'<li><a href="{rel}{html.escape(v)}">{html.escape(k)}</a> (KFP artifact page)</li>'
+    links = "<ul>" + "".join(f'<li><a href="{html.escape(v)}">{html.escape(k)}</a> (the KFP step\'s page, '
+                             f'{"HTML" if v.endswith(".html") else "text"})</li>'
                              for k, v in t["kfp_pages"].items()) + "</ul>"  # fmt: skip
-    checks = table([["check", "result"], *[[k, _fmt(v)] for k, v in t["checks"].items()]])
-    cmds = "".join(f"<h4>{html.escape(k)}</h4><pre>{html.escape(v)}</pre>" for k, v in t["commands"].items())
+    grids = "".join(f'<figure><img src="{name}/{g}" alt="{g}"><figcaption>policy samples, '
+                    f'{"before" if "before" in g else "after"} RL (held-out prompts)</figcaption></figure>'
+                    for g in t.get("grids", []))  # fmt: skip
+    checks = table([["check", "result"], *[[k.replace("_", " "), _text(v)] for k, v in t["checks"].items()]])
+    cmds = "".join(
+        f"<h4>{html.escape(k)}</h4><pre class='cmd'>{html.escape(v)}</pre>" for k, v in t["commands"].items()
+    )
     return [
         (f"{name}: stages ({t['seconds']:.0f} s)", stages),
         (f"{name}: checks", checks),
         (f"{name}: critic on held-out items", crit + pics
          + f"<p>dataset {_fmt(c.get('dataset'))}, splits {_fmt(c.get('dataset_splits'))}, teacher calls "
            f"{_fmt(c.get('teacher_calls'))}; trained critic {_fmt(c.get('critic'))}</p>"),
-        (f"{name}: RL (DiffusionNFT, rewards over gRPC)", rl_pics + rl_table + served
+        (f"{name}: RL (DiffusionNFT, rewards over gRPC)", rl_pics + grids + rl_table + served
          + f"<p>{_base_policy_line(rl.get('base_policy'))}; LoRA {_fmt(rl.get('lora'))}</p>"),
         (f"{name}: the pipeline's own pages", links),
         (f"{name}: rerun a stage", cmds),

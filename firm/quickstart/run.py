@@ -49,12 +49,14 @@ def _stages(ran: list[StageResult]) -> list[StageResult]:
 
 def pipeline_parameters(
     task: Task, size: QuickstartSize, *, critic: Path, policy: Path, manifest: Path, teacher: str, bench: str,
-    prompts: Path, eval_prompts: Path,
+    prompts: Path, eval_prompts: Path, critic_runs: Path | None = None,
 ) -> list[str]:  # fmt: skip
-    """The `firm` pipeline's parameters for one quickstart task (`key=value`, as `firmctl pipeline run` takes)."""
+    """The `firm` pipeline's parameters for one quickstart task (`key=value`, as `firmctl pipeline run` takes).
+    `critic_runs`: the critic SFT run's local folder parent (under the workdir, one per run), never `./runs`."""
     critic_overrides = (
         f"[max_steps={size.sft_steps}, batch.per_device=4, eval.every_n_steps=0, "
-        f"checkpoint.every_n_steps={max(1, size.sft_steps // 2)}]"
+        f"checkpoint.every_n_steps={max(1, size.sft_steps // 2)}"
+        f"{f', output_dir={critic_runs}' if critic_runs is not None else ''}]"
     )
     rl_overrides = (
         f"[policy.uri={policy}, policy.resolution={size.rl_resolution}, data.prompts={prompts}, "
@@ -143,6 +145,7 @@ def run_task(work: Path, task: Task, size: QuickstartSize, console: Console, ver
             task, size, critic=Path(inputs["critic"]), policy=Path(inputs["policy"]),
             manifest=Path(inputs["manifest"]), teacher=teacher_url, bench=str(inputs["bench"]),
             prompts=Path(inputs["prompts"]), eval_prompts=Path(inputs["eval_prompts"]),
+            critic_runs=unique_dir(work / "critic-runs", task),
         )  # fmt: skip
         try:
             run = run_local("firm", params, pipeline_root=work / "pipeline-runs", console=console, verbose=verbose)
@@ -157,6 +160,26 @@ def run_task(work: Path, task: Task, size: QuickstartSize, console: Console, ver
         task=task, run_dir=run.run_dir, seconds=run.seconds, parameters=run.arguments, stages=_stages(run.stages),
         base_policy=_base_policy(Path(inputs["policy"])),
     )  # fmt: skip
+
+
+def unique_dir(parent: Path, stem: str) -> Path:
+    """A folder name under `parent` no other run uses: `<stem>-<UTC time>-<random>` (not created here)."""
+    import uuid
+
+    return parent / f"{stem}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+MARKER = ".firm-quickstart"
+
+
+def check_workdir(work: Path, *, overwrite: bool = False) -> None:
+    """The shared refusal (`firm.storage.targets`) of a non-empty `--workdir` that is not a quickstart's own (where
+    a rerun reuses the deterministic inputs and adds a new pipeline run); `overwrite` empties it first."""
+    from firm.storage.targets import check_target, clear_target
+
+    own = (work / MARKER).is_file() or ((work / "inputs").is_dir() and (work / "pipeline-runs").is_dir())
+    if (overwrite or not own) and check_target(work, "--workdir", overwrite=overwrite):
+        clear_target(work)
 
 
 def _base_policy(path: Path) -> dict:
@@ -176,9 +199,11 @@ class QuickstartFailed(Exception):
 
 def run_quickstart(
     workdir: str | Path, *, task: TaskChoice = "edit", size: SizeName = "tiny", console: Console | None = None,
-    verbose: bool = False,
+    verbose: bool = False, overwrite: bool = False,
 ) -> Path:
     """Run the quickstart under `workdir`; returns the report directory (`index.html`, `summary.json`).
+    Everything it makes goes under `workdir` (and `$FIRM_HOME`'s object store); a non-empty `workdir` that is not
+    a quickstart's is refused unless `overwrite`.
 
     `console` (default: stderr) gets one line per stage and the key numbers; each stage's whole output goes to its
     log under the pipeline run's folder (`verbose=True`: to the console as well)."""
@@ -188,7 +213,9 @@ def run_quickstart(
 
     con = console or Console(file=sys.stderr)  # bound now: local runs redirect sys.stderr to their stage logs
     work = Path(workdir).resolve()
+    check_workdir(work, overwrite=overwrite)
     work.mkdir(parents=True, exist_ok=True)
+    (work / MARKER).write_text("a firmctl quickstart workdir\n")
     preset = SIZES[size]
     started = datetime.now(UTC)
     t0 = time.perf_counter()

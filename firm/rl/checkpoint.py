@@ -119,10 +119,9 @@ def check_fresh_output(resume: str, output_uri: str) -> None:
     except MissingBucketError:  # nothing was ever written there
         return
     if found is not None:
-        raise ConfigError(
-            f"output_uri {output_uri} already has checkpoints (latest: {found}): pass --resume auto "
-            "(checkpoint.resume=auto) to continue that run, or choose another output_uri"
-        )
+        from firm.storage.targets import exists_message
+
+        raise ConfigError(exists_message("output_uri", output_uri, resume="--resume auto"))
 
 
 def load_checkpoint(uri: str) -> Loaded:

@@ -26,6 +26,20 @@ def policy_config(
     )
 
 
+def _check_local(where: str, what: str, needs: tuple[str, ...], kind: str) -> None:
+    """A local directory given as `what` must hold what loading it needs (one `error:` line, not a traceback)."""
+    path = Path(where)
+    if not path.exists():
+        return  # a Hugging Face id
+    if path.is_file():
+        if what == "--lora" and path.suffix in needs:
+            return
+        raise InputError(f"{what}={where}: expected {kind}, got a file")
+    names = [p.name for p in path.iterdir()]
+    if not any(n == need or n.endswith(need) for n in names for need in needs):
+        raise InputError(f"{what}={where}: not {kind} (no {' or '.join(needs)} in it)")
+
+
 def sample_images(
     *,
     policy_uri: str,
@@ -61,9 +75,13 @@ def sample_images(
 
         src = load_source(image, resolution)  # type: ignore[arg-type]  # a bad image fails before any loading
     lora_dir = resolve_pretrained(lora_uri, what="--lora") if lora_uri else None  # before loading the policy
+    policy_dir = resolve_pretrained(policy_uri, what="--policy")
+    _check_local(policy_dir, "--policy", ("model_index.json",), "a diffusers pipeline directory")
+    if lora_dir:
+        _check_local(lora_dir, "--lora", (".safetensors", ".bin"), "a LoRA directory (diffusers format)")
     cfg = policy_config(
         kind,
-        resolve_pretrained(policy_uri, what="--policy"),
+        policy_dir,
         resolution,
         max_sequence_length,
         condition_pixels,

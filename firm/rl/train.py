@@ -30,17 +30,22 @@ def config_path(name: str) -> Path:
     return resolve_config(name)
 
 
-def preflight(cfg: RLConfig, world_size: int) -> None:
+def preflight(cfg: RLConfig, world_size: int, *, overwrite: bool = False) -> None:
     """What can be checked before any training process starts (`firmctl rl train`), so a mistake is one `error:`
     line instead of one per rank: prompts per step (and their split over updates) against the world size, object-store credentials for every
     s3:// location, a local policy directory, the prompt file (read and validated), and that a fresh run does
     not write over an existing run's checkpoints."""
-    from firm.rl.checkpoint import check_fresh_output
     from firm.rl.config import check_world_size
     from firm.rl.data import load_prompts
     from firm.rl.policies.pretrained import resolve_pretrained
     from firm.storage import check_store_access
+    from firm.storage.targets import check_target, clear_target
 
+    # the shared rule, first (cheap): a fresh run into anything non-empty is refused; --overwrite clears it last
+    fresh = cfg.checkpoint.resume == "none"
+    replace = fresh and check_target(
+        cfg.output_uri, "output_uri", overwrite=overwrite, resume="--resume auto"
+    )
     check_world_size(cfg, world_size)
     check_store_access(
         {
@@ -53,7 +58,38 @@ def preflight(cfg: RLConfig, world_size: int) -> None:
     if not cfg.policy.uri.startswith(("s3://", "file://")):
         resolve_pretrained(cfg.policy.uri)  # a missing local directory (HF ids pass)
     load_prompts(cfg.data.prompts, cfg.task, cfg.data.max_prompt_chars)
-    check_fresh_output(cfg.checkpoint.resume, cfg.output_uri)
+    check_reward_reachable(cfg)
+    if replace:
+        clear_target(cfg.output_uri)
+
+
+def check_reward_reachable(cfg: RLConfig, timeout: float = 3.0) -> None:
+    """A Triton reward service (`reward.kind=triton`) must accept connections before the first rollout: an
+    unreachable endpoint is one `error:` line here, not retries inside training. Any one reachable endpoint is
+    enough (the client fails over)."""
+    if cfg.reward.kind != "triton":
+        return
+    import socket
+
+    from firm.config import get_settings
+    from firm.errors import ConfigError
+
+    spec = cfg.reward.url or get_settings().triton_url
+    what = "reward.url" if cfg.reward.url else "FIRM_TRITON_URL"
+    causes = []
+    for ep in [e.strip() for e in str(spec).split(",") if e.strip()]:
+        host, _, port = ep.split("://", 1)[-1].rstrip("/").rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+                return
+        except ValueError:
+            causes.append(f"{ep}: expected host:port")
+        except OSError as exc:
+            causes.append(f"{ep}: {exc.strerror or type(exc).__name__}")
+    raise ConfigError(
+        f"{what}={spec}: no reward endpoint is reachable ({'; '.join(causes) or 'none given'}); start the reward "
+        "service (firmctl serve start) or point reward.url at it"
+    )
 
 
 def _init_distributed() -> tuple[int, int]:
@@ -115,6 +151,8 @@ def _run(argv: list[str] | None) -> tuple[int, dict[str, Any] | None]:
                 cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         from firm.rl.trainer import Trainer
 
+        if rank == 0:
+            check_reward_reachable(cfg)  # before any rollout (jobs and pipelines skip the CLI's preflight)
         trainer = Trainer(cfg)
         t0 = time.perf_counter()
         results = trainer.train(progress=True)  # rank 0: a bar on a terminal, periodic lines elsewhere

@@ -91,8 +91,9 @@ def publish_dir(
 ) -> Manifest:
     """Publish `local_dir` at `uri`: upload every file (in parallel), then write `MANIFEST.json` last.
 
-    Re-publishing to the same URI first removes the old manifest, so readers never mix old and new files.
-    `uploaded`: files other processes already put under `uri` (e.g. each training rank's optimizer shard) with the
+    Re-publishing to the same URI first removes the old manifest, so readers never mix old and new files, and the
+    old publication's files that the new one does not list are removed before the new manifest is written (no file
+    under a publication is one its manifest does not list). `uploaded`: files other processes already put under `uri` (e.g. each training rank's optimizer shard) with the
     size and sha256 they computed; each must exist there with that size, and the manifest lists it like the rest
     (readers verify its sha256 as for any other file).
     """
@@ -102,7 +103,12 @@ def publish_dir(
     store, key = open_store(uri, settings)
     prefix = dir_prefix(key)
     mkey = prefix + MANIFEST_NAME
+    previous: list[str] = []
     if store.exists(mkey):
+        try:
+            previous = [f.path for f in Manifest.from_bytes(store.get_bytes(mkey), store.uri(mkey)).files]
+        except StorageError:  # an unreadable old manifest: nothing of it can be trusted, only removed
+            previous = []
         store.delete([mkey])
 
     def upload(rel: str) -> ManifestFile:
@@ -131,6 +137,9 @@ def publish_dir(
                 f"{'none' if size is None else f'{size} bytes'}"
             )
     entries = run_parallel(local, upload, workers) + list(uploaded)
+    stale = sorted(set(previous) - {e.path for e in entries})
+    if stale:
+        store.delete([prefix + rel for rel in stale])
     manifest = Manifest(created_at=now_utc(), producer=producer or default_producer(), files=entries)
     store.put_bytes(mkey, manifest.to_bytes())
     return manifest
@@ -180,14 +189,20 @@ def fetch_dir(
     on_bytes: ByteCallback | None = None,
     settings: FirmSettings | None = None,
     select: Callable[[str], bool] | None = None,
+    overwrite: bool = False,
 ) -> Manifest:
     """Download the published directory at `uri` into `local_dir`, verifying every size and sha256.
 
     Files are staged next to `local_dir` and moved into place only after all of them verified, so a failure
-    (missing manifest, checksum mismatch, network) leaves `local_dir` as it was. `select(path)`: fetch only the
-    manifest's files it accepts (the whole manifest is still written and returned).
+    (missing manifest, checksum mismatch, network) leaves `local_dir` as it was. A non-empty `local_dir` is refused
+    (`firm.storage.targets.check_target`) unless `overwrite`: then the verified copy replaces it in one swap, never
+    merged with what was there. `select(path)`: fetch only the manifest's files it accepts (the whole manifest is
+    still written and returned).
     """
+    from firm.storage.targets import check_target
+
     dest = Path(local_dir)
+    check_target(dest, "destination", overwrite=overwrite)
     full = read_manifest(uri, settings)
     manifest = (
         full
@@ -198,13 +213,7 @@ def fetch_dir(
     with _staging(dest) as stage:
         _download_verified(store, dir_prefix(key), manifest, stage, workers, on_bytes)
         (stage / MANIFEST_NAME).write_bytes(full.to_bytes())
-        if not dest.exists():
-            os.rename(stage, dest)
-            stage.mkdir()  # so the staging cleanup has something to remove
-        else:
-            for rel in [f.path for f in manifest.files] + [MANIFEST_NAME]:
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(stage / rel, dest / rel)
+        _install_dir(stage, dest)
     return full
 
 

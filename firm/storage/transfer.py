@@ -32,6 +32,7 @@ class CopyPlan:
     src: ObjectStore
     dst: ObjectStore
     items: list[CopyItem]
+    single: bool = False  # one object (not a prefix) is copied
 
     @property
     def total_bytes(self) -> int:
@@ -60,7 +61,7 @@ def plan_copy(src: str, dst: str, settings: FirmSettings | None = None) -> CopyP
         items = [CopyItem(o.key, dprefix + o.key[len(prefix) :], o.size) for o in objs]
     if sstore.uri("") == dstore.uri("") and any(i.src_key == i.dst_key for i in items):
         raise StorageError(f"{src} and {dst} are the same location")
-    return CopyPlan(sstore, dstore, items)
+    return CopyPlan(sstore, dstore, items, single=len(items) == 1 and items[0].src_key == s.key)
 
 
 def _copy_one(plan: CopyPlan, item: CopyItem, on_bytes: ByteCallback | None) -> None:

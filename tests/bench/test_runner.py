@@ -167,9 +167,9 @@ def test_cli_make_synthetic_and_run_resume(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "done: bench, judged 4 item(s) (skipped 0 already scored) in " in res.stderr
     assert json.loads(res.stdout)["edit"]["overall"]["n"] == 3
-    res = runner.invoke(app, [*args, "--limit", "4"])
+    res = runner.invoke(app, [*args, "--limit", "4", "--resume"])
     assert "judged 0 item(s) (skipped 4 already scored)" in res.stderr
-    res = runner.invoke(app, [*args, "--limit", "0"])
+    res = runner.invoke(app, [*args, "--limit", "0", "--resume"])
     assert res.exit_code == 1 and "--limit" in res.stderr
     res = runner.invoke(
         app, ["bench", "run", "--critic", "random://1", "--bench", str(tmp_path / "nob"), "--out", "x"]
@@ -203,7 +203,7 @@ def test_bench_run_end_to_end_with_tiny_critic(
     doc = json.loads(res.stdout)
     assert doc["edit"]["overall"]["n"] == 4 and doc["gen"]["overall"] is None
     assert sum(doc["edit"]["overall"]["confusion"][h][k] for h in range(5) for k in range(5)) == 4
-    res = CliRunner().invoke(app, [*args, "--limit", "4"])
+    res = CliRunner().invoke(app, [*args, "--limit", "4", "--resume"])
     assert res.exit_code == 0 and "judged 0 item(s) (skipped 4 already scored)" in res.stderr
     assert (out / "report.html").exists() and (out / "confusion.png").read_bytes()[:8] == PNG_MAGIC
 

@@ -103,9 +103,10 @@ def test_edit_curation_end_to_end(edits, tmp_path: Path) -> None:  # type: ignor
     assert res2.stats["teacher"]["cache_hits"] == res2.stats["teacher"]["calls"] == first_calls
     for shard in ds.info.shards:
         assert (out2 / shard).read_text() == (root / shard).read_text()
-    # resuming the first run: done items are skipped (no cache lookups, no calls)
+    # resuming the first run: done items are skipped (no cache lookups, no calls); its published dataset is only
+    # replaced when asked to (overwrite)
     with serve(None, model_name=MODEL, script=script, latency_s=0.0) as (chat, url):
-        res3 = curate_edit(cfg, _teacher(url))
+        res3 = curate_edit(cfg.model_copy(update={"overwrite": True}), _teacher(url))
         assert chat.requests == 0
     assert res3.stats["resumed_items"] == 21 and res3.stats["teacher"]["this_run"]
     shutil.rmtree(out2)

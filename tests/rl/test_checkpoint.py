@@ -242,9 +242,8 @@ def test_fresh_run_into_an_existing_run_is_refused_and_latest_is_latest_written(
     res = CliRunner().invoke(app, ["rl", "train", "--config", str(config)])
     assert res.exit_code == 1 and res.stdout == "", res.output
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: output_uri "), res.stderr
-    assert "already has checkpoints" in res.stderr and "--resume auto" in res.stderr
-    assert "another output_uri" in res.stderr
-    with pytest.raises(ConfigError, match="already has checkpoints"):  # `python -m firm.rl.train` too
+    assert "already exists and is not empty; pass --overwrite" in res.stderr and "--resume auto" in res.stderr
+    with pytest.raises(ConfigError, match="already exists and is not empty"):  # `python -m firm.rl.train` too
         Trainer(tiny_cfg(steps=3, checkpoint__every_steps=1))
     assert {s: read_manifest(f"{prefix}/step-{s:08d}").created_at for s in (1, 2, 3)} == written
 

@@ -208,10 +208,11 @@ def test_a_fresh_run_into_an_existing_run_is_refused(tmp_path: Path) -> None:
     (ckpt / "trainer_state.json").write_text("{}")
     publish_dir(ckpt, f"{cfg.checkpoint_root()}/step-10")
     with pytest.raises(
-        ConfigError, match=r"run twice: .*twice already has checkpoints \(latest: .*step-10\); pass"
+        ConfigError,
+        match=r"run twice: checkpoints .*twice: already exists and is not empty; pass --overwrite",
     ):
         check_fresh_run(cfg)
-    with pytest.raises(ConfigError, match="already has checkpoints"):
+    with pytest.raises(ConfigError, match="already exists and is not empty"):
         train(cfg)  # refused before the (missing) dataset is even opened
     resumed = load_sft_config(
         "critic/tiny_cpu", [f"data.dataset={tmp_path / 'no-data'}", "run_name=twice", "resume=auto"]

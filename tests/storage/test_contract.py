@@ -236,7 +236,7 @@ def test_checksum_mismatch_detected_and_nothing_visible(root: str, tmp_path: Pat
     dest.mkdir()
     (dest / "a.jsonl").write_bytes(b"old")
     with pytest.raises(StorageError, match="checksum mismatch"):
-        fetch_dir(uri, dest)
+        fetch_dir(uri, dest, overwrite=True)
     assert (dest / "a.jsonl").read_bytes() == b"old"
     store.put_bytes(key + "b.jsonl", b"short")
     with pytest.raises(StorageError, match="size mismatch"):

@@ -25,12 +25,16 @@ def resolve_pretrained(uri: str, what: str = "policy.uri") -> str:
         from firm.storage import resolve_local
 
         return str(resolve_local(uri))
+    from firm.errors import InputError
+    from firm.storage.model_ref import check_model_ref
+
     p = Path(uri).expanduser()
     if p.exists():
         return str(p)
-    if uri.startswith(("/", "./", "../")):
-        raise ConfigError(f"{what}={uri}: local directory does not exist")
-    return uri  # a Hugging Face id
+    try:
+        return check_model_ref(uri, what)  # a Hugging Face id (org/name); a missing local path fails here
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def absent_components(path: str) -> dict[str, Any]:
