@@ -116,6 +116,26 @@ def test_a_resolved_job_renders_the_same_as_a_pytorchjob_and_a_trainjob(path: Pa
                for k in SETTINGS_ENV if k not in penv)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("entrypoint", "recipe", "pool", "nodes"),
+    [("sft", "critic/qwen3vl_8b_edit_full", "gpu-h100", 1), ("rl", "rl/sd35m_nft_qma", "gpu-h100", 1),
+     ("sft", "critic/tiny_cpu", "cpu", 1)],
+)  # fmt: skip
+def test_pipeline_step_jobs_render_to_valid_trainjobs(
+    entrypoint: str, recipe: str, pool: str, nodes: int
+) -> None:
+    """What a pipeline's launcher step submits (`step_job_spec`) with the settings' backend trainjob."""
+    from firm.launch.spec import step_job_spec
+
+    spec = step_job_spec(entrypoint, "3F2504E0-4F89-11D3-9A0C-0305E82C3301", recipe=recipe, overrides=[],
+                         pool=pool, nodes=nodes, nproc_per_node=0, image="", timeout_s=3600)  # fmt: skip
+    job = resolve_job(spec, "trainjob")
+    tj = build_trainjob(job, "team-a").to_dict()
+    validate_trainjob(tj)
+    assert tj["metadata"]["name"] == spec.name and tj["spec"]["activeDeadlineSeconds"] == 3600
+    assert tj["spec"]["trainer"]["numNodes"] == nodes
+
+
 def test_settings_the_pods_read_are_keys_of_the_charts_configmap() -> None:
     template = (REPO / "charts" / "firm" / "templates" / "settings-configmap.yaml").read_text()
     assert all(f'"{key}"' in template for key in SETTINGS_ENV), [
