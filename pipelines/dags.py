@@ -241,6 +241,6 @@ def firm_pipeline(
         )
         deploy.set_display_name("deploy reward service")
         _rl_steps(
-            rl_recipe, rl_overrides, deploy.output, rl_pool, rl_nodes, rl_nproc_per_node, trainer_image, backend,
+            rl_recipe, rl_overrides, deploy.outputs["Output"], rl_pool, rl_nodes, rl_nproc_per_node, trainer_image, backend,
             job_timeout_s, eval_prompts,
         )  # fmt: skip

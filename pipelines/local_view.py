@@ -88,6 +88,15 @@ _HEADLINES: dict[str, Callable[[dict[str, Any], dict[str, float]], str]] = {
     ),
     "train-critic": lambda o, m: _pick(m, r"^val_(mae|parse_rate|loss)$"),
     "bench-critic": lambda o, m: _pick(m, r"^mae_"),
+    "deploy-reward-service": lambda o, m: next(
+        (
+            f"rollout: {a['metadata']['decision']}"
+            for g in o.get("artifacts", {}).values()
+            for a in g.get("artifacts", [])
+            if isinstance((a.get("metadata") or {}).get("decision"), str)
+        ),
+        "",
+    ),
     "rl-train": lambda o, m: _pick(m, r"^reward_(mean|parse_failure_rate)$"),
     "eval-policy": lambda o, m: (
         f"held-out reward {_fmt(m['eval_before_reward_mean'])} → {_fmt(m['eval_after_reward_mean'])}"

@@ -131,6 +131,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         ],
         # what drives the stages
         "firm.launch": [
+            "firm.bench",  # the safe critic rollout benches a candidate through the live endpoint
             "firm.config",
             "firm.critic",
             "firm.errors",

@@ -87,3 +87,47 @@ def sample(
         condition_pixels=condition_pixels,
     )
     echo_json({"images": [str(p) for p in paths]})
+
+
+@app.command("report")
+@cli_errors
+def report(
+    output_uri: str = typer.Argument(..., help="the run's output_uri (local path, file:// or s3://)"),
+    out: Path | None = typer.Option(
+        None, "--out", help="where to write the gallery (default: ./rl-audit-gallery.html)"
+    ),
+    open_: bool = typer.Option(False, "--open", help="also open it in a web browser"),
+) -> None:
+    """The run's critic audit: its rationale gallery (newest audit, alarms, the samples they flagged) written to a
+    local HTML file, and as JSON the run's status (completed / stopped_by_alarm / running), the alarm with its
+    evidence and the newest audit's numbers."""
+    from firm.rl.report import ALARM, gallery_page, read_run_json, read_run_metrics
+
+    html = gallery_page(output_uri, title=f"RL audit — {output_uri}")
+    dest = (out or Path("rl-audit-gallery.html")).resolve()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(html)
+    alarm = read_run_json(output_uri, ALARM)
+    from firm.storage import is_published
+
+    status = "completed" if is_published(f"{output_uri.rstrip('/')}/final/lora") else "running"
+    if alarm is not None:
+        status = alarm.get("status", "stopped_by_alarm")
+    audits = [r for r in read_run_metrics(output_uri) if "audit/mae" in r or "audit/n" in r]
+    echo_json(
+        {
+            "gallery": str(dest),
+            "status": status,
+            "alarm": (alarm or {}).get("alarm"),
+            "checkpoint": (alarm or {}).get("checkpoint"),
+            "last_audit": {
+                k: v
+                for k, v in (audits[-1] if audits else {}).items()
+                if k == "step" or k.startswith("audit/")
+            },
+        }
+    )
+    if open_:
+        import webbrowser
+
+        webbrowser.open(dest.as_uri())

@@ -125,6 +125,11 @@ def start(
     metrics_port: int = typer.Option(8002, help="Prometheus metrics port (0: a free port)."),
     startup_timeout: float = typer.Option(300.0, help="Seconds to wait for every model to be ready."),
     log_file: Path | None = typer.Option(None, help="tritonserver log (default: a temp file, printed)."),
+    live_dir: Path | None = typer.Option(
+        None,
+        help="Serve a live repository there (a copy of --repository on first start, kept across restarts) that "
+        "`firmctl serve rollout` / `rollback` can change while serving.",
+    ),
 ) -> None:
     """Run the bundled tritonserver on a repository until SIGTERM/SIGINT; prints the endpoints when ready."""
     import signal
@@ -132,8 +137,16 @@ def start(
     from firm.progress import Progress
     from firm.serving.server import ServerStartError, TritonServer
 
+    served: str | Path = repository
+    extra: list[str] = []
+    if live_dir is not None:
+        from firm.launch.rollout import LiveRepository, load_args
+
+        live = LiveRepository.prepare(repository, live_dir)
+        served, extra = live.path, load_args(live.models())
     server = TritonServer(
-        repository,
+        served,
+        extra_args=extra,
         host=host,
         grpc_port=grpc_port,
         http_port=http_port,
@@ -217,3 +230,39 @@ def score(
         else:
             result = client.score_gen([(image, prompt)])[0]
     echo_json(result)
+
+
+@app.command("rollout")
+@cli_errors
+def rollout(
+    service: str = typer.Option(..., help="The running reward service (its name)."),
+    candidate: str = typer.Option(..., help="The candidate's exported repository (dir or URI)."),
+    audit: str = typer.Option(..., help="Audit set: a FIRM-Bench slice with human scores (dir or URI)."),
+    margin: float = typer.Option(0.1, help="Largest MAE increase over the incumbent still promoted."),
+    who: str | None = typer.Option(None, help="Recorded as who promoted (default: user@host)."),
+) -> None:
+    """Serve a candidate critic beside the incumbent, bench both live, promote it only if it is not worse."""
+    from firm.launch.rollout import rollout as run
+
+    echo_json(run(service, candidate, audit, margin=margin, who=who))
+
+
+@app.command("rollback")
+@cli_errors
+def rollback(
+    service: str = typer.Option(..., help="The running reward service."),
+    who: str | None = typer.Option(None, help="Recorded as who rolled back (default: user@host)."),
+) -> None:
+    """Serve the critic version that served before the current one again."""
+    from firm.launch.rollout import rollback as run
+
+    echo_json(run(service, who=who))
+
+
+@app.command("history")
+@cli_errors
+def history(service: str = typer.Option(..., help="The reward service.")) -> None:
+    """Every promotion, refusal and rollback of a reward service (from the object store), oldest first."""
+    from firm.launch.rollout import history as read
+
+    echo_json([e.model_dump(mode="json") for e in read(service)])

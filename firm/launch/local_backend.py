@@ -55,6 +55,14 @@ def _alive(pid: int | None) -> bool:
     return pid_alive(pid, b"firm.launch.supervisor")
 
 
+def _reason(exit_code: int | None) -> str | None:
+    """What a FIRM exit code means: `stopped_by_alarm` for an RL run that a reward-hacking alarm stopped (the
+    message holds its `error: stopped_by_alarm: ...` line: which alarm, at which step, with which values)."""
+    from firm.rl.alarms import ALARM_EXIT_CODE, STOPPED_BY_ALARM
+
+    return STOPPED_BY_ALARM if exit_code == ALARM_EXIT_CODE else None
+
+
 def _ts(v: Any) -> datetime | None:
     return datetime.fromtimestamp(float(v), tz=UTC) if v else None
 
@@ -174,6 +182,7 @@ class LocalBackend(JobBackend):
             started=_ts(state.get("started")),
             finished=_ts(state.get("finished")),
             exit_code=state.get("exit_code"),
+            reason=_reason(state.get("exit_code")),
             attempts=int(state.get("attempts", 1)),
             checkpoint_uri=job.get("checkpoint_uri"),
             replicas=replicas,

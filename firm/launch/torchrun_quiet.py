@@ -10,7 +10,8 @@ ranks that share a node's log never break each other's lines.
 
 Exit codes follow the Training Operator's `ExitCode` restart policy, which restarts a pod whose exit code is >= 128
 and fails the job on 1..127 (kubeflow/training-operator v1.9, pkg/util/train/train_util.go `IsRetryableExitCode`):
-1 when a worker failed by itself (a config or data error: retrying cannot help), `OOM_EXIT_CODE` when a worker was
+1 when a worker failed by itself (a config or data error: retrying cannot help), `ALARM_EXIT_CODE` (4) when a
+reward-hacking alarm stopped an RL run (`firm.rl.alarms`: status `stopped_by_alarm`), `OOM_EXIT_CODE` when a worker was
 killed by the kernel's OOM killer (the container's cgroup counted an OOM kill: the same job would run out of memory
 again, so it is not retried — the termination message says "out of memory: raise resources.memory"), and 128 + N
 when a worker or torchrun itself was killed by signal N otherwise (preemption, `firmctl job cancel`: the pod may be
@@ -23,6 +24,9 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+
+# 4, < 128 (not retried): an RL run stopped by a reward-hacking alarm, passed through as the workers' exit code
+from firm.rl.alarms import ALARM_EXIT_CODE
 
 OOM_EXIT_CODE = 3  # < 128: permanent for the ExitCode restart policy
 OOM_MESSAGE = "out of memory: raise resources.memory"
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         code = failure.exitcode
         if code < 0:  # killed by a signal
             return killed_exit(rank, -code, name)
+        if code == ALARM_EXIT_CODE:  # a reward-hacking alarm stopped the run: its `error:` line is above
+            return ALARM_EXIT_CODE
         print(
             f"error: {name} failed on rank {rank} (exit code {code}); its error is above",
             file=sys.stderr,

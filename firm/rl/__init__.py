@@ -8,6 +8,7 @@
   (`RewardFunction` and implementations).
 - `trainer.Trainer`: the loop shared by both algorithms and tasks, with `update` (the gradient passes) and
   `step_rewards` (rewards shared across ranks); `train`: `python -m firm.rl.train`; `checkpoint`: publish / resume;
-  `monitor`: metrics, reward-hacking statistics, sample grids; `sample`. Parity with the official trainers:
+  `monitor`: metrics, reward-hacking statistics, sample grids; `audit` / `alarms`: the critic audit during RL and
+  the reward-hacking alarms; `sample`. Parity with the official trainers:
   `firm/rl/README.md`.
 """

@@ -287,6 +287,63 @@ class MonitorConfig(_Section):
     eval_every: int = Field(0, ge=0, description="sample grid of eval_prompts every N steps (0 = never)")
 
 
+class AuditConfig(_Section):
+    """The critic audit and the reward-hacking alarms (`firm.rl.audit`, `firm.rl.alarms`).
+
+    Every `every_steps` steps (and at the end) a held-out FIRM-Bench slice with human scores goes through the run's own
+    reward (the same endpoint or critic), logging `audit/mae`, `audit/parse_failure_rate`, `audit/confidence_mean`
+    and a rationale gallery. The alarms read the step metrics (and the audits); each threshold None switches its
+    alarm off. `alarm: stop` ends the run `stopped_by_alarm` (exit code `firm.rl.alarms.ALARM_EXIT_CODE`) with the
+    last good checkpoint published; `warn` logs the alarm and goes on."""
+
+    bench: str | None = Field(
+        None,
+        description="the audit set: a FIRM-Bench directory or dataset URI (bench.jsonl with human scores, "
+        "`firmctl bench build`) of the run's task; None = no audit (the per-step alarms still run)",
+    )
+    every_steps: int = Field(50, ge=1, description="audit after every N steps (and after the last one)")
+    max_items: int = Field(32, ge=1, description="the slice: the first N bench items of the run's task")
+    gallery_items: int = Field(8, ge=0, description="audit items shown in each rationale gallery")
+    alarm: Literal["warn", "stop"] = Field("warn", description="what a fired alarm does")
+    patience: int = Field(
+        2, ge=1, description="per-step alarms fire after this many consecutive steps over their threshold"
+    )
+    window: int = Field(5, ge=2, description="steps over which the reward and sub-score trends are measured")
+    mae_rise: float | None = Field(
+        0.25,
+        gt=0,
+        description="alarm when the audit MAE rose by more than this (1-5 score units) over the first audit while "
+        "the mean reward rose",
+    )
+    identity_similarity: float = Field(
+        0.97,
+        gt=0,
+        le=1,
+        description="editing: a sample is an identity copy when 1 − mean|edit − source| ≥ this",
+    )
+    identity_reward: float = Field(
+        0.5, description="… and the critic rewarded it at least this much (a copy scored low is no hacking)"
+    )
+    identity_rate: float | None = Field(
+        0.25, ge=0, le=1, description="editing: alarm when rewarded identity copies are above this fraction"
+    )
+    subscore_drop: float | None = Field(
+        0.3,
+        gt=0,
+        description="alarm when one sub-score fell by more than this (normalised units) over `window` steps while "
+        "the reward rose",
+    )
+    parse_failure_rate: float | None = Field(
+        0.5, gt=0, le=1, description="alarm when the step's (or an audit's) parse-failure rate is above this"
+    )
+    zero_variance_ratio: float | None = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="alarm when more than this fraction of the step's groups have identical rewards (no signal)",
+    )
+
+
 class RLConfig(_Section):
     """A full RL run. `task` is edit (CME reward, Qwen-Image-Edit) or gen (QMA reward, SD3.5)."""
 
@@ -309,6 +366,7 @@ class RLConfig(_Section):
     data: DataConfig
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> RLConfig:

@@ -1,4 +1,5 @@
-"""Pages for the KFP UI (and anyone else): RL reward curves and before/after evaluation of a policy."""
+"""Pages for the KFP UI (and anyone else): RL reward curves, the critic-audit gallery, and before/after evaluation of
+a policy."""
 
 from __future__ import annotations
 
@@ -69,3 +70,30 @@ def eval_html(result: PolicyEval, *, title: str) -> str:
     )
     prompts = "<ol>" + "".join(f"<li>{html.escape(p)}</li>" for p in result.prompts) + "</ol>"
     return page(title, [("Rewards", table(rows)), ("Samples", grids), ("Prompts", prompts)])
+
+
+GALLERY = "audit/gallery.html"  # under an RL run's output_uri (`firm.rl.trainer.Trainer._gallery`)
+ALARM = "alarm.json"  # under output_uri when an alarm stopped the run
+
+
+def read_run_json(output_uri: str, name: str) -> Any:
+    """A JSON file an RL run wrote under its output_uri (e.g. `alarm.json`), None when it has none."""
+    from firm.storage import read_bytes
+
+    try:
+        return json.loads(read_bytes(f"{output_uri.rstrip('/')}/{name}").decode())
+    except Exception:
+        return None
+
+
+def gallery_page(output_uri: str, *, title: str) -> str:
+    """The run's rationale gallery (newest audit, alarms and the samples they flagged), or a page saying why there
+    is none."""
+    from firm.storage import read_bytes
+
+    try:
+        return read_bytes(f"{output_uri.rstrip('/')}/{GALLERY}").decode()
+    except Exception:
+        return page(
+            title, [("No audit", "<p>the run wrote no audit gallery (no audit.bench and no alarm)</p>")]
+        )

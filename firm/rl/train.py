@@ -3,6 +3,11 @@
 Reads the standard torch.distributed environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT — what torchrun and
 a PyTorchJob set), so the same command runs on one CPU, under `torchrun --nproc_per_node N` and on a cluster.
 CONFIG is a YAML path or a shipped recipe name (e.g. `rl/tiny_sd3_nft`). Errors print one `error: ...` line.
+
+Exit codes: 0 completed (summary `status: completed`), 1 an error, `firm.rl.alarms.ALARM_EXIT_CODE` (4) when a
+reward-hacking alarm stopped the run (`audit.alarm: stop`): the `error: stopped_by_alarm: ...` line names the alarm,
+its step and values, and rank 0's summary has `status: stopped_by_alarm`, the alarm's evidence and the last good
+checkpoint. Both codes are below 128, so the Training Operator does not restart the job.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from firm.errors import FirmError
+from firm.rl.alarms import ALARM_EXIT_CODE, STOPPED_BY_ALARM, AlarmStop
 
 if TYPE_CHECKING:
     from firm.rl.config import RLConfig
@@ -53,11 +59,16 @@ def preflight(cfg: RLConfig, world_size: int, *, overwrite: bool = False) -> Non
             "output_uri": cfg.output_uri,
             "data.prompts": cfg.data.prompts,
             "reward.critic_uri": cfg.reward.critic_uri,
+            "audit.bench": cfg.audit.bench,
         }
     )
     if not cfg.policy.uri.startswith(("s3://", "file://")):
         resolve_pretrained(cfg.policy.uri)  # a missing local directory (HF ids pass)
     load_prompts(cfg.data.prompts, cfg.task, cfg.data.max_prompt_chars)
+    if cfg.audit.bench:  # the audit set: read and validated (items of the run's task)
+        from firm.rl.audit import load_audit_set
+
+        load_audit_set(cfg.audit.bench, cfg.task, cfg.audit.max_items)
     check_reward_reachable(cfg)
     if replace:
         clear_target(cfg.output_uri)
@@ -125,6 +136,14 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
     return code
 
 
+def _termination_message(msg: str) -> None:
+    """In a pod, the kubelet shows this as the container's termination message (`firmctl job status`)."""
+    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return
+    with contextlib.suppress(OSError):
+        Path("/dev/termination-log").write_text(msg[:4000])
+
+
 def _run(argv: list[str] | None) -> tuple[int, dict[str, Any] | None]:
     ap = argparse.ArgumentParser(prog="python -m firm.rl.train", description=__doc__)
     ap.add_argument("--config", required=True)
@@ -166,12 +185,28 @@ def _run(argv: list[str] | None) -> tuple[int, dict[str, Any] | None]:
             )  # fmt: skip
             last = results[-1].metrics if results else {}
             summary = {
+                "status": "completed",
                 "steps": trainer.step,
                 "world_size": world,
                 "rank_divergence": trainer.rank_divergence,
                 "output_uri": cfg.output_uri,
                 "last": last,
+                "audit": trainer.last_audit,
+                "alarms": [a.to_json() for a in trainer.alarms.fired],
             }
+    except AlarmStop as exc:
+        from firm.logs import print_error
+
+        if rank == 0:
+            print_error(exc)
+            _termination_message(str(exc))
+            summary = {
+                "status": STOPPED_BY_ALARM,
+                "alarm": exc.alarm.to_json(),
+                "checkpoint": exc.checkpoint,
+                "exit_code": ALARM_EXIT_CODE,
+            }
+        return ALARM_EXIT_CODE, summary
     except FirmError as exc:
         from firm.logs import print_error
 

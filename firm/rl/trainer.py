@@ -38,11 +38,15 @@ import torch.distributed as dist
 from firm.errors import FirmError
 from firm.rl import lora as lora_mod
 from firm.rl.advantages import trained_flags
+from firm.rl.alarms import Alarm, Alarms, AlarmStop
+from firm.rl.audit import AuditResult, FlaggedSample, gallery_html, load_audit_set, run_audit, thumb_tensor
 from firm.rl.checkpoint import (
+    Loaded,
     check_fresh_output,
     export_final,
     find_resume,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
     set_rng_state,
 )
@@ -156,6 +160,15 @@ class Trainer:
         self._new_dirs = missing_dirs(self.run_dir)  # what a failed start must remove again
         self.metrics = MetricLogger(self.run_dir, tensorboard=cfg.monitor.tensorboard, enabled=self.rank == 0)
         self.identity_flag = IdentityCopyFlag()
+        ac = cfg.audit
+        self.alarms = Alarms(ac, cfg.task)
+        # the audit set is read and scored on rank 0; the other ranks receive its numbers
+        self.audit_set = (
+            load_audit_set(ac.bench, cfg.task, ac.max_items) if ac.bench and self.rank == 0 else None
+        )
+        self.last_audit: dict[str, float] = {}
+        # audit.alarm=stop: the newest state whose rollouts met no alarm condition
+        self._good: Loaded | None = None
         self.step = 0
         self._unscored_steps = 0  # consecutive steps without one scored sample (all ranks)
         self._high_failure_steps = 0  # consecutive steps above reward.warn_parse_failure_rate
@@ -171,6 +184,12 @@ class Trainer:
         if uri is None:
             return None
         ck = load_checkpoint(uri)
+        self._restore(ck)
+        self.metrics.truncate_after(ck.step)
+        log.info("resumed from %s at step %d", uri, ck.step)
+        return uri
+
+    def _restore(self, ck: Loaded) -> None:
         t = self.policy.transformer
         if self.ema is not None:  # the exported LoRA of a checkpoint is the EMA
             lora_mod.load_adapter_state(t, ck.lora, lora_mod.TRAINABLE)
@@ -181,9 +200,29 @@ class Trainer:
         set_rng_state(ck.trainer_state["rng"])
         self.step = ck.step
         self.optimizer_steps = int(ck.trainer_state.get("optimizer_steps", ck.step))
-        self.metrics.truncate_after(ck.step)
-        log.info("resumed from %s at step %d", uri, ck.step)
-        return uri
+
+    def _snapshot(self) -> Loaded:
+        """The state a checkpoint of the current step would hold, in memory (cloned)."""
+        import copy
+
+        t = self.policy.transformer
+
+        def cloned(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v.detach().clone() for k, v in d.items()}
+
+        state = {
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "rng": rng_state(),
+            "optimizer_steps": self.optimizer_steps,
+        }
+        return Loaded(
+            self.step,
+            cloned(self.export_state()),
+            cloned(lora_mod.adapter_state(t, lora_mod.TRAINABLE)),
+            cloned(lora_mod.adapter_state(t, lora_mod.OLD)),
+            state,
+            "memory",
+        )
 
     def export_state(self) -> dict[str, torch.Tensor]:
         """The LoRA that checkpoints export and evaluation uses: the EMA when enabled, else the trained adapter."""
@@ -218,7 +257,7 @@ class Trainer:
                 "rubrics": getattr(self.reward, "rubrics", None),  # the pack the critic was asked with
                 "config": self.cfg.model_dump(mode="json"),
             },
-            extra_files=[self.metrics.path],
+            extra_files=[self.metrics.path, self.run_dir / "gallery.html"],
         )
 
     # ---------------------------------------------------------------- rollouts
@@ -429,7 +468,8 @@ class Trainer:
         images = torch.cat([g.images for g in groups])
         if self.cfg.task == "edit":
             srcs = torch.cat([g.source.unsqueeze(0).expand(len(g.images), -1, -1, -1) for g in groups])  # type: ignore[union-attr]
-            vec += [float(source_similarity(images, srcs).sum()), 0.0]
+            sims = source_similarity(images, srcs)
+            vec += [float(sims.sum()), float(self._identity_copies(groups, sims).sum())]
         else:
             vec += [float(detail(images).sum()), float(entropy(images).sum())]
         confs = [b.confidence.p for g in groups for b in g.rewards if b.confidence is not None]
@@ -449,6 +489,7 @@ class Trainer:
         n_img = max(v[-1], 1.0)
         if self.cfg.task == "edit":
             m["hacking/source_similarity"] = v[off] / n_img
+            m["hacking/identity_rate"] = v[off + 1] / n_img
         else:
             m["hacking/detail"] = v[off] / n_img
             m["hacking/entropy"] = v[off + 1] / n_img
@@ -458,6 +499,14 @@ class Trainer:
             m["reward/confidence_mean"] = conf_sum / conf_n
         m["reward/dropped_low_confidence"] = flagged
         return m
+
+    def _identity_copies(self, groups: list[Group], sims: torch.Tensor) -> torch.Tensor:
+        """Per sample (in `groups` order): an identity copy the critic rewarded (`audit.identity_*`)."""
+        ac = self.cfg.audit
+        rewarded = torch.tensor(
+            [is_scored(b) and float(b.reward) >= ac.identity_reward for g in groups for b in g.rewards]  # type: ignore[arg-type]
+        )
+        return (sims >= ac.identity_similarity) & rewarded
 
     def _save_low_confidence(
         self, step: int, groups: list[Group], k: int = LOW_CONFIDENCE_SAVED
@@ -540,6 +589,8 @@ class Trainer:
         times["time/step"] = time.perf_counter() - t0
         metrics = {**self._reward_metrics(groups, shared, stats), **out, **times}
         self._save_low_confidence(step, groups)
+        # what the alarms' gallery shows of the step
+        self._last_groups = [(g.prompt, g.images, g.source, g.rewards) for g in groups]
         if self.cfg.task == "edit":
             metrics["hacking/identity_copy_flag"] = float(
                 self.identity_flag.update(metrics["hacking/source_similarity"])
@@ -600,10 +651,21 @@ class Trainer:
                 enabled=progress and self.rank == 0,
             ) as bar,
         ):
+            stop_mode = cfg.audit.alarm == "stop"
             while self.step < cfg.steps:
+                before = self._snapshot() if stop_mode else None
+                if self._good is None:
+                    self._good = before  # the run's starting state is good by definition
                 res = self.train_step()
                 results.append(res)
+                fired, audit = self._watch(res)
                 self.metrics.log(res.step, res.metrics)
+                if fired or audit is not None:
+                    self._gallery(res.step, audit, res.metrics, fired)
+                if fired and stop_mode:
+                    self._stop(fired[0])
+                if before is not None and not self.alarms.condition:
+                    self._good = before  # this state's rollouts met no alarm condition
                 done = self.step
                 self._check_scoring()
                 if cfg.monitor.eval_every and done % cfg.monitor.eval_every == 0:
@@ -624,6 +686,140 @@ class Trainer:
         self._pool.shutdown(wait=True)
         return results
 
+    # ---------------------------------------------------------------- audit and alarms
+    def audit(self, step: int) -> tuple[dict[str, float], AuditResult | None]:
+        """Score the audit set through the run's own reward on rank 0; every rank gets its numbers (and its
+        failure: a reward service down after the retries fails the run on every rank)."""
+        ac, rc = self.cfg.audit, self.cfg.reward
+        keys = ("audit/mae", "audit/parse_failure_rate", "audit/confidence_mean", "audit/n", "time/audit")
+        vec = torch.full((len(keys) + 1,), math.nan, dtype=torch.float64)
+        result: AuditResult | None = None
+        failure: BaseException | None = None
+        if self.rank == 0 and self.audit_set is not None:
+            try:
+                result = run_audit(self.reward, self.audit_set, step, retries=rc.retries,
+                                   backoff_s=rc.retry_backoff_s, thumbs=ac.gallery_items)  # fmt: skip
+                m = result.metrics()
+                vec = torch.tensor([*(m[k] for k in keys), 0.0], dtype=torch.float64)
+            except Exception as exc:
+                failure, vec[-1] = exc, 1.0
+        if self.world > 1:
+            dist.broadcast(vec, src=0)
+        if failure is not None:
+            raise failure
+        if vec[-1] > 0:
+            raise FirmError(f"the audit after step {step} failed on rank 0: the run stops on every rank")
+        out = {k: float(v) for k, v in zip(keys, vec.tolist(), strict=False) if math.isfinite(float(v))}
+        self.last_audit = out
+        return out, result
+
+    def _watch(self, res: StepResult) -> tuple[list[Alarm], AuditResult | None]:
+        """The step's alarms, and the audit when one is due (its numbers join the step's metrics)."""
+        fired = self.alarms.check_step(res.step, res.metrics)
+        done, ac = self.step, self.cfg.audit
+        audit = None
+        if ac.bench and (done % ac.every_steps == 0 or done == self.cfg.steps):
+            numbers, audit = self.audit(res.step)
+            res.metrics.update(numbers)
+            fired += self.alarms.check_audit(res.step, numbers)
+        res.metrics["alarms/fired"] = float(len(fired))
+        if self.rank == 0:
+            for a in fired:
+                log.warning("%s (audit.alarm=%s)", a.line(), ac.alarm)
+        return fired, audit
+
+    def _flag_samples(self, step: int, alarms: list[Alarm], k: int = 4) -> list[FlaggedSample]:
+        """Rank 0's samples of this step that the fired alarms point at (`k` per alarm)."""
+        ac = self.cfg.audit
+        out: list[FlaggedSample] = []
+        rows = [
+            (p, img, src, b)
+            for p, imgs, src, bs in getattr(self, "_last_groups", [])
+            for img, b in zip(imgs, bs, strict=True)
+        ]
+        for a in alarms:
+            picked: list[tuple[str, torch.Tensor, torch.Tensor | None, RewardBreakdown, str]] = []
+            if a.name == "identity_copies":
+                scored = []
+                for p, img, src, b in rows:
+                    sim = float(source_similarity(img[None], src[None])[0]) if src is not None else 0.0
+                    ok = is_scored(b) and float(b.reward) >= ac.identity_reward  # type: ignore[arg-type]
+                    if sim >= ac.identity_similarity and ok:
+                        scored.append((sim, p, img, src, b))
+                picked = [
+                    (p, img, src, b, f"similarity to the source {sim:.3f}")
+                    for sim, p, img, src, b in sorted(scored, key=lambda r: -r[0])
+                ]
+            elif a.name == "parse_failures":
+                picked = [(p, img, src, b, "") for p, img, src, b in rows if not is_scored(b)]
+            elif a.name == "zero_variance":
+                picked = [(p, img, src, b, "its group's rewards are all equal") for p, img, src, b in rows]
+            elif a.name == "subscore_collapse":
+                sub = str(a.evidence.get("sub_score"))
+                vals = [(getattr(b, sub, None), p, img, src, b) for p, img, src, b in rows]
+                picked = [
+                    (p, img, src, b, f"{sub} {v:.3f}")
+                    for v, p, img, src, b in sorted((x for x in vals if x[0] is not None), key=lambda r: r[0])
+                ]
+            for p, img, src, b, note in picked[:k]:
+                out.append(
+                    FlaggedSample(
+                        a.name,
+                        step,
+                        p,
+                        b,
+                        thumb_tensor(img),
+                        thumb_tensor(src) if src is not None else None,
+                        note,
+                    )
+                )
+        return out
+
+    def _gallery(
+        self, step: int, audit: AuditResult | None, metrics: dict[str, Any], fired: list[Alarm]
+    ) -> None:
+        """The rationale gallery (`gallery.html` in the run directory and under `<output_uri>/audit/`): the newest
+        audit, every alarm so far and the samples they flagged."""
+        if self.rank != 0:
+            return
+        self._flagged = [*getattr(self, "_flagged", []), *self._flag_samples(step, fired)][-24:]
+        if audit is not None:
+            self._last_audit_result = audit
+        page = gallery_html(
+            f"RL audit — {self.cfg.name}", step, getattr(self, "_last_audit_result", None),
+            {**metrics, **self.last_audit}, self.alarms.fired, self._flagged,
+        )  # fmt: skip
+        d = self.run_dir / "audit"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"step-{step:08d}.html").write_text(page)
+        (self.run_dir / "gallery.html").write_text(page)
+        from firm.storage import write_bytes
+
+        write_bytes(f"{self.cfg.output_uri.rstrip('/')}/audit/gallery.html", page.encode())
+
+    def _stop(self, alarm: Alarm) -> None:
+        """`audit.alarm=stop`: publish the last good state as a checkpoint, record the alarm, raise `AlarmStop`."""
+        from firm.rl.alarms import STOPPED_BY_ALARM
+        from firm.rl.checkpoint import step_uri
+        from firm.storage import is_published, write_bytes
+
+        uri = None
+        good = self._good
+        if good is not None:
+            self._restore(good)
+            uri = step_uri(self.cfg.output_uri, good.step)
+            if self.rank == 0 and not is_published(uri):
+                self.checkpoint()
+        if self.rank == 0:
+            doc = {"status": STOPPED_BY_ALARM, "alarm": alarm.to_json(), "checkpoint": uri,
+                   "alarms": [a.to_json() for a in self.alarms.fired]}  # fmt: skip
+            text = json.dumps(doc, indent=1, default=str) + "\n"
+            (self.run_dir / "alarm.json").write_text(text)
+            write_bytes(f"{self.cfg.output_uri.rstrip('/')}/alarm.json", text.encode())
+        if dist.is_initialized():
+            dist.barrier()
+        raise AlarmStop(alarm, uri)
+
     def _rank_divergence(self) -> float:
         """Max |θ_rank − θ_rank0| over the trainable LoRA (0 when data parallelism kept the ranks in sync)."""
         if self.world == 1:
@@ -642,10 +838,11 @@ def _closing_on_error(trainer: Trainer) -> Iterator[None]:
     single step (reward service unreachable, …) leaves no run directory behind that it created."""
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         trainer.metrics.close()
         trainer._pool.shutdown(wait=False, cancel_futures=True)
-        if trainer.step == trainer._start_step and trainer._new_dirs:
+        # a run stopped by an alarm keeps what it wrote (its good checkpoint may be its starting state)
+        if trainer.step == trainer._start_step and trainer._new_dirs and not isinstance(exc, AlarmStop):
             import shutil
 
             from firm.storage.base import remove_if_empty

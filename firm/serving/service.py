@@ -37,6 +37,7 @@ class ServiceRecord(BaseModel):
     metrics: str
     log: str
     repository: str
+    live: str | None = None  # the live repository it serves (rollouts: firm.launch.rollout)
 
 
 def _root() -> Path:
@@ -55,7 +56,9 @@ def get_service(name: str) -> ServiceRecord | None:
 
 
 def start_service(name: str, repository: str, *, startup_timeout: float = 600.0) -> ServiceRecord:
-    """Start (or return the already running) service `name` serving `repository` on free loopback ports."""
+    """Start (or return the already running) service `name` serving `repository` on free loopback ports, from a
+    live repository (`$FIRM_HOME/services/<name>.live`: a critic can be rolled out to it, `firm.launch.rollout`;
+    a restart keeps the version promoted last)."""
     existing = get_service(name)
     if existing is not None:
         if existing.repository != repository:
@@ -67,10 +70,11 @@ def start_service(name: str, repository: str, *, startup_timeout: float = 600.0)
     root.mkdir(parents=True, exist_ok=True)
     out_path = root / f"{name}.out"
     log_path = root / f"{name}.tritonserver.log"
+    live = root / f"{name}.live"
     cmd = [
         sys.executable, "-m", "firm.cli.main", "serve", "start", "--repository", repository,
         "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
-        "--startup-timeout", str(startup_timeout), "--log-file", str(log_path),
+        "--startup-timeout", str(startup_timeout), "--log-file", str(log_path), "--live-dir", str(live),
     ]  # fmt: skip
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(
@@ -84,7 +88,7 @@ def start_service(name: str, repository: str, *, startup_timeout: float = 600.0)
                 ep = json.loads(line)
                 rec = ServiceRecord(
                     name=name, pid=proc.pid, grpc=ep["grpc"], http=ep["http"], metrics=ep["metrics"],
-                    log=str(log_path), repository=repository,
+                    log=str(log_path), repository=repository, live=str(live),
                 )  # fmt: skip
                 tmp = root / f".{name}.json.tmp"
                 tmp.write_text(rec.model_dump_json(indent=2))

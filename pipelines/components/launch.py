@@ -64,11 +64,14 @@ def rl_train(
     lora: Output[Model],
     metrics: Output[Metrics],
     curves: Output[HTML],
+    gallery: Output[HTML],
 ) -> str:
-    """RL of `recipe` with rewards from the reward service at `reward_url`; returns the final LoRA's URI."""
+    """RL of `recipe` with rewards from the reward service at `reward_url`; returns the final LoRA's URI. `gallery`:
+    the critic audit's rationale gallery (`firm.rl.audit`). A run a reward-hacking alarm stopped fails the step with
+    its `error: stopped_by_alarm: ...` line (the alarm, its step and values)."""
     from firm.launch.runner import run_job
     from firm.launch.spec import step_job_spec
-    from firm.rl.report import curves_html, read_run_metrics
+    from firm.rl.report import curves_html, gallery_page, read_run_metrics
 
     extra = ["reward.kind=triton", f"reward.url={reward_url}"] if reward_url else []
     spec = step_job_spec(
@@ -78,10 +81,12 @@ def rl_train(
     run = run_job(spec, backend, timeout=timeout_s or None)  # type: ignore[arg-type]
     uri = f"{run.job.checkpoint_uri}/final/lora"
     lora.metadata.update({"firm_uri": uri, "output_uri": run.job.checkpoint_uri, "recipe": recipe})
-    last = (run.result or {}).get("last") or {}
+    last = {**((run.result or {}).get("last") or {}), **((run.result or {}).get("audit") or {})}
     for key, value in last.items():
-        if isinstance(value, int | float) and (key.startswith("reward/") or key.startswith("hacking/")):
+        if isinstance(value, int | float) and key.startswith(("reward/", "hacking/", "audit/")):
             metrics.log_metric(key.replace("/", "_"), float(value))
     with open(curves.path, "w") as f:
         f.write(curves_html(read_run_metrics(run.job.checkpoint_uri), title=f"RL rewards — {recipe}"))
+    with open(gallery.path, "w") as f:
+        f.write(gallery_page(run.job.checkpoint_uri, title=f"RL critic audit — {recipe}"))
     return uri

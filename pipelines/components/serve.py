@@ -1,6 +1,6 @@
 """Serving components: export a critic as a Triton model repository, deploy it as the reward service, stop it."""
 
-from kfp.dsl import Model, Output
+from kfp.dsl import Artifact, Model, Output
 
 from pipelines.components import component
 
@@ -39,14 +39,20 @@ def export_to_triton(
 
 
 @component
-def deploy_reward_service(repository_uri: str, backend: str, model: str, run_id: str) -> str:
+def deploy_reward_service(
+    repository_uri: str, backend: str, model: str, run_id: str, rollout: Output[Artifact]
+) -> str:
     """Serve `repository_uri` and wait until ready; returns the gRPC endpoint. Local runs start the bundled
-    tritonserver (stopped by the pipeline's exit handler); cluster runs roll out the chart's reward Deployment."""
+    tritonserver on a live repository (stopped by the pipeline's exit handler; a critic already served there is
+    replaced only by a candidate that is not worse, `firm.launch.rollout`); cluster runs roll out the chart's
+    reward Deployment. `rollout.metadata["decision"]`: the rollout decision, one line."""
     from firm.launch.reward_service import deploy_reward_service as deploy
 
     target = "local" if backend == "local" else "kubernetes"
     ep = deploy(repository_uri, target=target, name=f"firm-run-{run_id}", model=model)  # type: ignore[arg-type]
-    print(f"reward service ready: {ep.grpc} ({ep.target}, {ep.repository})")
+    decision = ep.decision or f"rolled out {ep.repository}"
+    rollout.metadata.update({"decision": decision, "firm_uri": ep.repository, "version": ep.version or 0})
+    print(f"reward service ready: {ep.grpc} ({ep.target}, {ep.repository}); rollout: {decision}")
     return ep.grpc
 
 

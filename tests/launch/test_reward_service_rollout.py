@@ -37,3 +37,36 @@ def test_rollout_errors_say_what_to_check(kube: FakeKubeAPI) -> None:
     kube.forbidden.add("firm")
     with pytest.raises(JobError, match="needs get/patch on this Deployment"):
         deploy_reward_service(REPO_URI, target="kubernetes", name="r", model="edit", poll=0.01, timeout=5)
+
+
+def test_a_deployment_at_zero_replicas_is_scaled_to_one(kube: FakeKubeAPI) -> None:
+    kube.add_deployment("firm", "firm-reward-edit", replicas=0)  # as the chart installs it before any critic
+    deploy_reward_service(REPO_URI, target="kubernetes", name="r", model="edit", poll=0.01, timeout=10)
+    patch = next(body for method, _, body in kube.requests if method == "PATCH")
+    assert patch["spec"]["replicas"] == 1
+    assert kube.deployments[("firm", "firm-reward-edit")]["status"]["readyReplicas"] == 1
+    kube.requests.clear()
+    deploy_reward_service(REPO_URI, target="kubernetes", name="r", model="edit", poll=0.01, timeout=10)
+    patch = next(body for method, _, body in kube.requests if method == "PATCH")
+    assert "replicas" not in patch["spec"], "a running Deployment keeps its replica count (or its HPA's)"
+
+
+def test_the_reward_namespace_setting_is_where_the_deployment_is_looked_for(
+    kube: FakeKubeAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from firm.config import get_settings
+
+    kube.deployments.clear()
+    kube.add_deployment("firm", "firm-reward-edit", replicas=1)
+    monkeypatch.setenv("FIRM_NAMESPACE", "pipelines")  # the deploy step runs in a pipeline namespace
+    monkeypatch.setenv("FIRM_CLUSTER__REWARD_NAMESPACE", "firm")  # the chart's release namespace
+    get_settings(fresh=True)
+    try:
+        ep = deploy_reward_service(
+            REPO_URI, target="kubernetes", name="r", model="edit", poll=0.01, timeout=10
+        )
+    finally:
+        monkeypatch.delenv("FIRM_CLUSTER__REWARD_NAMESPACE")
+        get_settings(fresh=True)
+    assert ep.grpc == "firm-reward-edit.firm.svc:8001"
+    assert all("/namespaces/firm/" in p for m, p, _ in kube.requests if "deployments" in p)

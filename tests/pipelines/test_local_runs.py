@@ -131,7 +131,7 @@ def deploy_probe(repository: str, fail: bool) -> None:
         deploy = deploy_reward_service(
             repository_uri=repository, backend="local", model="edit", run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
         )
-        probe_endpoint(endpoint=deploy.output, fail=fail)
+        probe_endpoint(endpoint=deploy.outputs["Output"], fail=fail)
 
 
 def _tritonservers(home: Path) -> list[int]:
