@@ -156,10 +156,13 @@ def get_settings(fresh: bool = False) -> FirmSettings:
         raise
     except ValidationError as exc:  # → one clear line naming the setting (never echoing a secret)
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err.get("loc", ())) or "?"
+        loc = [str(p) for p in err.get("loc", ())]
+        field = ".".join(loc) or "?"
+        # the variable that holds it: FIRM_<FIELD>, or FIRM_CLUSTER__<FIELD> for a cluster setting (whose nested
+        # values, e.g. one node pool's job_resources, are inside that variable's JSON)
+        env = "FIRM_" + "__".join(loc[:2] if loc[:1] == ["cluster"] else loc[:1] or ["?"]).upper()
         got = "" if "key" in field or "input" not in err else f" (got {err['input']!r})"
-        raise ConfigError(
-            f"invalid FIRM setting {field!r} (env FIRM_{field.upper()}): {err.get('msg')}{got}"
-        ) from exc
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        raise ConfigError(f"invalid FIRM setting {field!r} (env {env}): {msg}{got}") from exc
     except Exception as exc:
         raise ConfigError(f"invalid FIRM settings: {exc}") from exc

@@ -105,7 +105,8 @@ def submit_cmd(
 ) -> None:
     """Submit a job spec (validated first: nothing starts when the spec, pool or recipe is wrong). Prints the job's
     status as JSON; with --wait or --follow, exits non-zero unless the job succeeded. A non-empty checkpoint prefix
-    (local runs, or any file:// prefix) is refused unless --resume (continue it) or --overwrite."""
+    is refused unless --resume (continue it) or --overwrite; a cluster job's s3:// prefix is checked when this
+    machine reaches that object store (its settings name the endpoint and credentials), else noted as unchecked."""
     from firm.errors import InputError
 
     if resume and overwrite:
@@ -137,15 +138,45 @@ def submit_cmd(
 
 
 def _check_prefix(job: ResolvedJob, backend: str, *, resume: bool, overwrite: bool) -> None:
-    """The shared refusal (`firm.storage.targets`) of a job into a non-empty checkpoint prefix. An s3:// prefix of
-    a cluster job is checked only when this machine can see it (the local backend); its pods resume it."""
+    """The shared refusal (`firm.storage.targets`) of a job into a non-empty checkpoint prefix. The s3:// prefix of
+    a cluster job lives in the cluster's object store: it is checked when that store is reachable from this machine
+    too (the local settings name an S3 endpoint and credentials that answer, e.g. a dev cluster's MinIO
+    port-forwarded), and skipped with a one-line note otherwise (the job's pods would resume what is there)."""
     from firm.storage.targets import check_target, clear_target
 
     prefix = job.checkpoint_uri
-    if resume or (backend != "local" and prefix.startswith("s3://")):
+    if resume:
         return
+    if backend != "local" and prefix.startswith("s3://"):
+        why = _store_unreachable(prefix)
+        if why is not None:
+            typer.echo(
+                f"note: checkpoint prefix {prefix} not checked for earlier checkpoints: {why}; the job's pods "
+                "resume what is there (--overwrite clears it only where it can be reached)",
+                err=True,
+            )
+            return
     if check_target(prefix, "checkpoint prefix", overwrite=overwrite, resume="--resume"):
         clear_target(prefix)
+
+
+def _store_unreachable(uri: str) -> str | None:
+    """Why this machine cannot read the object store of an s3:// `uri` (None: it can). One quick request: no
+    credentials in the local settings, an endpoint that does not answer, or access denied."""
+    from firm.config import get_settings
+    from firm.errors import FirmError
+    from firm.storage.s3 import RetryPolicy, S3Store, endpoint_from_settings, make_client
+    from firm.storage.uris import parse_uri
+
+    settings = get_settings()
+    try:
+        bucket = parse_uri(uri).bucket
+        ep = endpoint_from_settings(settings)
+        client = make_client(settings, what="this machine's object store settings")
+        S3Store(client, bucket, ep.host, ep.region, RetryPolicy(attempts=1)).bucket_exists()
+    except FirmError as exc:
+        return f"the object store is not reachable from here ({exc})"
+    return None
 
 
 @app.command("status")

@@ -7,8 +7,9 @@ same values into the `firm-settings` ConfigMap, so what `firmctl job render` pro
 agree by construction.
 
 A **node pool** is a name for a set of nodes and what it takes to land on them: a node selector, tolerations, the
-GPU resource name and how many GPUs each node has (0 = a CPU pool), and the accelerator label/value that
-identifies the GPU model. Job specs and pipeline steps name a pool; the render fills in the rest.
+GPU resource name and how many GPUs each node has (0 = a CPU pool), the accelerator label/value that identifies the
+GPU model (optional), and the CPU, memory and `/dev/shm` of each job pod on it (`job_resources`). Job specs and
+pipeline steps name a pool; the render fills in the rest.
 """
 
 from __future__ import annotations
@@ -187,13 +188,13 @@ def _default_pools() -> dict[str, NodePool]:
             description="CPU nodes (small jobs, pipeline steps, tests)",
             job_resources=JobResources(cpu="4", memory="8Gi", shm_size="1Gi"),
         ),
+        # No node labels a stock cluster may lack (the NVIDIA GPU operator's nvidia.com/gpu.present / .product):
+        # a pod lands on GPU nodes through its nvidia.com/gpu request and tolerates their usual taint. Add your
+        # nodes' labels (node_selector, accelerator_label/type) in the settings or the chart's nodePools.
         "gpu-h100": NodePool(
-            description="8 x H100 80GB nodes (NVIDIA GPU operator labels)",
-            node_selector={"nvidia.com/gpu.present": "true"},
+            description="8 x H100 80GB nodes (placed by the nvidia.com/gpu request; add your nodes' labels)",
             tolerations=[Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
             gpus_per_node=8,
-            accelerator_label="nvidia.com/gpu.product",
-            accelerator_type="NVIDIA-H100-80GB-HBM3",
             job_resources=JobResources(cpu="96", memory="900Gi", shm_size="128Gi"),
         ),
     }
@@ -247,6 +248,11 @@ class ClusterSettings(_Model):
         default="firm-reward-{name}",
         description="name of the reward service's Deployment (and Service) per model; {name} is edit or gen",
     )
+    reward_namespace: str | None = Field(
+        default=None,
+        description="namespace of the reward Deployments (the chart writes its release namespace); None: the "
+        "FIRM namespace — a deploy step running in a pipeline namespace must not look for them in its own",
+    )
     reward_grpc_port: int = Field(default=8001, ge=1, le=65535)
     pipeline_cpu_pool: str = Field(default="cpu", description="pool of CPU pipeline steps (and launchers)")
     pipeline_gpu_pool: str = Field(default="gpu-h100", description="pool of GPU pipeline steps (bench, eval)")
@@ -256,6 +262,14 @@ class ClusterSettings(_Model):
     image_pull_secrets: list[str] = Field(
         default_factory=list,
         description="docker-registry Secrets of every pod FIRM creates (training jobs, pipeline steps)",
+    )
+    gang_scheduler: str | None = Field(
+        default=None,
+        description="schedulerName of the cluster's gang scheduler (volcano, scheduler-plugins-scheduler): every "
+        "PyTorchJob then gets runPolicy.schedulingPolicy and its pods this schedulerName, unless its job spec's "
+        "`gang:` says otherwise; None: only job specs with `gang:` are gang-scheduled. Needs that scheduler "
+        "installed (and the Training Operator started with --gang-scheduler-name); TrainJobs take gang "
+        "scheduling from their runtime's podGroupPolicy",
     )
 
     @field_validator("image_pull_secrets")
@@ -272,6 +286,11 @@ class ClusterSettings(_Model):
     @classmethod
     def _configmap(cls, v: str) -> str:
         return check_dns_subdomain(v, "ConfigMap name")
+
+    @field_validator("gang_scheduler", mode="before")
+    @classmethod
+    def _gang_scheduler(cls, v: object) -> str | None:
+        return None if v is None or v == "" else check_dns_subdomain(str(v), "gang scheduler name")
 
     @field_validator("node_pools")
     @classmethod

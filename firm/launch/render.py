@@ -10,8 +10,11 @@ Layout of the rendered job:
   filesystem is read-only), non-root user, every capability dropped, `seccompProfile: RuntimeDefault`, no
   service-account token, the FIRM settings ConfigMap as `envFrom`, credentials as `secretKeyRef` env, the cluster's
   image pull Secrets, and the Istio sidecar opt-out (`sidecar.istio.io/inject: "false"`).
-- `runPolicy`: clean-pod policy, TTL after finishing, backoff limit, active deadline, and a `schedulingPolicy`
-  (queue, min available, priority class) for gang scheduling.
+- `runPolicy`: clean-pod policy, TTL after finishing, backoff limit, active deadline, and, for a gang-scheduled job,
+  a `schedulingPolicy` (min available, queue, priority class, timeout) with the pods' `schedulerName` set to the gang
+  scheduler: the job spec's `gang:` over the cluster setting `gang_scheduler` (the chart's
+  `training.gangScheduling`), see `firm.launch.spec.GangSettings`. The Training Operator creates the PodGroup when
+  it runs with `--gang-scheduler-name` (Volcano or scheduler-plugins).
 """
 
 from __future__ import annotations
@@ -143,7 +146,7 @@ def pod_template(job: ResolvedJob) -> V1PodTemplateSpec:
         automount_service_account_token=False,
         priority_class_name=spec.priority_class,
         image_pull_secrets=[V1LocalObjectReference(name=n) for n in job.image_pull_secrets] or None,
-        scheduler_name=spec.gang.scheduler_name if spec.gang else None,
+        scheduler_name=job.gang.scheduler_name if job.gang else None,
         security_context=V1PodSecurityContext(
             run_as_non_root=True,
             run_as_user=RUN_AS,
@@ -201,12 +204,12 @@ def build_pytorchjob(job: ResolvedJob, namespace: str | None = None) -> Any:
         if spec.nodes > 1:
             replicas["Worker"] = replica(spec.nodes - 1)
     scheduling = None
-    if spec.gang is not None:
+    if job.gang is not None:
         scheduling = KubeflowOrgV1SchedulingPolicy(
-            min_available=spec.gang.min_available or spec.nodes,
-            queue=spec.gang.queue,
-            priority_class=spec.gang.priority_class,
-            schedule_timeout_seconds=spec.gang.schedule_timeout_seconds,
+            min_available=job.gang.min_available or spec.nodes,
+            queue=job.gang.queue,
+            priority_class=job.gang.priority_class,
+            schedule_timeout_seconds=job.gang.schedule_timeout_seconds,
         )
     run_policy = KubeflowOrgV1RunPolicy(
         clean_pod_policy=spec.clean_pod_policy,

@@ -29,7 +29,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from firm.errors import ConfigError
@@ -43,7 +42,7 @@ from firm.launch.cluster import (
     check_image,
     quantity_bytes,
 )
-from firm.overrides import apply_overrides, split_override
+from firm.overrides import apply_overrides, read_yaml_mapping, split_override
 
 ENTRYPOINTS: dict[str, str] = {"sft": "firm.critic.sft", "rl": "firm.rl.train"}
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
@@ -197,13 +196,23 @@ class ElasticSettings(_Model):
 
 
 class GangSettings(_Model):
-    """Gang scheduling: all pods start together or none does (Volcano or scheduler-plugins)."""
+    """Gang scheduling: all pods start together or none does (Volcano or scheduler-plugins). The cluster setting
+    `gang_scheduler` is the default of every PyTorchJob; a job spec's `gang:` overrides it field by field
+    (`gang: {queue: q}` keeps the cluster's scheduler) or opts the job out (`gang: {enabled: false}`)."""
 
-    scheduler_name: str = Field(default="volcano", description="the pods' schedulerName")
+    enabled: bool = Field(default=True, description="false: never gang-scheduled, whatever the cluster says")
+    scheduler_name: str | None = Field(
+        default=None, description="the pods' schedulerName; default: cluster.gang_scheduler, else volcano"
+    )
     queue: str | None = None
     min_available: int | None = Field(default=None, ge=1, description="default: every replica")
     priority_class: str | None = None
     schedule_timeout_seconds: int | None = Field(default=None, ge=1)
+
+    @field_validator("scheduler_name")
+    @classmethod
+    def _scheduler(cls, v: str | None) -> str | None:
+        return None if v is None else check_dns_subdomain(v, "scheduler name")
 
 
 class JobSpec(_Model):
@@ -349,12 +358,7 @@ def load_job_spec(path: str | Path, overrides: list[str] | None = None) -> JobSp
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"job spec {p}: file does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"job spec {p}: invalid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"job spec {p}: expected a mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(p, "job spec ")  # an empty file says so, not "field 'name' is missing"
     spec_overrides, recipe_overrides = [], []
     for item in overrides or []:
         key, value = split_override(item)
@@ -406,6 +410,11 @@ class ResolvedJob(BaseModel):
     service_account: str | None = None
     settings_configmap: str | None = None
     resources: Resources = Field(default_factory=Resources, description="the spec's, else the pool's")
+    gang: GangSettings | None = Field(
+        default=None,
+        description="gang scheduling of a cluster job (the spec's `gang:` over cluster.gang_scheduler; scheduler "
+        "name and min_available filled in); None: none",
+    )
     shm_size: str = Field(default="1Gi", description="the spec's, else the pool's, else a quarter of memory")
     image_pull_secrets: list[str] = Field(default_factory=list)
 
@@ -495,6 +504,22 @@ def _job_resources(spec: JobSpec, pool: NodePool) -> tuple[Resources, str]:
     return resources, shm
 
 
+def _gang(spec: JobSpec, cluster: ClusterSettings) -> GangSettings | None:
+    """The job's gang scheduling: the cluster's `gang_scheduler` is the default, the spec's `gang:` overrides it
+    (its unset fields fall back to the cluster's scheduler, else volcano, and every replica)."""
+    g = spec.gang
+    if g is None:
+        g = GangSettings() if cluster.gang_scheduler else None
+    if g is None or not g.enabled:
+        return None
+    return g.model_copy(
+        update={
+            "scheduler_name": g.scheduler_name or cluster.gang_scheduler or "volcano",
+            "min_available": g.min_available or spec.nodes,
+        }
+    )
+
+
 def resolve_job(
     spec: JobSpec, backend: Literal["local", "pytorchjob", "trainjob"], cluster: ClusterSettings | None = None
 ) -> ResolvedJob:
@@ -536,6 +561,7 @@ def resolve_job(
         )
     image = spec.image or cluster.trainer_image
     resources, shm_size = _job_resources(spec, pool)
+    gang = _gang(spec, cluster) if backend != "local" else None
 
     root = (settings.bucket_uris()["checkpoints"] if backend == "local" else cluster.checkpoints_uri).rstrip(
         "/"
@@ -611,5 +637,6 @@ def resolve_job(
         settings_configmap=cluster.settings_configmap if backend != "local" else None,
         resources=resources,
         shm_size=shm_size,
+        gang=gang,
         image_pull_secrets=list(cluster.image_pull_secrets) if backend != "local" else [],
     )

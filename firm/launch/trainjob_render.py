@@ -19,8 +19,12 @@ field to where Trainer v2 (v2.3) accepts it:
 
 What Trainer v2.3 takes from the runtime and a TrainJob cannot set (deliberate, named here and in the README): the
 restart budget (the runtime's JobSet `failurePolicy` instead of `runPolicy.backoffLimit`), pod clean-up and TTL,
-`automountServiceAccountToken`, the priority class and scheduler name (gang scheduling is the runtime's
-`podGroupPolicy`), the container's working directory (the trainer image's `WORKDIR` is already the pod working
+`automountServiceAccountToken`, the priority class and scheduler name, and gang scheduling: a TrainJob is
+gang-scheduled when its runtime has a `podGroupPolicy` (`coscheduling` or `volcano`; Trainer then creates the
+PodGroup), so neither the cluster setting `gang_scheduler` (the chart's `training.gangScheduling`) nor a job spec's
+`gang:` — `ResolvedJob.gang`, which the PyTorchJob render turns into `runPolicy.schedulingPolicy` and the pods'
+`schedulerName` — is rendered here: give the `ClusterTrainingRuntime` a `podGroupPolicy` instead. Also from the
+runtime: the container's working directory (the trainer image's `WORKDIR` is already the pod working
 directory, `/workspace`, where an `emptyDir` is mounted) and `envFrom`: the FIRM settings ConfigMap reaches the pods
 as one optional `configMapKeyRef` per setting a training process reads (`SETTINGS_ENV`).
 """

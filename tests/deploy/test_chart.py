@@ -555,8 +555,9 @@ _MODEL = {
         ({"minio": {"enabled": "yes"}}, "/minio/enabled"),
         ({"nodePools": {"cpu": {"gpusPerNode": "8"}}}, "/nodePools/cpu/gpusPerNode"),
         ({"rewardService": {"service": {"ports": {"grpc": "8001"}}}}, "/rewardService/service/ports/grpc"),
+        ({"nodePools": {"cpu": {"jobResources": {"memory": "lots"}}}}, "/nodePools/cpu/jobResources/memory"),
     ],
-    ids=["gpus", "minio.enabled", "gpusPerNode", "grpc-port"],
+    ids=["gpus", "minio.enabled", "gpusPerNode", "grpc-port", "jobResources.memory"],
 )
 def test_schema_rejects_wrong_types(helm: Helm, write_values, values: dict[str, Any], where: str) -> None:
     out = _lint_with(helm, write_values, values)
@@ -570,8 +571,9 @@ def test_schema_rejects_wrong_types(helm: Helm, write_values, values: dict[str, 
         ({"rewardServic": {}}, "at ''", "rewardServic"),
         ({"rewardService": {"models": [{**_MODEL, "gpu": 1}]}}, "/rewardService/models/0", "gpu"),
         ({"nodePools": {"cpu": {"nodeSelectors": {}}}}, "/nodePools/cpu", "nodeSelectors"),
+        ({"nodePools": {"cpu": {"jobResources": {"shm": "1Gi"}}}}, "/nodePools/cpu/jobResources", "shm"),
     ],
-    ids=["minio.persistence", "top-level", "model", "pool"],
+    ids=["minio.persistence", "top-level", "model", "pool", "jobResources"],
 )
 def test_schema_rejects_unknown_keys(
     helm: Helm, write_values, values: dict[str, Any], where: str, key: str

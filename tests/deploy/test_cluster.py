@@ -105,6 +105,7 @@ def test_each_pipeline_namespace_gets_what_steps_and_their_jobs_reference(
         # the PyTorchJobs a step launches run beside it; the reward service stays reachable by its full name
         assert cm["data"]["FIRM_NAMESPACE"] == ns
         assert cm["data"]["FIRM_TRITON_URL"].startswith(f"firm-reward-edit.{RELEASE_NS}.svc.")
+        assert cm["data"]["FIRM_CLUSTER__REWARD_NAMESPACE"] == RELEASE_NS  # where a deploy step finds the Deployment
         if values["minio"]["enabled"]:
             secrets = [
                 o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == "firm-object-store"

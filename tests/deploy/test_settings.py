@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from firm.launch.cluster import ClusterSettings, NodePool, Toleration
+from firm.errors import ConfigError
+from firm.launch.cluster import ClusterSettings, JobResources, NodePool, Toleration
 from tests.deploy.conftest import RENDERS, Helm, by_kind, load_settings, merged_values, objects
 from tests.deploy.k8s_checks import containers, pod_templates
 
@@ -35,6 +36,11 @@ def pools_from_values(values: dict[str, Any]) -> dict[str, NodePool]:
             gpus_per_node=p.get("gpusPerNode", 0),
             accelerator_label=p.get("acceleratorLabel") or None,
             accelerator_type=p.get("acceleratorType") or None,
+            job_resources=JobResources(
+                cpu=p.get("jobResources", {}).get("cpu"),
+                memory=p.get("jobResources", {}).get("memory"),
+                shm_size=p.get("jobResources", {}).get("shmSize"),
+            ),
         )
     return out
 
@@ -106,22 +112,20 @@ def test_settings_configmap_validates_as_firm_settings_with_the_values_pools(
 def test_default_chart_settings_are_firms_own_defaults(
     rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """With the release `firm` and default values the chart writes FIRM's defaults: nothing is renamed. The node
-    pools are the exception where FIRM's built-in defaults use NVIDIA GPU-operator labels: the chart's defaults
-    must work on a stock cluster, so its pools select by the GPU resource alone (same names, GPUs, tolerations)."""
+    """With the release `firm` and default values the chart writes FIRM's defaults: nothing is renamed, and the
+    node pools are exactly FIRM's (selectors, accelerator labels, tolerations, job resources) — both select no node
+    label a stock cluster lacks. Only the optional Hugging Face Secret (the chart names none unless told) and the
+    reward namespace (the chart writes its release namespace, FIRM's default None means that same namespace) are
+    written differently."""
     data = by_kind(rendered["default"], "ConfigMap")["firm-settings"]["data"]
-    cluster = load_settings(data, monkeypatch, tmp_path / "home").cluster
+    settings = load_settings(data, monkeypatch, tmp_path / "home")
+    cluster = settings.cluster
     defaults = ClusterSettings()
-    exclude = {"hf_token_secret", "node_pools"}
+    exclude = {"hf_token_secret", "reward_namespace"}
     assert cluster.model_dump(exclude=exclude) == defaults.model_dump(exclude=exclude)
-    assert set(cluster.node_pools) == set(defaults.node_pools)
-    for name, pool in cluster.node_pools.items():
-        want = defaults.node_pools[name]
-        assert (pool.gpus_per_node, pool.gpu_resource, pool.tolerations) == (
-            want.gpus_per_node,
-            want.gpu_resource,
-            want.tolerations,
-        )
+    assert cluster.node_pools == defaults.node_pools
+    assert getattr(cluster, "reward_namespace", None) in (None, settings.namespace)
+    for pool in cluster.node_pools.values():
         assert pool.node_selector == {} and pool.accelerator_label is None
 
 
@@ -203,3 +207,65 @@ def test_names_follow_the_release_and_the_settings_follow_the_names(
         and cluster.object_store_secret.name == f"{prefix}-object-store"
     )
     assert settings.s3_endpoint == f"{prefix}-minio.firm.svc.cluster.local:9000"
+
+
+def test_job_resources_of_the_values_reach_the_jobs_a_pipeline_step_launches(
+    rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """nodePools.<pool>.jobResources → cluster.node_pools.<pool>.job_resources → a launcher step's job (issue 26,
+    A3): before, chart-installed pools had no job limits and a 16Gi /dev/shm."""
+    from firm.launch.render import pod_template, to_dict
+    from firm.launch.spec import resolve_job, step_job_spec
+
+    data = by_kind(rendered["default"], "ConfigMap")["firm-settings"]["data"]
+    cluster = load_settings(data, monkeypatch, tmp_path / "home").cluster
+    for pool, recipe in (("cpu", "critic/tiny_cpu"), ("gpu-h100", "critic/qwen3vl_8b_edit_full")):
+        want = merged_values("default")["nodePools"][pool]["jobResources"]
+        spec = step_job_spec("sft", "run-1", recipe=recipe, overrides=[], pool=pool, nodes=1, nproc_per_node=0,
+                             image="")  # fmt: skip
+        pod = to_dict(pod_template(resolve_job(spec, "pytorchjob", cluster)))["spec"]
+        res = pod["containers"][0]["resources"]
+        for side in ("requests", "limits"):
+            assert (res[side]["cpu"], res[side]["memory"]) == (want["cpu"], want["memory"])
+        (dshm,) = [v for v in pod["volumes"] if v["name"] == "dshm"]
+        assert dshm["emptyDir"]["sizeLimit"] == want["shmSize"]
+
+
+def test_values_with_shm_above_memory_give_settings_firm_refuses_in_one_line(
+    helm: Helm, write_values, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The schema cannot compare quantities: such values render, and the settings ConfigMap is refused by FIRM (at
+    the start of every pod that loads it) with one line naming the pool and the variable."""
+    values = {"nodePools": {"cpu": {"jobResources": {"memory": "8Gi", "shmSize": "16Gi"}}}}
+    objs = objects(helm.template(write_values(values)))
+    data = by_kind(objs, "ConfigMap")["firm-settings"]["data"]
+    with pytest.raises(ConfigError) as info:
+        load_settings(data, monkeypatch, tmp_path / "home")
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith(
+        "invalid FIRM setting 'cluster.node_pools.cpu.job_resources' (env FIRM_CLUSTER__NODE_POOLS): "
+        "job_resources.shm_size 16Gi exceeds job_resources.memory 8Gi"
+    ), msg
+
+
+def test_gang_scheduling_values_reach_the_rendered_jobs(
+    helm: Helm, write_values, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """training.gangScheduling.enabled writes FIRM_CLUSTER__GANG_SCHEDULER, which FIRM reads (a pod started with an
+    unknown setting would fail) and every PyTorchJob then carries: runPolicy.schedulingPolicy + schedulerName."""
+    from firm.launch.render import build_pytorchjob, to_dict
+    from firm.launch.spec import load_job_spec, resolve_job
+    from tests.deploy.render_manifests import SPECS
+
+    values = {
+        "training": {"gangScheduling": {"enabled": True, "schedulerName": "scheduler-plugins-scheduler"}}
+    }
+    data = by_kind(objects(helm.template(write_values(values))), "ConfigMap")["firm-settings"]["data"]
+    cluster = load_settings(data, monkeypatch, tmp_path / "home").cluster
+    assert cluster.gang_scheduler == "scheduler-plugins-scheduler"
+    job = resolve_job(load_job_spec(SPECS / "rl-sd35m-nft-qma-1x8.yaml"), "pytorchjob", cluster=cluster)
+    obj = to_dict(build_pytorchjob(job, "firm"))
+    assert obj["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 1}
+    pod = obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert pod["schedulerName"] == "scheduler-plugins-scheduler"

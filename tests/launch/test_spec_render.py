@@ -66,10 +66,9 @@ def test_every_shipped_spec_renders_to_a_valid_pytorchjob_carrying_the_spec(path
         gpu = pool.gpu_resource
         if pool.gpus_per_node:
             assert c["resources"]["limits"][gpu] == c["resources"]["requests"][gpu] == str(pool.gpus_per_node)
-            assert (
-                pod["nodeSelector"] == pool.selector()
-                and pool.accelerator_type in pod["nodeSelector"].values()
-            )
+            # the default GPU pool selects no node labels (stock clusters lack the GPU operator's): its GPU
+            # request places the pod; a pool with labels pins them
+            assert pod.get("nodeSelector", {}) == pool.selector()
             assert pod["tolerations"] == [t.to_k8s() for t in pool.tolerations]
             env = {e["name"]: e.get("value") for e in c["env"]}
             assert env["NCCL_DEBUG"] == "WARN" and env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
@@ -233,3 +232,107 @@ def test_pipeline_step_jobs_get_valid_names_from_any_run_id() -> None:
     with pytest.raises(ConfigError, match="job spec of step firm-rl-x: field 'nodes'"):
         step_job_spec("rl", "x", recipe="rl/tiny_sd3_nft", overrides=[], pool="cpu", nodes=0, nproc_per_node=0,
                       image="")  # fmt: skip
+
+
+def _gang_render(
+    cluster_gang: str | None, overrides: list[str], spec: str = "critic-sft-qwen3vl-8b-1x8.yaml"
+):
+    from firm.config import get_settings
+
+    cluster = get_settings().cluster.model_copy(update={"gang_scheduler": cluster_gang})
+    job = resolve_job(load_job_spec(SPECS / spec, overrides), "pytorchjob", cluster)
+    obj = to_dict(build_pytorchjob(job, "firm"))
+    validate_pytorchjob(obj)
+    schedulers = {
+        r["template"]["spec"].get("schedulerName") for r in obj["spec"]["pytorchReplicaSpecs"].values()
+    }
+    return obj["spec"]["runPolicy"].get("schedulingPolicy"), schedulers
+
+
+@pytest.mark.parametrize(
+    ("cluster_gang", "overrides", "policy", "scheduler"),
+    [
+        # the cluster setting (the chart's training.gangScheduling) gang-schedules every job by default
+        ("scheduler-plugins-scheduler", [], {"minAvailable": 1}, "scheduler-plugins-scheduler"),
+        # a spec's gang: overrides it field by field, or opts out
+        ("volcano", ["gang.queue=q1"], {"minAvailable": 1, "queue": "q1"}, "volcano"),
+        (
+            "volcano",
+            ["gang.scheduler_name=scheduler-plugins-scheduler"],
+            {"minAvailable": 1},
+            "scheduler-plugins-scheduler",
+        ),
+        ("volcano", ["gang.enabled=false"], None, None),
+        # without the cluster setting only a spec's gang: asks for it (volcano unless it names another)
+        (None, [], None, None),
+        (None, ["gang.queue=q1"], {"minAvailable": 1, "queue": "q1"}, "volcano"),
+    ],
+    ids=[
+        "cluster-default",
+        "spec-queue",
+        "spec-scheduler",
+        "spec-opts-out",
+        "none",
+        "spec-only",
+    ],
+)
+def test_gang_scheduling_the_cluster_setting_is_the_default_and_the_spec_overrides_it(
+    cluster_gang: str | None, overrides: list[str], policy: dict[str, Any] | None, scheduler: str | None
+) -> None:
+    assert _gang_render(cluster_gang, overrides) == (policy, {scheduler})
+
+
+def test_a_multi_node_specs_own_gang_wins_over_the_cluster_setting() -> None:
+    # k8s/jobs/critic-sft-qwen3vl-8b-2x8.yaml: gang {scheduler_name: volcano, queue: firm-training}, 2 nodes
+    policy, schedulers = _gang_render("scheduler-plugins-scheduler", [], "critic-sft-qwen3vl-8b-2x8.yaml")
+    assert policy == {"minAvailable": 2, "queue": "firm-training"} and schedulers == {"volcano"}
+
+
+def test_gang_scheduler_setting_loads_from_the_environment_and_is_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The chart writes FIRM_CLUSTER__GANG_SCHEDULER; a pod starting with it must load its settings."""
+    from firm.config import get_settings
+
+    monkeypatch.setenv("FIRM_CLUSTER__GANG_SCHEDULER", "volcano")
+    assert get_settings(fresh=True).cluster.gang_scheduler == "volcano"
+    job = resolve_job(load_job_spec(SPECS / "rl-sd35m-nft-qma-1x8.yaml"), "pytorchjob")
+    obj = to_dict(build_pytorchjob(job, "firm"))
+    assert obj["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 1}
+    assert obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["schedulerName"] == "volcano"
+    monkeypatch.setenv("FIRM_CLUSTER__GANG_SCHEDULER", "Volcano!")
+    with pytest.raises(ConfigError) as info:
+        get_settings(fresh=True)
+    msg = str(info.value)
+    assert "FIRM_CLUSTER__GANG_SCHEDULER" in msg and "not a valid Kubernetes name" in msg and "\n" not in msg
+    monkeypatch.delenv("FIRM_CLUSTER__GANG_SCHEDULER")
+
+
+def test_trainjobs_leave_gang_scheduling_to_their_runtime() -> None:
+    from firm.config import get_settings
+    from firm.launch.trainjob_render import trainjob_dict
+
+    cluster = get_settings().cluster.model_copy(update={"gang_scheduler": "volcano"})
+    job = resolve_job(load_job_spec(SPECS / "critic-sft-qwen3vl-8b-2x8.yaml"), "trainjob", cluster)
+    assert (
+        job.gang is not None
+    )  # resolved, but a TrainJob cannot carry it (the runtime's podGroupPolicy does)
+    text = yaml.safe_dump(trainjob_dict(job, "firm"))
+    assert "schedulerName" not in text and "schedulingPolicy" not in text
+
+
+@pytest.mark.parametrize(
+    "content", ["", "\n", "# only a comment\n", "---\n"], ids=["empty", "newline", "comment", "doc"]
+)
+def test_an_empty_job_spec_file_says_empty_file(tmp_path: Path, content: str) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        load_job_spec(spec)
+    msg = str(info.value)
+    assert msg.startswith(f"job spec {spec}: empty file") and "missing" not in msg, msg
+    bad = subprocess.run(
+        [sys.executable, "-m", "firm.cli.main", "job", "render", "--config", str(spec)],
+        capture_output=True, text=True, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [f"error: {msg}"], bad.stderr

@@ -168,7 +168,8 @@ envFrom:
 
 {{/*
 FIRM_CLUSTER__NODE_POOLS: the node pools as JSON with the field names of firm.launch.cluster.NodePool /
-Toleration (snake_case), so FirmSettings validates exactly what the chart places its own pods with.
+Toleration / JobResources (snake_case: jobResources → job_resources, shmSize → shm_size), so FirmSettings validates
+exactly what the chart places its own pods with — and refuses a jobResources.shmSize above its memory at pod start.
 */}}
 {{- define "firm.nodePools.json" -}}
 {{- $out := dict -}}
@@ -187,6 +188,12 @@ Toleration (snake_case), so FirmSettings validates exactly what the chart places
 {{- $_ := set $pool "accelerator_label" $p.acceleratorLabel -}}
 {{- $_ := set $pool "accelerator_type" $p.acceleratorType -}}
 {{- end -}}
+{{- $jobResources := dict -}}
+{{- range $key, $field := dict "cpu" "cpu" "memory" "memory" "shmSize" "shm_size" -}}
+{{- $v := get ($p.jobResources | default dict) $key -}}
+{{- if or $v (kindIs "float64" $v) (kindIs "int64" $v) }}{{ $_ := set $jobResources $field $v }}{{ end -}}
+{{- end -}}
+{{- $_ := set $pool "job_resources" $jobResources -}}
 {{- $_ := set $out $name $pool -}}
 {{- end -}}
 {{- toJson $out -}}
