@@ -37,6 +37,28 @@ _PRIORITY = ["Succeeded", "Failed", "Restarting", "Running", "Suspended", "Creat
 RECREATE_TIMEOUT_S = 120.0
 
 
+def alarm_stopped(pods: list[Any] | None, container: str) -> dict[str, Any] | None:
+    """JobStatus fields (`reason: stopped_by_alarm`, exit code 4, the alarm line as the message) when `container`
+    of one of `pods` terminated with `ALARM_EXIT_CODE`: a reward-hacking alarm stopped the RL run, and rank 0
+    wrote `stopped_by_alarm: <alarm> at step N: <values>` to the termination log (`firm.rl.train`)."""
+    from firm.rl.alarms import ALARM_EXIT_CODE, STOPPED_BY_ALARM
+
+    for pod in pods or []:
+        st = pod.status
+        for cs in (getattr(st, "container_statuses", None) or []) if st else []:
+            if cs.name != container:
+                continue
+            for state in (cs.state, cs.last_state):
+                term = getattr(state, "terminated", None) if state else None
+                if term is not None and term.exit_code == ALARM_EXIT_CODE:
+                    message = " ".join((term.message or "").split()) or (
+                        f"{STOPPED_BY_ALARM}: a reward-hacking alarm stopped the run (exit code "
+                        f"{ALARM_EXIT_CODE}); its alarm line is in the log of pod {pod.metadata.name}"
+                    )
+                    return {"reason": STOPPED_BY_ALARM, "exit_code": ALARM_EXIT_CODE, "message": message}
+    return None
+
+
 def _root_cause(exc: BaseException) -> BaseException:
     """The exception TrainingClient wrapped (it re-raises API errors as RuntimeError/TimeoutError): the first
     `ApiException` down the chain, else the innermost exception."""
@@ -179,19 +201,28 @@ class PyTorchJobBackend(JobBackend):
             raise self._error(exc, "get", name) from None
         st = self._to_status(obj)
         if st.phase in ("Failed", "Restarting"):
-            oom = self._oom_killed(name)
-            if oom is not None:
-                st = st.model_copy(update={"reason": "OOMKilled", "message": oom})
+            cause = self._failure_cause(name)
+            if cause is not None:
+                st = st.model_copy(update=cause)
         return st
 
-    def _oom_killed(self, name: str) -> str | None:
-        """ "out of memory: raise resources.memory (...)" when a pod of the job was OOM-killed: the container was
-        killed by the kubelet/kernel (`reason: OOMKilled`, exit 137 — retryable for the ExitCode policy, bounded by
-        `backoffLimit`), or torchrun_quiet reported a worker's OOM kill (`OOM_EXIT_CODE`, not retried)."""
+    def _failure_cause(self, name: str) -> dict[str, Any] | None:
+        """Why a pod of the job failed, as JobStatus fields: OOM (`_oom_killed`), else `stopped_by_alarm` when the
+        container ended with `ALARM_EXIT_CODE` (a reward-hacking alarm stopped the RL run; its termination
+        message holds the alarm line)."""
         try:
             pods = self.client.get_job_pods(name=name, namespace=self.namespace, is_master=False)
         except Exception:  # the status is still right without the cause
             return None
+        oom = self._oom_killed(pods)
+        if oom is not None:
+            return {"reason": "OOMKilled", "message": oom}
+        return alarm_stopped(pods, CONTAINER)
+
+    def _oom_killed(self, pods: list[Any] | None) -> str | None:
+        """ "out of memory: raise resources.memory (...)" when a pod of the job was OOM-killed: the container was
+        killed by the kubelet/kernel (`reason: OOMKilled`, exit 137 — retryable for the ExitCode policy, bounded by
+        `backoffLimit`), or torchrun_quiet reported a worker's OOM kill (`OOM_EXIT_CODE`, not retried)."""
         for pod in pods or []:
             st = pod.status
             for cs in (getattr(st, "container_statuses", None) or []) if st else []:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from firm.launch.backend import JobBackend, JobError, JobNotFound, JobStatus
+from firm.launch.pytorchjob import alarm_stopped
 from firm.launch.spec import ResolvedJob
 from firm.launch.torchrun_quiet import OOM_EXIT_CODE, OOM_MESSAGE
 from firm.launch.trainjob_render import DEFAULT_RUNTIME, GROUP, NODE, PLURAL, VERSION, build_trainjob
@@ -180,9 +181,17 @@ class TrainJobBackend(JobBackend):
     def status(self, name: str) -> JobStatus:
         st = self._to_status(self._get(name))
         if st.phase == "Failed":
-            oom = self._oom_killed(name)
+            try:
+                pods = self._pods(name)
+            except JobError:  # the status is still right without the cause
+                pods = []
+            oom = self._oom_killed(pods)
             if oom is not None:
                 st = st.model_copy(update={"reason": "OOMKilled", "message": oom})
+            else:
+                alarm = alarm_stopped(pods, NODE)
+                if alarm is not None:
+                    st = st.model_copy(update=alarm)
         return st
 
     def _pods(self, name: str, index: int | None = None) -> list[Any]:
@@ -200,13 +209,9 @@ class TrainJobBackend(JobBackend):
             == str(index)
         ]
 
-    def _oom_killed(self, name: str) -> str | None:
+    def _oom_killed(self, pods: list[Any]) -> str | None:
         """ "out of memory: raise resources.memory (...)" when a node pod was OOM-killed (the kubelet's `OOMKilled`,
         or `torchrun_quiet`'s report of a worker's OOM kill)."""
-        try:
-            pods = self._pods(name)
-        except JobError:  # the status is still right without the cause
-            return None
         for pod in pods:
             for cs in (getattr(pod.status, "container_statuses", None) or []) if pod.status else []:
                 if cs.name != NODE:

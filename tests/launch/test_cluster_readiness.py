@@ -90,6 +90,90 @@ def test_an_oom_killed_job_says_so(kube: FakeKubeAPI) -> None:
     assert st.message.startswith("out of memory: raise resources.memory")
 
 
+def test_a_job_stopped_by_a_reward_hacking_alarm_says_so(kube: FakeKubeAPI) -> None:
+    # the RL trainer exits 4 (ALARM_EXIT_CODE) and writes its alarm line to the termination log
+    line = "stopped_by_alarm: identity alarm at step 3: 0.75 of edits copy the source (threshold 0.5)"
+    kube.scripts[NAME] = ["Created", "Running", "Failed"]
+    kube.pod_statuses[f"{NAME}-master-0"] = {"containerStatuses": [{
+        "name": "pytorch", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
+        "state": {"terminated": {"exitCode": 4, "reason": "Error", "message": line + "\n"}},
+    }]}  # fmt: skip
+    backend = PyTorchJobBackend()
+    backend.submit(resolve_job(load_job_spec(SPEC_2X8), "pytorchjob"))
+    st = backend.wait(NAME, timeout=5, poll=0.01)
+    assert st.phase == "Failed" and st.reason == "stopped_by_alarm" and st.exit_code == 4
+    assert st.message == line
+    # exit code 1 is an ordinary failure, not an alarm stop
+    kube.pod_statuses[f"{NAME}-master-0"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] = 1
+    assert PyTorchJobBackend().status(NAME).reason != "stopped_by_alarm"
+
+
+def test_the_rl_step_writes_its_gallery_then_fails_with_the_alarm_line(
+    kube: FakeKubeAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import firm.rl.report
+    import firm.storage
+    from firm.config import get_settings
+    from pipelines.components.launch import rl_train
+
+    store: dict[str, bytes] = {}  # the object store the run wrote (`s3://firm-checkpoints/<job>/...`)
+
+    def read_bytes(uri: str) -> bytes:
+        if uri not in store:
+            raise FileNotFoundError(uri)
+        return store[uri]
+
+    monkeypatch.setattr(firm.storage, "read_bytes", read_bytes)
+    monkeypatch.setattr(firm.rl.report, "read_run_metrics", lambda uri: [])
+    get_settings(fresh=True)
+
+    name, line = "firm-rl-hack1", "stopped_by_alarm: identity alarm at step 2: 0.9 of edits copy the source"
+    kube.scripts[name] = ["Created", "Running", "Failed"]
+    kube.pod_statuses[f"{name}-master-0"] = {"containerStatuses": [{
+        "name": "pytorch", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
+        "state": {"terminated": {"exitCode": 4, "reason": "Error", "message": line}},
+    }]}  # fmt: skip
+
+    class Art:
+        def __init__(self, path: Path) -> None:
+            self.path, self.metadata = str(path), {}
+
+        def log_metric(self, key: str, value: float) -> None:
+            raise AssertionError("a stopped run logs no final metrics")
+
+    gallery, curves = tmp_path / "gallery.html", tmp_path / "curves.html"
+    with pytest.raises(JobError) as info:
+        rl_train.python_func(
+            recipe="rl/sd35m_nft_qma", overrides=[], reward_url="", run_id="hack1", pool="gpu-h100", nodes=1,
+            nproc_per_node=8, image="", backend="pytorchjob", timeout_s=0.0, lora=Art(tmp_path / "lora"),
+            metrics=Art(tmp_path / "m"), curves=Art(curves), gallery=Art(gallery),
+        )  # fmt: skip
+    msg = str(info.value)
+    assert msg.startswith(line + f" (job {name}; gallery: firmctl rl report ") and "\n" not in msg
+    assert f"firmctl rl report s3://firm-checkpoints/{name})" in msg
+    # the run's own gallery (what the alarm flagged) is the step's artifact; a stopped run has no final metrics
+    assert "<html" in gallery.read_text().lower() and "No audit" in gallery.read_text() and curves.is_file()
+    store[f"s3://firm-checkpoints/{name}/audit/gallery.html"] = b"<html>flagged sample 7</html>"
+    with pytest.raises(JobError):
+        rl_train.python_func(
+            recipe="rl/sd35m_nft_qma", overrides=[], reward_url="", run_id="hack1", pool="gpu-h100", nodes=1,
+            nproc_per_node=8, image="", backend="pytorchjob", timeout_s=0.0, lora=Art(tmp_path / "lora"),
+            metrics=Art(tmp_path / "m"), curves=Art(curves), gallery=Art(gallery),
+        )  # fmt: skip
+    assert gallery.read_text() == "<html>flagged sample 7</html>"
+    # any other failure is the job's own error, with no gallery written
+    gallery.unlink()
+    kube.pod_statuses[f"{name}-master-0"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] = 1
+    kube.scripts[name] = ["Created", "Running", "Failed"]
+    with pytest.raises(JobError) as info:
+        rl_train.python_func(
+            recipe="rl/sd35m_nft_qma", overrides=[], reward_url="", run_id="hack1", pool="gpu-h100", nodes=1,
+            nproc_per_node=8, image="", backend="pytorchjob", timeout_s=0.0, lora=Art(tmp_path / "lora"),
+            metrics=Art(tmp_path / "m"), curves=Art(curves), gallery=Art(gallery),
+        )  # fmt: skip
+    assert "stopped_by_alarm" not in str(info.value) and not gallery.exists()
+
+
 def test_a_worker_killed_by_the_oom_killer_is_a_permanent_failure(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:

@@ -231,6 +231,28 @@ def test_an_oom_killed_node_is_reported_as_oom(trainer: FakeTrainerAPI) -> None:
     assert st.message.startswith("out of memory: raise resources.memory")
 
 
+def test_a_node_stopped_by_a_reward_hacking_alarm_says_so(trainer: FakeTrainerAPI) -> None:
+    from firm.launch.trainjob import TrainJobBackend
+
+    line = "stopped_by_alarm: parse_failures alarm at step 5: parse-failure rate 0.4 above 0.2"
+    b = TrainJobBackend()
+    job = _tiny()
+    trainer.trainjob_scripts[job.name] = ["created", "failed"]
+    trainer.pod_statuses[f"{job.name}-node-0-0"] = {
+        "containerStatuses": [{"name": NODE, "ready": False, "restartCount": 0, "image": "x", "imageID": "",
+                               "state": {"terminated": {"exitCode": 4, "reason": "Error", "message": line}}}],
+    }  # fmt: skip
+    b.submit(job)
+    st = b.status(job.name)
+    assert st.phase == "Failed" and st.reason == "stopped_by_alarm" and st.exit_code == 4
+    assert st.message == line
+    # without a termination message the status still names the alarm stop and where to read its line
+    del trainer.pod_statuses[f"{job.name}-node-0-0"]["containerStatuses"][0]["state"]["terminated"]["message"]
+    st = b.status(job.name)
+    assert st.reason == "stopped_by_alarm" and st.message.startswith("stopped_by_alarm: ")
+    assert f"{job.name}-node-0-0" in st.message
+
+
 def test_reattach_by_name_and_api_errors(trainer: FakeTrainerAPI) -> None:
     from firm.launch.backend import JobError
     from firm.launch.trainjob import TrainJobBackend
