@@ -177,3 +177,24 @@ def test_the_build_context_builds_a_complete_firm_wheel(tmp_path: Path) -> None:
     assert any(n.startswith("pipelines/compiled/") and n.endswith(".yaml") for n in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "firmctl = firm.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_one_torch_and_cuda_pair_across_the_images() -> None:
+    """The trainer's base image, the Triton image's torch wheel, the pipeline image and the Makefile's TORCH_SPEC name
+    one torch version; the GPU images one CUDA version (a critic serves on the numerics it was trained with). The vLLM
+    Triton image (Dockerfile.vllm) is the exception: vLLM pins its own torch, which the image keeps."""
+    make = re.search(r"^TORCH_SPEC \?= torch==([\d.]+)$", (REPO / "Makefile").read_text(), re.M)
+    assert make, "Makefile TORCH_SPEC"
+    version = make.group(1)
+    text = {p.parent.name: p.read_text() for p in DOCKERFILES if p.name == "Dockerfile"}
+    trainer = re.search(r"ARG PYTORCH_IMAGE=pytorch/pytorch:([\d.]+)-cuda([\d.]+)-", text["firm-trainer"])
+    assert trainer and trainer.group(1) == version, trainer
+    cuda = trainer.group(2).replace(".", "")
+    for image in ("firm-triton", "firm-pipeline"):
+        pinned = re.search(r"^ARG TORCH_VERSION=([\d.]+)$", text[image], re.M)
+        assert pinned and pinned.group(1) == version, image
+        assert '"torch==${TORCH_VERSION}"' in text[image], f"{image} installs the pinned torch"
+    triton_index = re.search(r"^ARG TORCH_INDEX=\S+/whl/cu(\d+)$", text["firm-triton"], re.M)
+    assert triton_index and triton_index.group(1) == cuda, (
+        "the Triton image's torch wheel is built for the trainer's CUDA"
+    )
