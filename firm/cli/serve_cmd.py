@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from firm.cli._common import cli_errors, echo_json
+from firm.cli._common import cli_errors, echo_json, echo_out
 
 app = typer.Typer(help="Reward service on Triton: export, start, score.", no_args_is_help=True)
 
@@ -112,7 +112,9 @@ def export(
     where = export_repository(cfg, out, overwrite=overwrite)
     from firm.rubric_store import load_pack
 
-    echo_json({"repository": where, "task": cfg.task, "engine": cfg.engine, "rubrics": load_pack(rubrics).ref})
+    echo_json(
+        {"repository": where, "task": cfg.task, "engine": cfg.engine, "rubrics": load_pack(rubrics).ref}
+    )
 
 
 @app.command("start")
@@ -177,7 +179,8 @@ def start(
         raise typer.Exit(128 + received[0]) from None
     ends = server.endpoints()
     typer.echo(
-        f"serving {repository}: " + ", ".join(f"{k} {v}" for k, v in ends.items() if isinstance(v, str))
+        f"serving {repository}: "
+        + ", ".join(f"{k} {v}" for k, v in ends.items() if isinstance(v, str))
         + f"; log {server.log_path}; stop with Ctrl-C or SIGTERM",
         err=True,
     )
@@ -266,3 +269,32 @@ def history(service: str = typer.Option(..., help="The reward service.")) -> Non
     from firm.launch.rollout import history as read
 
     echo_json([e.model_dump(mode="json") for e in read(service)])
+
+
+@app.command("resolve-repository")
+@cli_errors
+def resolve_repository(
+    service: str = typer.Option(..., help="The reward service (on a cluster: the reward Deployment's name)."),
+    default: str = typer.Option(
+        "", help="Served when no promotion is recorded: the pod annotation firm.dev/model-repository."
+    ),
+    deployed_at: str = typer.Option(
+        "", help="When --default was rolled out (annotation firm.dev/deployed-at): if later, it wins."
+    ),
+    fetch: str | None = typer.Option(
+        None, help="Also download and verify the resolved repository into this (empty) directory."
+    ),
+) -> None:
+    """Print the repository a reward pod serves: the promoted critic (`current.json` in the object store), else
+    --default. With --fetch, download it too (the chart's init container)."""
+    from firm.errors import InputError
+    from firm.launch.rollout import resolve_repository as resolve
+
+    uri = resolve(service, default, deployed_at=deployed_at or None)
+    if not uri:
+        raise InputError(f"--default: no repository for {service!r} and no promotion recorded")
+    if fetch:
+        from firm.storage import fetch_dir
+
+        fetch_dir(uri, fetch)
+    echo_out(uri)

@@ -200,7 +200,14 @@ class LiveRepository:
             1, {m: (tmp / m / "config.pbtxt").read_text() for m in staged.models()}, ENGINE_MODEL
         )
         staged._activate_files(1)
-        staged._save_state({"version": 1, "previous": [], "repository": str(repository)})
+        staged._save_state(
+            {
+                "version": 1,
+                "previous": [],
+                "repository": str(repository),
+                "repositories": {"1": str(repository)},
+            }
+        )
         if live.path.exists():
             shutil.rmtree(live.path)
         tmp.rename(live.path)
@@ -370,6 +377,45 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def _instant(text: str, what: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"{what}: not an ISO 8601 time: {text!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def resolve_repository(service: str, default: str, *, deployed_at: str | None = None) -> str:
+    """The repository a (cluster) pod of `service` serves: the promoted one `current.json` names, else `default`
+    (the pod annotation / chart values). `deployed_at` (the annotation `firm.dev/deployed-at`: when `default` was
+    rolled out explicitly — the deploy step, a `helm upgrade` naming a new repository) later than the pointer's
+    `when` makes `default` win: the newest explicit decision is served, a restart or an upgrade changes nothing."""
+    from firm.storage import open_store
+
+    uri = f"{history_uri(service)}/current.json"
+    store, key = open_store(uri)
+    if not store.exists(key):
+        return default
+    try:
+        current = json.loads(store.get_bytes(key))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{uri}: not valid JSON ({exc})") from None
+    if not isinstance(current, dict):
+        raise InputError(f"{uri}: expected a JSON object, got {type(current).__name__}")
+    repository = current.get("repository")
+    if repository is None:  # a pointer without a repository (a rollback of an older live repository)
+        return default
+    if not isinstance(repository, str) or not repository.strip():
+        raise InputError(f"{uri}: repository must be a non-empty string, got {repository!r}")
+    if deployed_at and deployed_at.strip() and default:
+        when = current.get("when")
+        if not isinstance(when, str):
+            raise InputError(f"{uri}: when must be an ISO 8601 time, got {when!r}")
+        if _instant(deployed_at.strip(), "deployed-at") > _instant(when, f"{uri}: when"):
+            return default
+    return repository
+
+
 # -- rollout / rollback -------------------------------------------------------------------------------------------
 
 
@@ -430,6 +476,8 @@ def rollout(
     except RolloutError:
         live.activate(old, previous=previous)  # the files back as the server still serves them
         raise
+    state = live.state()  # which repository each version came from: a rollback's pointer names it
+    live._save_state({**state, "repositories": {**state.get("repositories", {}), str(new): candidate}})
     decision = Decision(
         promoted=True,
         reason=reason,
@@ -464,7 +512,7 @@ def rollback(service: str, *, who: str | None = None, timeout: float = 600.0) ->
         action="rollback", service=service, who=_who(who), when=_now(), version=target, previous=current,
         reason=f"rolled back from version {current} to {target}",
     )  # fmt: skip
-    record(entry)
+    record(entry, repository=state.get("repositories", {}).get(str(target)))
     return entry
 
 

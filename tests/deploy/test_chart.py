@@ -157,7 +157,20 @@ def test_reward_services_are_named_ported_and_fetch_their_repository(
         assert env["FIRM_MODEL_REPOSITORY"]["valueFrom"]["fieldRef"]["fieldPath"] == (
             "metadata.annotations['firm.dev/model-repository']"
         )
-        assert init["command"] == ["firmctl", "storage", "fetch", "$(FIRM_MODEL_REPOSITORY)", "/models/repo"]
+        assert env["FIRM_DEPLOYED_AT"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+            "metadata.annotations['firm.dev/deployed-at']"
+        )
+        # the promoted critic (current.json of this service) wins over the annotation unless that is newer
+        assert init["command"] == [
+            "firmctl",
+            "serve",
+            "resolve-repository",
+            f"--service=firm-reward-{m['name']}",
+            "--default=$(FIRM_MODEL_REPOSITORY)",
+            "--deployed-at=$(FIRM_DEPLOYED_AT)",
+            "--fetch=/models/repo",
+        ]
+        assert "firm.dev/deployed-at" not in pod["metadata"]["annotations"]  # nothing to look up: no time
         # ... and tritonserver serves what it fetched, on the Service's ports
         (triton,) = pod["spec"]["containers"]
         assert triton["name"] == "triton" and "command" not in triton  # NVIDIA's entrypoint runs the args

@@ -105,7 +105,9 @@ def test_each_pipeline_namespace_gets_what_steps_and_their_jobs_reference(
         # the PyTorchJobs a step launches run beside it; the reward service stays reachable by its full name
         assert cm["data"]["FIRM_NAMESPACE"] == ns
         assert cm["data"]["FIRM_TRITON_URL"].startswith(f"firm-reward-edit.{RELEASE_NS}.svc.")
-        assert cm["data"]["FIRM_CLUSTER__REWARD_NAMESPACE"] == RELEASE_NS  # where a deploy step finds the Deployment
+        assert (
+            cm["data"]["FIRM_CLUSTER__REWARD_NAMESPACE"] == RELEASE_NS
+        )  # where a deploy step finds the Deployment
         if values["minio"]["enabled"]:
             secrets = [
                 o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == "firm-object-store"
@@ -326,6 +328,48 @@ def test_helm_upgrade_keeps_the_repository_the_deploy_step_rolled_out(
     assert ann["firm.dev/model-repository"] == want
     assert ann["firm.dev/chart-repository"] == values_repo
     assert dep["spec"]["replicas"] == 1
+
+
+@pytest.mark.parametrize(
+    ("values_repo", "newer"),
+    [("s3://m/v1", False), ("s3://m/v3", True)],
+    ids=["same-values", "values-changed"],
+)
+def test_helm_upgrade_never_undoes_a_promotion(
+    helm: Helm, write_values, tmp_path: Path, values_repo: str, newer: bool
+) -> None:
+    """The init container serves the promoted critic (current.json) unless the annotated repository was deployed
+    after it (firm.dev/deployed-at): an upgrade with the same values keeps that time, so the promotion still wins;
+    one whose values name a new repository is an explicit deploy and stamps it now."""
+    from datetime import UTC, datetime
+
+    then = "2020-01-01T00:00:00+00:00"
+    live = {
+        "firm.dev/model-repository": "s3://m/v2",
+        "firm.dev/chart-repository": "s3://m/v1",
+        "firm.dev/deployed-at": then,
+    }
+    chart = _chart_with_live_deployment(tmp_path, live)
+    model = {
+        "name": "edit",
+        "repository": values_repo,
+        "pool": "cpu",
+        "gpus": 0,
+        "replicas": 1,
+        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+    }
+    out = helm(
+        "template", "firm", chart, "-n", "firm", "-f", write_values({"rewardService": {"models": [model]}})
+    ).out
+    pod = by_kind(objects(out), "Deployment")["firm-reward-edit"]["spec"]["template"]
+    stamp = pod["metadata"]["annotations"]["firm.dev/deployed-at"]
+    if newer:
+        assert datetime.fromisoformat(stamp) > datetime(2024, 1, 1, tzinfo=UTC)
+    else:
+        assert stamp == then
+    (init,) = pod["spec"]["initContainers"]
+    assert "--service=firm-reward-edit" in init["command"]
+    assert "--deployed-at=$(FIRM_DEPLOYED_AT)" in init["command"]
 
 
 def test_grpc_scoring_can_spread_over_replicas(rendered: dict[str, list[dict[str, Any]]]) -> None:
