@@ -42,6 +42,14 @@ def _balance(values: list[str]) -> dict[str, str]:
 _COMMON = {
     "input": typer.Option(..., "--input", help="JSONL manifest (path or file:// / s3:// URI)"),
     "out": typer.Option(..., "--out", help="where to publish the dataset (a local dir or a URI)"),
+    "low_confidence": typer.Option(
+        "flag",
+        "--low-confidence",
+        help="labels the teacher was unsure of (its logprobs, where the endpoint returns them): flag | drop",
+    ),
+    "min_confidence": typer.Option(
+        0.5, "--min-confidence", help="unsure: the teacher's probability of its score digit is below this"
+    ),
 }
 OverwriteOpt = typer.Option(False, "--overwrite", help="replace an existing, non-empty dataset at --out")
 
@@ -73,6 +81,8 @@ def curate_edit_cmd(
     rubrics: str | None = typer.Option(None, "--rubrics", help="rubric pack (teacher rubrics of stage 2)"),
     val_fraction: float = typer.Option(0.01, "--val-fraction"),
     leak_policy: str = typer.Option("clean", "--leak-policy", help="clean | drop | keep"),
+    low_confidence: str = _COMMON["low_confidence"],
+    min_confidence: float = _COMMON["min_confidence"],
     cache: str | None = typer.Option(None, "--cache", help="teacher-call cache URI ('off' disables)"),
     work_dir: str | None = typer.Option(None, "--work-dir", help="journal directory (resume state)"),
     concurrency: int = typer.Option(8, "--concurrency"),
@@ -89,7 +99,7 @@ def curate_edit_cmd(
     cfg = EditCurationConfig(
         input=input, out=out, name=name, rubrics=rubrics, val_fraction=val_fraction, leak_policy=leak_policy,  # type: ignore[arg-type]
         balance=_balance(balance), cache=cache, work_dir=work_dir, limit=limit, rewrite_ratio=rewrite_ratio,  # type: ignore[arg-type]
-        overwrite=overwrite,
+        overwrite=overwrite, low_confidence=low_confidence, min_confidence=min_confidence,  # type: ignore[arg-type]
     )  # fmt: skip
     t = _teacher(teacher, model, concurrency, retries, timeout, rps)
     rw = _teacher(rewriter, model, concurrency, retries, timeout, rps) if rewriter else None
@@ -104,7 +114,16 @@ def _done(what: str, t0: float, uri: str, stats: dict) -> None:
 
     rows = stats.get("splits") or {}
     counts = ", ".join(f"{v} {k}" for k, v in rows.items() if isinstance(v, int))
-    print_done(what, time.perf_counter() - t0, f"dataset {uri}" + (f" ({counts} rows)" if counts else ""))
+    tc = stats.get("teacher_confidence") or {}
+    unsure = (
+        f"; teacher unsure (confidence < {tc['min_confidence']:g}) of {tc['below']} label(s): "
+        f"{tc['flagged']} flagged, {tc['dropped']} dropped ({tc['without_confidence']} without a confidence)"
+        if tc
+        else ""
+    )
+    print_done(
+        what, time.perf_counter() - t0, f"dataset {uri}" + (f" ({counts} rows)" if counts else "") + unsure
+    )
 
 
 @app.command("curate-gen")
@@ -123,6 +142,8 @@ def curate_gen_cmd(
     rubrics: str | None = typer.Option(None, "--rubrics"),
     val_fraction: float = typer.Option(0.01, "--val-fraction"),
     leak_policy: str = typer.Option("clean", "--leak-policy", help="clean | drop | keep"),
+    low_confidence: str = _COMMON["low_confidence"],
+    min_confidence: float = _COMMON["min_confidence"],
     cache: str | None = typer.Option(None, "--cache", help="teacher-call cache URI ('off' disables)"),
     work_dir: str | None = typer.Option(None, "--work-dir"),
     concurrency: int = typer.Option(8, "--concurrency"),
@@ -139,6 +160,7 @@ def curate_gen_cmd(
     cfg = GenCurationConfig(
         input=input, out=out, name=name, rubrics=rubrics, val_fraction=val_fraction, leak_policy=leak_policy,  # type: ignore[arg-type]
         balance=_balance(balance), cache=cache, work_dir=work_dir, limit=limit, overwrite=overwrite,  # type: ignore[arg-type]
+        low_confidence=low_confidence, min_confidence=min_confidence,  # type: ignore[arg-type]
     )  # fmt: skip
     p = _teacher(planner, planner_model, concurrency, retries, timeout, rps)
     s = _teacher(scorer, scorer_model, concurrency, retries, timeout, rps)

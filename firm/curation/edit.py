@@ -8,7 +8,8 @@ Per edit pair (source, edited, instruction):
    carry out (`rewrite_instruction`), so low execution scores exist in the data; the sample id gets `~rw`.
 3. **Scoring** — the teacher sees source, edited, the instruction AND the report, and answers each axis with the
    pack's teacher rubric (`edit.execution.teacher`, `edit.consistency.teacher`); `parse_answer` reads the score.
-   Each axis becomes one sample; unparseable / out-of-range / truncated answers are dropped and counted.
+   Each axis becomes one sample; unparseable / out-of-range / truncated answers are dropped and counted. The
+   teacher's confidence in its score (from the endpoint's logprobs, `firm.curation.confidence`) is kept with it.
 4. **Student target** — privileged-information distillation: the student row pairs the *student* prompt (no report)
    with `{"reasoning": <teacher rationale>, "score": [k]}`; rationales that mention the report are cleaned,
    dropped or kept (`leak_policy`).
@@ -26,6 +27,7 @@ from typing import Any
 
 from pydantic import Field
 
+from firm.curation.confidence import TOP_LOGPROBS, answer_confidence
 from firm.curation.leaks import clean_text, find_leaks
 from firm.curation.runner import (
     CurationConfig,
@@ -142,7 +144,11 @@ class _EditStages:
             if codec not in encoded:
                 encoded[codec] = encode_images(rubric, images)
             msgs = build_messages(rubric, encoded[codec], instruction=instruction, difference_report=report)
-            reqs.append(TeacherRequest(messages=msgs, max_tokens=rubric.generation.max_new_tokens))
+            reqs.append(
+                TeacherRequest(
+                    messages=msgs, max_tokens=rubric.generation.max_new_tokens, top_logprobs=TOP_LOGPROBS
+                )
+            )
         answers = await asyncio.gather(*(teacher.ask(r) for r in reqs))
         for axis, ans in zip(cfg.axes, answers, strict=True):
             add_usage(rec, ans)
@@ -169,7 +175,7 @@ class _EditStages:
         sid = f"{rec.id}~rw" if rewritten else rec.id
         rec.samples.append(
             Sample(id=sid, axis=axis, score=res.score, target=edit_target(reasoning, res.score), text=instruction,
-                   rewritten=rewritten)
+                   rewritten=rewritten, confidence=answer_confidence(ans, res))
         )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import Field
 
+from firm.curation.confidence import TOP_LOGPROBS, answer_confidence
 from firm.curation.edit import leak_outcome
 from firm.curation.runner import (
     CurationConfig,
@@ -79,7 +80,9 @@ class _GenStages:
         imgs = encode_images(self.rubric, [p.images[0].image])
         msgs = build_messages(self.rubric, imgs, prompt=p.item.text, plan=plan)
         ans = await scorer.ask(
-            TeacherRequest(messages=msgs, max_tokens=self.rubric.generation.max_new_tokens)
+            TeacherRequest(
+                messages=msgs, max_tokens=self.rubric.generation.max_new_tokens, top_logprobs=TOP_LOGPROBS
+            )
         )
         add_usage(rec, ans)
         self._score(rec, p.item.text, ans)
@@ -107,7 +110,10 @@ class _GenStages:
         if note:
             rec.notes.append(note)
         assert isinstance(res.score, int)
-        rec.samples.append(Sample(id=rec.id, axis=axis, score=res.score, target=text, text=prompt))
+        rec.samples.append(
+            Sample(id=rec.id, axis=axis, score=res.score, target=text, text=prompt,
+                   confidence=answer_confidence(ans, res))
+        )  # fmt: skip
 
 
 def curate_gen(cfg: GenCurationConfig, planner: Teacher, scorer: Teacher) -> CurationResult:

@@ -9,7 +9,11 @@ appended to a journal (`<work_dir>/items.jsonl`, flushed about once a second) as
 the journal are skipped on a rerun (resume); the teacher-call cache (`firm.curation.teachers.CachedTeacher`) makes a
 rerun after a crash pay for nothing twice.
 
-Finishing: the journal's samples are balanced per axis (`selection.balance`), split train/val by item-id hash,
+Finishing: labels the teacher gave with a confidence under `min_confidence` (its probability of the score digit,
+from the endpoint's logprobs: `firm.curation.confidence`) are flagged — kept, counted and listed by `id/axis` in
+`stats.json`'s `teacher_confidence` — or, with `low_confidence: drop`, dropped (`low_confidence` among the samples'
+drop reasons); labels without a confidence are never either. The journal's samples are then balanced per axis
+(`selection.balance`), split train/val by item-id hash,
 written as a critic SFT dataset (`firm.curation.dataset`, shards streamed to a private directory) with `stats.json`
 and `histogram.png`, and published with `firm.storage.publish_dir` (files first, MANIFEST.json last): nothing
 half-written becomes visible.
@@ -27,7 +31,7 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,6 +82,14 @@ class CurationConfig(BaseModel):
     limit: int | None = Field(default=None, ge=1, description="only the first N manifest items")
     seed: int = 0
     progress: bool = True
+    low_confidence: Literal["flag", "drop"] = Field(
+        default="flag",
+        description="labels the teacher gave with confidence under `min_confidence` (from its logprobs, where "
+        "the endpoint returns them): flag (kept, counted and listed in stats.json) or drop",
+    )
+    min_confidence: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="the teacher's probability of the score digit it wrote"
+    )
 
 
 class Sample(BaseModel):
@@ -89,6 +101,9 @@ class Sample(BaseModel):
     target: str
     text: str = Field(description="the instruction (edit) or prompt (gen) the student sees")
     rewritten: bool = False
+    confidence: float | None = Field(
+        default=None, description="the teacher's probability of its score digit (None: no logprobs)"
+    )
 
 
 class ItemRecord(BaseModel):
@@ -421,7 +436,12 @@ def finish(
     for rec in records:
         for s in rec.samples:
             by_axis[s.axis].append((rec, s))
+    by_axis_all = [s for a in axes for _, s in by_axis.get(a, [])]
     before = {a: Counter(s.score for _, s in by_axis.get(a, [])) for a in axes}
+    unsure = {a: [s for _, s in by_axis.get(a, []) if _unsure(cfg, s)] for a in axes}
+    if cfg.low_confidence == "drop":  # before balancing: the balance is struck among the labels kept
+        for axis in axes:
+            by_axis[axis] = [(r, s) for r, s in by_axis.get(axis, []) if not _unsure(cfg, s)]
     balanced_out: dict[str, int] = {}
     for axis, target in cfg.balance.items():
         pairs = by_axis.get(axis, [])
@@ -433,6 +453,7 @@ def finish(
     writer = SFTDatasetWriter(cfg.name)
     written: dict[str, Counter[str]] = {a: Counter() for a in axes}
     final: dict[str, Counter[int]] = {a: Counter() for a in axes}
+    flagged: list[str] = []
     image_gone = 0
     try:
         task = "edit" if kind == "edit" else "gen"
@@ -455,9 +476,16 @@ def finish(
                 )  # fmt: skip
                 written[axis][split] += 1
                 final[axis][s.score] += 1
+                if _unsure(cfg, s):
+                    flagged.append(f"{s.id}/{axis}")
         stats = _stats(
             cfg, kind, records, axes, before, final, written, balanced_out, image_gone, meta, teachers, t0
         )
+        stats["teacher_confidence"] = _confidence_stats(cfg, by_axis_all, unsure, flagged)
+        if cfg.low_confidence == "drop":
+            for axis in axes:
+                if unsure[axis]:
+                    stats["samples"]["dropped"][axis]["low_confidence"] = len(unsure[axis])
         check_yield(cfg, stats)
         (writer.dir / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
         (writer.dir / HISTOGRAM_FILE).write_bytes(histogram_png(stats))
@@ -469,6 +497,34 @@ def finish(
     finally:
         writer.close()
     return CurationResult(uri=uri, stats=stats)
+
+
+def _unsure(cfg: CurationConfig, s: Sample) -> bool:
+    """A label the teacher gave with a confidence under `min_confidence` (none: never)."""
+    return s.confidence is not None and s.confidence < cfg.min_confidence
+
+
+MAX_FLAGGED_IDS = 1000
+
+
+def _confidence_stats(
+    cfg: CurationConfig, samples: list[Sample], unsure: dict[str, list[Sample]], flagged: list[str]
+) -> dict[str, Any]:
+    """`stats.json`'s `teacher_confidence`: how many labels had one, how sure the teacher was, and what the policy
+    did with those under the threshold (`flagged`: written rows, their `id/axis` listed; `dropped`)."""
+    known = [s.confidence for s in samples if s.confidence is not None]
+    below = sum(len(v) for v in unsure.values())
+    return {
+        "policy": cfg.low_confidence,
+        "min_confidence": cfg.min_confidence,
+        "with_confidence": len(known),
+        "without_confidence": len(samples) - len(known),
+        "mean": round(sum(known) / len(known), 6) if known else None,
+        "below": below,
+        "flagged": len(flagged),
+        "dropped": below if cfg.low_confidence == "drop" else 0,
+        "flagged_ids": flagged[:MAX_FLAGGED_IDS],
+    }
 
 
 def _stats(

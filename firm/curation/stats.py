@@ -59,7 +59,7 @@ def read_stats(uri_or_path: str) -> dict[str, Any]:
 
 
 def stats_table(stats: dict[str, Any]) -> str:
-    """A plain-text table: rows per axis and score, splits, and the drop reasons."""
+    """A plain-text table: rows per axis and score, splits, the drop reasons and the teacher's confidence."""
     lines = [f"{stats.get('kind', '?')} dataset {stats.get('name', '')}".strip()]
     lines.append(f"{'axis':<12} {'1':>7} {'2':>7} {'3':>7} {'4':>7} {'5':>7} {'train':>8} {'val':>6}")
     written = stats.get("samples", {}).get("written", {})
@@ -73,6 +73,13 @@ def stats_table(stats: dict[str, Any]) -> str:
     for axis, d in stats.get("samples", {}).get("dropped", {}).items():
         if d:
             lines.append(f"{axis} samples dropped: " + ", ".join(f"{k} {v}" for k, v in d.items()))
+    tc = stats.get("teacher_confidence")
+    if tc:
+        lines.append(
+            f"teacher confidence: {tc.get('with_confidence', 0)} labels with one (mean {tc.get('mean')}), "
+            f"{tc.get('below', 0)} under {tc.get('min_confidence')}: {tc.get('flagged', 0)} flagged, "
+            f"{tc.get('dropped', 0)} dropped"
+        )
     t = stats.get("teacher")
     if t:
         lines.append(

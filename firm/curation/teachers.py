@@ -36,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from firm.errors import FirmError
-from firm.llm.openai_client import ImageMemo
+from firm.llm.openai_client import ImageMemo, TokenLogprobs
 
 Messages = list[dict[str, Any]]
 
@@ -48,6 +48,9 @@ class TeacherRequest(BaseModel):
 
     messages: Messages
     max_tokens: int = Field(ge=1)
+    top_logprobs: int | None = Field(
+        default=None, ge=1, le=20, description="ask for the answer tokens' top-k log-probabilities (scoring)"
+    )
 
 
 class TeacherAnswer(BaseModel):
@@ -60,6 +63,9 @@ class TeacherAnswer(BaseModel):
     completion_tokens: int = 0
     seconds: float = 0.0
     cached: bool = False
+    logprobs: list[TokenLogprobs] | None = Field(
+        default=None, description="answer tokens with their top-k log-probabilities (where given)"
+    )
 
     @property
     def ok(self) -> bool:
@@ -142,6 +148,7 @@ class HTTPTeacher:
             prompt_tokens=res.prompt_tokens,
             completion_tokens=res.completion_tokens,
             seconds=res.seconds,
+            logprobs=res.logprobs,
         )
 
     def generate(self, requests: Sequence[TeacherRequest]) -> list[TeacherAnswer]:
@@ -149,7 +156,7 @@ class HTTPTeacher:
 
         if not requests:
             return []
-        jobs = [(to_wire(r.messages), r.max_tokens) for r in requests]
+        jobs = [(to_wire(r.messages), r.max_tokens, r.top_logprobs) for r in requests]
         return [self._answer(res) for res in self.client.map(jobs, return_errors=True)]
 
     @asynccontextmanager
@@ -170,7 +177,9 @@ class _HTTPAsk:
         from firm.llm.openai_client import ChatCallError, to_wire
 
         try:
-            res = await self._chat.complete(to_wire(request.messages), request.max_tokens)
+            res = await self._chat.complete(
+                to_wire(request.messages), request.max_tokens, top_logprobs=request.top_logprobs
+            )
         except ChatCallError as exc:
             if exc.fatal:  # a wrong key or an unknown model: the run stops
                 raise

@@ -13,7 +13,11 @@ Used by the FIRM-Bench endpoint backend (`firm.bench.backends.OpenAICompatibleBa
   (`backoff_s · 2^(attempt-1)`, each delay scaled by a random factor in `[1 - jitter, 1]`); other HTTP errors
   (401, 404, ...) are not retried and are `fatal`: they mean the configuration is wrong, not the request;
 - token accounting from the response's `usage` (prompt and completion tokens) and the time of each call;
-- `finish_reason == "length"` is reported, so callers can tell a truncated answer from a bad one.
+- `finish_reason == "length"` is reported, so callers can tell a truncated answer from a bad one;
+- token log-probabilities on request (`complete(..., top_logprobs=k)` sends `logprobs: true, top_logprobs: k`):
+  `ChatResult.logprobs` holds each answer token with its top-k alternatives (None where the endpoint returned
+  none). An endpoint that refuses the parameters (HTTP 400/422) is asked again without them, and not asked for
+  them again by this client.
 
 Images travel as `data:image/png;base64,...` URLs (`image_data_url`, encoded once per image object and remembered
 while the image lives); `to_wire(messages)` turns FIRM's chat messages (`firm.critic.messages.build_messages`:
@@ -27,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
+import math
 import os
 import random
 import time
@@ -35,18 +41,30 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from firm.errors import ConfigError, FirmError
 
+log = logging.getLogger("firm.llm")
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 Messages = list[dict[str, Any]]
+
+
+class TokenLogprobs(BaseModel):
+    """One answer token and the log-probabilities of the top-k tokens at its position (`{token text: logprob}`)."""
+
+    token: str
+    logprob: float
+    top: dict[str, float] = Field(default_factory=dict)
 
 
 class ChatResult(BaseModel):
     """One answered chat completion."""
 
     text: str
+    logprobs: list[TokenLogprobs] | None = Field(
+        default=None, description="the answer's tokens with their top-k log-probabilities, where requested"
+    )
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -57,6 +75,25 @@ class ChatResult(BaseModel):
     def truncated(self) -> bool:
         """The endpoint stopped the answer at max_tokens."""
         return self.finish_reason == "length"
+
+
+def _token_logprobs(block: Any) -> list[TokenLogprobs] | None:
+    """`choices[0].logprobs` (`{"content": [{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]}`, as
+    OpenAI and vLLM return it) as `TokenLogprobs`; None when absent or not in that shape."""
+    content = block.get("content") if isinstance(block, dict) else None
+    if not isinstance(content, list):
+        return None
+    out = []
+    try:
+        for t in content:
+            top: dict[str, float] = {}
+            for alt in t.get("top_logprobs") or []:
+                tok, lp = str(alt["token"]), float(alt["logprob"])
+                top[tok] = max(lp, top.get(tok, -math.inf))
+            out.append(TokenLogprobs(token=str(t["token"]), logprob=float(t["logprob"]), top=top))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return out
 
 
 class ChatCallError(FirmError):
@@ -190,9 +227,14 @@ class ChatSession:
     def __init__(self, client: OpenAIChatClient, http: Any, sem: asyncio.Semaphore, limiter: Any) -> None:
         self.client, self._http, self._sem, self._limiter = client, http, sem, limiter
 
-    async def complete(self, messages: Messages, max_tokens: int) -> ChatResult:
-        """One completion of wire-format `messages`; raises `ChatCallError` when no answer came."""
-        return await self.client.acomplete(self._http, self._sem, messages, max_tokens, self._limiter)
+    async def complete(
+        self, messages: Messages, max_tokens: int, *, top_logprobs: int | None = None
+    ) -> ChatResult:
+        """One completion of wire-format `messages`; raises `ChatCallError` when no answer came. `top_logprobs`
+        asks for the answer tokens' top-k log-probabilities (`ChatResult.logprobs`)."""
+        return await self.client.acomplete(
+            self._http, self._sem, messages, max_tokens, self._limiter, top_logprobs=top_logprobs
+        )
 
 
 class OpenAIChatClient:
@@ -247,6 +289,7 @@ class OpenAIChatClient:
         self.requests_sent = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.logprobs_refused = False  # the endpoint answered 400/422 to `logprobs`: not asked for them again
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIChatClient(base_url={self.base_url!r}, model={self.model!r})"
@@ -272,22 +315,30 @@ class OpenAIChatClient:
         messages: Messages,
         max_tokens: int,
         limiter: _RateLimiter | None = None,
+        *,
+        top_logprobs: int | None = None,
     ) -> ChatResult:
         """One completion of wire-format `messages` (see `to_wire`) through the shared `http` client."""
         import httpx
 
-        payload = {
+        payload: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "max_tokens": max_tokens,
             "temperature": self.temperature,
         }
+        if top_logprobs and not self.logprobs_refused:
+            payload.update(logprobs=True, top_logprobs=int(top_logprobs))
         url = self.url
         last, reason = "", "connection"
         t0 = time.monotonic()
-        for attempt in range(self.max_retries + 1):
-            if attempt:
+        attempt, again_now = 0, False
+        while attempt <= self.max_retries or again_now:
+            if attempt and not again_now:
                 await asyncio.sleep(self._delay(attempt))
+            if not again_now:
+                attempt += 1
+            again_now = False
             async with sem:
                 if limiter is not None:
                     await limiter.wait()
@@ -304,13 +355,23 @@ class OpenAIChatClient:
                 last = f"HTTP {resp.status_code}: {resp.text[:200]}"
                 reason = "http_5xx" if resp.status_code >= 500 else f"http_{resp.status_code}"
                 continue
+            if resp.status_code in (400, 422) and "logprobs" in payload:
+                # an endpoint without log-probabilities: asked again at once without them (the answer counts,
+                # with no confidence), and never asked for them again by this client
+                if not self.logprobs_refused:
+                    log.warning("%s endpoint %s refused logprobs (HTTP %d): its answers carry no confidence",
+                                self.label, url, resp.status_code)  # fmt: skip
+                self.logprobs_refused = True
+                payload = {k: v for k, v in payload.items() if k not in ("logprobs", "top_logprobs")}
+                again_now = True
+                continue
             if resp.status_code != 200:
                 raise ChatCallError(
                     f"{self.label} endpoint {url}: HTTP {resp.status_code}: {resp.text[:300]}",
                     f"http_{resp.status_code}",
                     fatal=True,
                 )
-            return self._result(resp, url, time.monotonic() - t0, attempt + 1)
+            return self._result(resp, url, time.monotonic() - t0, attempt)
         # nothing answered at all (not an HTTP error status): most likely nothing is listening there
         hint = "" if last.startswith("HTTP") else f"; is the {self.label} service running at {self.base_url}?"
         raise ChatCallError(
@@ -336,6 +397,7 @@ class OpenAIChatClient:
         self.completion_tokens += ct
         return ChatResult(
             text=str(content or ""),
+            logprobs=_token_logprobs(choice.get("logprobs")),
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=pt,
             completion_tokens=ct,
@@ -358,12 +420,15 @@ class OpenAIChatClient:
     async def amap(
         self, jobs: Sequence[tuple[Messages, int]], *, return_errors: bool = False
     ) -> list[ChatResult | ChatCallError]:
-        """Complete every (wire messages, max_tokens) job, at most `concurrency` at a time, in order.
+        """Complete every (wire messages, max_tokens[, top_logprobs]) job, at most `concurrency` at a time, in order.
 
         `return_errors=False` raises the first failure; True puts each `ChatCallError` in its job's place (a fatal
         one — a wrong key, an unknown model — is still raised)."""
         async with self.session() as s:
-            results = await asyncio.gather(*(s.complete(m, n) for m, n in jobs), return_exceptions=True)
+            results = await asyncio.gather(
+                *(s.complete(j[0], j[1], top_logprobs=j[2] if len(j) > 2 else None) for j in jobs),  # type: ignore[misc]
+                return_exceptions=True,
+            )
         out: list[ChatResult | ChatCallError] = []
         for r in results:
             if isinstance(r, ChatCallError):

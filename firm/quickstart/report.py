@@ -4,9 +4,10 @@ Everything comes from what the `firm` pipeline's steps left behind (the KFP loca
 per step, the published bench report, the RL run's metrics): per stage what ran, its status and duration; the
 critic's MAE per axis on held-out items against two baselines that see no image — the *mean predictor* (always the
 training labels' mean for that axis) and the *random* critic (a uniform 1..5 guess; its expected MAE is computed
-exactly) —; parse failures; RL reward curves (execution and consistency apart for editing); the policy's reward on
-held-out prompts before and after RL with sample grids; the reward server's own inference counts; and the commands
-that rerun each stage alone on this machine or the whole pipeline on a cluster.
+exactly) —; the selective MAE at 80 % coverage (the MAE of the items the critic was most confident about, from
+the bench's calibration); parse failures; RL reward curves (execution and consistency apart for editing); the
+policy's reward on held-out prompts before and after RL with sample grids; the reward server's own inference
+counts; and the commands that rerun each stage alone on this machine or the whole pipeline on a cluster.
 
 `summary.json` holds the numbers and `checks` (each a boolean with the numbers it was decided on):
 `stages_succeeded`, `critic_beats_mean_baseline` (≥ 30 % lower MAE on every axis), `critic_beats_random`,
@@ -86,6 +87,7 @@ def critic_numbers(run_dir: Path, task: str, copy_to: Path) -> dict[str, Any]:
             rec = json.loads(line)
             human.setdefault(rec["axis"], []).append(int(rec["human_score"]))
     means = _train_means(stats, task)
+    calibration = report.get("calibration") or {}
     axes: dict[str, Any] = {}
     for axis in AXES[task]:
         group = axis if task == "edit" else "overall"
@@ -93,8 +95,11 @@ def critic_numbers(run_dir: Path, task: str, copy_to: Path) -> dict[str, Any]:
         h = human.get(axis, [])
         base = _baselines(h, means.get(axis, 3.0))
         mae = m.get("mae")
+        sel = (calibration.get(f"{task}.{axis}") or {}).get("selective_mae") or {}
         axes[axis] = {
             "mae": mae,
+            # the MAE of the critic's most confident 80 % (None: no confidence)
+            "selective_mae_80": sel.get("80"),
             "n": m.get("n"),
             "parse_failures": m.get("parse_failures"),
             "train_label_mean": means.get(axis),
@@ -157,6 +162,16 @@ def rl_numbers(run_dir: Path, task: str, copy_to: Path) -> dict[str, Any]:
         "after": {k.split("/", 2)[2]: v for k, v in numbers.items() if k.startswith("eval/after/")},
         "served_inferences": served,
         "pictures": ["reward-curves.png"] if rows else [],
+        # the newest critic audit during RL (firm.rl.audit): the served critic on a held-out bench slice
+        "audit": next(
+            (
+                {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("audit/")}
+                | {"step": r["step"], "alarms": sum(int(x.get("alarms/fired", 0)) for x in rows)}
+                for r in reversed(rows)
+                if "audit/n" in r
+            ),
+            None,
+        ),
     }
 
 
@@ -309,8 +324,10 @@ def _task_html(t: dict[str, Any]) -> list[tuple[str, str]]:
                        str(s.get("log") or "")] for s in t["stages"]]])  # fmt: skip
     c = t["critic"]
     axes = c.get("axes", {})
-    crit = table([["axis", "critic MAE", "mean predictor MAE", "random MAE", "vs mean predictor", "parse failures"],
-                  *[[a, _text(v["mae"]), _text(v["mean_predictor_mae"]), _text(v["random_mae"]),
+    crit = table([["axis", "critic MAE", "selective MAE at 80 %", "mean predictor MAE", "random MAE",
+                   "vs mean predictor", "parse failures"],
+                  *[[a, _text(v["mae"]), _text(v.get("selective_mae_80")), _text(v["mean_predictor_mae"]),
+                     _text(v["random_mae"]),
                      "n/a" if v["vs_mean_predictor"] is None else f"{100 * v['vs_mean_predictor']:.0f} % lower",
                      _text(v["parse_failures"])] for a, v in axes.items()]])  # fmt: skip
     pics = "".join(f'<figure><img src="{name}/{p}" alt="{p}"><figcaption>{p}</figcaption></figure>'
@@ -347,10 +364,14 @@ def _task_html(t: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _console_summary(t: dict) -> str:
-    """Two lines per task: the critic's MAE against its baselines, and the held-out reward with the checks."""
+    """Three lines per task: the critic's MAE against its baselines, the MAE of its most confident 80 % (selective
+    MAE: a confidence that means something keeps it below the MAE), and the held-out reward with the checks."""
     axes = " · ".join(
         f"{a} {_fmt(v['mae'])} (mean predictor {_fmt(v['mean_predictor_mae'])}, random {_fmt(v['random_mae'])})"
         for a, v in t["critic"].get("axes", {}).items()
+    )
+    selective = " · ".join(
+        f"{a} {_fmt(v.get('selective_mae_80'))}" for a, v in t["critic"].get("axes", {}).items()
     )
     rl = t["rl"]
     checks = {k: v for k, v in t["checks"].items() if not k.endswith("per_axis")}
@@ -360,7 +381,15 @@ def _console_summary(t: dict) -> str:
     )
     return (
         f"{t['task']}: critic MAE {axes or 'not measured'}\n"
-        f"{t['task']}: held-out reward {_fmt(rl.get('before', {}).get('reward_mean'))} → "
+        + (f"{t['task']}: selective MAE at 80% (most confident) {selective}\n" if selective else "")
+        + (
+            f"{t['task']}: critic audit during RL (after step {au['step']}): MAE {_fmt(au.get('mae'))}, parse "
+            f"failures {_fmt(au.get('parse_failure_rate'))}, confidence {_fmt(au.get('confidence_mean'))}, "
+            f"{au['alarms']} alarm(s)\n"
+            if (au := rl.get("audit"))
+            else ""
+        )
+        + f"{t['task']}: held-out reward {_fmt(rl.get('before', {}).get('reward_mean'))} → "
         f"{_fmt(rl.get('after', {}).get('reward_mean'))} after RL; {verdict}"
     )
 

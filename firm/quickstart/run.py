@@ -61,7 +61,9 @@ def pipeline_parameters(
     rl_overrides = (
         f"[policy.uri={policy}, policy.resolution={size.rl_resolution}, data.prompts={prompts}, "
         f"data.eval_prompt_file={eval_prompts}, steps={size.rl_steps}, "
-        f"checkpoint.every_steps={size.rl_steps}, monitor.eval_every=0, monitor.tensorboard=false"
+        f"checkpoint.every_steps={size.rl_steps}, monitor.eval_every=0, monitor.tensorboard=false, "
+        # the critic audit (firm.rl.audit): a slice of the held-out bench through the served critic, after the run
+        f"audit.bench={bench}, audit.every_steps={size.rl_steps}, audit.max_items=16"
         f"{RL_TASK_OVERRIDES[task]}]"
     )
     return [

@@ -9,6 +9,11 @@ concurrent requests, answers `GET /v1/models`, and can answer the first `fail_fi
 For deterministic teacher tests it can run without a model: `script(body) -> text | (status, message) | None`
 answers from the request itself (None: the model answers), and `latency_s` is a fixed artificial latency per
 request (default 0.02 s, which also lets concurrent requests overlap so a concurrency limit is observable).
+A script may also answer `{"text": ..., "digit_probs": [p1, ..., p5]}`: a request with `logprobs: true` then gets
+`choices[0].logprobs.content` like vLLM's — the text cut into tokens (digits alone, words, spaces, punctuation),
+each certain (logprob 0) except the digits 1..5, which carry `digit_probs` over "1".."5" as their top
+alternatives. `refuse_logprobs = True` answers any request asking for logprobs with HTTP 400 (an endpoint
+without them).
 
 `serve_scripted_process(script, latency_s=...)` is the throughput variant (benchmarks): scripted answers only, an
 asyncio server (HTTP/1.1 keep-alive, the latency slept asynchronously, so thousands of requests can wait at once) in
@@ -51,6 +56,8 @@ class ChatServer:
         self.latency_s = latency_s
         self.fail_first = 0
         self.fail_status = 503
+        self.refuse_logprobs = False
+        self.logprob_requests = 0  # requests that asked for logprobs (and were answered with them)
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -128,9 +135,14 @@ class ChatServer:
                         return self.send_json(
                             404, {"error": {"message": f"model {body.get('model')} not served"}}
                         )
+                    if body.get("logprobs") and server.refuse_logprobs:
+                        return self.send_json(400, {"error": {"message": "logprobs are not supported"}})
                     scripted = server.script(body) if server.script is not None else None
                     if isinstance(scripted, tuple):
                         return self.send_json(scripted[0], {"error": {"message": scripted[1]}})
+                    digit_probs = None
+                    if isinstance(scripted, dict):
+                        scripted, digit_probs = scripted["text"], scripted.get("digit_probs")
                     if scripted is not None:
                         budget = int(body.get("max_tokens") or 256)
                         words = scripted.split()
@@ -143,19 +155,24 @@ class ChatServer:
                         )
                     else:
                         text, finish, n_prompt, used = server.complete(body)
+                    choice: dict[str, Any] = {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": finish,
+                    }
+                    if body.get("logprobs") and digit_probs is not None:
+                        with server._lock:
+                            server.logprob_requests += 1
+                        choice["logprobs"] = {
+                            "content": _token_logprobs(text, digit_probs, int(body.get("top_logprobs") or 0))
+                        }
                     self.send_json(
                         200,
                         {
                             "id": f"chatcmpl-{server.requests}",
                             "object": "chat.completion",
                             "model": server.model_name,
-                            "choices": [
-                                {
-                                    "index": 0,
-                                    "message": {"role": "assistant", "content": text},
-                                    "finish_reason": finish,
-                                }
-                            ],
+                            "choices": [choice],
                             "usage": {
                                 "prompt_tokens": n_prompt,
                                 "completion_tokens": used,
@@ -168,6 +185,26 @@ class ChatServer:
                         server.in_flight -= 1
 
         return Handler
+
+
+def _token_logprobs(text: str, digit_probs: list[float], k: int) -> list[dict[str, Any]]:
+    """vLLM-style `logprobs.content` for a scripted answer (see the module docstring)."""
+    import math
+    import re
+
+    out = []
+    for tok in re.findall(r"\d|[^\W\d]+|\s+|[^\w\s]", text):
+        if tok in "12345" and len(tok) == 1:
+            alts = sorted(
+                ((str(d), math.log(p)) for d, p in enumerate(digit_probs, start=1) if p > 0),
+                key=lambda a: -a[1],
+            )
+            own = math.log(digit_probs[int(tok) - 1]) if digit_probs[int(tok) - 1] > 0 else -1e4
+        else:
+            alts, own = [(tok, 0.0)], 0.0
+        top = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alts[:k]]
+        out.append({"token": tok, "logprob": own, "bytes": list(tok.encode()), "top_logprobs": top})
+    return out
 
 
 @contextmanager
@@ -225,7 +262,8 @@ async def _async_server(script: Any, latency_s: float, model_name: str, port_out
         if isinstance(scripted, tuple):
             return scripted[0], {"error": {"message": scripted[1]}}
         count += 1
-        return 200, _scripted_body(model_name, count, req, str(scripted))
+        text = scripted["text"] if isinstance(scripted, dict) else scripted  # no logprobs here
+        return 200, _scripted_body(model_name, count, req, str(text))
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -13,6 +13,12 @@ from firm.llm.openai_client import image_data_url
 REWRITTEN = "Remove the blue circle."
 LEAK = "According to the difference report, red squares were added."
 GEN_LEAK = "Everything on the checklist was verified."
+SURE_P, UNSURE_P = 0.9, 0.3  # the scripted teacher's probability of the score it writes
+
+
+def digit_probs(k: int, p: float) -> list[float]:
+    """P(1..5) with `p` on score `k` and the rest spread evenly."""
+    return [p if d == k else (1 - p) / 4 for d in range(1, 6)]
 
 
 def _texts(body: dict[str, Any]) -> tuple[str, list[str]]:
@@ -32,7 +38,9 @@ class EditScript:
     """Answers like a careful teacher would for the synthetic edits: the scores the pixels say.
 
     Items are known by their (source, edited) data URLs. `behaviour[(source, edited)]` overrides one item: "garbage" (no score), "long" (runs past max_tokens),
-    "leak" (the rationale cites the report), "http500" (always 500), "slow" (sleeps `slow_s`)."""
+    "leak" (the rationale cites the report), "http500" (always 500), "slow" (sleeps `slow_s`), "unsure" (its
+    scores come with probability `UNSURE_P`, every other score with `SURE_P`, in the logprobs the server returns
+    when asked)."""
 
     def __init__(
         self,
@@ -43,7 +51,7 @@ class EditScript:
         self.behaviour = behaviour or {}
         self.slow_s = 3.0
 
-    def __call__(self, body: dict[str, Any]) -> str | tuple[int, str] | None:
+    def __call__(self, body: dict[str, Any]) -> str | dict[str, Any] | tuple[int, str] | None:
         text, urls = _texts(body)
         pair = (urls[0], urls[1]) if len(urls) == 2 else ("", "")
         how = self.behaviour.get(pair, "")
@@ -66,7 +74,8 @@ class EditScript:
         reasoning = f"The {axis} looks like a {k}."
         if how == "leak" and axis == "execution":
             reasoning = f"{LEAK} {reasoning}"
-        return f"Looking at both images.\n{json.dumps({'reasoning': reasoning, 'score': [k]})}"
+        text = f"Looking at both images.\n{json.dumps({'reasoning': reasoning, 'score': [k]})}"
+        return {"text": text, "digit_probs": digit_probs(k, UNSURE_P if how == "unsure" else SURE_P)}
 
 
 def edit_key(item: Any) -> tuple[str, str]:
@@ -93,16 +102,21 @@ def write_edit_manifest(
 
 
 class GenScript:
-    def __init__(self, scores: dict[str, int], leak: set[str] | None = None) -> None:
-        self.scores, self.leak = scores, leak or set()
+    """Plans, then scores each image as known; images (data URLs) in `unsure` are scored with `UNSURE_P`."""
 
-    def __call__(self, body: dict[str, Any]) -> str | tuple[int, str] | None:
+    def __init__(
+        self, scores: dict[str, int], leak: set[str] | None = None, unsure: set[str] | None = None
+    ) -> None:
+        self.scores, self.leak, self.unsure = scores, leak or set(), unsure or set()
+
+    def __call__(self, body: dict[str, Any]) -> str | dict[str, Any] | tuple[int, str] | None:
         _, urls = _texts(body)
         if not urls:  # the planner
             return "1. Are there the requested red squares?\n2. Is nothing else drawn?"
         k = self.scores[urls[0]]
         extra = f"{GEN_LEAK}\n" if urls[0] in self.leak else ""
-        return f"1. Red squares: checked.\n{extra}The image matches {k}/5.\nFinal Alignment Rating: {k}\n\\boxed{{{k}}}"
+        text = f"1. Red squares: checked.\n{extra}The image matches {k}/5.\nFinal Alignment Rating: {k}\n\\boxed{{{k}}}"
+        return {"text": text, "digit_probs": digit_probs(k, UNSURE_P if urls[0] in self.unsure else SURE_P)}
 
 
 def write_gen_manifest(root: Path, n: int) -> tuple[Path, dict[str, int], list[Any]]:

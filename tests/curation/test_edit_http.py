@@ -164,3 +164,57 @@ def test_a_fatal_teacher_error_stops_the_run_and_publishes_nothing(edits, tmp_pa
     with server as (_, url), pytest.raises(ChatCallError, match="HTTP 401") as err:
         curate_edit(cfg, make_teacher(url, model=MODEL, api_key="wrong", concurrency=4))
     assert err.value.fatal and not (tmp_path / "ds").exists()
+
+
+def test_the_teachers_own_confidence_flags_or_drops_its_unsure_labels(edits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Scoring asks for logprobs; labels the teacher wrote with p < min_confidence are flagged (kept, counted,
+    listed) or dropped; an endpoint that refuses logprobs still curates, with no confidence (never 0)."""
+    manifest, scores, items, _, url_of = edits
+    unsure = [items[5], items[6]]
+    script = EditScript(scores, {url_of[it.id]: "unsure" for it in unsure})
+    cfg = EditCurationConfig(input=str(manifest), out=str(tmp_path / "ds"), val_fraction=0.0, limit=10,
+                             cache=(tmp_path / "cache").as_uri(), work_dir=str(tmp_path / "w1"))  # fmt: skip
+    with serve(None, model_name=MODEL, script=script, latency_s=0.0) as (chat, url):
+        res = curate_edit(cfg, _teacher(url, concurrency=4))
+        assert chat.logprob_requests == 20  # both axes of 10 items; the difference reports asked for none
+    tc = res.stats["teacher_confidence"]
+    assert tc["policy"] == "flag" and tc["min_confidence"] == 0.5
+    assert tc["with_confidence"] == 20 and tc["without_confidence"] == 0
+    assert tc["below"] == tc["flagged"] == 4 and tc["dropped"] == 0
+    listed = sorted(f"{it.id}/{a}" for it in unsure for a in ("execution", "consistency"))
+    assert sorted(tc["flagged_ids"]) == listed
+    assert tc["mean"] == pytest.approx((16 * 0.9 + 4 * 0.3) / 20, abs=1e-4)
+    assert len(read_sft_dataset(res.uri).rows) == 20  # flagged labels are kept
+    from firm.curation.stats import stats_table
+
+    assert "teacher confidence: 20 labels with one" in stats_table(res.stats) and "4 flagged" in stats_table(
+        res.stats
+    )
+
+    # drop: the same answers (from the cache, logprobs included) and the unsure labels are gone, counted
+    drop = cfg.model_copy(update={"out": str(tmp_path / "ds2"), "work_dir": str(tmp_path / "w2"),
+                                  "low_confidence": "drop"})  # fmt: skip
+    with serve(None, model_name=MODEL, script=script, latency_s=0.0) as (chat, url):
+        res2 = curate_edit(drop, _teacher(url))
+        assert chat.requests == 0
+    tc2 = res2.stats["teacher_confidence"]
+    assert tc2["below"] == tc2["dropped"] == 4 and tc2["flagged"] == 0 and tc2["flagged_ids"] == []
+    assert res2.stats["samples"]["dropped"]["execution"] == {"low_confidence": 2}
+    kept = {it.id for it in items[:10]} - {it.id for it in unsure}
+    assert {r.id for r in read_sft_dataset(res2.uri).rows} == kept
+    # a stricter threshold flags every label under it
+    strict = cfg.model_copy(update={"out": str(tmp_path / "ds3"), "work_dir": str(tmp_path / "w3"),
+                                    "min_confidence": 0.95})  # fmt: skip
+    with serve(None, model_name=MODEL, script=script, latency_s=0.0) as (_, url):
+        assert curate_edit(strict, _teacher(url)).stats["teacher_confidence"]["flagged"] == 20
+
+    # an endpoint without logprobs (HTTP 400 to them): asked again without, every label kept, none has a confidence
+    plain = cfg.model_copy(update={"out": str(tmp_path / "ds4"), "work_dir": str(tmp_path / "w4"),
+                                   "cache": "off", "low_confidence": "drop"})  # fmt: skip
+    with serve(None, model_name=MODEL, script=script, latency_s=0.0) as (chat, url):
+        chat.refuse_logprobs = True
+        res4 = curate_edit(plain, _teacher(url, concurrency=4))
+        assert chat.logprob_requests == 0
+    tc4 = res4.stats["teacher_confidence"]
+    assert tc4["with_confidence"] == 0 and tc4["without_confidence"] == 20 and tc4["mean"] is None
+    assert tc4["below"] == tc4["dropped"] == 0 and len(read_sft_dataset(res4.uri).rows) == 20

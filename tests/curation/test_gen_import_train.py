@@ -28,7 +28,8 @@ def test_curate_gen_cli_and_stats(tmp_path: Path) -> None:
     from firm.llm.openai_client import image_data_url
 
     leak = {image_data_url(items[0].image)}
-    with serve(None, model_name=MODEL, script=GenScript(scores, leak), latency_s=0.0) as (chat, url):
+    unsure = {image_data_url(items[1].image)}  # scored with a low probability of its own digit: flagged
+    with serve(None, model_name=MODEL, script=GenScript(scores, leak, unsure), latency_s=0.0) as (chat, url):
         res = CliRunner().invoke(app, ["data", "curate-gen", "--input", str(manifest), "--out", str(tmp_path / "ds"),
                                        "--planner", url, "--scorer", url, "--planner-model", MODEL, "--scorer-model",
                                        MODEL, "--val-fraction", "0.3", "--cache", "off"])  # fmt: skip
@@ -41,6 +42,10 @@ def test_curate_gen_cli_and_stats(tmp_path: Path) -> None:
     assert all("checklist" not in r.target.lower() and "plan" not in r.target.lower() for r in ds.rows)
     assert GEN_LEAK not in by_id[items[0].id].target and out["stats"]["leaks"]["cleaned"] == 1
     assert by_id[items[0].id].prompt == f"{items[0].prompt} ({items[0].id})"
+    tc = out["stats"]["teacher_confidence"]
+    assert tc["with_confidence"] == 8 and tc["flagged_ids"] == [f"{items[1].id}/instruction"]
+    summary = "teacher unsure (confidence < 0.5) of 1 label(s): 1 flagged, 0 dropped (0 without a confidence)"
+    assert summary in res.stderr, res.stderr
     table = CliRunner().invoke(app, ["data", "stats", out["uri"], "--png", str(tmp_path / "h.png")])
     assert table.exit_code == 0 and table.stdout.splitlines()[2].startswith("instruction")
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
