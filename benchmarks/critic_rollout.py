@@ -59,10 +59,10 @@ def main() -> None:
 
     get_settings(fresh=True)
     from firm.bench.synthetic import make_synthetic_bench
+    from firm.launch.rollout import rollback, rollout
     from firm.models.images import shapes_image
     from firm.models.tiny import build_tiny_critic
     from firm.serving.client import RewardClient
-    from firm.launch.rollout import rollback, rollout
     from firm.serving.service import start_service, stop_service
     from firm.storage import init_buckets
 
