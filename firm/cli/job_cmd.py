@@ -113,7 +113,8 @@ def submit_cmd(
         raise InputError("--resume and --overwrite: choose one")
     b = _backend(backend, namespace)
     job = _resolve(config, list(ctx.args), b.name)
-    _check_prefix(job, b.name, resume=resume, overwrite=overwrite)
+    if not _known(b, job.name):  # a job the backend knows has its own rules: a finished one is refused, a failed
+        _check_prefix(job, b.name, resume=resume, overwrite=overwrite)  # one resumes from its checkpoints
     status = b.submit(job)
     if status.attempts > 1:
         typer.echo(f"job {job.name}: attempt {status.attempts}, resuming from its last checkpoint", err=True)
@@ -135,6 +136,17 @@ def submit_cmd(
             f"error: job {job.name} {status.phase.lower()}: {status.message or 'see its logs'}", err=True
         )
         raise typer.Exit(1)
+
+
+def _known(b: JobBackend, name: str) -> bool:
+    """Whether the backend already has a job of this name (an unreachable cluster counts as no)."""
+    from firm.launch.backend import JobError
+
+    try:
+        b.status(name)
+    except JobError:  # JobNotFound, or nothing to ask
+        return False
+    return True
 
 
 def _check_prefix(job: ResolvedJob, backend: str, *, resume: bool, overwrite: bool) -> None:

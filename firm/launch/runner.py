@@ -20,6 +20,7 @@ import contextlib
 import json
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,24 +45,51 @@ class _Stop(BaseException):  # not an Exception: API-call error handlers must no
         self.signum = signum
 
 
+class _Signals:
+    """SIGTERM/SIGINT received while a step waits for its job. The handler only records the signal and wakes the
+    waiting loop, which acts on it between API calls: raising from a signal handler could interrupt an HTTP call
+    halfway and leave the client's connection pool locked, so that the cancel which follows never returns."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.event = threading.Event()
+
+    def handler(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+        self.event.set()
+
+    def check(self) -> None:
+        """Raise `_Stop` if a signal came in."""
+        if self.received:
+            raise _Stop(self.received[0])
+
+
 @contextlib.contextmanager
-def _cancel_on_signal() -> Iterator[list[int]]:
-    """Turn SIGTERM/SIGINT into `_Stop` in the main thread (elsewhere signals cannot be handled: no-op)."""
-    received: list[int] = []
+def _cancel_on_signal() -> Iterator[_Signals]:
+    """Record SIGTERM/SIGINT for the main thread's wait loop (elsewhere signals cannot be handled: no-op)."""
+    signals = _Signals()
     if threading.current_thread() is not threading.main_thread():
-        yield received
+        yield signals
         return
-
-    def handler(signum: int, _frame: object) -> None:
-        received.append(signum)
-        raise _Stop(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    old = {s: signal.signal(s, signals.handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield received
+        yield signals
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _wait(b: JobBackend, name: str, timeout: float | None, poll: float, signals: _Signals) -> JobStatus:
+    """`JobBackend.wait`, woken at once by a signal (then `_Stop`) instead of sleeping through it."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        signals.check()
+        st = b.status(name)
+        if st.done:
+            return st
+        if deadline is not None and time.monotonic() > deadline:
+            raise JobError(f"job {name} did not finish within {timeout:g} s (phase {st.phase})")
+        signals.event.wait(poll)
 
 
 def _json_line(line: str) -> dict[str, Any] | None:
@@ -116,12 +144,13 @@ def run_job(
         except Exception as exc:  # the log is a convenience: losing it never fails the job
             on_line(f"[firm] log stream of job {job.name} ended: {exc}")
 
-    with _cancel_on_signal():
+    with _cancel_on_signal() as signals:
         try:
             status = attach_or_submit(b, job, on_line)
+            signals.check()  # a signal during the submit counts once the job exists
             logs = threading.Thread(target=pump_logs, daemon=True)
             logs.start()
-            status = b.wait(job.name, timeout=timeout, poll=poll)
+            status = _wait(b, job.name, timeout, poll, signals)
             logs.join(timeout=30.0)  # the tail of the log, written as the job ended
         except _Stop as stop:
             from firm.launch.kfp_run import stop_cancels_job
