@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from firm.launch.backend import JobBackend, JobError, JobNotFound, JobStatus
+from firm.launch.cluster_jobs import pod_log_lines, refuse_unless_failed, wait_until_gone
 from firm.launch.render import CONTAINER, build_pytorchjob
 from firm.launch.spec import ResolvedJob
 from firm.launch.torchrun_quiet import OOM_EXIT_CODE, OOM_MESSAGE
@@ -34,7 +35,6 @@ _PHASE_BY_CONDITION = {
     "Created": "Pending",
 }
 _PRIORITY = ["Succeeded", "Failed", "Restarting", "Running", "Suspended", "Created"]
-RECREATE_TIMEOUT_S = 120.0
 
 
 def alarm_stopped(pods: list[Any] | None, container: str) -> dict[str, Any] | None:
@@ -288,32 +288,19 @@ class PyTorchJobBackend(JobBackend):
 
     def _replace_failed(self, name: str) -> None:
         """A job of this name exists: refuse unless it failed, in which case delete it so it can run again."""
-        existing = self.status(name)
         ns = self.namespace
-        if existing.phase == "Succeeded":
-            raise JobError(
-                f"PyTorchJob {ns}/{name} already finished successfully; a finished run is never overwritten — "
-                "give the job a new name (name=...) to train again"
-            )
-        if existing.phase != "Failed":
-            raise JobError(
-                f"PyTorchJob {ns}/{name} already exists ({existing.phase}); follow it with "
-                f"'firmctl job logs {name} --follow' or stop it with 'firmctl job cancel {name}'"
-            )
+        refuse_unless_failed("PyTorchJob", ns, name, self.status(name).phase)
         self._delete(name)
-        deadline = time.monotonic() + RECREATE_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                self.client.get_job(name=name, namespace=ns)
-            except Exception as exc:
-                if _http_status(exc)[0] == 404:
-                    return
-                raise self._error(exc, "get", name) from None
-            time.sleep(1.0)
-        raise JobError(
-            f"PyTorchJob {ns}/{name} (failed) was deleted but has not disappeared after "
-            f"{RECREATE_TIMEOUT_S:g} s; submit again later"
-        )
+        try:
+            wait_until_gone(
+                lambda: self.client.get_job(name=name, namespace=ns),
+                lambda exc: _http_status(exc)[0] == 404,
+                f"PyTorchJob {ns}/{name}",
+            )
+        except JobError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, "get", name) from None
 
     # ------------------------------------------------------------------------------------------- cancel
 
@@ -362,7 +349,6 @@ class PyTorchJobBackend(JobBackend):
         return self._stream(name, replica, index, pod, follow)
 
     def _stream(self, name: str, replica: str, index: int, pod: Any, follow: bool) -> Iterator[str]:
-        core = self.client.core_api
         while pod is None or (follow and getattr(pod.status, "phase", None) == "Pending"):
             if self.status(name).done:
                 if pod is None:
@@ -370,29 +356,10 @@ class PyTorchJobBackend(JobBackend):
                 break
             time.sleep(2.0)
             pod = self._pod(name, replica, index) or pod
-        pod_name = pod.metadata.name
         try:
-            if not follow:
-                text = core.read_namespaced_pod_log(
-                    name=pod_name, namespace=self.namespace, container=CONTAINER
-                )
-                yield from str(text).splitlines()
-                return
-            resp = core.read_namespaced_pod_log(
-                name=pod_name,
-                namespace=self.namespace,
-                container=CONTAINER,
-                follow=True,
-                _preload_content=False,
+            yield from pod_log_lines(
+                self.client.core_api, pod.metadata.name, self.namespace, CONTAINER, follow
             )
-            buf = b""
-            for chunk in resp.stream(4096):
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for ln in lines:
-                    yield ln.decode(errors="replace")
-            if buf:
-                yield buf.decode(errors="replace")
         except JobError:
             raise
         except Exception as exc:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from firm.launch.backend import JobBackend, JobError, JobNotFound, JobStatus
+from firm.launch.cluster_jobs import pod_log_lines, refuse_unless_failed, wait_until_gone
 from firm.launch.pytorchjob import alarm_stopped
 from firm.launch.spec import ResolvedJob
 from firm.launch.torchrun_quiet import OOM_EXIT_CODE, OOM_MESSAGE
@@ -34,7 +35,6 @@ from firm.launch.trainjob_render import DEFAULT_RUNTIME, GROUP, NODE, PLURAL, VE
 JOBSET_NAME = "jobset.sigs.k8s.io/jobset-name"
 REPLICATED_JOB = "jobset.sigs.k8s.io/replicatedjob-name"
 NODE_INDEX = "batch.kubernetes.io/job-completion-index"
-RECREATE_TIMEOUT_S = 120.0
 
 
 def _api_status(exc: BaseException) -> tuple[int | None, str]:
@@ -261,32 +261,19 @@ class TrainJobBackend(JobBackend):
 
     def _replace_failed(self, name: str) -> None:
         """A job of this name exists: refuse unless it failed, in which case delete it so it can run again."""
-        existing = self.status(name)
         ns = self.namespace
-        if existing.phase == "Succeeded":
-            raise JobError(
-                f"TrainJob {ns}/{name} already finished successfully; a finished run is never overwritten — "
-                "give the job a new name (name=...) to train again"
-            )
-        if existing.phase != "Failed":
-            raise JobError(
-                f"TrainJob {ns}/{name} already exists ({existing.phase}); follow it with "
-                f"'firmctl job logs {name} --follow' or stop it with 'firmctl job cancel {name}'"
-            )
+        refuse_unless_failed("TrainJob", ns, name, self.status(name).phase)
         self._delete(name)
-        deadline = time.monotonic() + RECREATE_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-            except Exception as exc:
-                if _api_status(exc)[0] == 404:
-                    return
-                raise self._error(exc, "get", name) from None
-            time.sleep(1.0)
-        raise JobError(
-            f"TrainJob {ns}/{name} (failed) was deleted but has not disappeared after {RECREATE_TIMEOUT_S:g} s; "
-            "submit again later"
-        )
+        try:
+            wait_until_gone(
+                lambda: self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name),
+                lambda exc: _api_status(exc)[0] == 404,
+                f"TrainJob {ns}/{name}",
+            )
+        except JobError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, "get", name) from None
 
     # ------------------------------------------------------------------------------------------- cancel
 
@@ -330,25 +317,8 @@ class TrainJobBackend(JobBackend):
                 break
             time.sleep(2.0)
             pod = next(iter(self._pods(name, node)), pod)
-        pod_name = pod.metadata.name
         try:
-            if not follow:
-                text = self.core.read_namespaced_pod_log(
-                    name=pod_name, namespace=self.namespace, container=NODE
-                )
-                yield from str(text).splitlines()
-                return
-            resp = self.core.read_namespaced_pod_log(
-                name=pod_name, namespace=self.namespace, container=NODE, follow=True, _preload_content=False
-            )
-            buf = b""
-            for chunk in resp.stream(4096):
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for ln in lines:
-                    yield ln.decode(errors="replace")
-            if buf:
-                yield buf.decode(errors="replace")
+            yield from pod_log_lines(self.core, pod.metadata.name, self.namespace, NODE, follow)
         except JobError:
             raise
         except Exception as exc:
