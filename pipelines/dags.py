@@ -223,6 +223,7 @@ def firm_pipeline(
     rl_nodes: int = 2,
     rl_nproc_per_node: int = 0,
     eval_prompts: int = 8,
+    rollout_margin: float = 0.1,
 ) -> None:
     stop = place(stop_reward_service(backend=backend, run_id=RUN_ID), EXIT)
     stop.set_display_name("stop reward service")
@@ -235,7 +236,13 @@ def firm_pipeline(
         )  # fmt: skip
         deploy = place(
             deploy_reward_service(
-                repository_uri=export.outputs["Output"], backend=backend, model=export_task, run_id=RUN_ID
+                repository_uri=export.outputs["Output"],
+                backend=backend,
+                model=export_task,
+                run_id=RUN_ID,
+                audit=bench,
+                audit_items=bench_items,
+                margin=rollout_margin,
             ),
             DEPLOY,
         )

@@ -298,3 +298,18 @@ def resolve_repository(
 
         fetch_dir(uri, fetch)
     echo_out(uri)
+
+
+@app.command("stage-rollout")
+@cli_errors
+def stage_rollout(
+    incumbent: str = typer.Option(..., help="The repository the reward service serves now (dir or URI)."),
+    candidate: str = typer.Option(..., help="The candidate's exported repository (dir or URI)."),
+    directory: Path = typer.Option(..., "--dir", help="Where to build the repository (fresh or empty)."),
+) -> None:
+    """Build one Triton repository serving the incumbent's models and the candidate's under `_candidate` names,
+    each fetched and verified (the chart's candidate pod: the deploy step benches both through it). Prints the
+    models it serves."""
+    from firm.launch.rollout import stage_rollout as stage
+
+    echo_json(stage(incumbent, candidate, directory))

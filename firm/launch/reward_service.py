@@ -13,6 +13,17 @@
   (model-control `load` re-reads models from that same repository), a rollout replaces every replica (an HPA may run
   several; model-control would reach one pod), readiness probes gate traffic to the new critic, and a failed
   rollout leaves the old pods serving. Nothing is stopped afterwards: the service stays for the next run.
+
+  Safe rollout on a cluster: when the reward Deployment already serves a critic (replicas > 0; the repository its
+  pods resolve — `firm.launch.rollout.resolve_repository` — differs from the new one), the new one is a candidate.
+  The chart's `<reward Deployment>-candidate` (0 replicas until then) is given both repositories as pod-template
+  annotations (`firm.dev/incumbent-repository`, `firm.dev/candidate-repository`) and 1 replica; its init container
+  builds ONE Triton repository with the incumbent's models and the candidate's under `_candidate` names
+  (`firmctl serve stage-rollout`), so both are benched on the same audit set through the same live endpoint (its
+  Service, `cluster.reward_candidate_grpc`). The candidate Deployment is scaled back to 0 whatever happens. A
+  promoted candidate is recorded (history + `current.json`) and the reward Deployment rolled out to it (old pods
+  serve until new ones are ready); a refused one is recorded and `RolloutRefused` raised, the reward Deployment
+  untouched.
 """
 
 from __future__ import annotations
@@ -28,6 +39,10 @@ from firm.launch.backend import JobError
 
 Target = Literal["local", "kubernetes"]
 ANNOTATION = "firm.dev/model-repository"
+DEPLOYED_AT = "firm.dev/deployed-at"
+INCUMBENT = "firm.dev/incumbent-repository"  # on the candidate Deployment's pod template
+CANDIDATE = "firm.dev/candidate-repository"
+CANDIDATE_SUFFIX = "-candidate"  # <reward Deployment>-candidate: Deployment and Service of the chart
 
 
 class RewardEndpoint(BaseModel):
@@ -54,41 +69,41 @@ def _apps_api():  # -> kubernetes.client.AppsV1Api
     return client.AppsV1Api()
 
 
-def _rollout(name: str, repository: str, namespace: str, timeout: float, poll: float) -> None:
+def _api_error(exc: Exception, namespace: str, name: str, what: str) -> JobError:
+    hint = {
+        404: "is the FIRM Helm chart installed with a reward model of that name?",
+        403: "the pipeline's service account needs get/patch on this Deployment",
+    }
+    status = getattr(exc, "status", None)
+    return JobError(
+        f"cannot {what} Deployment {namespace}/{name} ({status} {getattr(exc, 'reason', exc)}); "
+        f"{hint.get(status, '')}"  # type: ignore[arg-type]
+    )
+
+
+def _read(apps, name: str, namespace: str, what: str = "roll out"):  # -> V1Deployment
     from kubernetes.client.exceptions import ApiException
 
-    apps = _apps_api()
-    patch: dict = {
-        "spec": {
-            "template": {
-                "metadata": {
-                    "annotations": {
-                        ANNOTATION: repository,
-                        "firm.dev/deployed-at": datetime.now(UTC).isoformat(),
-                    }
-                }
-            }
-        }
-    }
     try:
-        # The chart installs a reward Deployment at 0 replicas until a critic exists: rolling one out scales it to
-        # 1 (an HPA takes over from there), or the rollout would "succeed" with no pod serving anything.
-        current = apps.read_namespaced_deployment(name, namespace)
-        if not (current.spec.replicas or 0):
-            patch["spec"]["replicas"] = 1
-        dep = apps.patch_namespaced_deployment(name, namespace, patch)
+        return apps.read_namespaced_deployment(name, namespace)
     except ApiException as exc:
-        hint = {
-            404: "is the FIRM Helm chart installed with a reward model of that name?",
-            403: "the pipeline's service account needs get/patch on this Deployment",
-        }
-        raise JobError(
-            f"cannot roll out Deployment {namespace}/{name} ({exc.status} {exc.reason}); {hint.get(exc.status, '')}"
-        ) from None
-    generation = dep.metadata.generation
+        raise _api_error(exc, namespace, name, what) from None
+
+
+def _patch(apps, name: str, namespace: str, patch: dict, what: str = "roll out"):  # -> V1Deployment
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return apps.patch_namespaced_deployment(name, namespace, patch)
+    except ApiException as exc:
+        raise _api_error(exc, namespace, name, what) from None
+
+
+def _wait(apps, name: str, namespace: str, generation: int, timeout: float, poll: float, what: str) -> None:
+    """Until every replica of `generation` is updated, ready and available."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        dep = apps.read_namespaced_deployment(name, namespace)
+        dep = _read(apps, name, namespace)
         st, want = dep.status, dep.spec.replicas or 0
         if (
             (st.observed_generation or 0) >= generation
@@ -99,9 +114,102 @@ def _rollout(name: str, repository: str, namespace: str, timeout: float, poll: f
         ):
             return
         time.sleep(poll)
-    raise JobError(
-        f"Deployment {namespace}/{name} did not finish rolling out {repository} within {timeout:g} s"
+    raise JobError(f"Deployment {namespace}/{name} did not finish {what} within {timeout:g} s")
+
+
+def _rollout(
+    name: str, repository: str, namespace: str, timeout: float, poll: float, *, apps=None, current=None
+) -> None:
+    apps = apps or _apps_api()
+    patch: dict = {
+        "spec": {
+            "template": {
+                "metadata": {
+                    "annotations": {
+                        ANNOTATION: repository,
+                        DEPLOYED_AT: datetime.now(UTC).isoformat(),
+                    }
+                }
+            }
+        }
+    }
+    # The chart installs a reward Deployment at 0 replicas until a critic exists: rolling one out scales it to
+    # 1 (an HPA takes over from there), or the rollout would "succeed" with no pod serving anything.
+    current = current or _read(apps, name, namespace)
+    if not (current.spec.replicas or 0):
+        patch["spec"]["replicas"] = 1
+    dep = _patch(apps, name, namespace, patch)
+    _wait(apps, name, namespace, dep.metadata.generation, timeout, poll, f"rolling out {repository}")
+
+
+def _served(dep, name: str) -> str | None:  # dep: V1Deployment
+    """The repository the reward Deployment's pods serve (None at 0 replicas: nothing serves)."""
+    from firm.launch.rollout import resolve_repository
+
+    if not (dep.spec.replicas or 0):
+        return None
+    ann = (dep.spec.template.metadata.annotations if dep.spec.template.metadata else None) or {}
+    return resolve_repository(name, ann.get(ANNOTATION) or "", deployed_at=ann.get(DEPLOYED_AT)) or None
+
+
+def _bench_beside(
+    apps,
+    deployment: str,
+    namespace: str,
+    incumbent: str,
+    candidate: str,
+    audit: str,
+    *,
+    margin: float,
+    who: str | None,
+    timeout: float,
+    poll: float,
+):  # -> firm.launch.rollout.Decision
+    """Serve `candidate` beside `incumbent` in the candidate Deployment, bench both there, decide and record a
+    refusal (`RolloutRefused`); the candidate Deployment is back at 0 replicas when this returns or raises."""
+    from firm.bench.loaders import load_bench
+    from firm.config import get_settings
+    from firm.errors import InputError
+    from firm.launch import rollout as ro
+
+    if margin < 0:
+        raise InputError(f"margin must be ≥ 0, got {margin}")
+    bench = load_bench(audit)  # a bad audit set fails before anything is scaled
+    cluster = get_settings().cluster
+    name = deployment + CANDIDATE_SUFFIX
+    grpc = cluster.reward_candidate_grpc.format(
+        deployment=deployment, namespace=namespace, port=cluster.reward_grpc_port
     )
+    patch = {"spec": {"replicas": 1, "template": {"metadata": {"annotations": {
+        INCUMBENT: incumbent, CANDIDATE: candidate, DEPLOYED_AT: datetime.now(UTC).isoformat(),
+    }}}}}  # fmt: skip
+    what = "serve the candidate critic in"
+    try:
+        dep = _patch(apps, name, namespace, patch, what)
+        _wait(
+            apps, name, namespace, dep.metadata.generation, timeout, poll, f"starting candidate {candidate}"
+        )
+        scores = ro.audit_scores(grpc, bench), ro.audit_scores(grpc, bench, suffix=ro.SUFFIX)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error that got us here is the one to report
+            _patch(apps, name, namespace, {"spec": {"replicas": 0}}, what)
+        raise
+    _patch(apps, name, namespace, {"spec": {"replicas": 0}}, what)
+    incumbent_scores, candidate_scores = scores
+    promote, reason = ro.decide(incumbent_scores, candidate_scores, margin)
+    served, new = ro.next_version(deployment)
+    if served is None:  # an incumbent rolled out before any record: count it as the version before this one
+        served = max(new - 1, 1)
+        new = served + 1
+    decision = ro.Decision(
+        promoted=promote, reason=reason, candidate=candidate_scores, incumbent=incumbent_scores, margin=margin,
+        version=new if promote else served, previous=served if promote else None,
+    )  # fmt: skip
+    if not promote:
+        ro.record(ro._entry("refuse", deployment, who, decision, candidate))
+        raise ro.RolloutRefused(decision)
+    ro.record(ro._entry("promote", deployment, who, decision, candidate), repository=candidate)
+    return decision
 
 
 def deploy_reward_service(
@@ -122,7 +230,9 @@ def deploy_reward_service(
     `name`: local — the service's name (e.g. the run id); `model`: kubernetes — which reward model of the chart
     (`edit` / `gen`) is rolled out. Locally, a service `name` already running another repository is a rollout:
     the candidate is benched beside it on `audit` and promoted only when not worse (`firm.launch.rollout.rollout`;
-    a refusal raises `RolloutRefused`, the incumbent keeps serving); a new service serves it as version 1."""
+    a refusal raises `RolloutRefused`, the incumbent keeps serving); a new service serves it as version 1. On
+    Kubernetes, a reward Deployment already serving another critic is a rollout too: the candidate is benched beside
+    it in the chart's candidate Deployment and rolled out only when not worse (see the module docstring)."""
     from firm.config import get_settings
 
     settings = get_settings()
@@ -154,11 +264,48 @@ def deploy_reward_service(
             target="local", name=name, grpc=rec.grpc, repository=repository, decision=decision, version=version,
         )  # fmt: skip
     if target == "kubernetes":
+        from firm.launch import rollout as ro
+
         ns = namespace or settings.cluster.reward_namespace or settings.namespace
         deployment = settings.cluster.reward_deployment.format(name=model)
-        _rollout(deployment, repository, ns, timeout, poll)
         grpc = f"{deployment}.{ns}.svc:{settings.cluster.reward_grpc_port}"
-        return RewardEndpoint(target="kubernetes", name=deployment, grpc=grpc, repository=repository)
+        apps = _apps_api()
+        dep = _read(apps, deployment, ns)
+        incumbent = _served(dep, deployment)
+        if incumbent is not None and incumbent != repository:
+            if not audit:
+                raise JobError(
+                    f"reward Deployment {ns}/{deployment} already serves a critic ({incumbent}): a rollout needs "
+                    "an audit set"
+                )
+            d = _bench_beside(
+                apps, deployment, ns, incumbent, repository, audit, margin=margin, who=who, timeout=timeout,
+                poll=poll,
+            )  # fmt: skip
+            _rollout(deployment, repository, ns, timeout, poll, apps=apps, current=dep)
+            return RewardEndpoint(
+                target="kubernetes", name=deployment, grpc=grpc, repository=repository, decision=d.reason,
+                version=d.version,
+            )  # fmt: skip
+        _rollout(deployment, repository, ns, timeout, poll, apps=apps, current=dep)
+        if incumbent == repository:
+            return RewardEndpoint(
+                target="kubernetes", name=deployment, grpc=grpc, repository=repository,
+                decision=f"already serving {repository}: rolled out again",
+            )  # fmt: skip
+        served, version = ro.next_version(deployment)
+        decision = f"no incumbent: the critic serves as version {version}"
+        ro.record(
+            ro.HistoryEntry(
+                action="initial", service=deployment, who=ro._who(who), when=ro._now(), version=version,
+                previous=served, candidate=repository, reason=decision,
+            ),
+            repository=repository,
+        )  # fmt: skip
+        return RewardEndpoint(
+            target="kubernetes", name=deployment, grpc=grpc, repository=repository, decision=decision,
+            version=version,
+        )  # fmt: skip
     raise JobError(f"unknown reward service target {target!r}; expected local or kubernetes")
 
 

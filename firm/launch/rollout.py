@@ -21,6 +21,10 @@ reloads the public models: Triton keeps serving the loaded model until the reloa
 client side). A refused candidate is unloaded and removed; the step fails with `RolloutRefused` (one line, both
 scores). `rollback(service)` reactivates the version served before. Every decision is recorded in the object store
 (`history_uri(service)`: one JSON per event and `current.json`, the pointer a cluster pod resolves at start).
+
+On a cluster (`firm.launch.reward_service`, target kubernetes) the same layout is built by the chart's candidate pod
+at start (`stage_rollout`: `firmctl serve stage-rollout`, incumbent + candidate in one repository, no model control),
+benched there with `audit_scores` / `decide`, and a promotion rolls the reward Deployment to the candidate.
 """
 
 from __future__ import annotations
@@ -530,6 +534,37 @@ def _entry(action: str, service: str, who: str | None, d: Decision, candidate: s
         margin=d.margin,
         reason=d.reason,
     )
+
+
+def stage_rollout(incumbent: str, candidate: str, directory: str | Path) -> list[str]:
+    """One Triton repository in `directory` serving the incumbent's public models and the candidate's under the
+    `_candidate` names (what the chart's candidate pod serves with --model-control-mode=none, so both are benched
+    through one endpoint); returns every model it serves, the candidate's last."""
+    live = LiveRepository.prepare(incumbent, directory)
+    return [*live.models(), *live.stage_candidate(candidate)]
+
+
+def current(service: str) -> dict | None:
+    """`current.json` of `service` (the promoted version's pointer), or None when nothing was recorded."""
+    from firm.storage import open_store
+
+    store, key = open_store(f"{history_uri(service)}/current.json")
+    if not store.exists(key):
+        return None
+    try:
+        data = json.loads(store.get_bytes(key))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def next_version(service: str) -> tuple[int | None, int]:
+    """(the version `service` serves per its pointer — None when nothing was recorded —, the next free number)."""
+    now = current(service)
+    served = now.get("version") if now else None
+    served = served if isinstance(served, int) else None
+    numbers = [e.version for e in history(service)] + ([served] if served else [])
+    return served, max(numbers, default=0) + 1
 
 
 def load_args(models: list[str]) -> list[str]:

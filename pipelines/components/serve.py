@@ -40,16 +40,37 @@ def export_to_triton(
 
 @component
 def deploy_reward_service(
-    repository_uri: str, backend: str, model: str, run_id: str, rollout: Output[Artifact]
+    repository_uri: str,
+    backend: str,
+    model: str,
+    run_id: str,
+    rollout: Output[Artifact],
+    audit: str = "",
+    audit_items: int = 40,
+    margin: float = 0.1,
 ) -> str:
     """Serve `repository_uri` and wait until ready; returns the gRPC endpoint. Local runs start the bundled
     tritonserver on a live repository (stopped by the pipeline's exit handler; a critic already served there is
     replaced only by a candidate that is not worse, `firm.launch.rollout`); cluster runs roll out the chart's
-    reward Deployment. `rollout.metadata["decision"]`: the rollout decision, one line."""
+    reward Deployment — one already serving a critic only to a candidate benched beside it on `audit` (a bench
+    URI, or `synthetic`: the synthetic bench of `audit_items` items) and not worse by more than `margin`, else
+    the step fails with the one-line reason (`firm.launch.reward_service`).
+    `rollout.metadata["decision"]`: the rollout decision, one line."""
     from firm.launch.reward_service import deploy_reward_service as deploy
 
     target = "local" if backend == "local" else "kubernetes"
-    ep = deploy(repository_uri, target=target, name=f"firm-run-{run_id}", model=model)  # type: ignore[arg-type]
+    if audit == "synthetic" and target == "kubernetes":
+        from firm.bench.synthetic import publish_synthetic_bench
+
+        audit = publish_synthetic_bench(audit_items)
+    ep = deploy(
+        repository_uri,
+        target=target,
+        name=f"firm-run-{run_id}",
+        model=model,
+        audit=audit or None,
+        margin=margin,
+    )  # type: ignore[arg-type]
     decision = ep.decision or f"rolled out {ep.repository}"
     rollout.metadata.update({"decision": decision, "firm_uri": ep.repository, "version": ep.version or 0})
     print(f"reward service ready: {ep.grpc} ({ep.target}, {ep.repository}); rollout: {decision}")

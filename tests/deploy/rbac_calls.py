@@ -6,8 +6,9 @@ Upstream sources, pinned (read them to re-check; the chart's Role cites the same
   pods as its ServiceAccount);
 - argoproj/argo-workflows @ f016ad89eb269d282aec06dc491c29f396a38df4 (the emissary executor in every step pod).
 
-Placeholders: RUN is the namespace the pipeline runs in, RELEASE the chart's namespace; the reward Deployments are
-expanded per model. FIRM's own calls are what firm/launch does (TrainingClient, CoreV1Api, AppsV1Api); calls
+Placeholders: RUN is the namespace the pipeline runs in, RELEASE the chart's namespace; the reward Deployments (and
+their `-candidate` Deployments, the safe rollout's bench) are expanded per model. FIRM's own calls are what
+firm/launch does (TrainingClient, CoreV1Api, AppsV1Api); calls
 recorded from tests/launch's fake API server can be appended to FIRM_CALLS (see rbac.call_from_request).
 """
 
@@ -170,7 +171,8 @@ FIRM_CALLS = [
         "deployments",
         RELEASE,
         REWARD,
-        "firm/launch/reward_service.py _rollout (AppsV1Api.patch_namespaced_deployment)",
+        "firm/launch/reward_service.py _rollout, _bench_beside: roll out / scale the candidate "
+        "(AppsV1Api.patch_namespaced_deployment)",
     ),
     Call(
         "firm-step",
@@ -179,7 +181,8 @@ FIRM_CALLS = [
         "deployments",
         RELEASE,
         REWARD,
-        "firm/launch/reward_service.py _rollout (AppsV1Api.read_namespaced_deployment)",
+        "firm/launch/reward_service.py _rollout, _bench_beside: wait until ready "
+        "(AppsV1Api.read_namespaced_deployment)",
     ),
     # recorded from tests/launch's fake API server (tests/launch/test_cluster_readiness.py): a launcher step that
     # receives SIGTERM reads its own pod and its Argo Workflow to tell a run termination from an eviction

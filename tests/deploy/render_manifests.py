@@ -222,8 +222,12 @@ def render_chart_manifests() -> dict[Path, str]:
             ("Deployment", "firm-reward-edit"),
             ("Service", "firm-reward-edit"),
             ("Service", "firm-reward-edit-headless"),
+            ("Deployment", "firm-reward-edit-candidate"),
+            ("Service", "firm-reward-edit-candidate"),
         ),
-        BASE / "reward-networkpolicy.yaml": _pick(base, ("NetworkPolicy", "firm-reward")),
+        BASE / "reward-networkpolicy.yaml": _pick(
+            base, ("NetworkPolicy", "firm-reward"), ("NetworkPolicy", "firm-reward-candidate")
+        ),
         BASE / "storage-init.yaml": _pick(base, ("Job", "firm-storage-init"), ("NetworkPolicy", "firm-jobs")),
         OVERLAYS / "dev-cpu" / "minio.yaml": _pick(
             minio, ("StatefulSet", "firm-minio"), ("Service", "firm-minio"), ("NetworkPolicy", "firm-minio")
@@ -233,6 +237,8 @@ def render_chart_manifests() -> dict[Path, str]:
             ("Deployment", "firm-reward-gen"),
             ("Service", "firm-reward-gen"),
             ("Service", "firm-reward-gen-headless"),
+            ("Deployment", "firm-reward-gen-candidate"),
+            ("Service", "firm-reward-gen-candidate"),
         ),
         OVERLAYS / "prod-gpu" / "pdb.yaml": _pick(
             prod, ("PodDisruptionBudget", "firm-reward-edit"), ("PodDisruptionBudget", "firm-reward-gen")

@@ -138,7 +138,7 @@ def test_reward_services_are_named_ported_and_fetch_their_repository(
     objs = rendered[name]
     deployments, services = by_kind(objs, "Deployment"), by_kind(objs, "Service")
     models = values["rewardService"]["models"]
-    assert {f"firm-reward-{m['name']}" for m in models} == set(deployments)
+    assert {f"firm-reward-{m['name']}{c}" for m in models for c in ("", "-candidate")} == set(deployments)
     for m in models:
         dep, svc = deployments[f"firm-reward-{m['name']}"], services[f"firm-reward-{m['name']}"]
         pod = dep["spec"]["template"]
@@ -218,6 +218,54 @@ def test_reward_services_are_named_ported_and_fetch_their_repository(
 
 
 @pytest.mark.parametrize("name", RENDERS)
+def test_each_reward_service_has_a_candidate_deployment_hardened_like_it(
+    rendered: dict[str, list[dict[str, Any]]], name: str
+) -> None:
+    """The safe rollout's bench (firm/launch/reward_service.py): per reward model `<reward>-candidate`, 0 replicas,
+    a pod that is the reward pod (security, placement, resources, pull secrets, volumes, tritonserver) but for its
+    init container, which stages incumbent + candidate from the annotations the deploy step sets; a gRPC Service of
+    its own, and neither Service selects the other's pods."""
+    objs = rendered[name]
+    deployments, services = by_kind(objs, "Deployment"), by_kind(objs, "Service")
+    for m in merged_values(name)["rewardService"]["models"]:
+        reward, cand = (
+            deployments[f"firm-reward-{m['name']}"],
+            deployments[f"firm-reward-{m['name']}-candidate"],
+        )
+        assert cand["spec"]["replicas"] == 0 and cand["spec"]["strategy"] == {"type": "Recreate"}
+        pod, rpod = cand["spec"]["template"], reward["spec"]["template"]
+        check_pod_hardening(f"Deployment/{cand['metadata']['name']}", pod)
+        same = {k: v for k, v in pod["spec"].items() if k != "initContainers"}
+        assert same == {k: v for k, v in rpod["spec"].items() if k != "initContainers"}
+        (init,), (rinit,) = pod["spec"]["initContainers"], rpod["spec"]["initContainers"]
+        for key in ("image", "imagePullPolicy", "securityContext", "resources", "envFrom", "volumeMounts"):
+            assert init[key] == rinit[key], key
+        assert init["command"] == [
+            "firmctl", "serve", "stage-rollout", "--incumbent=$(FIRM_INCUMBENT_REPOSITORY)",
+            "--candidate=$(FIRM_CANDIDATE_REPOSITORY)", "--dir=/models/repo",
+        ]  # fmt: skip
+        env = {e["name"]: e for e in init["env"]}
+        for var, ann in (
+            ("FIRM_INCUMBENT_REPOSITORY", "incumbent"),
+            ("FIRM_CANDIDATE_REPOSITORY", "candidate"),
+        ):
+            field = env[var]["valueFrom"]["fieldRef"]["fieldPath"]
+            assert field == f"metadata.annotations['firm.dev/{ann}-repository']"
+            assert pod["metadata"]["annotations"][f"firm.dev/{ann}-repository"] == ""
+        assert env["FIRM_HOME"]["value"].startswith(
+            "/models/"
+        )  # the fetch cache beside the repository: hard links
+        svc, rsvc = services[cand["metadata"]["name"]], services[reward["metadata"]["name"]]
+        assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": 8001}
+        assert selects(svc["spec"]["selector"], pod["metadata"]["labels"])
+        assert not selects(svc["spec"]["selector"], rpod["metadata"]["labels"])
+        assert not selects(rsvc["spec"]["selector"], pod["metadata"]["labels"]), (
+            "RL traffic would reach the bench"
+        )
+        assert not selects(reward["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("name", RENDERS)
 def test_reward_pods_land_on_their_node_pool_with_its_gpus(
     rendered: dict[str, list[dict[str, Any]]], name: str
 ) -> None:
@@ -245,7 +293,7 @@ def test_gpu_values_add_queue_autoscaling_service_monitor_and_disruption_budgets
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     objs = rendered["gpu-values"]
-    deployments = by_kind(objs, "Deployment")
+    deployments = {n: d for n, d in by_kind(objs, "Deployment").items() if not n.endswith("-candidate")}
     pods = {n: d["spec"]["template"] for n, d in deployments.items()}
     hpas = by_kind(objs, "HorizontalPodAutoscaler")
     assert set(hpas) == set(deployments) == {"firm-reward-edit", "firm-reward-gen"}
@@ -389,7 +437,12 @@ def test_the_chart_runs_only_firmctl_commands_that_exist() -> None:
 
     from firm.cli.main import app
 
-    for cmd in (["storage", "fetch"], ["storage", "init"], ["pipeline", "upload"]):
+    for cmd in (
+        ["storage", "fetch"],
+        ["storage", "init"],
+        ["pipeline", "upload"],
+        ["serve", "stage-rollout"],
+    ):
         result = CliRunner().invoke(app, [*cmd, "--help"])
         assert result.exit_code == 0, f"firmctl {' '.join(cmd)}: {result.output}"
     fetch = CliRunner().invoke(app, ["storage", "fetch", "--help"]).output
@@ -519,6 +572,14 @@ def test_network_policies_admit_reward_clients_firm_jobs_and_monitoring_only(
     }
     for t in targets:
         assert {"http", "grpc", "metrics"} <= named_ports(pods[t])
+    # the candidates (the safe rollout's bench) are admitted exactly like the reward pods
+    bench = pols["firm-reward-candidate"]
+    assert bench["spec"]["ingress"] == reward["spec"]["ingress"]
+    assert sorted(
+        n
+        for n, p in pods.items()
+        if selects(bench["spec"]["podSelector"]["matchLabels"], p["metadata"]["labels"])
+    ) == ["Deployment/firm-reward-edit-candidate", "Deployment/firm-reward-gen-candidate"]
 
     minio = pols["firm-minio"]
     assert [

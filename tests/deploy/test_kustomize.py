@@ -76,8 +76,12 @@ def test_generated_jobs_are_firmctl_job_render_output() -> None:
 def test_base_alone_starts_no_training_job(kustomize: Callable[[Path], str]) -> None:
     objs = objects(kustomize(BASE))
     assert not by_kind(objs, "PyTorchJob")
-    assert set(by_kind(objs, "Deployment")) == {"firm-reward-edit"}
-    assert set(by_kind(objs, "Service")) == {"firm-reward-edit", "firm-reward-edit-headless"}
+    assert set(by_kind(objs, "Deployment")) == {"firm-reward-edit", "firm-reward-edit-candidate"}
+    assert set(by_kind(objs, "Service")) == {
+        "firm-reward-edit",
+        "firm-reward-edit-headless",
+        "firm-reward-edit-candidate",
+    }
     assert "firm" in by_kind(objs, "Namespace")
 
 
@@ -134,10 +138,11 @@ def test_dev_cpu_reward_service_is_what_the_chart_renders_for_a_cpu_model(
     overlays: dict[str, list[dict[str, Any]]],
 ) -> None:
     chart = {(o["kind"], o["metadata"]["name"]): o for _, o in chart_documents(helm_template(DEV_VALUES))}
-    want = chart[("Deployment", "firm-reward-edit")]
-    got = by_kind(overlays["dev-cpu"], "Deployment")["firm-reward-edit"]
-    assert got["spec"] == want["spec"]
-    assert "nvidia.com/gpu" not in str(got["spec"]["template"]["spec"]["containers"][0]["resources"])
+    for name in ("firm-reward-edit", "firm-reward-edit-candidate"):
+        want = chart[("Deployment", name)]
+        got = by_kind(overlays["dev-cpu"], "Deployment")[name]
+        assert got["spec"] == want["spec"], name
+        assert "nvidia.com/gpu" not in str(got["spec"]["template"]["spec"]["containers"][0]["resources"])
 
 
 def test_prod_gpu_role_covers_exactly_its_reward_deployments(

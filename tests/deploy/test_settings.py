@@ -194,7 +194,9 @@ def test_names_follow_the_release_and_the_settings_follow_the_names(
     tmp_path: Path,
 ) -> None:
     objs = objects(helm.template(release=release, extra=extra))
-    assert set(by_kind(objs, "Deployment")) == {f"{prefix}-reward-edit", f"{prefix}-reward-gen"}
+    assert set(by_kind(objs, "Deployment")) == {
+        f"{prefix}-reward-{m}{c}" for m in ("edit", "gen") for c in ("", "-candidate")
+    }
     assert set(by_kind(objs, "StatefulSet")) == {f"{prefix}-minio"}
     settings = load_settings(by_kind(objs, "ConfigMap")[f"{prefix}-settings"]["data"], monkeypatch, tmp_path)
     cluster = settings.cluster
@@ -202,6 +204,11 @@ def test_names_follow_the_release_and_the_settings_follow_the_names(
     assert cluster.service_account == f"{prefix}-trainer"
     assert cluster.pipeline_service_account == f"{prefix}-pipeline-runner"
     assert cluster.reward_deployment.format(name="edit") == f"{prefix}-reward-edit"
+    candidate = cluster.reward_candidate_grpc.format(
+        deployment=f"{prefix}-reward-edit", namespace="firm", port=8001
+    )
+    assert candidate == f"{prefix}-reward-edit-candidate.firm.svc:8001"
+    assert f"{prefix}-reward-edit-candidate" in by_kind(objs, "Service")
     assert (
         cluster.object_store_secret is not None
         and cluster.object_store_secret.name == f"{prefix}-object-store"

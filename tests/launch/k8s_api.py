@@ -8,7 +8,8 @@ kubeconfig. It serves
   the CRD schema; 403 in namespaces listed as forbidden; 404 in unknown namespaces), get, list, delete;
 - `v1` `pods` (list by label selector) and `pods/<name>/log` (plain and `follow=true`);
 - `apps/v1` `deployments/<name>` get and patch (a patch of the pod template starts a rollout that completes over the
-  next reads, or never when `stuck_rollouts` names the Deployment);
+  next reads, or never when `stuck_rollouts` names the Deployment; `on_patch(namespace, name, deployment)` is
+  called with the patched Deployment before the answer — what a test's kubelet stand-in starts or stops);
 - any object put into `objects` by its API path (CRDs, namespaces, ConfigMaps, Secrets, ServiceAccounts, pods,
   Argo Workflows, ...) is served on GET, `nodes` as the node list, and `SubjectAccessReview`s are answered from
   `grants` (`healthy_cluster` fills all of them as `firmctl cluster doctor` expects a ready cluster);
@@ -68,6 +69,7 @@ class FakeKubeAPI:
         self.validate = validate  # callable(obj) raising on an invalid PyTorchJob
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.stuck_rollouts: set[str] = set()
+        self.on_patch: Any = None  # callable(namespace, name, deployment) after each Deployment patch
         self.objects: dict[str, dict[str, Any]] = {}
         self.nodes: list[dict[str, Any]] = []
         # (user, api group, resource[/subresource], verb, namespace) the authorizer allows
@@ -261,6 +263,8 @@ class FakeKubeAPI:
             dep["metadata"]["generation"] += 1
             dep["status"]["updatedReplicas"] = 0  # the rollout starts
             dep["_reads"] = 0
+            if self.on_patch is not None:
+                self.on_patch(ns, name, dep)
             return 200, dep
         if method == "GET":
             reads = dep["_reads"] = dep.get("_reads", 0) + 1
