@@ -32,6 +32,8 @@ LONGEST_FIRST = [
     "tests/sft/test_train.py",
     "tests/pipelines/test_local_runs.py",
     "tests/launch/test_local_backend.py",
+    "tests/launch/test_reward_service_rollout.py",
+    "tests/serving/test_rollout.py",
     "tests/rl/test_distributed_cli.py",
     "tests/rl/test_checkpoint.py",
     "tests/rl/test_qwen_edit.py",

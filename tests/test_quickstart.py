@@ -117,6 +117,15 @@ def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) 
     assert warmup["last_loss"] < warmup["first_loss"]
     lora_files = {f.path for f in read_manifest(rl["lora"]).files}
     assert "pytorch_lora_weights.safetensors" in lora_files
+    # the critic was audited during RL through the same reward endpoint (a held-out bench slice with human scores)
+    # and the terminal shows that audit in one line; the deploy step printed its rollout decision (a fresh service:
+    # no incumbent to bench against, so the critic serves as version 1)
+    audit = rl["audit"]
+    assert audit["step"] == summary["size"]["rl_steps"] - 1 and audit["n"] > 0 and audit["alarms"] == 0, audit
+    assert 0 <= audit["mae"] <= 4 and audit["parse_failure_rate"] == 0, audit
+    (audit_line,) = [ln for ln in err if ln.startswith("edit: critic audit during RL (after step ")]
+    assert f"MAE {audit['mae']:.3g}" in audit_line and "0 alarm(s)" in audit_line, audit_line
+    assert by_task["deploy-reward-service"]["headline"] == "rollout: no incumbent: the critic serves as version 1"
     rl_metrics = executor("rl-train")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert 0.0 <= rl_metrics["reward_mean"] <= 1.0 and rl_metrics["reward_parse_failure_rate"] == 0.0
     assert (run_dir / "rl-train" / "curves").read_text().count("<img") == 3

@@ -2,9 +2,13 @@
 checkpoint continues with `--resume auto` exactly as the uninterrupted run (checkpoints in the S3 test store, every
 ZeRO shard in the manifest and sha256-verified; a tampered shard is refused).
 
-Per configuration: ONE uninterrupted reference run (4 steps, cosine schedule with warmup so the LR state matters),
-one run that every rank SIGKILLs right after publishing step-2 (a deterministic test hook, no polling), and the
-resume. The pickle-free state codec is checked on its own at the end."""
+Per configuration: ONE uninterrupted reference run (4 steps, cosine schedule with warmup so the LR state matters)
+that publishes step-2 on its way, and a run resumed from a step-2 checkpoint that must log the reference's steps 3-4.
+In the one-process ZeRO-2 configuration that checkpoint comes from a run SIGKILLed right after publishing it (a
+deterministic test hook, no polling) and resumed with `--resume auto`; the 2-process configurations resume from the
+reference's own step-2 (a published checkpoint is complete whether or not its writer lived on; the kill is exercised
+once here, a multi-process job stopped mid-run and resubmitted in tests/launch/test_local_backend.py). The pickle-free
+state codec is checked on its own at the end."""
 
 from __future__ import annotations
 
@@ -59,9 +63,11 @@ def _config(
 
 
 def _kill_and_resume(
-    model: Path, data: Path, tmp: Path, bucket: str, nproc: int, stage: int, tamper: bool = False
-) -> tuple[TrainResult, TrainResult]:
-    """(uninterrupted reference, resumed run) for one configuration."""
+    model: Path, data: Path, tmp: Path, bucket: str, nproc: int, stage: int, tamper: bool = False,
+    kill: bool = True,
+) -> tuple[TrainResult, TrainResult]:  # fmt: skip
+    """(uninterrupted reference, resumed run) for one configuration; `kill=False` resumes from the reference's own
+    step-2 checkpoint instead of a killed run's."""
     from firm.storage import latest, read_manifest
 
     name = f"z{stage}-{nproc}p"
@@ -72,6 +78,18 @@ def _kill_and_resume(
 
     cfg = _config(model, data, tmp / "cut", bucket, name, nproc, stage)
     config = write_config(cfg, tmp / "cut.yaml")
+    if not kill:
+        step2 = f"{ref_cfg['checkpoint']['uri']}/step-{KILL_AT}"
+        assert f"{step2}" in reference.checkpoints, reference.checkpoints
+        assert {f"zero/rank-{r:05d}.safetensors" for r in range(nproc)} <= {
+            f.path for f in read_manifest(step2).files
+        }
+        res = _launch(config, nproc, "--resume", step2)
+        assert res.returncode == 0, res.stderr[-3000:]
+        resumed = TrainResult.model_validate_json(res.stdout.strip().splitlines()[-1])
+        assert resumed.resumed_from == step2 and resumed.steps == STEPS
+        _same_steps_after_the_cut(reference, resumed)
+        return reference, resumed
     killed = _launch(config, nproc, **{KILL_AFTER_CHECKPOINT_ENV: str(KILL_AT)})
     if nproc == 1:
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
@@ -92,12 +110,17 @@ def _kill_and_resume(
     assert res.returncode == 0, res.stderr[-3000:]
     resumed = TrainResult.model_validate_json(res.stdout.strip().splitlines()[-1])
     assert resumed.resumed_from == f"{root}/step-{KILL_AT}" and resumed.steps == STEPS
+    # the killed run's steps, then the resumed run's own
+    assert sorted(train_losses(resumed.run_dir)) == list(range(1, STEPS + 1))
+    _same_steps_after_the_cut(reference, resumed)
+    return reference, resumed
+
+
+def _same_steps_after_the_cut(reference: TrainResult, resumed: TrainResult) -> None:
     a, b = train_losses(reference.run_dir), train_losses(resumed.run_dir)
-    assert sorted(b) == list(range(1, STEPS + 1))
     for step in range(KILL_AT + 1, STEPS + 1):  # steps the resumed process computed
         assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), (step, a, b)
     assert a[STEPS] != pytest.approx(a[KILL_AT + 1], rel=1e-3)  # the compared steps did train
-    return reference, resumed
 
 
 def _tampered_shard_is_refused(cfg: dict[str, Any], root: str) -> None:
@@ -135,7 +158,7 @@ def test_zero2_one_process_resumes_exactly_and_refuses_a_tampered_shard(
 def test_zero2_two_processes_resume_exactly(
     tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path, s3_env: dict[str, str]
 ) -> None:
-    _kill_and_resume(tiny_critic_dir, sft_dataset, tmp_path, s3_env["bucket"], nproc=2, stage=2)
+    _kill_and_resume(tiny_critic_dir, sft_dataset, tmp_path, s3_env["bucket"], nproc=2, stage=2, kill=False)
 
 
 def test_zero3_two_processes_resume_exactly_and_export_gathered_weights(
@@ -145,7 +168,7 @@ def test_zero3_two_processes_resume_exactly_and_export_gathered_weights(
     from safetensors.torch import load_file
 
     reference, resumed = _kill_and_resume(
-        tiny_critic_dir, sft_dataset, tmp_path, s3_env["bucket"], nproc=2, stage=3
+        tiny_critic_dir, sft_dataset, tmp_path, s3_env["bucket"], nproc=2, stage=3, kill=False
     )
     for result in (reference, resumed):
         assert result.export_dir is not None and "val/parse_rate" in result.final_eval

@@ -191,16 +191,33 @@ def test_resume_after_kill_matches_an_uninterrupted_run(
     assert evals and evals[-1]["step"] == 30
 
 
-def test_two_process_torchrun_learns_and_checkpoints_to_s3(
+PARITY_STEPS = 6
+
+
+def test_two_process_torchrun_trains_what_one_process_does_and_checkpoints_to_s3(
     tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path, s3_env: dict[str, str]
 ) -> None:
+    """`firmctl critic train --nproc 2` computes the training that one process computes with the same global batch:
+    token-budget micro-batches (`batch.packing: token_budget`) make a step's rows and its loss normalisation
+    independent of the rank count, so the 2-rank run logs the 1-rank run's losses and gradient norms. That the
+    training learns is shown on one process above (`learned`) and on 2 ranks by the quickstart's critic SFT; this
+    test pins the distributed part: gradient averaging, the sharded schedule, rank-0 progress, S3 checkpoints."""
     from firm.storage import latest, open_store
 
     bucket = s3_env["bucket"]
     root = f"s3://{bucket}/checkpoints/ddp"
+    def packed(per_device: int) -> dict[str, Any]:  # global batch 8, micro-batches of ≤ 800 padded tokens
+        return {"per_device": per_device, "global_size": 8, "packing": "token_budget", "max_tokens_per_batch": 800}
+
+    one = sft_config(
+        tiny_critic_dir, sft_dataset, tmp_path / "one", run_name="one", max_steps=PARITY_STEPS,
+        eval__max_samples=2, eval__max_new_tokens=8, export__enabled=False, optim__max_grad_norm=1.0, batch=packed(8),
+    )  # fmt: skip
+    reference = train(SFTConfig.model_validate(one))
     cfg = sft_config(
-        tiny_critic_dir, sft_dataset, tmp_path, run_name="ddp", batch__per_device=4, batch__global_size=8,
-        checkpoint__uri=root, **LEARN,
+        tiny_critic_dir, sft_dataset, tmp_path, run_name="ddp", max_steps=PARITY_STEPS, eval__max_samples=2,
+        eval__max_new_tokens=8, checkpoint__uri=root, checkpoint__every_n_steps=PARITY_STEPS // 2, optim__max_grad_norm=1.0,
+        batch=packed(4),
     )  # fmt: skip
     config = write_config(cfg, tmp_path / "ddp.yaml")
     firmctl = Path(sys.executable).parent / "firmctl"
@@ -218,21 +235,22 @@ def test_two_process_torchrun_learns_and_checkpoints_to_s3(
         for ln in proc.stderr.splitlines()
         if ln.startswith("progress: critic sft ddp:") and "done in" in ln
     ]
-    assert len(closing) == 1 and f"step {LEARN_STEPS}/{LEARN_STEPS} (100%)" in closing[0], proc.stderr[-2000:]
-    assert (result.run_dir / "metrics.jsonl").is_file()
+    assert len(closing) == 1 and f"step {PARITY_STEPS}/{PARITY_STEPS} (100%)" in closing[0], proc.stderr[-2000:]
     assert any(p.name.startswith("events.out.tfevents") for p in (result.run_dir / "tb").iterdir())
-    losses = train_losses(result.run_dir)
-    assert (
-        sum(losses[s] for s in range(1, 11)) / 10
-        > 5 * sum(losses[s] for s in range(LEARN_STEPS - 9, LEARN_STEPS + 1)) / 10
-    )
-    ev = result.final_eval
-    assert ev["val/parse_rate"] == 1.0 and ev["val/mae_parsed"] < ev["val/baseline_mae_parsed"], ev
-    assert latest(root) == f"{root}/step-{LEARN_STEPS}"
+    # the same training on 2 ranks as on 1: every step's loss and gradient norm (all-reduce order aside)
+    two_metrics = [m for m in read_metrics(result.run_dir) if "train/loss" in m]
+    one_metrics = [m for m in read_metrics(reference.run_dir) if "train/loss" in m]
+    assert [m["step"] for m in two_metrics] == list(range(1, PARITY_STEPS + 1))
+    for a, b in zip(one_metrics, two_metrics, strict=True):
+        assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-5), (a, b)
+        assert b["train/grad_norm"] == pytest.approx(a["train/grad_norm"], rel=1e-4), (a, b)
+    assert two_metrics[-1]["train/loss"] < two_metrics[0]["train/loss"]  # and it trains
+    assert "val/parse_rate" in result.final_eval
+    assert latest(root) == f"{root}/step-{PARITY_STEPS}"
     store, _ = open_store(root)
-    state = json.loads(store.get_bytes(f"checkpoints/ddp/step-{LEARN_STEPS}/trainer_state.json"))
+    state = json.loads(store.get_bytes(f"checkpoints/ddp/step-{PARITY_STEPS}/trainer_state.json"))
     assert state["world_size"] == 2 and state["global_batch"] == 8
-    assert len(json.loads(store.get_bytes(f"checkpoints/ddp/step-{LEARN_STEPS}/MANIFEST.json"))["files"]) > 5
+    assert len(json.loads(store.get_bytes(f"checkpoints/ddp/step-{PARITY_STEPS}/MANIFEST.json"))["files"]) > 5
 
 
 def test_cli_stdout_is_only_the_json_summary(
