@@ -69,9 +69,15 @@ class SFTCollator:
         max_pixels: int | None = None,
         pack: str | RubricPack | None = None,
         max_seq_len: int | None = None,
+        cache_bytes: int = 0,
     ):
         self.processor = processor
         self.max_seq_len = max_seq_len
+        # encoded rows by id, kept while they fit in `cache_bytes` (first come, first kept: an epoch revisits every
+        # row, so which rows are kept does not matter); encoding is deterministic, so a hit equals a fresh encode
+        self.cache_bytes = cache_bytes
+        self.cached_bytes = 0
+        self._cache: dict[str, dict[str, torch.Tensor]] = {}
         self.pack = load_pack(pack)
         self.dataset = dataset
         self.max_pixels = max_pixels
@@ -189,8 +195,21 @@ class SFTCollator:
             size = load_image(src, name=name).size
         return _Size(*size)
 
+    def encode_cached(self, row: CriticSFTRow) -> dict[str, torch.Tensor]:
+        """`encode(row)`, from the cache when the row was encoded before (see `cache_bytes`)."""
+        key = f"{row.split}/{row.id}/{row.axis}"  # unique within a dataset (firm.curation.dataset)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        item = self.encode(row)
+        size = sum(t.numel() * t.element_size() for t in item.values())
+        if self.cached_bytes + size <= self.cache_bytes:
+            self._cache[key] = item
+            self.cached_bytes += size
+        return item
+
     def __call__(self, rows: Sequence[CriticSFTRow]) -> dict[str, torch.Tensor]:
-        items = [self.encode(r) for r in rows]
+        items = [self.encode_cached(r) for r in rows]
         n = max(len(it["input_ids"]) for it in items)
         input_ids = torch.full((len(items), n), self.pad_id, dtype=torch.long)
         labels = torch.full((len(items), n), IGNORE_INDEX, dtype=torch.long)

@@ -591,7 +591,9 @@ def train(cfg: SFTConfig) -> TrainResult:
         bf16 = env.bf16 = _use_bf16(cfg, env)
         model, processor = load_model(cfg, _param_dtype(cfg, bf16), ckpt.model_dir if ckpt else None)
         model.to(env.device)
-        collator = SFTCollator(processor, ds, pack=pack, max_seq_len=cfg.data.max_seq_len)
+        collator = SFTCollator(
+            processor, ds, pack=pack, max_seq_len=cfg.data.max_seq_len, cache_bytes=cfg.data.encode_cache_mb << 20
+        )
         planner = None
         if packing:
             from firm.critic.packing import TokenBudgetPlanner, check_budget, measure_rows

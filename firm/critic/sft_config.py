@@ -79,6 +79,13 @@ class DataCfg(_Cfg):
     )
     tasks: list[Literal["edit", "gen"]] | None = None
     axes: list[Literal["execution", "consistency", "instruction", "quality"]] | None = None
+    encode_cache_mb: int = Field(
+        default=0,
+        ge=0,
+        description="keep each process's encoded train rows (token ids, labels, pixel values) in memory up to this "
+        "many MiB, so later epochs skip image decoding and the processor; 0 = off. For small datasets on CPU, "
+        "where the processor is a quarter of a step (tiny critic: 0.13 of 0.56 s); real images are MBs per row",
+    )
 
 
 class LoraCfg(_Cfg):

@@ -17,7 +17,7 @@ def sft_config(model: Path, dataset: Path | str, tmp: Path, **over: Any) -> dict
         "max_steps": 20,
         "log_every": 1,
         "model": {"path": str(model)},
-        "data": {"dataset": str(dataset)},
+        "data": {"dataset": str(dataset), "encode_cache_mb": 512},  # as the tiny_cpu recipe
         "batch": {"per_device": 8, "grad_accum": 1},
         "optim": {"lr": 2e-3, "scheduler": "constant", "warmup_ratio": 0.0, "max_grad_norm": None},
         "eval": {"every_n_steps": 0, "batch_size": 20, "max_new_tokens": 40},

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pydantic
+import pytest
+
 from firm.critic.collate import IGNORE_INDEX, SFTCollator
 from firm.critic.sft import score_metrics
 
@@ -80,3 +83,38 @@ def test_a_row_longer_than_max_seq_len_is_an_error_naming_it(
     collator = SFTCollator(load_processor(str(tiny_critic_dir), "qwen3_vl"), ds, max_seq_len=64)
     with pytest.raises(InputError, match=rf"row {row.id} .*tokens .* exceed data.max_seq_len=64"):
         collator([row])
+
+
+def test_the_encode_cache_returns_what_a_fresh_encode_does_within_its_bound(
+    tiny_critic_dir: Path, sft_dataset: Path
+) -> None:
+    """`data.encode_cache_mb`: a batch collated from cached rows equals the freshly encoded batch, rows are kept
+    only while they fit the bound, and a row with another axis or split is not mistaken for a cached one."""
+    import torch
+
+    from firm.critic.critic import load_processor
+    from firm.critic.sft_config import DataCfg
+    from firm.curation.dataset import read_sft_dataset
+
+    ds = read_sft_dataset(sft_dataset)
+    rows = ds.split("train")[:4]
+    processor = load_processor(str(tiny_critic_dir), "qwen3_vl")
+    fresh = SFTCollator(processor, ds)(rows)
+    cached = SFTCollator(processor, ds, cache_bytes=64 << 20)
+    first, again = cached(rows), cached(rows)
+    assert len(cached._cache) == 4 and cached.cached_bytes > 0
+    for batch in (first, again):
+        assert set(batch) == set(fresh) and all(torch.equal(batch[k], fresh[k]) for k in fresh)
+    one_row = cached.cached_bytes // 4
+    bounded = SFTCollator(processor, ds, cache_bytes=2 * one_row + one_row // 2)  # room for two rows
+    bounded(rows)
+    assert len(bounded._cache) == 2 and bounded.cached_bytes <= bounded.cache_bytes
+    assert SFTCollator(processor, ds)._cache == {}  # off by default
+    longer = rows[0].target.replace('."', ', counted one by one on the edited image."')
+    other = rows[0].model_copy(update={"split": "val", "target": longer})  # same id and axis, another split
+    got = cached.encode_cached(other)["labels"]
+    assert torch.equal(got, SFTCollator(processor, ds).encode(other)["labels"])
+    assert not torch.equal(got, cached.encode_cached(rows[0])["labels"])
+    assert DataCfg(dataset="d").encode_cache_mb == 0
+    with pytest.raises(pydantic.ValidationError, match="encode_cache_mb"):
+        DataCfg(dataset="d", encode_cache_mb=-1)
