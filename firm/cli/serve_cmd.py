@@ -253,10 +253,41 @@ def rollout(
 @app.command("rollback")
 @cli_errors
 def rollback(
-    service: str = typer.Option(..., help="The running reward service."),
+    service: str | None = typer.Option(None, help="--target local: the running reward service."),
+    target: str = typer.Option(
+        "local",
+        help="local | kubernetes: the Helm chart's reward Deployment of --model (as the deploy step).",
+    ),
+    model: str = typer.Option(
+        "edit", help="--target kubernetes: which reward model of the chart (edit | gen)."
+    ),
+    namespace: str | None = typer.Option(
+        None,
+        help="--target kubernetes: the chart's namespace (default: cluster.reward_namespace, else namespace).",
+    ),
+    timeout: float = typer.Option(
+        1800.0, help="--target kubernetes: seconds to wait for the rolling update."
+    ),
+    poll: float = typer.Option(5.0, help="--target kubernetes: seconds between readiness checks."),
     who: str | None = typer.Option(None, help="Recorded as who rolled back (default: user@host)."),
 ) -> None:
-    """Serve the critic version that served before the current one again."""
+    """Serve the critic version that served before the current one again (recorded in `firmctl serve history`; on a
+    cluster, the history of the reward Deployment's name)."""
+    from firm.errors import InputError
+
+    if target == "kubernetes":
+        if service:
+            raise InputError("--service: with --target kubernetes the reward Deployment is chosen by --model")
+        from firm.launch.reward_service import rollback_reward_service
+
+        echo_json(
+            rollback_reward_service(model=model, namespace=namespace, who=who, timeout=timeout, poll=poll)
+        )
+        return
+    if target != "local":
+        raise InputError(f"--target must be local or kubernetes, got {target!r}")
+    if not service:
+        raise InputError("--service is required with --target local")
     from firm.launch.rollout import rollback as run
 
     echo_json(run(service, who=who))

@@ -23,7 +23,8 @@
   Service, `cluster.reward_candidate_grpc`). The candidate Deployment is scaled back to 0 whatever happens. A
   promoted candidate is recorded (history + `current.json`) and the reward Deployment rolled out to it (old pods
   serve until new ones are ready); a refused one is recorded and `RolloutRefused` raised, the reward Deployment
-  untouched.
+  untouched. `rollback_reward_service` returns the reward Deployment to the version served before the current one
+  (from the recorded history, `firm.launch.rollout.lineage`; no bench) through the same rolling update.
 """
 
 from __future__ import annotations
@@ -121,6 +122,16 @@ def _rollout(
     name: str, repository: str, namespace: str, timeout: float, poll: float, *, apps=None, current=None
 ) -> None:
     apps = apps or _apps_api()
+    generation = _start_rollout(apps, name, repository, namespace, current)
+    _wait(apps, name, namespace, generation, timeout, poll, f"rolling out {repository}")
+
+
+def _start_rollout(
+    apps, name: str, repository: str, namespace: str, current=None, what: str = "roll out"
+) -> int:
+    """Patch the reward Deployment's pod template to `repository`, stamped `firm.dev/deployed-at` now (its pods serve
+    it unless a `current.json` written later names another: `resolve_repository`); returns the generation to wait
+    for."""
     patch: dict = {
         "spec": {
             "template": {
@@ -138,8 +149,7 @@ def _rollout(
     current = current or _read(apps, name, namespace)
     if not (current.spec.replicas or 0):
         patch["spec"]["replicas"] = 1
-    dep = _patch(apps, name, namespace, patch)
-    _wait(apps, name, namespace, dep.metadata.generation, timeout, poll, f"rolling out {repository}")
+    return _patch(apps, name, namespace, patch, what).metadata.generation
 
 
 def _served(dep, name: str) -> str | None:  # dep: V1Deployment
@@ -206,9 +216,9 @@ def _bench_beside(
         version=new if promote else served, previous=served if promote else None,
     )  # fmt: skip
     if not promote:
-        ro.record(ro._entry("refuse", deployment, who, decision, candidate))
+        ro.record(ro._entry("refuse", deployment, who, decision, candidate, incumbent))
         raise ro.RolloutRefused(decision)
-    ro.record(ro._entry("promote", deployment, who, decision, candidate), repository=candidate)
+    ro.record(ro._entry("promote", deployment, who, decision, candidate, incumbent), repository=candidate)
     return decision
 
 
@@ -307,6 +317,62 @@ def deploy_reward_service(
             version=version,
         )  # fmt: skip
     raise JobError(f"unknown reward service target {target!r}; expected local or kubernetes")
+
+
+def rollback_reward_service(
+    *,
+    model: str = "edit",
+    namespace: str | None = None,
+    who: str | None = None,
+    timeout: float = 1800.0,
+    poll: float = 5.0,
+):  # -> firm.launch.rollout.HistoryEntry
+    """Roll the chart's reward Deployment for `model` back to the version it served before the current one, per its
+    recorded history (`firm.launch.rollout.lineage` of the Deployment's name). No bench: that critic was benched
+    and served before. The pod template is patched to its repository (stamped `firm.dev/deployed-at`, so new pods
+    resolve it whatever an older `current.json` says), then the `rollback` entry and `current.json` are recorded,
+    then the rolling update is awaited (old pods serve until new ones are ready). Nothing changes when the
+    Deployment cannot be read or patched, or when the history has nothing to return to."""
+    from firm.config import get_settings
+    from firm.launch import rollout as ro
+
+    settings = get_settings()
+    ns = namespace or settings.cluster.reward_namespace or settings.namespace
+    deployment = settings.cluster.reward_deployment.format(name=model)
+    apps = _apps_api()
+    dep = _read(apps, deployment, ns, "roll back")
+    line = ro.lineage(deployment)
+    if line.version is None:
+        raise ro.RolloutError(
+            f"reward Deployment {ns}/{deployment}: no recorded version (firmctl serve history --service "
+            f"{deployment}): nothing to roll back to"
+        )
+    if not line.previous:
+        raise ro.RolloutError(
+            f"reward Deployment {ns}/{deployment} serves version {line.version}, the first recorded: nothing to "
+            "roll back to"
+        )
+    current, target = line.version, line.previous[-1]
+    repository = line.repositories.get(target)
+    if repository is None:
+        raise ro.RolloutError(
+            f"reward Deployment {ns}/{deployment}: the repository of version {target} was not recorded: deploy it "
+            "again with the deploy step"
+        )
+    served, recorded = _served(dep, deployment), line.repositories.get(current)
+    if served is not None and recorded is not None and served != recorded:
+        raise ro.RolloutError(
+            f"reward Deployment {ns}/{deployment} serves {served}, not the recorded version {current} ({recorded}): "
+            "deploy the critic to return to with the deploy step"
+        )
+    generation = _start_rollout(apps, deployment, repository, ns, dep, "roll back")
+    entry = ro.HistoryEntry(
+        action="rollback", service=deployment, who=ro._who(who), when=ro._now(), version=target, previous=current,
+        candidate=repository, reason=f"rolled back from version {current} to {target} ({repository})",
+    )  # fmt: skip
+    ro.record(entry, repository=repository)
+    _wait(apps, deployment, ns, generation, timeout, poll, f"rolling back to {repository}")
+    return entry
 
 
 def stop_reward_service(*, target: Target, name: str) -> bool:

@@ -98,6 +98,7 @@ class HistoryEntry(BaseModel):
     incumbent_scores: AuditScores | None = None
     margin: float | None = None
     reason: str = ""
+    incumbent: str | None = None  # cluster promote / refuse: the repository that served before (the bench's)
 
 
 # -- the decision -------------------------------------------------------------------------------------------------
@@ -159,6 +160,18 @@ def _link_copy(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link)
 
 
+def _precompile(model_dir: Path) -> None:
+    """Write the bytecode of a python model's `<version>/model.py` now. The Triton python stub's embedded interpreter
+    ignores PYTHONDONTWRITEBYTECODE and writes `__pycache__` into the version directory on its first load; in
+    model-control mode EXPLICIT the next load of a model over it (its ensembles) then finds the directory changed
+    and loads the model a second time — twice the load time, and for a moment a second copy of its weights."""
+    import py_compile
+
+    for src in model_dir.glob("*/model.py"):
+        with contextlib.suppress(OSError, py_compile.PyCompileError):
+            py_compile.compile(str(src), doraise=True)
+
+
 def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -200,6 +213,7 @@ class LiveRepository:
             if d.name.endswith(SUFFIX):
                 shutil.rmtree(d)
         staged = cls(tmp)
+        _precompile(tmp / ENGINE_MODEL)
         staged._write_release(
             1, {m: (tmp / m / "config.pbtxt").read_text() for m in staged.models()}, ENGINE_MODEL
         )
@@ -267,6 +281,7 @@ class LiveRepository:
                 text = _rename_model(text, other, other + SUFFIX)
             text = text.replace(f'"{ENGINE_MODEL}/1/', f'"{ENGINE_MODEL}{SUFFIX}/1/')
             _write(dst / "config.pbtxt", text)
+            _precompile(dst)
         return [m + SUFFIX for m in models]
 
     def remove_candidate(self) -> None:
@@ -520,7 +535,47 @@ def rollback(service: str, *, who: str | None = None, timeout: float = 600.0) ->
     return entry
 
 
-def _entry(action: str, service: str, who: str | None, d: Decision, candidate: str) -> HistoryEntry:
+class Lineage(BaseModel):
+    """What `service`'s recorded history says it serves (replayed, oldest first)."""
+
+    version: int | None  # the version serving now (None: nothing recorded)
+    previous: list[int]  # the versions served before it, the last one first to return to
+    repositories: dict[int, str]  # each version's repository, where recorded
+
+
+def lineage(service: str) -> Lineage:
+    """Replay `service`'s history as a live repository's state does: a promotion (or an `initial` that replaced a
+    served version) puts the version it replaced on the stack, a rollback takes its target off it, a refusal changes
+    nothing. Repositories: an `initial` / `promote` entry's `candidate`, and the `incumbent` a cluster bench records
+    (the critic served before any record, e.g. the chart values' repository)."""
+    version: int | None = None
+    previous: list[int] = []
+    repos: dict[int, str] = {}
+    for e in history(service):
+        if e.action in ("initial", "promote"):
+            if e.candidate:
+                repos[e.version] = e.candidate
+            if e.previous is not None:
+                if e.incumbent:
+                    repos.setdefault(e.previous, e.incumbent)
+                if e.previous != e.version:
+                    previous.append(e.previous)
+            version = e.version
+        elif e.action == "refuse":
+            if e.incumbent:
+                repos.setdefault(e.version, e.incumbent)
+        else:  # rollback (a cluster one names the repository it returned to)
+            if e.candidate:
+                repos.setdefault(e.version, e.candidate)
+            if e.version in previous:
+                del previous[len(previous) - 1 - previous[::-1].index(e.version) :]
+            version = e.version
+    return Lineage(version=version, previous=previous, repositories=repos)
+
+
+def _entry(
+    action: str, service: str, who: str | None, d: Decision, candidate: str, incumbent: str | None = None
+) -> HistoryEntry:
     return HistoryEntry(
         action=action,  # type: ignore[arg-type]
         service=service,
@@ -533,6 +588,7 @@ def _entry(action: str, service: str, who: str | None, d: Decision, candidate: s
         incumbent_scores=d.incumbent,
         margin=d.margin,
         reason=d.reason,
+        incumbent=incumbent,
     )
 
 

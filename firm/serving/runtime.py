@@ -105,7 +105,8 @@ def server_env(rt: TritonRuntime, base: dict[str, str] | None = None) -> dict[st
     env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # No __pycache__ written into a model's version directory: in model-control mode EXPLICIT Triton takes a
-    # changed directory for a modified model and reloads it whenever a model depending on it is loaded.
+    # Asks for no __pycache__ in a model's version directory (in model-control mode EXPLICIT Triton takes a changed
+    # directory for a modified model and reloads it whenever a model depending on it is loaded). The python stub's
+    # embedded interpreter ignores it (measured): firm.launch.rollout writes model.py's bytecode up front instead.
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env

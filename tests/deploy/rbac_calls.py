@@ -171,8 +171,8 @@ FIRM_CALLS = [
         "deployments",
         RELEASE,
         REWARD,
-        "firm/launch/reward_service.py _rollout, _bench_beside: roll out / scale the candidate "
-        "(AppsV1Api.patch_namespaced_deployment)",
+        "firm/launch/reward_service.py _rollout, _bench_beside, rollback_reward_service: roll out / scale the "
+        "candidate / roll back (AppsV1Api.patch_namespaced_deployment)",
     ),
     Call(
         "firm-step",
@@ -181,7 +181,7 @@ FIRM_CALLS = [
         "deployments",
         RELEASE,
         REWARD,
-        "firm/launch/reward_service.py _rollout, _bench_beside: wait until ready "
+        "firm/launch/reward_service.py _rollout, _bench_beside, rollback_reward_service: wait until ready "
         "(AppsV1Api.read_namespaced_deployment)",
     ),
     # recorded from tests/launch's fake API server (tests/launch/test_cluster_readiness.py): a launcher step that

@@ -137,12 +137,25 @@ class CandidatePod:
             return
         http = self.server.http_url
         if dep["spec"]["replicas"]:
+            from concurrent.futures import ThreadPoolExecutor
+
             ann = dep["spec"]["template"]["metadata"]["annotations"]
             self.stage(ann[INCUMBENT], ann[CANDIDATE])
-            ro._load_all(http, self.models, 300)  # the pod is ready once every model is
+            # the pod is ready once every model is; like a pod's tritonserver at start, the two python engines
+            # load side by side, then the ensembles over them
+            engines = [m for m in self.models if m.startswith(ro.ENGINE_MODEL)]
+            with ThreadPoolExecutor(len(engines)) as pool:
+                list(pool.map(lambda m: ro._load_all(http, [m], 300), engines))
+            ro._load_all(http, [m for m in self.models if m not in engines], 300)
             self.started += 1
         else:
             ro._unload_all(http, self.models, 60)
+
+    def engine_loads(self) -> dict[str, int]:
+        """How often tritonserver loaded each python engine (a staged repository's engines are precompiled, so the
+        ensembles loaded over them do not find them changed and load them again)."""
+        log = self.server.log_path.read_text(errors="replace")
+        return {m: log.count(f'"loading: {m}:1"') for m in ("firm_engine", "firm_engine_candidate")}
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +199,7 @@ def _patches(kube: FakeKubeAPI, name: str) -> list[dict]:  # type: ignore[type-a
 
 
 def test_a_better_candidate_is_benched_beside_the_incumbent_and_rolled_out(
-    cluster: FakeKubeAPI, critics: dict[str, str]
+    cluster: FakeKubeAPI, critics: dict[str, str], candidate_pod: CandidatePod
 ) -> None:
     from firm.launch.reward_service import CANDIDATE, INCUMBENT
     from firm.launch.rollout import current, history, resolve_repository
@@ -207,13 +220,17 @@ def test_a_better_candidate_is_benched_beside_the_incumbent_and_rolled_out(
     assert cluster.deployments[("firm", CANDIDATE_DEPLOYMENT)]["spec"]["replicas"] == 0
     (event,) = history("firm-reward-edit")
     assert (event.action, event.who, event.candidate) == ("promote", "tester", critics["formatted"])
+    # the repository it replaced: a rollback can return to a critic served before any record
+    assert event.incumbent == critics["untrained"]
     assert event.incumbent_scores.parse_failure_rate == 1.0 > event.candidate_scores.parse_failure_rate
     assert current("firm-reward-edit")["repository"] == critics["formatted"]
     assert resolve_repository("firm-reward-edit", critics["untrained"]) == critics["formatted"]
+    n = candidate_pod.started
+    assert candidate_pod.engine_loads() == {"firm_engine": n, "firm_engine_candidate": n}  # each loads once
 
 
 def test_a_worse_candidate_is_refused_and_the_incumbent_keeps_serving(
-    cluster: FakeKubeAPI, critics: dict[str, str]
+    cluster: FakeKubeAPI, critics: dict[str, str], candidate_pod: CandidatePod
 ) -> None:
     from firm.launch.rollout import RolloutRefused, history
 
@@ -228,7 +245,10 @@ def test_a_worse_candidate_is_refused_and_the_incumbent_keeps_serving(
     assert [p["spec"]["replicas"] for p in _patches(cluster, CANDIDATE_DEPLOYMENT)] == [1, 0]
     (event,) = history("firm-reward-edit")
     assert event.action == "refuse" and event.candidate == critics["untrained"]
+    assert event.incumbent == critics["formatted"]
     assert event.incumbent_scores == refused.value.decision.incumbent
+    n = candidate_pod.started
+    assert candidate_pod.engine_loads() == {"firm_engine": n, "firm_engine_candidate": n}  # each loads once
 
 
 def test_a_cluster_rollout_needs_an_audit_and_always_scales_the_candidate_back(
