@@ -83,7 +83,7 @@ def test_local_nodes_get_the_environment_a_pytorchjob_pod_gets(tmp_path: Path) -
 @pytest.mark.slow
 def test_tiny_spec_runs_end_to_end_through_the_cli(job_cwd: Path) -> None:
     sub = _firmctl(
-        "submit", "--config", str(TINY), "--backend", "local", "--wait", "recipe.max_steps=30", cwd=job_cwd
+        "submit", "--config", str(TINY), "--backend", "local", "--wait", "recipe.max_steps=6", cwd=job_cwd
     )
     assert sub.returncode == 0, sub.stderr
     st = json.loads(sub.stdout)
@@ -93,12 +93,12 @@ def test_tiny_spec_runs_end_to_end_through_the_cli(job_cwd: Path) -> None:
     logs = _firmctl("logs", "critic-sft-tiny-cpu", "--backend", "local", cwd=job_cwd).stdout.splitlines()
     assert any("world 2, global batch 8" in ln for ln in logs), logs[-10:]
     result = json.loads(next(ln for ln in reversed(logs) if ln.startswith("{")))  # rank 0's summary
-    assert result["steps"] == 30 and result["resumed_from"] is None
+    assert result["steps"] == 6 and result["resumed_from"] is None
     prefix = st["checkpoint_uri"]
-    assert result["checkpoints"][-1] == f"{prefix}/checkpoints/step-30"
+    assert result["checkpoints"][-1] == f"{prefix}/checkpoints/step-6"
     from firm.storage import latest, read_manifest
 
-    assert latest(f"{prefix}/checkpoints") == f"{prefix}/checkpoints/step-30"
+    assert latest(f"{prefix}/checkpoints") == f"{prefix}/checkpoints/step-6"
     assert read_manifest(f"{prefix}/export").files  # the exported critic is published next to the checkpoints
     listed = _firmctl("list", "--backend", "local", cwd=job_cwd)
     assert listed.stdout.split()[:2] == ["critic-sft-tiny-cpu", "Succeeded"]
