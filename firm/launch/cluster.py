@@ -255,9 +255,10 @@ class ClusterSettings(_Model):
     )
     reward_grpc_port: int = Field(default=8001, ge=1, le=65535)
     reward_candidate_grpc: str = Field(
-        default="{deployment}-candidate.{namespace}.svc:{port}",
+        default="{candidate}.{namespace}.svc:{port}",
         description="gRPC address where a deploy step benches a candidate critic beside the incumbent (the "
-        "chart's Service <reward Deployment>-candidate); {deployment}, {namespace} and {port} are filled in",
+        "chart's Service <reward Deployment>-candidate, cut to 63 characters as the chart cuts it); {candidate}, "
+        "{deployment}, {namespace} and {port} are filled in",
     )
     pipeline_cpu_pool: str = Field(default="cpu", description="pool of CPU pipeline steps (and launchers)")
     pipeline_gpu_pool: str = Field(default="gpu-h100", description="pool of GPU pipeline steps (bench, eval)")

@@ -46,6 +46,12 @@ CANDIDATE = "firm.dev/candidate-repository"
 CANDIDATE_SUFFIX = "-candidate"  # <reward Deployment>-candidate: Deployment and Service of the chart
 
 
+def candidate_name(deployment: str) -> str:
+    """The chart's name for the candidate Deployment and Service of `deployment`: `<deployment>-candidate` cut to
+    63 characters and one trailing "-" dropped, as `reward/candidate.yaml` does (`trunc 63 | trimSuffix "-"`)."""
+    return (deployment + CANDIDATE_SUFFIX)[:63].removesuffix("-")
+
+
 class RewardEndpoint(BaseModel):
     target: Target
     name: str
@@ -186,9 +192,9 @@ def _bench_beside(
         raise InputError(f"margin must be ≥ 0, got {margin}")
     bench = load_bench(audit)  # a bad audit set fails before anything is scaled
     cluster = get_settings().cluster
-    name = deployment + CANDIDATE_SUFFIX
+    name = candidate_name(deployment)
     grpc = cluster.reward_candidate_grpc.format(
-        deployment=deployment, namespace=namespace, port=cluster.reward_grpc_port
+        candidate=name, deployment=deployment, namespace=namespace, port=cluster.reward_grpc_port
     )
     patch = {"spec": {"replicas": 1, "template": {"metadata": {"annotations": {
         INCUMBENT: incumbent, CANDIDATE: candidate, DEPLOYED_AT: datetime.now(UTC).isoformat(),

@@ -177,12 +177,17 @@ def test_a_job_rendered_with_the_chart_settings_uses_the_chart_objects(
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
 
 
+LONG_NAME = "platform-team-firm-critics-production-europe-1"  # 46 characters: its candidates need 68
+
+
 @pytest.mark.parametrize(
     ("release", "extra", "prefix"),
     [
         ("ml", (), "ml"),
         ("ml", ("--set", "nameOverride=platform"), "ml-platform"),
         ("ml", ("--set", "fullnameOverride=team-firm"), "team-firm"),
+        # a long release name: <reward Deployment>-candidate is over 63 characters, cut by the chart and FIRM alike
+        (LONG_NAME, (), LONG_NAME),
     ],
 )
 def test_names_follow_the_release_and_the_settings_follow_the_names(
@@ -193,10 +198,12 @@ def test_names_follow_the_release_and_the_settings_follow_the_names(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
+    from firm.launch.reward_service import candidate_name
+
     objs = objects(helm.template(release=release, extra=extra))
-    assert set(by_kind(objs, "Deployment")) == {
-        f"{prefix}-reward-{m}{c}" for m in ("edit", "gen") for c in ("", "-candidate")
-    }
+    rewards = {f"{prefix}-reward-{m}" for m in ("edit", "gen")}
+    assert set(by_kind(objs, "Deployment")) == rewards | {candidate_name(r) for r in rewards}
+    assert all(len(candidate_name(r)) <= 63 for r in rewards)
     assert set(by_kind(objs, "StatefulSet")) == {f"{prefix}-minio"}
     settings = load_settings(by_kind(objs, "ConfigMap")[f"{prefix}-settings"]["data"], monkeypatch, tmp_path)
     cluster = settings.cluster
@@ -204,11 +211,11 @@ def test_names_follow_the_release_and_the_settings_follow_the_names(
     assert cluster.service_account == f"{prefix}-trainer"
     assert cluster.pipeline_service_account == f"{prefix}-pipeline-runner"
     assert cluster.reward_deployment.format(name="edit") == f"{prefix}-reward-edit"
+    name = candidate_name(f"{prefix}-reward-edit")
     candidate = cluster.reward_candidate_grpc.format(
-        deployment=f"{prefix}-reward-edit", namespace="firm", port=8001
+        candidate=name, deployment=f"{prefix}-reward-edit", namespace="firm", port=8001
     )
-    assert candidate == f"{prefix}-reward-edit-candidate.firm.svc:8001"
-    assert f"{prefix}-reward-edit-candidate" in by_kind(objs, "Service")
+    assert candidate == f"{name}.firm.svc:8001" and name in by_kind(objs, "Service")
     assert (
         cluster.object_store_secret is not None
         and cluster.object_store_secret.name == f"{prefix}-object-store"
