@@ -1,5 +1,6 @@
 """What the two cluster backends (`PyTorchJobBackend`, `TrainJobBackend`) share: the rule for a job name that is
-taken, waiting for a deleted job to disappear, and reading a pod's log (whole, or followed line by line)."""
+taken (`replace_failed`: refuse, or delete a failed job and wait until it is gone), and reading a pod's log (whole,
+or followed line by line)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,23 @@ def wait_until_gone(
     raise JobError(
         f"{what} (failed) was deleted but has not disappeared after {timeout:g} s; submit again later"
     )
+
+
+def replace_failed(
+    kind: str, namespace: str, name: str, phase: str, *, delete: Callable[[], None], get: Callable[[], Any],
+    gone: Callable[[Exception], bool], error: Callable[[Exception], JobError],
+) -> None:  # fmt: skip
+    """A job of this name exists (in `phase`): refuse unless it failed (`refuse_unless_failed`); a failed one is
+    deleted and waited for until `get` raises what `gone` accepts, so it can be created again. Another API error while
+    waiting becomes `error(exc)` (the backend's own wording)."""
+    refuse_unless_failed(kind, namespace, name, phase)
+    delete()
+    try:
+        wait_until_gone(get, gone, f"{kind} {namespace}/{name}")
+    except JobError:
+        raise
+    except Exception as exc:
+        raise error(exc) from None
 
 
 def pod_log_lines(core: Any, pod: str, namespace: str, container: str, follow: bool) -> Iterator[str]:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from firm.launch.backend import JobBackend, JobError, JobNotFound, JobStatus
-from firm.launch.cluster_jobs import pod_log_lines, refuse_unless_failed, wait_until_gone
+from firm.launch.cluster_jobs import pod_log_lines, replace_failed
 from firm.launch.render import CONTAINER, build_pytorchjob
 from firm.launch.spec import ResolvedJob
 from firm.launch.torchrun_quiet import OOM_EXIT_CODE, OOM_MESSAGE
@@ -289,18 +289,11 @@ class PyTorchJobBackend(JobBackend):
     def _replace_failed(self, name: str) -> None:
         """A job of this name exists: refuse unless it failed, in which case delete it so it can run again."""
         ns = self.namespace
-        refuse_unless_failed("PyTorchJob", ns, name, self.status(name).phase)
-        self._delete(name)
-        try:
-            wait_until_gone(
-                lambda: self.client.get_job(name=name, namespace=ns),
-                lambda exc: _http_status(exc)[0] == 404,
-                f"PyTorchJob {ns}/{name}",
-            )
-        except JobError:
-            raise
-        except Exception as exc:
-            raise self._error(exc, "get", name) from None
+        replace_failed(
+            "PyTorchJob", ns, name, self.status(name).phase, delete=lambda: self._delete(name),
+            get=lambda: self.client.get_job(name=name, namespace=ns),
+            gone=lambda exc: _http_status(exc)[0] == 404, error=lambda exc: self._error(exc, "get", name),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- cancel
 

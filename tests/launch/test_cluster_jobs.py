@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from firm.launch.backend import JobError
-from firm.launch.cluster_jobs import pod_log_lines, refuse_unless_failed, wait_until_gone
+from firm.launch.cluster_jobs import pod_log_lines, refuse_unless_failed, replace_failed, wait_until_gone
 
 
 class _Response:
@@ -72,3 +72,32 @@ def test_waiting_for_a_deleted_job() -> None:
         wait_until_gone(lambda: (_ for _ in ()).throw(ValueError("500")), lambda exc: False, "x")
     with pytest.raises(JobError, match="has not disappeared after 0 s"):
         wait_until_gone(lambda: None, lambda exc: True, "TrainJob ns/j", timeout=0)
+
+
+def test_a_failed_job_is_deleted_and_awaited_and_a_live_one_is_never_touched() -> None:
+    """`replace_failed`, what both cluster backends run on a taken name: nothing is deleted unless the job failed;
+    a failed one is deleted, then awaited until gone; another API error while waiting is the backend's own error."""
+    events: list[str] = []
+
+    def get() -> None:
+        events.append("get")
+        if events.count("get") == 2:
+            raise KeyError("404")
+
+    def run(phase: str, get=get, error=lambda exc: JobError(f"api: {exc}")) -> None:  # type: ignore[no-untyped-def]
+        replace_failed(
+            "TrainJob", "ns", "j", phase, delete=lambda: events.append("delete"), get=get,
+            gone=lambda exc: isinstance(exc, KeyError), error=error,
+        )  # fmt: skip
+
+    with pytest.raises(JobError, match="already exists"):
+        run("Running")
+    assert events == []
+    run("Failed")
+    assert events == ["delete", "get", "get"]
+
+    def broken() -> None:
+        raise ValueError("500 Internal Server Error")
+
+    with pytest.raises(JobError, match=r"^api: 500 Internal Server Error$"):
+        run("Failed", get=broken)
