@@ -142,12 +142,16 @@ def test_the_rl_step_writes_its_gallery_then_fails_with_the_alarm_line(
             raise AssertionError("a stopped run logs no final metrics")
 
     gallery, curves = tmp_path / "gallery.html", tmp_path / "curves.html"
-    with pytest.raises(JobError) as info:
+
+    def run_step() -> None:  # the KFP rl-train step, launching its PyTorchJob on the fake API server
         rl_train.python_func(
             recipe="rl/sd35m_nft_qma", overrides=[], reward_url="", run_id="hack1", pool="gpu-h100", nodes=1,
             nproc_per_node=8, image="", backend="pytorchjob", timeout_s=0.0, lora=Art(tmp_path / "lora"),
             metrics=Art(tmp_path / "m"), curves=Art(curves), gallery=Art(gallery),
         )  # fmt: skip
+
+    with pytest.raises(JobError) as info:
+        run_step()
     msg = str(info.value)
     assert msg.startswith(line + f" (job {name}; gallery: firmctl rl report ") and "\n" not in msg
     assert f"firmctl rl report s3://firm-checkpoints/{name})" in msg
@@ -155,22 +159,14 @@ def test_the_rl_step_writes_its_gallery_then_fails_with_the_alarm_line(
     assert "<html" in gallery.read_text().lower() and "No audit" in gallery.read_text() and curves.is_file()
     store[f"s3://firm-checkpoints/{name}/audit/gallery.html"] = b"<html>flagged sample 7</html>"
     with pytest.raises(JobError):
-        rl_train.python_func(
-            recipe="rl/sd35m_nft_qma", overrides=[], reward_url="", run_id="hack1", pool="gpu-h100", nodes=1,
-            nproc_per_node=8, image="", backend="pytorchjob", timeout_s=0.0, lora=Art(tmp_path / "lora"),
-            metrics=Art(tmp_path / "m"), curves=Art(curves), gallery=Art(gallery),
-        )  # fmt: skip
+        run_step()
     assert gallery.read_text() == "<html>flagged sample 7</html>"
     # any other failure is the job's own error, with no gallery written
     gallery.unlink()
     kube.pod_statuses[f"{name}-master-0"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] = 1
     kube.scripts[name] = ["Created", "Running", "Failed"]
     with pytest.raises(JobError) as info:
-        rl_train.python_func(
-            recipe="rl/sd35m_nft_qma", overrides=[], reward_url="", run_id="hack1", pool="gpu-h100", nodes=1,
-            nproc_per_node=8, image="", backend="pytorchjob", timeout_s=0.0, lora=Art(tmp_path / "lora"),
-            metrics=Art(tmp_path / "m"), curves=Art(curves), gallery=Art(gallery),
-        )  # fmt: skip
+        run_step()
     assert "stopped_by_alarm" not in str(info.value) and not gallery.exists()
 
 
