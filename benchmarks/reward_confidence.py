@@ -40,7 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reward_service import items, pct  # the same edits and percentile as the serving benchmark
+from reward_service import (
+    edit_inputs,
+    items,
+    pct,
+)  # the same edits, requests and percentile as the serving benchmark
 
 # per server: [responses with a finite confidence, responses]
 FINITE: dict[str, list[int]] = {"with": [0, 0], "without": [0, 0]}
@@ -56,21 +60,9 @@ async def drive(url: str, concurrency: int, n: int, mode: str, warmup: bool) -> 
     import numpy as np
     import tritonclient.grpc.aio as grpcclient
 
-    from firm.serving.encoding import encode_image
-
-    payloads = [(encode_image(s), encode_image(d), t.encode()) for s, d, t in items(32)]
+    inputs = edit_inputs(32)
     client = grpcclient.InferenceServerClient(url)
     outputs = [grpcclient.InferRequestedOutput(name) for name in ("reward", "confidence")]
-
-    def inputs(k: int) -> list[Any]:
-        out = []
-        for name, v in zip(
-            ("source_image", "edited_image", "instruction"), payloads[k % len(payloads)], strict=True
-        ):
-            i = grpcclient.InferInput(name, [1, 1], "BYTES")
-            i.set_data_from_numpy(np.array([[v]], dtype=np.object_))
-            out.append(i)
-        return out
 
     def check(res: Any) -> None:
         conf = res.as_numpy("confidence")

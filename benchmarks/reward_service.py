@@ -91,14 +91,14 @@ class InProcess:
         return out
 
 
-async def drive(url: str, concurrency: int, n: int) -> tuple[float, list[float]]:
+def edit_inputs(n: int) -> Any:
+    """`inputs(k)`: the k-th request (cycling over `n` encoded edits) as the `firm_edit_reward` model's gRPC inputs."""
     import numpy as np
     import tritonclient.grpc.aio as grpcclient
 
     from firm.serving.encoding import encode_image
 
-    payloads = [(encode_image(s), encode_image(d), t.encode()) for s, d, t in items(32)]
-    client = grpcclient.InferenceServerClient(url)
+    payloads = [(encode_image(s), encode_image(d), t.encode()) for s, d, t in items(n)]
 
     def inputs(k: int) -> list[Any]:
         out = []
@@ -109,6 +109,15 @@ async def drive(url: str, concurrency: int, n: int) -> tuple[float, list[float]]
             i.set_data_from_numpy(np.array([[v]], dtype=np.object_))
             out.append(i)
         return out
+
+    return inputs
+
+
+async def drive(url: str, concurrency: int, n: int) -> tuple[float, list[float]]:
+    import tritonclient.grpc.aio as grpcclient
+
+    inputs = edit_inputs(32)
+    client = grpcclient.InferenceServerClient(url)
 
     # warm-up: one round at this concurrency
     await asyncio.gather(*(client.infer("firm_edit_reward", inputs(k)) for k in range(concurrency)))

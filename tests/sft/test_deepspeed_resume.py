@@ -80,7 +80,7 @@ def _kill_and_resume(
     config = write_config(cfg, tmp / "cut.yaml")
     if not kill:
         step2 = f"{ref_cfg['checkpoint']['uri']}/step-{KILL_AT}"
-        assert f"{step2}" in reference.checkpoints, reference.checkpoints
+        assert step2 in reference.checkpoints, reference.checkpoints
         assert {f"zero/rank-{r:05d}.safetensors" for r in range(nproc)} <= {
             f.path for f in read_manifest(step2).files
         }
