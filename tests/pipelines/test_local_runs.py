@@ -14,6 +14,7 @@ import pytest
 from kfp import dsl
 
 from pipelines.components.serve import deploy_reward_service, stop_reward_service
+from tests.pipelines.procs import tritonservers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,42 +113,37 @@ def test_stopping_the_launcher_step_cancels_its_job(tiny_critic_dir: Path, tmp_p
 
 
 @dsl.component(install_kfp_package=False)
-def probe_endpoint(endpoint: str, fail: bool) -> str:
-    """Check that the reward service answers (its models are ready), then optionally fail the run."""
+def probe_endpoint(endpoint: str, fail: bool, repo: str) -> str:
+    """Check that the reward service answers (its models are ready) and that the test's process filter sees its
+    one tritonserver (so "none left behind" below is not vacuously true), then optionally fail the run."""
+    import os
+    import sys
+    from pathlib import Path
+
     import tritonclient.grpc as grpcclient
+
+    sys.path.insert(0, repo)
+    from tests.pipelines.procs import tritonservers
 
     client = grpcclient.InferenceServerClient(endpoint)
     if not client.is_server_ready() or not client.is_model_ready("firm_edit_reward"):
         raise RuntimeError(f"reward service at {endpoint} is not ready")
+    servers = tritonservers(Path(os.environ["FIRM_HOME"]))
+    if len(servers) != 1:
+        raise RuntimeError(f"the process filter sees {len(servers)} tritonservers of this FIRM_HOME, not 1")
     if fail:
         raise RuntimeError("this step fails on purpose after the service came up")
     return endpoint
 
 
 @dsl.pipeline(name="deploy-probe")
-def deploy_probe(repository: str, fail: bool) -> None:
+def deploy_probe(repository: str, fail: bool, repo: str) -> None:
     stop = stop_reward_service(backend="local", run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     with dsl.ExitHandler(stop):
         deploy = deploy_reward_service(
             repository_uri=repository, backend="local", model="edit", run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
         )
-        probe_endpoint(endpoint=deploy.outputs["Output"], fail=fail)
-
-
-def _tritonservers(home: Path) -> list[int]:
-    """Live tritonserver processes serving from `home` (this test's FIRM_HOME: other servers on the machine do not
-    count)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if argv[0].endswith(b"tritonserver") and state != "Z" and str(home).encode() in b" ".join(argv):
-                out.append(int(entry.name))
-    return out
+        probe_endpoint(endpoint=deploy.outputs["Output"], fail=fail, repo=repo)
 
 
 @pytest.mark.slow
@@ -164,17 +160,13 @@ def test_deploy_and_exit_handler_leave_no_tritonserver_behind(
         f"{get_settings().bucket_uris()['models']}/probe/triton",
     )  # fmt: skip
     home = get_settings().home
-    from firm.serving.service import start_service, stop_service
-
-    start_service("filter-check", repo)  # the process filter below does see a server of this FIRM_HOME
-    assert len(_tritonservers(home)) == 1
-    assert stop_service("filter-check") and _tritonservers(home) == []
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
-    deploy_probe(repository=repo, fail=False)  # succeeds: the probe step saw the service up and ready
-    assert _tritonservers(home) == [], "the exit handler must stop the run's tritonserver"
+    # succeeds: the probe step saw the service up and ready, and the process filter saw its one tritonserver
+    deploy_probe(repository=repo, fail=False, repo=str(REPO))
+    assert tritonservers(home) == [], "the exit handler must stop the run's tritonserver"
     with pytest.raises(RuntimeError, match="FAILURE"):
-        deploy_probe(repository=repo, fail=True)
-    assert _tritonservers(home) == [], "a failed run must stop its tritonserver too"
+        deploy_probe(repository=repo, fail=True, repo=str(REPO))
+    assert tritonservers(home) == [], "a failed run must stop its tritonserver too"
     assert not list((get_settings().home / "services").glob("*.json")), "no service record may remain"
 
 
