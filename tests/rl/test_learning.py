@@ -36,15 +36,16 @@ def _eval_brightness(trainer, n: int = 32) -> float:
     ("algorithm", "steps", "overrides"),
     [
         ("nft", 16, {"optim__lr": 1e-2}),
-        # SDE rollouts are noisier: larger groups and more prompts per step
+        # SDE rollouts are noisier: larger groups. 10 steps of 2 prompts × 8 raise the mean reward by 0.089 and the
+        # held-out brightness by 0.12, six times the bars below (measured; 20 steps of 4 prompts took 32 s, this 5 s)
         (
             "grpo",
-            20,
+            10,
             {
                 "optim__lr": 2e-2,
                 "grpo__kl_coef": 0.0,
                 "sampling__group_size": 8,
-                "sampling__prompts_per_step": 4,
+                "sampling__prompts_per_step": 2,
             },
         ),
     ],
