@@ -28,6 +28,8 @@ import yaml
 from firm.errors import ConfigError, InputError
 from firm.rewards.rubrics import DEFAULT_PACK, Rubric, RubricPack, pack_from_data
 
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where PyYAML has it: ~12x faster
+
 log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).with_name("rubric_packs")
@@ -65,7 +67,7 @@ def available_packs() -> list[str]:
 def parse_pack(text: str, where: str) -> RubricPack:
     """A pack from YAML text; errors name the pack (or `where`) and the field."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError(f"rubric pack {where}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):

@@ -95,7 +95,7 @@ class Helm:
 
 
 def objects(text: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(text) if d]
+    return [d for d in yaml.load_all(text, Loader=yaml.CSafeLoader) if d]  # libyaml: ~12x the pure-Python loader
 
 
 def by_kind(objs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
