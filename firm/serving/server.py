@@ -217,8 +217,14 @@ class TritonServer:
                     "it or choose another port (0 picks a free one)"
                 )
 
-    def _drop_workdir(self) -> None:
-        if self.process is None and self.log_path.parent == self._workdir:
+    def _drop_workdir(self, returncode: int | None = None) -> None:
+        """Remove the scratch directory (the server's neutral cwd, and its log's home unless `log_path` was given)
+        once no server runs from it — except when it holds the log of a server that failed, which is kept to be
+        read. A given `log_path` lives elsewhere, so its server's scratch directory is always removed."""
+        failed_log_inside = (
+            self.process is not None and returncode != 0 and self.log_path.parent == self._workdir
+        )
+        if not failed_log_inside:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
     def _get(self, path: str) -> tuple[int, bytes] | None:
@@ -231,6 +237,7 @@ class TritonServer:
             return None
 
     def _exited_error(self, rc: int) -> ServerStartError:
+        self._drop_workdir(rc)
         return ServerStartError(
             f"tritonserver exited with code {rc}: {triton_error_line(self.read_log())} (log: {self.log_path})"
         )
@@ -305,13 +312,15 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        if self.process.returncode == 0 and self.log_path.parent == self._workdir:
-            shutil.rmtree(self._workdir, ignore_errors=True)  # clean exit: drop the scratch dir and its log
+        self._drop_workdir(self.process.returncode)
         return self.process.returncode
 
     def wait(self) -> int:
+        """Block until the server exits; its exit code (the scratch directory goes as in `stop`)."""
         assert self.process is not None
-        return self.process.wait()
+        rc = self.process.wait()
+        self._drop_workdir(rc)
+        return rc
 
     def rss_bytes(self) -> int:
         """Resident memory of tritonserver plus its backend stub processes (Linux /proc)."""

@@ -146,3 +146,21 @@ def test_port_taken_after_the_check_reports_triton_cause(
     msg = str(exc.value)
     assert f"Socket '127.0.0.1:{held_port}' already in use" in msg and "CudaDriver" not in msg, msg
     assert not srv.is_running()
+
+
+def test_the_scratch_directory_goes_unless_it_holds_a_failed_servers_log(held_port: int, tmp_path: Path) -> None:
+    """Each `TritonServer` makes a scratch directory (the server's cwd; its log's home unless `log_path` is given).
+    It must not outlive the server — one was left in /tmp per `firmctl serve start --log` — except to keep the log
+    of a server that failed."""
+    repo = _fake_repository(tmp_path / "repo")
+    refused = TritonServer(repo, grpc_port=held_port, log_path=tmp_path / "refused.log")
+    with pytest.raises(ServerStartError, match="already in use"):
+        refused.start()
+    assert not refused._workdir.exists()
+
+    for log_path, rc, kept in [(tmp_path / "own.log", 3, False), (None, 0, False), (None, 3, True)]:
+        srv = TritonServer(repo, log_path=log_path)
+        srv.process = subprocess.Popen(["sh", "-c", f"exit {rc}"])
+        assert srv.wait() == rc
+        assert srv._workdir.exists() == kept, (log_path, rc)
+        shutil.rmtree(srv._workdir, ignore_errors=True)
