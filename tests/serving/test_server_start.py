@@ -148,7 +148,9 @@ def test_port_taken_after_the_check_reports_triton_cause(
     assert not srv.is_running()
 
 
-def test_the_scratch_directory_goes_unless_it_holds_a_failed_servers_log(held_port: int, tmp_path: Path) -> None:
+def test_the_scratch_directory_goes_unless_it_holds_a_failed_servers_log(
+    held_port: int, tmp_path: Path
+) -> None:
     """Each `TritonServer` makes a scratch directory (the server's cwd; its log's home unless `log_path` is given).
     It must not outlive the server — one was left in /tmp per `firmctl serve start --log` — except to keep the log
     of a server that failed."""
