@@ -82,7 +82,7 @@ class Load:
             try:
                 self.client.score_edit(self.items)
                 self.ok += 1
-                self.stop.wait(0.2)
+                self.stop.wait(0.5)
             except Exception as exc:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
 
