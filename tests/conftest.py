@@ -17,6 +17,11 @@ if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# FIRM compiles nothing (no torch.compile anywhere in firm/), but importing DeepSpeed's ZeRO optimizers (0.19) applies
+# `@torch.compile` to its Muon kernels, which imports TorchInductor in every DeepSpeed process: ~1 CPU-second each on
+# this 2-core machine, for code the tests never run. With dynamo disabled torch.compile returns the function as is;
+# the suite's DeepSpeed runs took 17 % less CPU (tests/sft/test_deepspeed_resume.py, benchmarks/notes/test-suite.md).
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.models", "tests.fixtures.home"]
 
