@@ -135,7 +135,10 @@ def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) 
     bench_html = (run_dir / "bench-critic" / "report").read_text()
     assert bench_html.lstrip().lower().startswith("<!doctype html") and "<img" in bench_html
     assert "MAE" in (run_dir / "bench-critic" / "summary").read_text()
-    # the exit handler stopped the run's tritonserver
+    # the exit handler stopped the run's tritonserver: no process serving from this FIRM_HOME, no service record
+    from tests.pipelines.procs import tritonservers
+
+    assert tritonservers(tmp_path / "home") == [], "the exit handler must stop the run's tritonserver"
     assert not list((tmp_path / "home" / "services").glob("*.json"))
 
     # the report: every link and picture resolves; the rerun commands are there
