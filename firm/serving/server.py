@@ -179,6 +179,16 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         """Start tritonserver and block until every model is ready (or raise `ServerStartError`)."""
+        try:
+            self._launch()
+        except BaseException:
+            if self.process is None:  # nothing ran: no log to keep (a missing repository, a port taken, ...)
+                self._drop_workdir()
+            raise
+        self._wait_ready()
+        return self
+
+    def _launch(self) -> None:
         self._check_ports()  # before fetching the repository: fail fast, leave nothing behind
         self.repository = resolve_repository(self.repository_uri)
         cmd = self.command()
@@ -198,8 +208,6 @@ class TritonServer:
             )
         finally:
             log.close()
-        self._wait_ready()
-        return self
 
     def _check_ports(self) -> None:
         """Refuse to start on a port that is taken (another tritonserver, a stale `firmctl serve start`, anything):
@@ -207,25 +215,27 @@ class TritonServer:
         readiness could be mistaken for ours."""
         named = {"gRPC": self.grpc_port, "HTTP": self.http_port, "metrics": self.metrics_port}
         if len(set(named.values())) < len(named):
-            self._drop_workdir()
             raise ServerStartError(f"the gRPC, HTTP and metrics ports must differ, got {named}")
         for name, port in named.items():
             if port_in_use(self.host, port):
-                self._drop_workdir()
                 raise ServerStartError(
                     f"{name} port {self.host}:{port} is already in use (another tritonserver?): stop what holds "
                     "it or choose another port (0 picks a free one)"
                 )
 
-    def _drop_workdir(self, returncode: int | None = None) -> None:
+    def _drop_workdir(self, keep_log: bool = False) -> None:
         """Remove the scratch directory (the server's neutral cwd, and its log's home unless `log_path` was given)
-        once no server runs from it — except when it holds the log of a server that failed, which is kept to be
-        read. A given `log_path` lives elsewhere, so its server's scratch directory is always removed."""
-        failed_log_inside = (
-            self.process is not None and returncode != 0 and self.log_path.parent == self._workdir
-        )
-        if not failed_log_inside:
+        once no server runs from it — unless `keep_log` (a server that failed) and the log is in it. A given
+        `log_path` lives elsewhere, so its server's scratch directory is always removed."""
+        if not (keep_log and self.log_path.parent == self._workdir):
             shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def _start_failed(self, reason: str) -> ServerStartError:
+        """The error of a start that failed (the server has exited): Triton's own cause, read from its log, which is
+        kept and named."""
+        error = ServerStartError(f"{reason}: {triton_error_line(self.read_log())} (log: {self.log_path})")
+        self._drop_workdir(keep_log=True)
+        return error
 
     def _get(self, path: str) -> tuple[int, bytes] | None:
         try:
@@ -236,12 +246,6 @@ class TritonServer:
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
             return None
 
-    def _exited_error(self, rc: int) -> ServerStartError:
-        self._drop_workdir(rc)
-        return ServerStartError(
-            f"tritonserver exited with code {rc}: {triton_error_line(self.read_log())} (log: {self.log_path})"
-        )
-
     def _wait_ready(self) -> None:
         """Ready means: *our* process is alive, the server answering on our HTTP port reports our `--id`, and it
         says every model is ready."""
@@ -250,7 +254,7 @@ class TritonServer:
         while time.monotonic() < deadline:
             rc = self.process.poll()
             if rc is not None:
-                raise self._exited_error(rc)
+                raise self._start_failed(f"tritonserver exited with code {rc}")
             ready = self._get("/v2/health/ready")
             if ready is not None and ready[0] == 200:
                 meta = self._get("/v2")
@@ -262,7 +266,7 @@ class TritonServer:
                         name = None
                 rc = self.process.poll()
                 if rc is not None:
-                    raise self._exited_error(rc)
+                    raise self._start_failed(f"tritonserver exited with code {rc}")
                 if name == self.server_id:
                     return
                 if (
@@ -276,10 +280,8 @@ class TritonServer:
                     f"{f' (id {name!r})' if name else ''}: stop it or choose another port (0 picks a free one)"
                 )
             time.sleep(0.1)
-        self.stop()
-        raise ServerStartError(
-            f"tritonserver not ready after {self.startup_timeout:.0f}s: {triton_error_line(self.read_log())}"
-        )
+        self._terminate()
+        raise self._start_failed(f"tritonserver not ready after {self.startup_timeout:.0f}s")
 
     def read_log(self) -> str:
         try:
@@ -302,7 +304,14 @@ class TritonServer:
             self.process.send_signal(sig)
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, wait for a clean shutdown (Triton drains in-flight requests), SIGKILL the group if it hangs."""
+        """SIGTERM, wait for a clean shutdown (Triton drains in-flight requests), SIGKILL the group if it hangs; the
+        scratch directory goes (with the log in it, unless the server failed)."""
+        rc = self._terminate(timeout)
+        if rc is not None:
+            self._drop_workdir(keep_log=rc != 0)
+        return rc
+
+    def _terminate(self, timeout: float = 30.0) -> int | None:
         if self.process is None:
             return None
         if self.process.poll() is None:
@@ -312,14 +321,13 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        self._drop_workdir(self.process.returncode)
         return self.process.returncode
 
     def wait(self) -> int:
         """Block until the server exits; its exit code (the scratch directory goes as in `stop`)."""
         assert self.process is not None
         rc = self.process.wait()
-        self._drop_workdir(rc)
+        self._drop_workdir(keep_log=rc != 0)
         return rc
 
     def rss_bytes(self) -> int:

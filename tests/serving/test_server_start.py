@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from firm.errors import InputError
 from firm.processes import free_port
 from firm.serving.server import ServerStartError, TritonServer, triton_error_line
 
@@ -159,10 +160,34 @@ def test_the_scratch_directory_goes_unless_it_holds_a_failed_servers_log(
     with pytest.raises(ServerStartError, match="already in use"):
         refused.start()
     assert not refused._workdir.exists()
+    missing = TritonServer(tmp_path / "no-such-repository")
+    with pytest.raises(InputError, match="not a directory"):
+        missing.start()
+    assert not missing._workdir.exists()
 
     for log_path, rc, kept in [(tmp_path / "own.log", 3, False), (None, 0, False), (None, 3, True)]:
         srv = TritonServer(repo, log_path=log_path)
         srv.process = subprocess.Popen(["sh", "-c", f"exit {rc}"])
         assert srv.wait() == rc
         assert srv._workdir.exists() == kept, (log_path, rc)
+        shutil.rmtree(srv._workdir, ignore_errors=True)
+
+
+def test_a_start_that_times_out_keeps_and_names_its_log(tmp_path: Path) -> None:
+    """Not ready in time: the server is stopped, and the error gives Triton's cause from its log and where that log
+    is — kept even when the stopped server exits 0 (it was removed with the scratch directory, cause and all). The
+    process stands in for a tritonserver stuck loading (as in the readiness tests above)."""
+    srv = TritonServer(tmp_path, startup_timeout=1)
+    srv.log_path.write_text(_SOCKET_IN_USE_LOG)
+    srv.process = subprocess.Popen(["sh", "-c", "sleep 30 & pid=$!; trap 'kill $pid; exit 0' TERM; wait"])
+    try:
+        with pytest.raises(ServerStartError, match="not ready after 1s") as exc:
+            srv._wait_ready()
+        assert srv.process.returncode == 0  # stopped cleanly
+        msg = str(exc.value)
+        assert "Socket '127.0.0.1:18801' already in use" in msg and f"(log: {srv.log_path})" in msg, msg
+        assert srv.log_path.read_text() == _SOCKET_IN_USE_LOG
+    finally:
+        if srv.process.poll() is None:
+            srv.process.kill()
         shutil.rmtree(srv._workdir, ignore_errors=True)
