@@ -1,0 +1,225 @@
+"""Where the test suite's CPU goes, per kind of process and per test file, subprocesses included.
+
+`make test`'s pytest command runs under a /proc sampler, so torchrun ranks, CLI calls, tritonserver and its Python
+stubs count too, which `pytest --durations` (the wall time of the test that waited for them) cannot show.
+
+    .venv/bin/python benchmarks/suite_cpu.py                           # the whole suite: as long as `make test`
+    .venv/bin/python benchmarks/suite_cpu.py --top 10 -- tests/rl      # after `--`: pytest's own arguments
+
+Linux only (it reads /proc). Every `--interval` seconds (0.5) it reads each process's CPU time (user + system). A
+process belongs to the run when it descends from pytest or started with the run's marker variable in its environment
+(launchers that detach re-parent to init but keep their environment); its test is the `PYTEST_CURRENT_TEST` it
+started with. The xdist workers' own CPU — every test that runs in-process — is one row per worker. A process that
+lives less than one interval is missed (little CPU). pytest runs as `make test` runs it (2 xdist workers, whole
+files per worker, collection order; `--workers` changes the count), with `CI=true`.
+
+Prints the wall time, pytest's last line, the machine's busy CPU over the run (/proc/stat) and how much of it the
+run's processes used (the rest is other processes and the kernel's own threads), then Markdown tables: CPU by kind
+of process and by test file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MARKER = "SUITE_CPU_RUN"  # not FIRM_*: the tests clear or check the settings' own variables
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass
+class Proc:
+    pid: int
+    ppid: int
+    cmd: str
+    test: str
+    marked: bool
+    cpu: float
+
+
+def _start_env(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (kv.split(b"=", 1) for kv in raw.split(b"\0") if b"=" in kv)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
+def _stat(pid: int) -> tuple[int, int, float] | None:
+    """(ppid, start time in ticks, CPU seconds) of a live process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()
+    return int(fields[1]), int(fields[19]), (int(fields[11]) + int(fields[12])) / TICK
+
+
+class Sampler:
+    """Every process seen, keyed by (pid, start time) so a reused pid is a new process."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.seen: dict[tuple[int, int], Proc] = {}
+
+    def scan(self) -> None:
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            st = _stat(pid)
+            if st is None:
+                continue
+            ppid, start, cpu = st
+            key = (pid, start)
+            if key in self.seen:
+                self.seen[key].cpu = cpu
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            env = _start_env(pid)
+            self.seen[key] = Proc(
+                pid, ppid, cmd.strip(), env.get("PYTEST_CURRENT_TEST", ""), env.get(MARKER) == self.token, cpu
+            )
+
+    def run_processes(self, root: int) -> list[Proc]:
+        """The processes of the run: `root`'s descendants (as first seen) and every marked process."""
+        procs = list(self.seen.values())
+        members = {root}
+        changed = True
+        while changed:
+            changed = False
+            for p in procs:
+                if p.pid not in members and (p.marked or p.ppid in members):
+                    members.add(p.pid)
+                    changed = True
+        return [p for p in procs if p.pid in members]
+
+
+def _busy_ticks() -> int:
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+
+
+def kind(cmd: str) -> str:
+    """A short name for what a process was."""
+    if "exec(eval(sys.stdin.readline()))" in cmd:
+        return "pytest-xdist worker (in-process tests)"
+    if "triton_python_backend_stub" in cmd:
+        return "Triton Python stub"
+    words = cmd.split()
+    if not words:
+        return "(no command line)"
+    exe = Path(words[0]).name
+    if exe == "tritonserver":
+        return "tritonserver"
+    rest = words[1:]
+    while rest and rest[0] in ("-u", "-B", "-I", "-s", "-E"):
+        rest = rest[1:]
+    if rest[:1] == ["-m"] and len(rest) > 1:
+        module = rest[1]
+        if module == "firm.launch.rank_main" and len(rest) > 3:
+            return f"local-job rank ({rest[3]})"
+        if module == "firm.cli.main":
+            return "firmctl " + " ".join(rest[2:3])
+        return f"python -m {module}"
+    script = Path(rest[0]).name if rest else ""
+    if script == "executor_main.py":
+        return "KFP local-runner step"
+    if (script == "main.py" and "firm/cli" in rest[0]) or exe == "firmctl" or script == "firmctl":
+        args = rest[1:2] if script in ("main.py", "firmctl") else rest[:1]
+        return "firmctl " + " ".join(args)
+    if exe.startswith("python"):
+        return f"python {script}".strip()
+    return exe
+
+
+def table(title: str, rows: list[tuple[str, int, float]], total: float) -> str:
+    lines = [f"| {title} | processes | CPU s | share |", "|---|---|---|---|"]
+    lines += [f"| {name} | {n} | {cpu:.1f} | {100 * cpu / total:.1f} % |" for name, n, cpu in rows]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=2, help="pytest-xdist workers (make test: 2)")
+    ap.add_argument("--interval", type=float, default=0.5, help="seconds between two reads of /proc")
+    ap.add_argument("--top", type=int, default=25, help="rows of the per-test-file table")
+    ap.add_argument(
+        "pytest_args", nargs="*", help="after `--`: pytest's arguments (default: the whole suite)"
+    )
+    args = ap.parse_args()
+    if not Path("/proc/self/stat").exists():
+        print("error: this benchmark reads /proc (Linux only)", file=sys.stderr)
+        return 2
+
+    token = uuid.uuid4().hex
+    env = {**os.environ, MARKER: token, "CI": "true"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as `make test` (Makefile: unexport)
+    cmd = [
+        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(args.workers),
+        "--dist", "loadfile", "--no-loadscope-reorder", *args.pytest_args,
+    ]  # fmt: skip
+    print(f"command: {' '.join(cmd[1:])} (CI=true)", file=sys.stderr)
+    sampler = Sampler(token)
+    busy0, t0 = _busy_ticks(), time.perf_counter()
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        while proc.poll() is None:
+            sampler.scan()
+            time.sleep(args.interval)
+        sampler.scan()
+        wall, busy = time.perf_counter() - t0, (_busy_ticks() - busy0) / TICK
+        log.seek(0)
+        out = log.read()
+
+    procs = [p for p in sampler.run_processes(proc.pid) if p.pid != proc.pid or p.cpu > 0]
+    total = sum(p.cpu for p in procs)
+    summary = [ln for ln in out.splitlines() if re.search(r"\b(passed|failed|error)", ln)]
+    cores = os.cpu_count() or 1
+    print(f"pytest: {summary[-1] if summary else '(no summary line)'} (exit {proc.returncode})")
+    for line in out.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            print(line)
+    if proc.returncode != 0:  # the failures' tracebacks, for a suite that failed here and passes elsewhere
+        print("\n".join(out.splitlines()[-200:]), file=sys.stderr)
+    print(
+        f"wall {wall:.0f} s; the machine's busy CPU {busy:.0f} s of {wall * cores:.0f} core-seconds ({cores} cores); "
+        f"the run's {len(procs)} processes {total:.0f} s ({100 * total / max(busy, 1e-9):.0f} % of the busy CPU)\n"
+    )
+    by_kind: Counter[str] = Counter()
+    n_kind: Counter[str] = Counter()
+    for p in procs:
+        k = "pytest (main process)" if p.pid == proc.pid else kind(p.cmd)
+        by_kind[k] += p.cpu
+        n_kind[k] += 1
+    print(table("kind of process", [(k, n_kind[k], c) for k, c in by_kind.most_common()], total))
+    by_file: Counter[str] = Counter()
+    n_file: Counter[str] = Counter()
+    for p in procs:
+        if "pytest-xdist worker" in kind(p.cmd) or p.pid == proc.pid:
+            continue
+        f = p.test.split("::")[0] or "(outside a test: session fixtures)"
+        by_file[f] += p.cpu
+        n_file[f] += 1
+    rows = [(f, n_file[f], c) for f, c in by_file.most_common(args.top)]
+    print("\nSubprocesses by test file (the workers' own CPU is not split by test):\n")
+    print(table("test file", rows, total))
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
