@@ -6,7 +6,10 @@ that tests start inherit the setting through OMP_NUM_THREADS.
 """
 
 import os
+import tempfile
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import settings
 
 # Property tests explore freely on developers' machines; under CI (`CI=true`, set by .ci/run) they draw the same
@@ -24,6 +27,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.models", "tests.fixtures.home"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_under_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What the suite's processes leave in the temporary directory goes under pytest's own numbered base directory
+    (pytest keeps the last 3 runs), not into /tmp for good: ~40 entries per run, mostly from libraries — torchrun's
+    `torchelastic_*` logs, the KFP local runner's component files, Triton's Python environments — and the logs of
+    the Triton starts that tests make fail on purpose (a failed start keeps its log, by design). Every process the
+    tests start inherits TMPDIR; this process's `tempfile` reads it again."""
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmp", numbered=False))
+    tempfile.tempdir = None
+    yield
 
 
 # The suite runs on 2 pytest-xdist workers with whole files per worker (`--dist loadfile --no-loadscope-reorder`:
