@@ -44,7 +44,9 @@ def test_cli_train_piped_prints_json_on_stdout_and_progress_lines_on_stderr(
     FIRM_PROGRESS_INTERVAL seconds (step, rate, ETA) and none of the libraries' expected chatter."""
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_cfg(as_dict=True, steps=4)))
-    res = _firmctl("rl", "train", "--config", str(config), env={"FIRM_PROGRESS_INTERVAL": "0.1"})
+    # an interval well under a step's time, so lines come between steps on a fast machine too (the SFT CLI test in
+    # tests/sft/test_train.py failed with 1 s: a run shorter than the interval prints no progress line at all)
+    res = _firmctl("rl", "train", "--config", str(config), env={"FIRM_PROGRESS_INTERVAL": "0.05"})
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout)
     assert summary["steps"] == 4 and res.stdout.count("\n") == 1

@@ -221,9 +221,12 @@ def test_two_process_torchrun_trains_what_one_process_does_and_checkpoints_to_s3
     )  # fmt: skip
     config = write_config(cfg, tmp_path / "ddp.yaml")
     firmctl = Path(sys.executable).parent / "firmctl"
+    # Progress lines are periodic and the closing one comes only after a periodic one, so the interval must be well
+    # under the run's training time: 6 steps on 2 ranks took under 1 s in the fast hours of 2026-12-07, when with an
+    # interval of 1 s this test failed a fresh-clone CI run and 1 of 2 runs on its own (no progress line at all).
     proc = subprocess.run(
         [str(firmctl), "critic", "train", "--config", str(config), "--nproc", "2"],
-        env=_env(FIRM_PROGRESS_INTERVAL="1"), capture_output=True, text=True, timeout=600,
+        env=_env(FIRM_PROGRESS_INTERVAL="0.05"), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = TrainResult.model_validate_json(proc.stdout)  # stdout is the JSON summary and nothing else
@@ -264,7 +267,7 @@ def test_cli_stdout_is_only_the_json_summary(
     firmctl = Path(sys.executable).parent / "firmctl"
     proc = subprocess.run(
         [str(firmctl), "critic", "train", "--config", str(config)],
-        env=_env(FIRM_PROGRESS_INTERVAL="0.2"), capture_output=True, text=True, timeout=600,
+        env=_env(FIRM_PROGRESS_INTERVAL="0.05"), capture_output=True, text=True, timeout=600,  # see above
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
