@@ -9,7 +9,7 @@ stubs count too, which `pytest --durations` (the wall time of the test that wait
 Linux only (it reads /proc). Every `--interval` seconds (0.5) it reads each process's CPU time (user + system). A
 process belongs to the run when it descends from pytest or started with the run's marker variable in its environment
 (launchers that detach re-parent to init but keep their environment); its test is the `PYTEST_CURRENT_TEST` it
-started with. The xdist workers' own CPU — every test that runs in-process — is one row per worker. A process that
+started with. The xdist workers' own CPU — every test that runs in-process — is one row for both. A process that
 lives less than one interval is missed (little CPU). pytest runs as `make test` runs it (2 xdist workers, whole
 files per worker, collection order; `--workers` changes the count), with `CI=true`.
 
