@@ -29,10 +29,15 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from firm.processes import stat_fields  # noqa: E402 - after the repository is on sys.path
+
 MARKER = "SUITE_CPU_RUN"  # not FIRM_*: the tests clear or check the settings' own variables
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -58,11 +63,9 @@ def _start_env(pid: int) -> dict[str, str]:
 
 def _stat(pid: int) -> tuple[int, int, float] | None:
     """(ppid, start time in ticks, CPU seconds) of a live process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return None
-    fields = text[text.rfind(")") + 2 :].split()
     return int(fields[1]), int(fields[19]), (int(fields[11]) + int(fields[12])) / TICK
 
 
@@ -139,12 +142,24 @@ def kind(cmd: str) -> str:
     script = Path(rest[0]).name if rest else ""
     if script == "executor_main.py":
         return "KFP local-runner step"
-    if (script == "main.py" and "firm/cli" in rest[0]) or exe == "firmctl" or script == "firmctl":
-        args = rest[1:2] if script in ("main.py", "firmctl") else rest[:1]
-        return "firmctl " + " ".join(args)
+    if exe == "firmctl":  # the console script, run directly
+        return "firmctl " + " ".join(rest[:1])
+    if script == "firmctl" or (script == "main.py" and "firm/cli" in rest[0]):  # through python
+        return "firmctl " + " ".join(rest[1:2])
     if exe.startswith("python"):
         return f"python {script}".strip()
     return exe
+
+
+def tally(procs: list[Proc], key: Callable[[Proc], str | None]) -> list[tuple[str, int, float]]:
+    """(name, processes, CPU seconds) per `key` (None leaves a process out), most CPU first."""
+    cpu: Counter[str] = Counter()
+    count: Counter[str] = Counter()
+    for p in procs:
+        if (k := key(p)) is not None:
+            cpu[k] += p.cpu
+            count[k] += 1
+    return [(k, count[k], c) for k, c in cpu.most_common()]
 
 
 def table(title: str, rows: list[tuple[str, int, float]], total: float) -> str:
@@ -186,7 +201,7 @@ def main() -> int:
         log.seek(0)
         out = log.read()
 
-    procs = [p for p in sampler.run_processes(proc.pid) if p.pid != proc.pid or p.cpu > 0]
+    procs = sampler.run_processes(proc.pid)
     total = sum(p.cpu for p in procs)
     summary = [ln for ln in out.splitlines() if re.search(r"\b(passed|failed|error)", ln)]
     cores = os.cpu_count() or 1
@@ -200,24 +215,19 @@ def main() -> int:
         f"wall {wall:.0f} s; the machine's busy CPU {busy:.0f} s of {wall * cores:.0f} core-seconds ({cores} cores); "
         f"the run's {len(procs)} processes {total:.0f} s ({100 * total / max(busy, 1e-9):.0f} % of the busy CPU)\n"
     )
-    by_kind: Counter[str] = Counter()
-    n_kind: Counter[str] = Counter()
-    for p in procs:
-        k = "pytest (main process)" if p.pid == proc.pid else kind(p.cmd)
-        by_kind[k] += p.cpu
-        n_kind[k] += 1
-    print(table("kind of process", [(k, n_kind[k], c) for k, c in by_kind.most_common()], total))
-    by_file: Counter[str] = Counter()
-    n_file: Counter[str] = Counter()
-    for p in procs:
-        if "pytest-xdist worker" in kind(p.cmd) or p.pid == proc.pid:
-            continue
-        f = p.test.split("::")[0] or "(outside a test: session fixtures)"
-        by_file[f] += p.cpu
-        n_file[f] += 1
-    rows = [(f, n_file[f], c) for f, c in by_file.most_common(args.top)]
+    main_pid = proc.pid
+    by_kind = tally(procs, lambda p: "pytest (main process)" if p.pid == main_pid else kind(p.cmd))
+    print(table("kind of process", by_kind, total))
+    by_file = tally(
+        procs,
+        lambda p: (
+            None
+            if p.pid == main_pid or "pytest-xdist worker" in kind(p.cmd)
+            else p.test.split("::")[0] or "(outside a test: session fixtures)"
+        ),
+    )
     print("\nSubprocesses by test file (the workers' own CPU is not split by test):\n")
-    print(table("test file", rows, total))
+    print(table("test file", by_file[: args.top], total))
     return proc.returncode
 
 

@@ -16,7 +16,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def stat_fields(pid: int) -> list[str] | None:
     """The fields of /proc/<pid>/stat after the command name (state first); None when unreadable."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -37,7 +37,7 @@ def pid_alive(pid: int | None, cmdline_contains: bytes | None = None) -> bool:
         return True
     if not Path(f"/proc/{pid}").is_dir():
         return True  # no /proc: os.kill is all we know
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is None or fields[0] == "Z":
         return False
     if cmdline_contains is None:
@@ -55,7 +55,7 @@ def descendants(pid: int) -> list[int]:
         return []
     children: dict[int, list[int]] = {}
     for entry in proc.iterdir():
-        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None:
+        if entry.name.isdigit() and (fields := stat_fields(int(entry.name))) is not None:
             children.setdefault(int(fields[1]), []).append(int(entry.name))
     out: list[int] = []
     stack = [pid]
