@@ -1,6 +1,7 @@
 """Process and network helpers shared across packages: process trees (Linux `/proc`; elsewhere they degrade to what
-`os.kill` can tell) for the local job supervisor, the local reward service and the Triton server wrapper, and
-`free_port` for rendezvous and server ports (critic SFT, the launchers, `TritonServer`)."""
+`os.kill` can tell) for the local job supervisor, the local reward service and the Triton server wrapper,
+`free_port` for rendezvous and server ports (critic SFT, the launchers, `TritonServer`), and the start and end of
+torch.distributed's default process group in the distributed entry points (critic SFT, RL)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,47 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+# Modules that bind the default process group as a default argument when they are imported. Imported after
+# `init_process_group` (transformers' model loading and saving, DDP, FSDP and DeepSpeed import them on the way), they
+# hold the live group for good, so `destroy_process_group` cannot end its backend (torch 2.13, DeepSpeed 0.19).
+_BIND_THE_DEFAULT_GROUP = (
+    "torch.distributed.nn.functional",  # `broadcast(tensor, src, group=group.WORLD)` and nine more
+    "torch.distributed.optim.zero_redundancy_optimizer",  # `_broadcast_object(..., group=dist.group.WORLD)`
+    "torch.distributed.fsdp.sharded_grad_scaler",  # `ShardedGradScaler(..., process_group=dist.group.WORLD)`
+    "deepspeed.comm.torch",  # `TorchBackend.barrier` and `.monitored_barrier`
+)
+
+
+def before_process_group() -> None:
+    """Call right before creating the default process group: imports the modules that would otherwise keep it (and
+    its backend's threads) alive until interpreter exit. Imported first, they bind the placeholder instead."""
+    import importlib
+    import importlib.util
+
+    for name in _BIND_THE_DEFAULT_GROUP:
+        if importlib.util.find_spec(name.partition(".")[0]) is not None:
+            importlib.import_module(name)
+
+
+def end_process_group() -> None:
+    """Destroy the default process group and, with it, its backend's threads, while the interpreter is whole.
+
+    A DDP reducer and the model it wraps hold the backend too, until they are freed: call this once the frame that
+    held the run has returned. It collects garbage first (a model can sit in reference cycles), so that the backend ends here rather than during
+    interpreter exit, where its threads are torn down in no set order (one rank of a finished 2-rank job was seen
+    aborting there, "terminate called without an active exception", which failed the job). See
+    `before_process_group` for the other thing that keeps a backend alive. DeepSpeed's ZeRO hooks still keep its
+    engine, and so the groups, until exit (DeepSpeed 0.19)."""
+    import gc
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_initialized():
+        return
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def stat_fields(pid: int) -> list[str] | None:

@@ -122,6 +122,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "firm.models",
             "firm.models.processors",
             "firm.overrides",
+            "firm.processes",
             "firm.progress",
             "firm.recipes",
             "firm.reports",

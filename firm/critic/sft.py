@@ -133,8 +133,11 @@ def init_distributed(env: DistEnv, cfg: SFTConfig) -> bool:
     """Initialise the process group when needed; True when this function created it."""
     import torch.distributed as dist
 
+    from firm.processes import before_process_group
+
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
+    before_process_group()
     if cfg.dist.strategy == "deepspeed":
         import deepspeed
 
@@ -516,7 +519,29 @@ def _progress(enabled: bool, run_name: str, total: int, start: int) -> Any:
 
 
 def train(cfg: SFTConfig) -> TrainResult:
-    """Run (or resume) a critic SFT run described by `cfg`; see the module docstring."""
+    """Run (or resume) a critic SFT run described by `cfg`; see the module docstring.
+
+    A process group this creates ends once the run's frame is gone (`firm.processes.end_process_group`): the model
+    and its DDP reducer hold the group's backend until then. After a failure the traceback still holds them, and the
+    group ends at exit with the failed job. (DeepSpeed's ZeRO hooks keep its engine, and the groups, until exit.)"""
+    from firm.processes import end_process_group
+
+    group = _Group()
+    try:
+        return _train(cfg, group)
+    finally:
+        if group.created:
+            end_process_group()
+
+
+@dataclass
+class _Group:
+    """Whether `_train` created the default process group (then `train` ends it)."""
+
+    created: bool = False
+
+
+def _train(cfg: SFTConfig, group: _Group) -> TrainResult:
     from firm.critic.collate import SFTCollator, pack_by_image_count
     from firm.critic.sft_checkpoint import (
         CheckpointWriter,
@@ -584,10 +609,9 @@ def train(cfg: SFTConfig) -> TrainResult:
             ckpt.release()
             raise
 
-    created_group = False
     logger: MetricLogger | None = None
     try:
-        created_group = init_distributed(env, cfg)
+        group.created = init_distributed(env, cfg)
         bf16 = env.bf16 = _use_bf16(cfg, env)
         model, processor = load_model(cfg, _param_dtype(cfg, bf16), ckpt.model_dir if ckpt else None)
         model.to(env.device)
@@ -808,11 +832,6 @@ def train(cfg: SFTConfig) -> TrainResult:
             ckpt.release()
         if logger is not None:
             logger.close()
-        if created_group:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
 
 
 def zero3_state_dict(engine: Any, cfg: SFTConfig) -> dict[str, Any] | None:

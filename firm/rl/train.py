@@ -110,7 +110,10 @@ def _init_distributed() -> tuple[int, int]:
     import torch
     import torch.distributed as dist
 
+    from firm.processes import before_process_group
+
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    before_process_group()
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
         # CUDA tensors (gradients) go over NCCL; the small CPU ones (a step's rewards, the metric sums) over gloo,
@@ -128,8 +131,13 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
     from firm.logs import quiet_libraries
 
     quiet_libraries()
+    from firm.processes import end_process_group
+
     with contextlib.redirect_stdout(sys.stderr):
-        code, summary = _run(argv)
+        try:
+            code, summary = _run(argv)
+        finally:  # once the run's frame is gone: its trainer holds the group's backend until then
+            end_process_group()
     if summary is not None:
         out.write(json.dumps(summary) + "\n")
         out.flush()
@@ -212,14 +220,6 @@ def _run(argv: list[str] | None) -> tuple[int, dict[str, Any] | None]:
 
         print_error(exc)  # once for all ranks
         return 1, None
-    finally:
-        try:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-        except Exception:  # pragma: no cover - best effort at exit
-            pass
     return 0, summary
 
 
