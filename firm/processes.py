@@ -20,9 +20,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 # Modules that bind the default process group as a default argument when they are imported. Imported after
 # `init_process_group` (transformers' model loading and saving, DDP, FSDP and DeepSpeed import them on the way), they
 # hold the live group for good, so `destroy_process_group` cannot end its backend (torch 2.13, DeepSpeed 0.19).
+# (`torch.distributed.optim.zero_redundancy_optimizer` does it too; nothing FIRM runs imports it.)
 _BIND_THE_DEFAULT_GROUP = (
     "torch.distributed.nn.functional",  # `broadcast(tensor, src, group=group.WORLD)` and nine more
-    "torch.distributed.optim.zero_redundancy_optimizer",  # `_broadcast_object(..., group=dist.group.WORLD)`
     "torch.distributed.fsdp.sharded_grad_scaler",  # `ShardedGradScaler(..., process_group=dist.group.WORLD)`
     "deepspeed.comm.torch",  # `TorchBackend.barrier` and `.monitored_barrier`
 )
@@ -46,8 +46,9 @@ def end_process_group() -> None:
     held the run has returned. It collects garbage first (a model can sit in reference cycles), so that the backend ends here rather than during
     interpreter exit, where its threads are torn down in no set order (one rank of a finished 2-rank job was seen
     aborting there, "terminate called without an active exception", which failed the job). See
-    `before_process_group` for the other thing that keeps a backend alive. DeepSpeed's ZeRO hooks still keep its
-    engine, and so the groups, until exit (DeepSpeed 0.19)."""
+    `before_process_group` for the other thing that keeps a backend alive, and `firm.critic.sft.release_engine` for
+    what a DeepSpeed engine needs first. Where DeepSpeed set up the groups, its own `destroy_process_group` ends them,
+    so that its references to them go too."""
     import gc
     import sys
 
@@ -55,7 +56,11 @@ def end_process_group() -> None:
     if dist is None or not dist.is_initialized():
         return
     gc.collect()
-    dist.destroy_process_group()
+    deepspeed_comm = sys.modules.get("deepspeed.comm")
+    if deepspeed_comm is not None and deepspeed_comm.is_initialized():
+        deepspeed_comm.destroy_process_group()  # torch's, and DeepSpeed's own references to the groups go too
+    else:
+        dist.destroy_process_group()
 
 
 def stat_fields(pid: int) -> list[str] | None:

@@ -9,8 +9,11 @@ import contextlib
 import importlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
+
+GLOO_THREADS = {"pt_gloo_runloop", "gloo_tcp_loop"}
 
 
 def thread_names() -> list[str]:
@@ -30,15 +33,15 @@ def main() -> int:
 
 
 def run_ranks(
-    module: str, args: list[str], threads_dir: Path, nproc: int = 2
-) -> tuple[int, str, list[list[str]]]:
-    """Run `module` on `nproc` local torchrun ranks through this wrapper: (exit code, stderr, each rank's threads)."""
-    import subprocess
-
+    module: str, args: list[str], threads_dir: Path, nproc: int = 2, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+    """Run `module` on `nproc` local torchrun ranks through this wrapper (`env`: the processes' environment, by
+    default this one's): the finished process and the threads each rank still ran after `main` returned."""
     from firm.launch.local import torchrun_command
 
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo), "THREADS_DIR": str(threads_dir)}
+    env = {**(os.environ if env is None else env), "PYTHONPATH": str(repo), "THREADS_DIR": str(threads_dir)}
+    env.setdefault("OMP_NUM_THREADS", "1")
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     threads_dir.mkdir(parents=True, exist_ok=True)
@@ -46,8 +49,14 @@ def run_ranks(
         torchrun_command("tests._threads_after_main", [module, *args], nproc),
         env=env, capture_output=True, text=True, timeout=300, start_new_session=True,
     )  # fmt: skip
-    ranks = [json.loads(p.read_text()) for p in sorted(threads_dir.glob("rank-*.json"))]
-    return proc.returncode, proc.stderr, ranks
+    return proc, [json.loads(p.read_text()) for p in sorted(threads_dir.glob("rank-*.json"))]
+
+
+def assert_no_backend_threads(ranks: list[list[str]], nproc: int) -> None:
+    """Every rank recorded its threads, and none of them is one of gloo's."""
+    assert len(ranks) == nproc, ranks
+    for names in ranks:
+        assert not GLOO_THREADS & set(names), names
 
 
 if __name__ == "__main__":

@@ -521,9 +521,9 @@ def _progress(enabled: bool, run_name: str, total: int, start: int) -> Any:
 def train(cfg: SFTConfig) -> TrainResult:
     """Run (or resume) a critic SFT run described by `cfg`; see the module docstring.
 
-    A process group this creates ends once the run's frame is gone (`firm.processes.end_process_group`): the model
-    and its DDP reducer hold the group's backend until then. After a failure the traceback still holds them, and the
-    group ends at exit with the failed job. (DeepSpeed's ZeRO hooks keep its engine, and the groups, until exit.)"""
+    A process group this creates ends once the run's frame is gone (`firm.processes.end_process_group`): the model,
+    its DDP reducer or DeepSpeed engine (`release_engine`) hold the group's backend until then. After a failure the
+    traceback still holds them, and the group ends at exit with the failed job."""
     from firm.processes import end_process_group
 
     group = _Group()
@@ -610,6 +610,7 @@ def _train(cfg: SFTConfig, group: _Group) -> TrainResult:
             raise
 
     logger: MetricLogger | None = None
+    engine = None
     try:
         group.created = init_distributed(env, cfg)
         bf16 = env.bf16 = _use_bf16(cfg, env)
@@ -652,7 +653,6 @@ def _train(cfg: SFTConfig, group: _Group) -> TrainResult:
             scheduler.load_state_dict(sched_state)
             start_step = ckpt.state.step
 
-        engine = None
         if cfg.dist.strategy == "deepspeed":
             import deepspeed
 
@@ -832,6 +832,28 @@ def _train(cfg: SFTConfig, group: _Group) -> TrainResult:
             ckpt.release()
         if logger is not None:
             logger.close()
+        if engine is not None:
+            release_engine(engine)
+
+
+def release_engine(engine: Any) -> None:
+    """Let a finished DeepSpeed engine be freed, and with it the process groups it holds (DeepSpeed 0.19).
+
+    `engine.destroy()` removes the hooks that tie it to autograd (ZeRO-2's gradient hooks are held in C++, where no
+    garbage collection sees them). ZeRO-3 keeps the model in two places of its own that nothing empties, and the
+    model's hooks hold the engine: `parameter_offload.FWD_MODULE_STACK`, a module-level list the model is appended
+    to, and the `functools.lru_cache` of `PartitionedParameterCoordinator.__params_to_release` (a method, so the cache
+    holds its arguments: the coordinator and the model's submodules)."""
+    from deepspeed.runtime.zero import parameter_offload, partitioned_param_coordinator
+
+    engine.destroy()
+    stack = parameter_offload.FWD_MODULE_STACK
+    stack[:] = [m for m in stack if m is not engine.module]
+    coordinator = partitioned_param_coordinator.PartitionedParameterCoordinator
+    release = getattr(coordinator, "_PartitionedParameterCoordinator__params_to_release", None)
+    for cell in getattr(release, "__closure__", None) or ():  # under DeepSpeed's NVTX wrapper
+        if hasattr(cell.cell_contents, "cache_clear"):
+            cell.cell_contents.cache_clear()
 
 
 def zero3_state_dict(engine: Any, cfg: SFTConfig) -> dict[str, Any] | None:

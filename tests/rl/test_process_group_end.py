@@ -8,15 +8,12 @@ from pathlib import Path
 
 import yaml
 
-from tests._threads_after_main import run_ranks
-from tests.sft.test_process_group_end import GLOO_THREADS
+from tests._threads_after_main import assert_no_backend_threads, run_ranks
 
 
 def test_a_two_rank_run_leaves_no_backend_thread_behind(tiny_cfg, tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_cfg(as_dict=True, steps=1)))
-    code, stderr, ranks = run_ranks("firm.rl.train", ["--config", str(config)], tmp_path / "threads")
-    assert code == 0, stderr[-3000:]
-    assert len(ranks) == 2
-    for names in ranks:
-        assert not GLOO_THREADS & set(names), names
+    proc, ranks = run_ranks("firm.rl.train", ["--config", str(config)], tmp_path / "threads")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_no_backend_threads(ranks, 2)

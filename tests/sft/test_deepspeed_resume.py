@@ -17,12 +17,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from firm.critic.sft import KILL_AFTER_CHECKPOINT_ENV, TrainResult
+from tests._threads_after_main import assert_no_backend_threads, run_ranks
 from tests.sft.helpers import sft_config, train_losses, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,17 +39,19 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _launch(config: Path, nproc: int, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    from firm.launch.local import torchrun_command
-
+    """Run the SFT entry point; on `nproc` > 1 torchrun ranks, a run that succeeds must also have ended its process
+    groups before its ranks exit (no gloo thread left after `main`: DeepSpeed's engine would otherwise hold them)."""
     sft_args = ["--config", str(config), *args]
-    cmd = (
-        [sys.executable, "-m", "firm.critic.sft", *sft_args]
-        if nproc == 1
-        else torchrun_command("firm.critic.sft", sft_args, nproc)
-    )
-    return subprocess.run(
-        cmd, env=_env(**env), capture_output=True, text=True, timeout=300, start_new_session=True
-    )
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "firm.critic.sft", *sft_args]
+        return subprocess.run(
+            cmd, env=_env(**env), capture_output=True, text=True, timeout=300, start_new_session=True
+        )
+    threads = Path(tempfile.mkdtemp(prefix="threads-", dir=config.parent))
+    proc, ranks = run_ranks("firm.critic.sft", sft_args, threads, nproc, env=_env(**env))
+    if proc.returncode == 0:
+        assert_no_backend_threads(ranks, nproc)
+    return proc
 
 
 def _config(
