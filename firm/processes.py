@@ -43,12 +43,12 @@ def end_process_group() -> None:
     """Destroy the default process group and, with it, its backend's threads, while the interpreter is whole.
 
     A DDP reducer and the model it wraps hold the backend too, until they are freed: call this once the frame that
-    held the run has returned. It collects garbage first (a model can sit in reference cycles), so that the backend ends here rather than during
-    interpreter exit, where its threads are torn down in no set order (one rank of a finished 2-rank job was seen
-    aborting there, "terminate called without an active exception", which failed the job). See
-    `before_process_group` for the other thing that keeps a backend alive, and `firm.critic.sft.release_engine` for
-    what a DeepSpeed engine needs first. Where DeepSpeed set up the groups, its own `destroy_process_group` ends them,
-    so that its references to them go too."""
+    held the run has returned. It collects garbage first (a model can sit in reference cycles), so that the backend
+    ends here rather than during interpreter exit, where its threads are torn down in no set order (one rank of a
+    finished 2-rank job was seen aborting there, "terminate called without an active exception", which failed the
+    job). See `before_process_group` for the other thing that keeps a backend alive, and
+    `firm.critic.sft.release_engine` for what a DeepSpeed engine needs first. Where DeepSpeed set up the groups, its
+    own `destroy_process_group` ends them, so that its references to them go too."""
     import gc
     import sys
 

@@ -847,8 +847,9 @@ def release_engine(engine: Any) -> None:
     from deepspeed.runtime.zero import parameter_offload, partitioned_param_coordinator
 
     engine.destroy()
-    stack = parameter_offload.FWD_MODULE_STACK
-    stack[:] = [m for m in stack if m is not engine.module]
+    stack = getattr(parameter_offload, "FWD_MODULE_STACK", None)
+    if stack is not None:
+        stack[:] = [m for m in stack if m is not engine.module]
     coordinator = partitioned_param_coordinator.PartitionedParameterCoordinator
     release = getattr(coordinator, "_PartitionedParameterCoordinator__params_to_release", None)
     for cell in getattr(release, "__closure__", None) or ():  # under DeepSpeed's NVTX wrapper

@@ -129,10 +129,9 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
     output printed while the run goes is sent to stderr."""
     out = stdout if stdout is not None else sys.stdout
     from firm.logs import quiet_libraries
-
-    quiet_libraries()
     from firm.processes import end_process_group
 
+    quiet_libraries()
     with contextlib.redirect_stdout(sys.stderr):
         try:
             code, summary = _run(argv)
