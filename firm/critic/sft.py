@@ -129,8 +129,8 @@ def _skip_shm_comm_build() -> None:
     backend.build_shm_op = lambda: None
 
 
-def init_distributed(env: DistEnv, cfg: SFTConfig) -> bool:
-    """Initialise the process group when needed; True when this function created it."""
+def init_distributed(env: DistEnv, cfg: SFTConfig) -> None:
+    """Initialise the process group when needed (DeepSpeed joins one that exists)."""
     import torch.distributed as dist
 
     from firm.processes import before_process_group
@@ -152,11 +152,8 @@ def init_distributed(env: DistEnv, cfg: SFTConfig) -> bool:
         if env.device.type == "cpu":
             _skip_shm_comm_build()
         deepspeed.init_distributed(dist_backend=env.backend)
-        return True
-    if env.world > 1 and not dist.is_initialized():
+    elif env.world > 1 and not dist.is_initialized():
         dist.init_process_group(backend=env.backend)
-        return True
-    return False
 
 
 def barrier(env: DistEnv) -> None:
@@ -523,25 +520,21 @@ def train(cfg: SFTConfig) -> TrainResult:
 
     A process group this creates ends once the run's frame is gone (`firm.processes.end_process_group`): the model,
     its DDP reducer or DeepSpeed engine (`release_engine`) hold the group's backend until then. After a failure the
-    traceback still holds them, and the group ends at exit with the failed job."""
+    traceback still holds them, and the group ends at exit with the failed job. A group the caller made is left to
+    the caller."""
+    import torch.distributed as dist
+
     from firm.processes import end_process_group
 
-    group = _Group()
+    callers = dist.is_available() and dist.is_initialized()
     try:
-        return _train(cfg, group)
+        return _train(cfg)
     finally:
-        if group.created:
+        if not callers:
             end_process_group()
 
 
-@dataclass
-class _Group:
-    """Whether `_train` created the default process group (then `train` ends it)."""
-
-    created: bool = False
-
-
-def _train(cfg: SFTConfig, group: _Group) -> TrainResult:
+def _train(cfg: SFTConfig) -> TrainResult:
     from firm.critic.collate import SFTCollator, pack_by_image_count
     from firm.critic.sft_checkpoint import (
         CheckpointWriter,
@@ -612,7 +605,7 @@ def _train(cfg: SFTConfig, group: _Group) -> TrainResult:
     logger: MetricLogger | None = None
     engine = None
     try:
-        group.created = init_distributed(env, cfg)
+        init_distributed(env, cfg)
         bf16 = env.bf16 = _use_bf16(cfg, env)
         model, processor = load_model(cfg, _param_dtype(cfg, bf16), ckpt.model_dir if ckpt else None)
         model.to(env.device)

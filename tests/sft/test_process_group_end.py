@@ -25,3 +25,30 @@ def test_a_ddp_run_leaves_no_backend_thread_behind(
     proc, ranks = run_ranks("firm.critic.sft", ["--config", str(config)], tmp_path / "threads")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_no_backend_threads(ranks, 2)
+
+
+def test_a_process_group_the_caller_made_outlives_the_run(
+    tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """`train` ends only a group it created: called in-process inside a caller's group (here a 1-process gloo group
+    and DeepSpeed ZeRO-2, which joins an existing group), the caller's group is still there afterwards."""
+    import torch.distributed as dist
+
+    from firm.critic.sft import train
+    from firm.critic.sft_config import SFTConfig
+    from firm.processes import end_process_group, free_port
+
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
+                       "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    dist.init_process_group("gloo")
+    try:
+        cfg = sft_config(
+            tiny_critic_dir, sft_dataset, tmp_path, run_name="inside", max_steps=1, eval__generate=False,
+            eval__max_samples=1, export__enabled=False, dist={"strategy": "deepspeed", "zero_stage": 2},
+        )  # fmt: skip
+        assert train(SFTConfig.model_validate(cfg)).steps == 1
+        assert dist.is_initialized()
+    finally:
+        end_process_group()
+    assert not dist.is_initialized()
