@@ -138,10 +138,10 @@ def kind(cmd: str) -> str:
             return f"local-job rank ({rest[3]})"
         if module == "firm.cli.main":
             return "firmctl " + " ".join(rest[2:3])
+        if module == "kfp.dsl.executor_main":
+            return "KFP local-runner step"
         return f"python -m {module}"
     script = Path(rest[0]).name if rest else ""
-    if script == "executor_main.py":
-        return "KFP local-runner step"
     if exe == "firmctl":  # the console script, run directly
         return "firmctl " + " ".join(rest[:1])
     if script == "firmctl" or (script == "main.py" and "firm/cli" in rest[0]):  # through python
