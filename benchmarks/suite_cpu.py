@@ -5,6 +5,7 @@ stubs count too, which `pytest --durations` (the wall time of the test that wait
 
     .venv/bin/python benchmarks/suite_cpu.py                           # the whole suite: as long as `make test`
     .venv/bin/python benchmarks/suite_cpu.py --top 10 -- tests/rl      # after `--`: pytest's own arguments
+    .venv/bin/python benchmarks/suite_cpu.py --top-tests 40            # also a table by test
 
 Linux only (it reads /proc). Every `--interval` seconds (0.5) it reads each process's CPU time (user + system). A
 process belongs to the run when it descends from pytest or started with the run's marker variable in its environment
@@ -15,7 +16,7 @@ files per worker, collection order; `--workers` changes the count), with `CI=tru
 
 Prints the wall time, pytest's last line, the machine's busy CPU over the run (/proc/stat) and how much of it the
 run's processes used (the rest is other processes and the kernel's own threads), then Markdown tables: CPU by kind
-of process and by test file.
+of process and by test file (and by test, with `--top-tests`).
 """
 
 from __future__ import annotations
@@ -173,6 +174,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="pytest-xdist workers (make test: 2)")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between two reads of /proc")
     ap.add_argument("--top", type=int, default=25, help="rows of the per-test-file table")
+    ap.add_argument("--top-tests", type=int, default=0, help="rows of a per-test table (0: none)")
     ap.add_argument(
         "pytest_args", nargs="*", help="after `--`: pytest's arguments (default: the whole suite)"
     )
@@ -228,6 +230,17 @@ def main() -> int:
     )
     print("\nSubprocesses by test file (the workers' own CPU is not split by test):\n")
     print(table("test file", by_file[: args.top], total))
+    if args.top_tests:
+        by_test = tally(
+            procs,
+            lambda p: (
+                None
+                if p.pid == main_pid or "pytest-xdist worker" in kind(p.cmd)
+                else p.test.rsplit(" (", 1)[0] or "(outside a test: session fixtures)"
+            ),
+        )
+        print("\nSubprocesses by test (its setup, call and teardown together):\n")
+        print(table("test", by_test[: args.top_tests], total))
     return proc.returncode
 
 

@@ -20,10 +20,21 @@ from firm.storage.publish import (
     resolve_local,
     write_bytes,
 )
-from firm.storage.s3 import RetryPolicy, S3Store
 from firm.storage.stores import check_store_access, init_buckets, open_store
 from firm.storage.transfer import copy, plan_copy
 from firm.storage.uris import StoreURI, is_uri, join_uri, parse_uri, to_uri
+
+_S3_NAMES = ("RetryPolicy", "S3Store")
+
+
+def __getattr__(name: str) -> object:
+    """`RetryPolicy` and `S3Store` on first use: the S3 SDK (minio) loads only where an `s3://` store is used,
+    not in every command and training rank that reads local files."""
+    if name in _S3_NAMES:
+        from firm.storage import s3
+
+        return getattr(s3, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "MANIFEST_NAME",

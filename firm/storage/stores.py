@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from firm.config import FirmSettings, get_settings
 from firm.errors import StorageError
 from firm.storage.base import ObjectStore
 from firm.storage.local import LocalStore
-from firm.storage.s3 import S3Store, endpoint_from_settings, make_client
 from firm.storage.uris import StoreURI, parse_uri
+
+if TYPE_CHECKING:
+    from firm.storage.s3 import S3Store
 
 _LOCAL = LocalStore("/")
 _clients: dict[tuple[object, ...], object] = {}
@@ -18,6 +21,9 @@ _lock = threading.Lock()
 
 
 def _s3_store(bucket: str, settings: FirmSettings) -> S3Store:
+    # imported here: the S3 SDK loads only in a process that opens an s3:// store
+    from firm.storage.s3 import S3Store, endpoint_from_settings, make_client
+
     ep = endpoint_from_settings(settings)
     access = settings.s3_access_key.get_secret_value() if settings.s3_access_key else None
     secret = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None
@@ -66,8 +72,8 @@ def init_buckets(settings: FirmSettings | None = None) -> list[tuple[str, bool]]
     for uri in settings.bucket_uris().values():
         parsed = parse_uri(uri)
         store = store_for(parsed, settings)
-        if isinstance(store, S3Store):
-            out.append((uri, store.ensure_bucket()))
+        if parsed.scheme == "s3":
+            out.append((uri, store.ensure_bucket()))  # type: ignore[attr-defined]
         else:
             path = parsed.local_path
             created = not path.is_dir()

@@ -15,7 +15,6 @@ from firm.errors import StorageError
 from firm.storage.base import ByteCallback, ObjectStore, dir_prefix, is_manifest_key, run_parallel
 from firm.storage.local import LocalStore
 from firm.storage.publish import WORKERS
-from firm.storage.s3 import S3Store
 from firm.storage.stores import store_for
 from firm.storage.uris import parse_uri
 
@@ -64,13 +63,21 @@ def plan_copy(src: str, dst: str, settings: FirmSettings | None = None) -> CopyP
     return CopyPlan(sstore, dstore, items, single=len(items) == 1 and items[0].src_key == s.key)
 
 
+def _same_s3_endpoint(src: ObjectStore, dst: ObjectStore) -> bool:
+    """Both stores are S3 buckets behind one client (endpoint and credentials). Only called with two non-local
+    stores, so the S3 module is loaded by then: importing it here costs a local-only process nothing."""
+    from firm.storage.s3 import S3Store
+
+    return isinstance(src, S3Store) and isinstance(dst, S3Store) and src.client is dst.client
+
+
 def _copy_one(plan: CopyPlan, item: CopyItem, on_bytes: ByteCallback | None) -> None:
     src, dst = plan.src, plan.dst
     if isinstance(src, LocalStore):  # local → local or local → S3
         dst.put_file(item.dst_key, src.path(item.src_key), on_bytes)
     elif isinstance(dst, LocalStore):  # S3 → local
         src.get_file(item.src_key, dst.path(item.dst_key), on_bytes)
-    elif isinstance(src, S3Store) and isinstance(dst, S3Store) and src.client is dst.client:
+    elif _same_s3_endpoint(src, dst):
         dst.copy_from(src.bucket, item.src_key, item.dst_key)  # server-side copy on one endpoint
         if on_bytes:
             on_bytes(item.size)

@@ -273,3 +273,39 @@ def test_s3_endpoint_that_is_not_s3(monkeypatch: pytest.MonkeyPatch, s3_env: dic
         store, key = open_store("s3://somebucket/")
         with pytest.raises(StorageError, match="somebucket"):
             list(store.list(key))
+
+
+_LOCAL_ONLY = """
+import sys
+from pathlib import Path
+from firm.storage import copy, fetch_dir, latest, publish_dir, read_manifest
+
+src, home = Path(sys.argv[1]), Path(sys.argv[2])
+(src / "w.bin").write_bytes(b"weights")
+publish_dir(src, (home / "ckpt" / "step-1").as_uri())
+assert latest((home / "ckpt").as_uri()).endswith("step-1")
+assert read_manifest((home / "ckpt" / "step-1").as_uri()).files
+fetch_dir((home / "ckpt" / "step-1").as_uri(), home / "fetched")
+copy((home / "ckpt").as_uri(), (home / "copy").as_uri())
+print("local", "minio" in sys.modules)
+from firm.storage import S3Store, open_store
+
+store, key = open_store("s3://some-bucket/x")  # builds the client; no request is made
+print("s3", "minio" in sys.modules, isinstance(store, S3Store), key)
+"""
+
+
+def test_the_s3_sdk_loads_only_where_an_s3_store_is_opened(tmp_path: Path) -> None:
+    """A command or training rank that reads and writes `file://` stores does not import the S3 SDK (~0.1 s per
+    process, and the suite starts ~300): `firm.storage` loads it on the first `s3://` store."""
+    (tmp_path / "src").mkdir()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FIRM_S3")},
+        "FIRM_S3_ENDPOINT": "http://127.0.0.1:9", "FIRM_S3_ACCESS_KEY": "k", "FIRM_S3_SECRET_KEY": "s",
+    }  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", _LOCAL_ONLY, str(tmp_path / "src"), str(tmp_path / "home")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["local False", "s3 True True x"]
