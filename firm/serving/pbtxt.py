@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 
 from firm.serving.spec import ModelSpec, TensorSpec, engine_output_name
@@ -89,6 +90,15 @@ def render_ensemble(
         *_parameters(parameters),
     ]
     return "\n".join(parts) + "\n"
+
+
+_DECLARED = {kind: re.compile(rf"^\s*{kind}\s*:?\s*\[", re.M) for kind in ("input", "output")}
+
+
+def declares_tensors(config_text: str) -> bool:
+    """Whether a config.pbtxt declares its inputs and outputs, as FIRM's python models and ensembles do. A
+    vLLM-backend critic does not: its backend declares them through Triton's auto-complete."""
+    return all(p.search(config_text) for p in _DECLARED.values())
 
 
 def read_parameters(model_config: Mapping[str, object]) -> dict[str, str]:

@@ -191,3 +191,29 @@ def test_a_start_that_times_out_keeps_and_names_its_log(tmp_path: Path) -> None:
         if srv.process.poll() is None:
             srv.process.kill()
         shutil.rmtree(srv._workdir, ignore_errors=True)
+
+
+def test_auto_complete_is_off_only_where_every_model_declares_its_tensors(
+    tmp_path: Path, tiny_critic_dir: Path
+) -> None:
+    """A FIRM export with the python engine declares every tensor, so Triton is not asked to auto-complete its
+    configs (which costs one extra Python stub per python model load); a vLLM critic declares none and keeps it."""
+    from firm.serving.export import ExportConfig, export_repository
+    from firm.serving.pbtxt import declares_tensors
+    from firm.serving.server import auto_complete_args
+
+    flag = "--disable-auto-complete-config"
+    python = Path(export_repository(ExportConfig(critic=str(tiny_critic_dir), task="all"), tmp_path / "py"))
+    assert all(declares_tensors(p.read_text()) for p in python.glob("*/config.pbtxt"))
+    assert auto_complete_args(python, []) == [flag]
+    assert auto_complete_args(python, ["--log-verbose=1", flag]) == []  # the caller's own flag, passed once
+
+    vllm = Path(
+        export_repository(
+            ExportConfig(critic=str(tiny_critic_dir), task="edit", engine="vllm", device="gpu"), tmp_path / "vllm"
+        )
+    )
+    assert not declares_tensors((vllm / "firm_critic" / "config.pbtxt").read_text())
+    assert declares_tensors((vllm / "firm_edit_reward" / "config.pbtxt").read_text())
+    assert auto_complete_args(vllm, []) == []
+    assert auto_complete_args(tmp_path / "empty", []) == []
