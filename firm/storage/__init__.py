@@ -7,6 +7,8 @@ fetch_dir(uri, "local/dir")                                            # verifie
 resolve_local(uri_or_path)                                             # verified copy in $FIRM_HOME/cache
 """
 
+from typing import TYPE_CHECKING
+
 from firm.storage.base import MANIFEST_NAME, ObjectInfo, ObjectStore, sha256_file
 from firm.storage.local import LocalStore
 from firm.storage.manifest import Manifest, ManifestFile
@@ -24,6 +26,9 @@ from firm.storage.stores import check_store_access, init_buckets, open_store
 from firm.storage.transfer import copy, plan_copy
 from firm.storage.uris import StoreURI, is_uri, join_uri, parse_uri, to_uri
 
+if TYPE_CHECKING:
+    from firm.storage.s3 import RetryPolicy, S3Store
+
 _S3_NAMES = ("RetryPolicy", "S3Store")
 
 
@@ -35,6 +40,7 @@ def __getattr__(name: str) -> object:
 
         return getattr(s3, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MANIFEST_NAME",

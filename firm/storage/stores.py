@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from firm.config import FirmSettings, get_settings
 from firm.errors import StorageError
@@ -73,7 +73,7 @@ def init_buckets(settings: FirmSettings | None = None) -> list[tuple[str, bool]]
         parsed = parse_uri(uri)
         store = store_for(parsed, settings)
         if parsed.scheme == "s3":
-            out.append((uri, store.ensure_bucket()))  # type: ignore[attr-defined]
+            out.append((uri, cast("S3Store", store).ensure_bucket()))
         else:
             path = parsed.local_path
             created = not path.is_dir()
