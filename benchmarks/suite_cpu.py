@@ -152,6 +152,18 @@ def kind(cmd: str) -> str:
     return exe
 
 
+OUTSIDE_A_TEST = "(outside a test: session fixtures)"
+
+
+def owning_test(p: Proc, main_pid: int) -> str | None:
+    """The test a subprocess ran for: pytest's node id without its phase, so a test's setup, call and teardown
+    count together (`OUTSIDE_A_TEST` for session fixtures). None for pytest itself and its xdist workers, whose own
+    CPU is not split by test."""
+    if p.pid == main_pid or "pytest-xdist worker" in kind(p.cmd):
+        return None
+    return p.test.rsplit(" (", 1)[0] or OUTSIDE_A_TEST
+
+
 def tally(procs: list[Proc], key: Callable[[Proc], str | None]) -> list[tuple[str, int, float]]:
     """(name, processes, CPU seconds) per `key` (None leaves a process out), most CPU first."""
     cpu: Counter[str] = Counter()
@@ -220,25 +232,11 @@ def main() -> int:
     main_pid = proc.pid
     by_kind = tally(procs, lambda p: "pytest (main process)" if p.pid == main_pid else kind(p.cmd))
     print(table("kind of process", by_kind, total))
-    by_file = tally(
-        procs,
-        lambda p: (
-            None
-            if p.pid == main_pid or "pytest-xdist worker" in kind(p.cmd)
-            else p.test.split("::")[0] or "(outside a test: session fixtures)"
-        ),
-    )
+    by_file = tally(procs, lambda p: (t := owning_test(p, main_pid)) and t.split("::")[0])
     print("\nSubprocesses by test file (the workers' own CPU is not split by test):\n")
     print(table("test file", by_file[: args.top], total))
     if args.top_tests:
-        by_test = tally(
-            procs,
-            lambda p: (
-                None
-                if p.pid == main_pid or "pytest-xdist worker" in kind(p.cmd)
-                else p.test.rsplit(" (", 1)[0] or "(outside a test: session fixtures)"
-            ),
-        )
+        by_test = tally(procs, lambda p: owning_test(p, main_pid))
         print("\nSubprocesses by test (its setup, call and teardown together):\n")
         print(table("test", by_test[: args.top_tests], total))
     return proc.returncode

@@ -12,13 +12,17 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "suite_cpu.py"
 
 
-def _kind():
+def _script():
     spec = importlib.util.spec_from_file_location("suite_cpu", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclass looks its module up
     spec.loader.exec_module(module)
-    return module.kind
+    return module
+
+
+def _kind():
+    return _script().kind
 
 
 @pytest.mark.parametrize(
@@ -40,3 +44,20 @@ def _kind():
 )  # fmt: skip
 def test_each_process_of_a_suite_run_is_named_by_what_it_was(cmd: str, name: str) -> None:
     assert _kind()(cmd) == name
+
+
+def test_a_subprocess_counts_for_its_test_whatever_the_phase() -> None:
+    """The per-test table: setup, call and teardown of one test are one row (a parametrized id may hold " ("), the
+    file table is its prefix, and pytest's own processes belong to no test."""
+    m = _script()
+    worker = "/v/bin/python -c from multiprocessing... exec(eval(sys.stdin.readline()))"
+    rank = "/v/bin/python -m firm.critic.sft --config c.yaml"
+
+    def proc(pid: int, cmd: str, test: str):
+        return m.Proc(pid=pid, ppid=1, cmd=cmd, test=test, marked=True, cpu=1.0)
+
+    t = "tests/x/test_a.py::test_b[f (g)]"
+    procs = [proc(2, rank, f"{t} (setup)"), proc(3, rank, f"{t} (call)"), proc(4, rank, f"{t} (teardown)"),
+             proc(5, rank, ""), proc(6, worker, f"{t} (call)"), proc(1, rank, "")]  # fmt: skip
+    assert [m.owning_test(p, main_pid=1) for p in procs] == [t, t, t, m.OUTSIDE_A_TEST, None, None]
+    assert m.tally(procs, lambda p: m.owning_test(p, 1)) == [(t, 3, 3.0), (m.OUTSIDE_A_TEST, 1, 1.0)]
