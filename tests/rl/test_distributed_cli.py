@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
+from tests._threads_after_main import assert_no_backend_threads, recorded_threads, recording_env
+
 
 def _firmctl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -25,8 +27,16 @@ def _firmctl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
 def test_two_process_torchrun_run(tiny_cfg, tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_cfg(as_dict=True, steps=2, reward__async_overlap=True)))
-    res = _firmctl("rl", "train", "--config", str(config), "--nproc", "2", "sampling.prompts_per_step=4")
+    threads = tmp_path / "threads"  # each rank's threads at exit (tests/_threads_after_main.py)
+    res = _firmctl(
+        "rl", "train", "--config", str(config), "--nproc", "2", "sampling.prompts_per_step=4",
+        env=recording_env(threads),
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
+    # the run ended its process group, gloo's backend threads included, before the ranks exited: diffusers' and
+    # transformers' imports came after `init_process_group`, and the trainer held the group until its frame was
+    # gone (firm.processes; the critic SFT's 2-process test checks the same)
+    assert_no_backend_threads(recorded_threads(threads), 2)
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["world_size"] == 2 and summary["steps"] == 2
     assert summary["rank_divergence"] == 0.0  # averaged gradients kept both ranks' LoRA identical

@@ -1,30 +1,18 @@
-"""A 2-rank critic SFT run under DDP ends its process group, gloo's backend threads included, before its ranks exit.
+"""Critic SFT ends only the process group it created (`firm.processes.end_process_group`).
 
-Two things kept it alive until interpreter exit, where its threads are torn down in no set order: modules that bind
-the live default group as a default argument when imported after `init_process_group` (transformers' model loading
-imports them), and the DDP reducer, which the run's frame held when the group was destroyed
-(`firm.processes.before_process_group` / `end_process_group`). On the code before, each rank still ran gloo's
-threads after `main` returned. The DeepSpeed runs are checked the same way in tests/sft/test_deepspeed_resume.py."""
+That a 2-rank run ends its group, gloo's backend threads included, before its ranks exit is checked on the runs
+other tests make anyway: DDP in tests/sft/test_train.py (the 2-process CLI run), DeepSpeed in
+tests/sft/test_deepspeed_resume.py, RL in tests/rl/test_distributed_cli.py (tests/_threads_after_main.py records each
+rank's threads at exit). Two things kept a group alive until interpreter exit, where its threads are torn down in no
+set order: modules that bind the live default group as a default argument when imported after
+`init_process_group` (transformers' model loading imports them), and the DDP reducer, which the run's frame held
+when the group was destroyed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tests._threads_after_main import assert_no_backend_threads, run_ranks
-from tests.sft.helpers import sft_config, write_config
-
-
-def test_a_ddp_run_leaves_no_backend_thread_behind(
-    tiny_critic_dir: Path, sft_dataset: Path, tmp_path: Path
-) -> None:
-    cfg = sft_config(
-        tiny_critic_dir, sft_dataset, tmp_path, run_name="ddp", max_steps=2, batch__per_device=4,
-        batch__global_size=8, eval__generate=False, eval__max_samples=1, export__enabled=False,
-    )  # fmt: skip
-    config = write_config(cfg, tmp_path / "c.yaml")
-    proc, ranks = run_ranks("firm.critic.sft", ["--config", str(config)], tmp_path / "threads")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_no_backend_threads(ranks, 2)
+from tests.sft.helpers import sft_config
 
 
 def test_a_process_group_the_caller_made_outlives_the_run(

@@ -18,6 +18,7 @@ import pytest
 from firm.critic.sft import TrainResult, train
 from firm.critic.sft_config import SFTConfig
 from firm.errors import ConfigError, InputError
+from tests._threads_after_main import assert_no_backend_threads, recorded_threads, recording_env
 from tests.sft.helpers import read_metrics, sft_config, train_losses, write_config
 
 LEARN_STEPS = 160  # the red-square count is learned by ~160 steps of batch 8 (lr 1e-3, constant, 112 px): val MAE
@@ -201,7 +202,8 @@ def test_two_process_torchrun_trains_what_one_process_does_and_checkpoints_to_s3
     token-budget micro-batches (`batch.packing: token_budget`) make a step's rows and its loss normalisation
     independent of the rank count, so the 2-rank run logs the 1-rank run's losses and gradient norms. That the
     training learns is shown on one process above (`learned`) and on 2 ranks by the quickstart's critic SFT; this
-    test pins the distributed part: gradient averaging, the sharded schedule, rank-0 progress, S3 checkpoints."""
+    test pins the distributed part: gradient averaging, the sharded schedule, rank-0 progress, S3 checkpoints, and
+    a process group that ends with the run."""
     from firm.storage import latest, open_store
 
     bucket = s3_env["bucket"]
@@ -224,11 +226,16 @@ def test_two_process_torchrun_trains_what_one_process_does_and_checkpoints_to_s3
     # Progress lines are periodic and the closing one comes only after a periodic one, so the interval must be well
     # under the run's training time: 6 steps on 2 ranks took under 1 s in the fast hours of 2026-12-07, when with an
     # interval of 1 s this test failed a fresh-clone CI run and 1 of 2 runs on its own (no progress line at all).
+    threads = tmp_path / "threads"  # each rank's threads at exit (tests/_threads_after_main.py)
     proc = subprocess.run(
         [str(firmctl), "critic", "train", "--config", str(config), "--nproc", "2"],
-        env=_env(FIRM_PROGRESS_INTERVAL="0.05"), capture_output=True, text=True, timeout=600,
+        env=recording_env(threads, _env(FIRM_PROGRESS_INTERVAL="0.05")), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the run ended its process group, gloo's backend threads included, before the ranks exited: nothing holds the
+    # group past `main` (modules that bind it as a default argument, the DDP reducer; firm.processes), so no rank
+    # tears gloo's threads down during interpreter exit, where one rank of a finished job was seen aborting
+    assert_no_backend_threads(recorded_threads(threads), 2)
     result = TrainResult.model_validate_json(proc.stdout)  # stdout is the JSON summary and nothing else
     # progress (non-TTY: periodic lines on stderr) comes from rank 0 only: one closing line; metrics JSONL +
     # TensorBoard exist
