@@ -22,12 +22,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from firm.errors import InputError
 from firm.schemas import RewardBreakdown, Task
+
+if TYPE_CHECKING:
+    import torch
 
 AUDIT_BATCH = 8  # items per reward call
 THUMB_PX = 160  # gallery thumbnails (longest side)
@@ -92,6 +93,7 @@ def load_audit_set(uri: str, task: Task, max_items: int) -> AuditSet:
 
 def _tensor(img: Any) -> torch.Tensor:
     import numpy as np
+    import torch
 
     return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
 

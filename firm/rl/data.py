@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from firm.errors import InputError
 from firm.schemas import Task
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -104,6 +105,8 @@ def square_source(image: Any, size: int) -> Any:
 def load_source(src: str, size: int) -> torch.Tensor:
     """A source image as [3, size, size] in [0, 1]: centre-cropped to a square and resized with LANCZOS
     (`square_source`), never squashed."""
+    import torch
+
     from firm.images import load_image
 
     img = square_source(load_image(src).convert("RGB"), size)
@@ -113,6 +116,8 @@ def load_source(src: str, size: int) -> torch.Tensor:
 
 def step_prompts(n_items: int, step: int, seed: int, per_step: int, rank: int, world: int) -> list[int]:
     """The prompt indices this rank rolls out at `step`: a deterministic function of (seed, step), split over ranks."""
+    import torch
+
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     reps = -(-per_step // n_items)
     order = torch.cat([torch.randperm(n_items, generator=g) for _ in range(reps)])[:per_step].tolist()

@@ -6,10 +6,12 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firm.reports import line_plot_png, page, png_tag, table
-from firm.rl.evaluate import PolicyEval
+
+if TYPE_CHECKING:  # the launcher step (pipelines/components/launch.py) renders curves without loading torch
+    from firm.rl.evaluate import PolicyEval
 
 
 def read_run_metrics(output_uri: str) -> list[dict[str, Any]]:

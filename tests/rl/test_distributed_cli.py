@@ -172,3 +172,26 @@ def test_cli_checks_before_starting_processes(tiny_cfg, tmp_path: Path) -> None:
         assert res.returncode == 1 and res.stdout == "", (override, res.stderr)
         assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: "), (override, res.stderr)
         assert reason in res.stderr, (override, res.stderr)
+
+
+def test_the_launchers_checks_load_no_torch(tiny_cfg, tmp_path: Path) -> None:
+    """`firmctl rl train --nproc N` checks the run in the launching process (config, credentials, policy location,
+    prompt file, reward), which then only starts torchrun and waits: neither needs torch, so the checks load none of
+    the libraries each rank loads anyway (~2 s a process before; a mistake is now reported in well under a second).
+    The same for the pipeline's launcher step, which also renders the run's curves (`firm.rl.report`)."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_cfg(as_dict=True, steps=1)))
+    code = (
+        "import sys\n"
+        "import firm.cli.main, firm.cli.rl_cmd, firm.launch.local  # the command, and what starts torchrun\n"
+        "from firm.rl.config import load_config\n"
+        "from firm.rl.train import preflight\n"
+        "import firm.rl.alarms, firm.rl.report  # what pipelines/components/launch.py's rl_train step uses\n"
+        "preflight(load_config(sys.argv[1], []), 2)\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(config)], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]", res.stdout

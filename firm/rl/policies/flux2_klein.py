@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from firm.errors import ConfigError
 from firm.rl.policies.base import Conditioning, DiffusionPolicy
-from firm.rl.policies.pretrained import DTYPES, absent_components, ready_pipeline, resolve_pretrained
+from firm.rl.policies.pretrained import absent_components, ready_pipeline, resolve_pretrained, torch_dtype
 
 
 class Flux2KleinOptions(BaseModel):
@@ -137,7 +137,7 @@ class Flux2KleinPolicy(DiffusionPolicy):
                 "features per text token"
             )
         pipe = ready_pipeline(
-            Flux2KleinPipeline.from_pretrained(path, dtype=DTYPES[cfg.dtype], **absent_components(path)),
+            Flux2KleinPipeline.from_pretrained(path, dtype=torch_dtype(cfg.dtype), **absent_components(path)),
             cfg,
             device,
         )

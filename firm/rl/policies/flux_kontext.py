@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from firm.errors import ConfigError, InputError
 from firm.rl.policies.base import Conditioning, DiffusionPolicy, dynamic_shift_sigmas
-from firm.rl.policies.pretrained import DTYPES, absent_components, ready_pipeline, resolve_pretrained
+from firm.rl.policies.pretrained import absent_components, ready_pipeline, resolve_pretrained, torch_dtype
 
 T5_MAX_TOKENS = 512  # FluxKontextPipeline.check_inputs refuses more
 
@@ -114,7 +114,7 @@ class FluxKontextPolicy(DiffusionPolicy):
                 "embedding (guidance_embeds=false); set policy.options.guidance_scale=null"
             )
         pipe = ready_pipeline(
-            FluxKontextPipeline.from_pretrained(path, dtype=DTYPES[cfg.dtype], **absent_components(path)),
+            FluxKontextPipeline.from_pretrained(path, dtype=torch_dtype(cfg.dtype), **absent_components(path)),
             cfg,
             device,
         )

@@ -8,14 +8,20 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from firm.errors import ConfigError
 
 if TYPE_CHECKING:
+    import torch
+
     from firm.rl.config import PolicyConfig
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+def torch_dtype(name: str) -> torch.dtype:
+    """A policy's `dtype` setting (`float32`, `bfloat16`, `float16`) as a torch dtype. torch is imported here, not
+    with the module: the launcher's checks (`firm.rl.train.preflight`) resolve a policy location without it."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def resolve_pretrained(uri: str, what: str = "policy.uri") -> str:

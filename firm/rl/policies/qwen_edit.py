@@ -20,7 +20,7 @@ import torch
 
 from firm.errors import InputError
 from firm.rl.policies.base import Conditioning, DiffusionPolicy, dynamic_shift_sigmas
-from firm.rl.policies.pretrained import DTYPES, resolve_pretrained
+from firm.rl.policies.pretrained import resolve_pretrained, torch_dtype
 from firm.rl.policies.qwen_image import qwen_decode, qwen_image_latents
 
 
@@ -76,7 +76,7 @@ class QwenEditPolicy(DiffusionPolicy):
     @classmethod
     def from_pretrained(cls, cfg: Any, device: torch.device) -> QwenEditPolicy:
         path = resolve_pretrained(cfg.uri)
-        pipe = cls.load_pipeline(path, DTYPES[cfg.dtype]).to(device)
+        pipe = cls.load_pipeline(path, torch_dtype(cfg.dtype)).to(device)
         pipe.set_progress_bar_config(disable=True)
         if cfg.prompt_template_drop is not None:
             pipe.prompt_template_encode_start_idx = cfg.prompt_template_drop

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from firm.errors import ConfigError
 from firm.rl.policies.base import Conditioning, DiffusionPolicy, dynamic_shift_sigmas
-from firm.rl.policies.pretrained import DTYPES, resolve_pretrained
+from firm.rl.policies.pretrained import resolve_pretrained, torch_dtype
 
 
 class QwenImageOptions(BaseModel):
@@ -129,7 +129,7 @@ class QwenImagePolicy(DiffusionPolicy):
     def from_pretrained(cls, cfg: Any, device: torch.device) -> QwenImagePolicy:
         opts: QwenImageOptions = cfg.family_options()
         path = resolve_pretrained(cfg.uri)
-        pipe = cls.load_pipeline(path, DTYPES[cfg.dtype]).to(device)
+        pipe = cls.load_pipeline(path, torch_dtype(cfg.dtype)).to(device)
         if pipe.transformer.config.get("guidance_embeds", False):
             raise ConfigError(
                 f"policy.uri={cfg.uri}: a guidance-distilled Qwen-Image transformer (guidance_embeds=true); "

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from firm.rl.policies.base import Conditioning, DiffusionPolicy
-from firm.rl.policies.pretrained import DTYPES, absent_components, ready_pipeline, resolve_pretrained
+from firm.rl.policies.pretrained import absent_components, ready_pipeline, resolve_pretrained, torch_dtype
 
 
 class SD3Policy(DiffusionPolicy):
@@ -32,7 +32,7 @@ class SD3Policy(DiffusionPolicy):
         path = resolve_pretrained(cfg.uri)
         pipe = ready_pipeline(
             StableDiffusion3Pipeline.from_pretrained(
-                path, dtype=DTYPES[cfg.dtype], **absent_components(path)
+                path, dtype=torch_dtype(cfg.dtype), **absent_components(path)
             ),
             cfg,
             device,

@@ -42,7 +42,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from firm.rl.policies.base import Conditioning, DiffusionPolicy, dynamic_shift_sigmas
-from firm.rl.policies.pretrained import DTYPES, ready_pipeline, resolve_pretrained
+from firm.rl.policies.pretrained import ready_pipeline, resolve_pretrained, torch_dtype
 from firm.rl.policies.qwen_image import check_common_run
 
 
@@ -102,7 +102,7 @@ class ZImagePolicy(DiffusionPolicy):
     @classmethod
     def from_pretrained(cls, cfg: Any, device: torch.device) -> ZImagePolicy:
         path = resolve_pretrained(cfg.uri)
-        pipe = ready_pipeline(cls.load_pipeline(path, DTYPES[cfg.dtype]), cfg, device)
+        pipe = ready_pipeline(cls.load_pipeline(path, torch_dtype(cfg.dtype)), cfg, device)
         return cls(
             pipe,
             resolution=cfg.resolution,
