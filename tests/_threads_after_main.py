@@ -1,7 +1,7 @@
 """Which threads a distributed run's ranks still run once their entry point's `main` has returned.
 
 `recording_env(threads_dir)` is an environment under which every torchrun rank a command starts (through
-`firmctl ... --nproc N`, a local job or plain torchrun) records, at interpreter exit, its threads' names in
+`firmctl ... --nproc N` or plain torchrun) records, at interpreter exit, its threads' names in
 `threads_dir/rank-<RANK>.json` (tests/_rank_threads/sitecustomize.py does it; nothing in the product is involved).
 A rank whose process group ended with the run has only its main thread left; gloo's backend threads are named
 `pt_gloo_runloop` and `gloo_tcp_loop`. So a test that already runs a multi-rank job checks this at no extra run."""
