@@ -92,12 +92,14 @@ def render_ensemble(
     return "\n".join(parts) + "\n"
 
 
-_DECLARED = {kind: re.compile(rf"^\s*{kind}\s*:?\s*\[", re.M) for kind in ("input", "output")}
+# a repeated field, as a list (`input [ {...}, ... ]`, what `render_config` writes) or entry by entry (`input { ... }`)
+_DECLARED = {kind: re.compile(rf"^\s*{kind}\s*:?\s*[\[{{]", re.M) for kind in ("input", "output")}
 
 
 def declares_tensors(config_text: str) -> bool:
-    """Whether a config.pbtxt declares its inputs and outputs, as FIRM's python models and ensembles do. A
-    vLLM-backend critic does not: its backend declares them through Triton's auto-complete."""
+    """Whether a config.pbtxt declares its inputs and outputs, as FIRM's python models and ensembles do, in either
+    of protobuf text's forms for a repeated field. A vLLM-backend critic does not: its backend declares them through
+    Triton's auto-complete."""
     return all(p.search(config_text) for p in _DECLARED.values())
 
 

@@ -217,3 +217,48 @@ def test_auto_complete_is_off_only_where_every_model_declares_its_tensors(
     assert declares_tensors((vllm / "firm_edit_reward" / "config.pbtxt").read_text())
     assert auto_complete_args(vllm, []) == []
     assert auto_complete_args(tmp_path / "empty", []) == []
+
+
+_IDENTITY = """\
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+            for r in requests
+        ]
+"""
+
+
+def test_a_config_that_lists_its_tensors_entry_by_entry_loads_without_auto_complete(tmp_path: Path) -> None:
+    """Protobuf text writes a repeated field as a list or entry by entry (`input { ... }` once per tensor); a
+    hand-written config often takes the second form. Both declare the tensors: the real tritonserver starts without
+    auto-complete and the model serves what its config declares."""
+    import urllib.request
+
+    from firm.serving.pbtxt import declares_tensors
+
+    model = tmp_path / "repo" / "identity"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(_IDENTITY)
+    (model / "config.pbtxt").write_text(
+        'name: "identity"\nbackend: "python"\nmax_batch_size: 0\n'
+        'input {\n  name: "x"\n  data_type: TYPE_FP32\n  dims: [ 2 ]\n}\n'
+        'output {\n  name: "y"\n  data_type: TYPE_FP32\n  dims: [ 2 ]\n}\n'
+        "instance_group [ { kind: KIND_CPU, count: 1 } ]\n"
+    )
+    assert declares_tensors((model / "config.pbtxt").read_text())
+    with TritonServer(tmp_path / "repo", startup_timeout=120) as srv:
+        assert srv.process is not None
+        argv = Path(f"/proc/{srv.process.pid}/cmdline").read_bytes().decode().split("\0")
+        assert "--disable-auto-complete-config" in argv
+        body = json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.5, -2.0]}]})
+        req = urllib.request.Request(
+            f"http://{srv.http_url}/v2/models/identity/infer", data=body.encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            out = json.loads(resp.read())
+    assert out["outputs"][0]["name"] == "y" and out["outputs"][0]["data"] == [1.5, -2.0]
