@@ -111,10 +111,34 @@ def resolve_repository(repository: str | Path) -> Path:
 METRICS_INTERVAL_ARG = "--metrics-interval-ms=500"
 
 
-def _unless_given(arg: str, extra_args: list[str]) -> list[str]:
-    """`[arg]`, or nothing where the caller's `extra_args` set the same flag."""
-    flag = arg.split("=", 1)[0]
-    return [] if any(a.split("=", 1)[0] == flag for a in extra_args) else [arg]
+# Flags TritonServer derives from its own arguments and relies on: where it polls for readiness (addresses, ports),
+# which server is ours (`--id`), which configs decide the auto-complete (the repository) and where the backends are.
+OWN_FLAGS = frozenset(
+    {"--model-repository", "--backend-directory", "--id"}
+    | {f"--{kind}-{what}" for kind in ("http", "grpc", "metrics") for what in ("address", "port")}
+)
+
+
+def _flag(arg: str) -> str:
+    return arg.split("=", 1)[0]
+
+
+def _unless_given(args: list[str], extra_args: list[str]) -> list[str]:
+    """`args` (FIRM's defaults) less those whose flag the caller's `extra_args` set: every flag is passed once, and
+    the caller's value is the one Triton gets."""
+    given = {_flag(a) for a in extra_args}
+    return [a for a in args if _flag(a) not in given]
+
+
+def check_extra_args(extra_args: list[str]) -> None:
+    """Refuse extra tritonserver arguments that set a flag TritonServer sets from its own arguments (`OWN_FLAGS`): a
+    port given there would make Triton listen where TritonServer never looks, and its start would time out."""
+    taken = sorted({_flag(a) for a in extra_args} & OWN_FLAGS)
+    if taken:
+        raise InputError(
+            f"extra_args: {', '.join(taken)}: set by TritonServer from its own arguments (the repository, host=, "
+            "grpc_port=, http_port=, metrics_port=); pass the value there"
+        )
 
 
 def auto_complete_args(repository: Path, extra_args: list[str]) -> list[str]:
@@ -125,7 +149,7 @@ def auto_complete_args(repository: Path, extra_args: list[str]) -> list[str]:
     later to a live repository that does not declare its own."""
     configs = list(repository.glob("*/config.pbtxt"))
     if configs and all(declares_tensors(p.read_text()) for p in configs):
-        return _unless_given("--disable-auto-complete-config", extra_args)
+        return _unless_given(["--disable-auto-complete-config"], extra_args)
     return []
 
 
@@ -145,6 +169,8 @@ class TritonServer:
         log_verbose: int = 0,
         extra_args: list[str] | None = None,
     ) -> None:
+        self.extra_args = list(extra_args or [])
+        check_extra_args(self.extra_args)
         self.repository_uri = str(repository)
         self.host = host
         self.grpc_port = grpc_port or free_port(host)
@@ -152,7 +178,6 @@ class TritonServer:
         self.metrics_port = metrics_port or free_port(host)
         self.startup_timeout = startup_timeout
         self.log_verbose = log_verbose
-        self.extra_args = list(extra_args or [])
         self._workdir = Path(tempfile.mkdtemp(prefix="firm-triton-"))
         self.log_path = Path(log_path) if log_path else self._workdir / "tritonserver.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -194,12 +219,17 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
-            "--allow-gpu-metrics=false",
-            "--exit-on-error=true",
             f"--id={self.server_id}",
-            f"--log-verbose={self.log_verbose}",
+            *_unless_given(
+                [
+                    "--allow-gpu-metrics=false",
+                    "--exit-on-error=true",
+                    f"--log-verbose={self.log_verbose}",
+                    METRICS_INTERVAL_ARG,
+                ],
+                self.extra_args,
+            ),
             *auto_complete_args(self.repository, self.extra_args),
-            *_unless_given(METRICS_INTERVAL_ARG, self.extra_args),
             *self.extra_args,
         ]
 

@@ -262,3 +262,38 @@ def test_a_config_that_lists_its_tensors_entry_by_entry_loads_without_auto_compl
         with urllib.request.urlopen(req, timeout=30) as resp:
             out = json.loads(resp.read())
     assert out["outputs"][0]["name"] == "y" and out["outputs"][0]["data"] == [1.5, -2.0]
+
+
+def test_a_callers_flag_replaces_firms_default_and_the_servers_own_flags_are_refused(tmp_path: Path) -> None:
+    """FIRM's default flags (GPU metrics off, exit on error, log verbosity, the metrics interval, the auto-complete)
+    yield to the same flag in `extra_args`: each flag reaches tritonserver once, with the caller's value. A flag
+    TritonServer sets from its own arguments (repository, addresses, ports, id) is refused before anything is made:
+    Triton would listen where TritonServer never looks for it."""
+    import tempfile
+
+    from firm.serving.server import resolve_repository
+
+    repo = _fake_repository(tmp_path / "repo")
+    (repo / "m" / "config.pbtxt").write_text('name: "m"\nbackend: "python"\ninput [ ]\noutput [ ]\n')
+    mine = ["--exit-on-error=false", "--log-verbose=1", "--metrics-interval-ms=2000", "--allow-gpu-metrics=true",
+            "--disable-auto-complete-config"]  # fmt: skip
+    srv = TritonServer(repo, extra_args=mine)
+    try:
+        srv.repository = resolve_repository(srv.repository_uri)  # what start() does before building the command
+        argv = srv.command()
+    finally:
+        shutil.rmtree(srv._workdir, ignore_errors=True)
+    flags = [a.split("=", 1)[0] for a in argv[1:]]
+    assert sorted(flags) == sorted(set(flags)), argv
+    assert set(mine) <= set(argv), argv
+
+    scratch = Path(tempfile.gettempdir())
+    for extra, named in (
+        (["--grpc-port=9000"], "--grpc-port"),
+        (["--http-address", "0.0.0.0"], "--http-address"),
+        (["--model-repository=/elsewhere", "--id=x"], "--id, --model-repository"),
+    ):
+        before = set(scratch.glob("firm-triton-*"))
+        with pytest.raises(InputError, match=rf"^extra_args: {named}: set by TritonServer"):
+            TritonServer(repo, extra_args=extra)
+        assert set(scratch.glob("firm-triton-*")) == before  # no scratch directory made
