@@ -36,11 +36,14 @@ def export(critic: Path, layout: str, out: Path) -> Path:
     task = "critic" if layout in ("critic", "three-copies") else "all"
     repo = Path(export_repository(ExportConfig(critic=str(critic), task=task, max_new_tokens=16), out))
     if layout == "three-copies":
-        for k in (2, 3):  # the weights stay where the engine's `critic` parameter points; each copy loads them
+        # the weights stay where the engine's `critic` parameter points; each copy loads them
+        for k in (2, 3):
             copy = repo / f"firm_engine_{k}"
             shutil.copytree(repo / "firm_engine", copy, ignore=shutil.ignore_patterns("critic"))
             cfg = copy / "config.pbtxt"
-            cfg.write_text(re.sub(r'name: "firm_engine"', f'name: "firm_engine_{k}"', cfg.read_text(), count=1))
+            cfg.write_text(
+                re.sub(r'name: "firm_engine"', f'name: "firm_engine_{k}"', cfg.read_text(), count=1)
+            )
     return repo
 
 
@@ -77,7 +80,9 @@ def measure(critic: Path, layout: str, root: Path) -> dict[str, object]:
     from firm.serving.server import TritonServer
 
     repo = export(critic, layout, root / f"repo-{layout}")
-    models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").exists() and p.name != "firm_engine")
+    models = sorted(
+        p.name for p in repo.iterdir() if (p / "config.pbtxt").exists() and p.name != "firm_engine"
+    )
     t0 = time.perf_counter()
     with TritonServer(repo) as srv:
         start_s = time.perf_counter() - t0
@@ -103,7 +108,11 @@ def main() -> None:
             weights_mb = sum(f.stat().st_size for f in critic.glob("*.safetensors")) / MB
             base = None
             for layout in args.layouts:
-                row = {"size": size, "weights_mb": round(weights_mb, 1), **measure(critic, layout, root / size)}
+                row = {
+                    "size": size,
+                    "weights_mb": round(weights_mb, 1),
+                    **measure(critic, layout, root / size),
+                }
                 if layout == "critic":
                     base = row
                 if base is not None:

@@ -107,4 +107,3 @@ def print_error(exc: BaseException | str, grace_s: float = RANK_ERROR_GRACE_S) -
         time.sleep(grace_s)
     text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
     print(f"error: {text}", file=sys.stderr, flush=True)
-

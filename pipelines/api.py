@@ -195,7 +195,9 @@ class LocalRunFailed(PipelineError):
 #   cluster. Other settings the local runner ignores (CPU or memory limits) still warn.
 _IMAGE_WARNING = "You may be attemping to run a task that uses custom or non-Python base image"
 _NOOP = r"'(?:display_name|accelerator)'"
-_NOOP_WARNING = rf"Task '[^']+': settings \[{_NOOP}(?:, {_NOOP})*\] have no effect in the current local runner"
+_NOOP_WARNING = (
+    rf"Task '[^']+': settings \[{_NOOP}(?:, {_NOOP})*\] have no effect in the current local runner"
+)
 
 
 def run_local(
@@ -249,7 +251,9 @@ def run_local(
         logs.report_failure()
         stage, cause = logs.failed_stage(), logs.failure_cause()
         if stage is not None:
-            error = f"pipeline {name}: step {stage.name!r} ({stage.task}) failed" + (f": {cause}" if cause else "")
+            error = f"pipeline {name}: step {stage.name!r} ({stage.task}) failed" + (
+                f": {cause}" if cause else ""
+            )
         raise LocalRunFailed(error, run)
     return run
 

@@ -83,7 +83,11 @@ def _output(output: dict[str, Any]) -> str:
 _HEADLINES: dict[str, Callable[[dict[str, Any], dict[str, float]], str]] = {
     "curate-dataset": lambda o, m: ", ".join(
         f"{_fmt(m[k])} {label}"
-        for k, label in (("rows_train", "train rows"), ("rows_val", "val rows"), ("teacher_calls", "teacher calls"))
+        for k, label in (
+            ("rows_train", "train rows"),
+            ("rows_val", "val rows"),
+            ("teacher_calls", "teacher calls"),
+        )
         if k in m
     ),
     "train-critic": lambda o, m: _pick(m, r"^val_(mae|parse_rate|loss)$"),
@@ -132,7 +136,9 @@ class StageLogs(io.TextIOBase):
         self.before = {p for p in root.iterdir()} if root.is_dir() else set()
         # bound to the stream `console` writes to now: a console made with `stderr=True` looks `sys.stderr` up on every
         # print, and during the run that is this object
-        self.console = Console(file=console.file, force_terminal=console.is_terminal, no_color=console.no_color)
+        self.console = Console(
+            file=console.file, force_terminal=console.is_terminal, no_color=console.no_color
+        )
         self.names = names or {}
         self.verbose = verbose
         self.echo = echo
@@ -223,7 +229,11 @@ class StageLogs(io.TextIOBase):
         """The run's folder once known; at a task's end or the run's, the newest new folder under the root (a task
         that failed before its executor printed its input), else a `failed-…` folder for the logs."""
         if self.run_dir is None and final:
-            new = [p for p in self.root.iterdir() if p.is_dir() and p not in self.before] if self.root.is_dir() else []
+            new = (
+                [p for p in self.root.iterdir() if p.is_dir() and p not in self.before]
+                if self.root.is_dir()
+                else []
+            )
             if new:
                 self._set_run_dir(max(new, key=lambda p: p.stat().st_mtime))
             elif self._pending:
@@ -275,7 +285,9 @@ class StageLogs(io.TextIOBase):
         stage.log = self.log_path(task)
         if stage.status == "success" and run_dir is not None:
             try:
-                stage.headline = headline(task, json.loads((run_dir / task / "executor_output.json").read_text()))
+                stage.headline = headline(
+                    task, json.loads((run_dir / task / "executor_output.json").read_text())
+                )
             except (OSError, ValueError):
                 stage.headline = ""
         elif stage.status != "success" and self.failed is None:

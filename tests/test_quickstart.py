@@ -21,7 +21,8 @@ DAG = [
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)  # 5 min alone on a slow day, 8 min in the suite, 12 min beside a busy loop (2026-12-06)
+# 5 min alone on a slow day, 8 min in the suite, 12 min beside a busy loop (2026-12-06)
+@pytest.mark.timeout(1500)
 def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) -> None:
     env = {**os.environ, "FIRM_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     for key in [k for k in env if k.startswith("FIRM_") and k != "FIRM_HOME"]:
@@ -50,7 +51,10 @@ def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) 
         assert Path(s["log"]) == run_dir / "logs" / f"{s['task']}.log" and Path(s["log"]).is_file()
         assert f"Executing task '{s['task']}'" in Path(s["log"]).read_text()
     by_task = {s["task"]: s for s in edit["stages"]}
-    assert "val_mae" in by_task["train-critic"]["headline"] and "mae_edit_overall" in by_task["bench-critic"]["headline"]
+    assert (
+        "val_mae" in by_task["train-critic"]["headline"]
+        and "mae_edit_overall" in by_task["bench-critic"]["headline"]
+    )
     assert by_task["eval-policy"]["headline"].startswith("held-out reward")
     assert "Warning" not in proc.stderr and "Executing task" not in proc.stderr and "{" not in proc.stderr
     assert "Got executor_input" in (run_dir / "logs" / "train-critic.log").read_text()
@@ -125,7 +129,10 @@ def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) 
     assert 0 <= audit["mae"] <= 4 and audit["parse_failure_rate"] == 0, audit
     (audit_line,) = [ln for ln in err if ln.startswith("edit: critic audit during RL (after step ")]
     assert f"MAE {audit['mae']:.3g}" in audit_line and "0 alarm(s)" in audit_line, audit_line
-    assert by_task["deploy-reward-service"]["headline"] == "rollout: no incumbent: the critic serves as version 1"
+    assert (
+        by_task["deploy-reward-service"]["headline"]
+        == "rollout: no incumbent: the critic serves as version 1"
+    )
     rl_metrics = executor("rl-train")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert 0.0 <= rl_metrics["reward_mean"] <= 1.0 and rl_metrics["reward_parse_failure_rate"] == 0.0
     assert (run_dir / "rl-train" / "curves").read_text().count("<img") == 3

@@ -113,8 +113,10 @@ def submit_cmd(
         raise InputError("--resume and --overwrite: choose one")
     b = _backend(backend, namespace)
     job = _resolve(config, list(ctx.args), b.name)
-    if not _known(b, job.name):  # a job the backend knows has its own rules: a finished one is refused, a failed
-        _check_prefix(job, b.name, resume=resume, overwrite=overwrite)  # one resumes from its checkpoints
+    # a job the backend knows has its own rules: a finished one is refused, a failed one resumes from its
+    # checkpoints
+    if not _known(b, job.name):
+        _check_prefix(job, b.name, resume=resume, overwrite=overwrite)
     status = b.submit(job)
     if status.attempts > 1:
         typer.echo(f"job {job.name}: attempt {status.attempts}, resuming from its last checkpoint", err=True)

@@ -16,10 +16,15 @@ def quickstart(
     workdir: Path = typer.Option(Path("runs/quickstart"), "--workdir", help="where every stage writes"),
     task: str = typer.Option("edit", "--task", help="edit | gen | both (both: one pipeline run per task)"),
     size: str = typer.Option(
-        "tiny", "--size", help="tiny (about 2–3 minutes on 2 CPU cores) | small (more data, steps and prompts)"
+        "tiny",
+        "--size",
+        help="tiny (about 2–3 minutes on 2 CPU cores) | small (more data, steps and prompts)",
     ),
     verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="show every stage's whole output (by default it goes to the stage's log)"
+        False,
+        "--verbose",
+        "-v",
+        help="show every stage's whole output (by default it goes to the stage's log)",
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="empty a non-empty --workdir first (a quickstart's own workdir is reused)"

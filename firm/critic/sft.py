@@ -610,7 +610,11 @@ def _train(cfg: SFTConfig) -> TrainResult:
         model, processor = load_model(cfg, _param_dtype(cfg, bf16), ckpt.model_dir if ckpt else None)
         model.to(env.device)
         collator = SFTCollator(
-            processor, ds, pack=pack, max_seq_len=cfg.data.max_seq_len, cache_bytes=cfg.data.encode_cache_mb << 20
+            processor,
+            ds,
+            pack=pack,
+            max_seq_len=cfg.data.max_seq_len,
+            cache_bytes=cfg.data.encode_cache_mb << 20,
         )
         planner = None
         if packing:
@@ -657,9 +661,8 @@ def _train(cfg: SFTConfig) -> TrainResult:
             )
             model = engine
             if ckpt is not None:
-                assert (
-                    ckpt.zero_shard is not None
-                )  # fetch_checkpoint refuses a checkpoint without this rank's
+                # fetch_checkpoint refuses a checkpoint without this rank's shard
+                assert ckpt.zero_shard is not None
                 load_zero_shard(engine, ckpt.zero_shard, env.world)
                 engine.global_steps, engine.global_samples = start_step, start_step * global_batch
         elif env.world > 1:
@@ -721,9 +724,8 @@ def _train(cfg: SFTConfig) -> TrainResult:
                 )
             barrier(env)
             if os.environ.get(KILL_AFTER_CHECKPOINT_ENV) == str(step):
-                os.kill(
-                    os.getpid(), signal.SIGKILL
-                )  # test hook: a preemption right after step-<n> is published
+                # test hook: a preemption right after step-<n> is published
+                os.kill(os.getpid(), signal.SIGKILL)
 
         def run_eval(step: int) -> dict[str, float]:
             metrics: dict[str, float] = {}

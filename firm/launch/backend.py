@@ -100,4 +100,3 @@ class JobBackend(ABC):
             if deadline is not None and time.monotonic() > deadline:
                 raise JobError(f"job {name} did not finish within {timeout:g} s (phase {st.phase})")
             time.sleep(poll)
-

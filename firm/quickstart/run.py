@@ -129,13 +129,16 @@ def prepare_inputs(
     console.print(
         f"inputs ({task}): {inputs} — tiny critic, base policy, {size.curation_items} source items, "
         f"{size.bench_items} bench items, {size.rl_prompts} + {size.rl_eval_prompts} (held-out) RL prompts",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )
     return {"critic": critic, "policy": policy, "manifest": manifest, "bench": bench_uri, "prompts": prompts,
             "eval_prompts": held_out}  # fmt: skip
 
 
-def run_task(work: Path, task: Task, size: QuickstartSize, console: Console, verbose: bool = False) -> PipelineRun:
+def run_task(
+    work: Path, task: Task, size: QuickstartSize, console: Console, verbose: bool = False
+) -> PipelineRun:
     """Prepare the inputs of one task and run the `firm` pipeline on them with the KFP local runner (one line per
     stage on `console`, each stage's whole output in its log; `verbose`: everything on the console too)."""
     from firm.quickstart.teacher import serve_teacher
@@ -150,7 +153,9 @@ def run_task(work: Path, task: Task, size: QuickstartSize, console: Console, ver
             critic_runs=unique_dir(work / "critic-runs", task),
         )  # fmt: skip
         try:
-            run = run_local("firm", params, pipeline_root=work / "pipeline-runs", console=console, verbose=verbose)
+            run = run_local(
+                "firm", params, pipeline_root=work / "pipeline-runs", console=console, verbose=verbose
+            )
         except LocalRunFailed as exc:
             failed = PipelineRun(
                 task=task, run_dir=exc.run.run_dir, seconds=exc.run.seconds,
@@ -200,8 +205,13 @@ class QuickstartFailed(Exception):
 
 
 def run_quickstart(
-    workdir: str | Path, *, task: TaskChoice = "edit", size: SizeName = "tiny", console: Console | None = None,
-    verbose: bool = False, overwrite: bool = False,
+    workdir: str | Path,
+    *,
+    task: TaskChoice = "edit",
+    size: SizeName = "tiny",
+    console: Console | None = None,
+    verbose: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Run the quickstart under `workdir`; returns the report directory (`index.html`, `summary.json`).
     Everything it makes goes under `workdir` (and `$FIRM_HOME`'s object store); a non-empty `workdir` that is not

@@ -207,7 +207,9 @@ class RewardClient:
         for ep in self.endpoints:
             for model in (self.edit_model, self.gen_model):
                 try:
-                    cfg = await asyncio.wait_for(self._client(ep).get_model_config(model, as_json=True), limit)
+                    cfg = await asyncio.wait_for(
+                        self._client(ep).get_model_config(model, as_json=True), limit
+                    )
                 except Exception:
                     continue
                 params = cfg.get("config", {}).get("parameters", {})

@@ -16,7 +16,9 @@ def _q(s: str) -> str:
 def _tensor(t: TensorSpec) -> str:
     dims = ", ".join(str(d) for d in t.dims)
     optional = "\n    optional: true" if t.optional else ""
-    return f"  {{\n    name: {_q(t.name)}\n    data_type: {t.config_dtype}\n    dims: [ {dims} ]{optional}\n  }}"
+    return (
+        f"  {{\n    name: {_q(t.name)}\n    data_type: {t.config_dtype}\n    dims: [ {dims} ]{optional}\n  }}"
+    )
 
 
 def _tensors(kind: str, tensors: Iterable[TensorSpec]) -> str:
@@ -77,7 +79,8 @@ def render_ensemble(
     step = [f"      model_name: {_q(engine)}", "      model_version: -1"]
     step += [f"      input_map {{ key: {_q(t.name)} value: {_q(t.name)} }}" for t in spec.inputs]
     step += [
-        f"      output_map {{ key: {_q(engine_output_name(t.name))} value: {_q(t.name)} }}" for t in spec.outputs
+        f"      output_map {{ key: {_q(engine_output_name(t.name))} value: {_q(t.name)} }}"
+        for t in spec.outputs
     ]
     parts = [
         f"# Written by `firmctl serve export` (firm/serving/export.py). Model: {spec.name}, served by {engine}.",

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 CRITIC_MODEL = "firm_critic"
 CONFIDENCE_OUTPUT = "confidence"  # [p, entropy, std]; see the module docstring
-ENGINE_MODEL = "firm_engine"  # python engine: the one model that holds the critic; the three above are ensembles
+# python engine: the one model that holds the critic; the three above are ensembles
+ENGINE_MODEL = "firm_engine"
 EDIT_REWARD_MODEL = "firm_edit_reward"
 GEN_REWARD_MODEL = "firm_gen_reward"
 REWARD_MODEL_FOR_TASK = {"edit": EDIT_REWARD_MODEL, "gen": GEN_REWARD_MODEL}
@@ -78,7 +79,8 @@ EDIT_REWARD = ModelSpec(
         TensorSpec("status", B),  # "ok" or e.g. "unparseable:execution"
         TensorSpec("reasoning", B),  # JSON {"execution": "...", "consistency": "..."}
         TensorSpec("breakdown", B),  # JSON of firm.schemas.RewardBreakdown (what RewardClient returns)
-        TensorSpec("confidence", F, (3,)),  # [p, entropy, std] of the reward (RewardBreakdown.confidence); NaN = none
+        # [p, entropy, std] of the reward (RewardBreakdown.confidence); NaN = none
+        TensorSpec("confidence", F, (3,)),
     ),
 )
 
@@ -88,9 +90,7 @@ GEN_REWARD = ModelSpec(
     outputs=(
         TensorSpec("reward", F),
         TensorSpec("instruction", F),  # raw 1..5, NaN if unparsed
-        TensorSpec(
-            "quality", F, (3,)
-        ),  # raw (aesthetics, technical, structure), NaN if unparsed or not scored
+        TensorSpec("quality", F, (3,)),  # raw (aesthetics, technical, structure), NaN if unparsed/unscored
         TensorSpec("status", B),
         TensorSpec("reasoning", B),
         TensorSpec("breakdown", B),
@@ -119,7 +119,8 @@ def _engine_spec() -> ModelSpec:
         for t in spec.outputs:
             e = TensorSpec(engine_output_name(t.name), t.dtype, t.dims)
             if e.name in outputs and outputs[e.name] != e:
-                raise AssertionError(f"output {t.name} differs between models")  # a contract bug, caught at import
+                # a contract bug, caught at import
+                raise AssertionError(f"output {t.name} differs between models")
             outputs[e.name] = e
     return ModelSpec(ENGINE_MODEL, inputs=tuple(inputs.values()), outputs=tuple(outputs.values()))
 

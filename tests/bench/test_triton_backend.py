@@ -45,7 +45,9 @@ def triton(formatted_critic_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         yield srv.grpc_url
 
 
-def test_triton_backend_matches_in_process_critic(triton: str, formatted_critic_dir: Path, bench: Bench) -> None:
+def test_triton_backend_matches_in_process_critic(
+    triton: str, formatted_critic_dir: Path, bench: Bench
+) -> None:
     from firm.critic import Critic
 
     backend = TritonBackend(triton)

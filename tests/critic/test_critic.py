@@ -111,9 +111,13 @@ def test_expected_readout_reads_the_generated_score_token(formatted_critic: Crit
             continue
         from firm.rewards.parsing import parse_answer
 
-        span = parse_answer(formatted_critic.rubric(req.task, req.axis).answer_format, j.raw_text).score_spans[0]
+        span = parse_answer(
+            formatted_critic.rubric(req.task, req.axis).answer_format, j.raw_text
+        ).score_spans[0]
         _, prompt, images = formatted_critic._prepare(req, 0)
-        enc = formatted_critic._encode([prompt + j.raw_text[: span[0]]], images, formatted_critic._batch_size([(req, prompt, images)]))
+        enc = formatted_critic._encode(
+            [prompt + j.raw_text[: span[0]]], images, formatted_critic._batch_size([(req, prompt, images)])
+        )
         with torch.inference_mode():
             last = formatted_critic.model(**enc).logits[0, -1].float()
         p = torch.softmax(last[formatted_critic.digit_ids], -1)

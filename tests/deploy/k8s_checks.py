@@ -14,7 +14,9 @@ import kubernetes_validate.utils
 # over the deploy tests). The files never change during a run and `validate` only reads what it gets, so the parsed
 # documents are kept (an lru_cache over the library's own reader; its validation itself is untouched).
 if not hasattr(kubernetes_validate.utils.schema_contents, "cache_info"):
-    kubernetes_validate.utils.schema_contents = lru_cache(maxsize=None)(kubernetes_validate.utils.schema_contents)
+    kubernetes_validate.utils.schema_contents = lru_cache(maxsize=None)(
+        kubernetes_validate.utils.schema_contents
+    )
 
 # kubernetes-validate ships schemas for 1.25 … 1.37 (see `all_versions()`); these are the versions FIRM supports.
 K8S_VERSIONS = ("1.30.0", "1.35.0")

@@ -125,7 +125,9 @@ def _venv_tool(name: str, requirement: str, executable: str) -> Path:
             _run_setup([*pip, requirement], name)
             return
         _run_setup([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], f"{name} venv")
-        _run_setup([uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), requirement], name)
+        _run_setup(
+            [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), requirement], name
+        )
 
     root = _install(f"{name}-{requirement.split('==')[1]}", build)
     exe = root / "venv" / "bin" / executable

@@ -60,7 +60,9 @@ def test_a_failing_training_job_fails_the_run_with_the_jobs_error(tmp_path: Path
     # job's own error; nothing else (the runner's output is in the logs)
     assert err[0].startswith("✓ curate ") and err[1].startswith("✗ train critic ") and "failure" in err[1]
     assert err[2] == "--- last 20 lines of train critic ---"
-    assert err[-1].startswith("error: pipeline critic: step 'train critic' (train-critic) failed: job firm-sft-")
+    assert err[-1].startswith(
+        "error: pipeline critic: step 'train critic' (train-critic) failed: job firm-sft-"
+    )
     assert "exited with code 1: error: critic model" in err[-1] and "no-such-critic" in err[-1]
     assert err[-2].startswith("log: ") and len(err) == 3 + 20 + 2, out.stderr
     log = Path(err[-2].removeprefix("log: "))
@@ -68,7 +70,9 @@ def test_a_failing_training_job_fails_the_run_with_the_jobs_error(tmp_path: Path
     text = [ln for ln in log.read_text().splitlines() if ln.strip(" -")]
     assert err[3:-2] == text[-20:]
     assert "failed: master-0 exited with code 1: error:" in log.read_text()
-    assert "Executing task 'bench-critic'" not in (log.parent / "run.log").read_text(), "no step after the failed one"
+    assert "Executing task 'bench-critic'" not in (log.parent / "run.log").read_text(), (
+        "no step after the failed one"
+    )
     assert not list(log.parent.glob("bench-critic.log"))
 
 
@@ -168,5 +172,3 @@ def test_deploy_and_exit_handler_leave_no_tritonserver_behind(
         deploy_probe(repository=repo, fail=True, repo=str(REPO))
     assert tritonservers(home) == [], "a failed run must stop its tritonserver too"
     assert not list((get_settings().home / "services").glob("*.json")), "no service record may remain"
-
-

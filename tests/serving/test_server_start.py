@@ -210,7 +210,8 @@ def test_auto_complete_is_off_only_where_every_model_declares_its_tensors(
 
     vllm = Path(
         export_repository(
-            ExportConfig(critic=str(tiny_critic_dir), task="edit", engine="vllm", device="gpu"), tmp_path / "vllm"
+            ExportConfig(critic=str(tiny_critic_dir), task="edit", engine="vllm", device="gpu"),
+            tmp_path / "vllm",
         )
     )
     assert not declares_tensors((vllm / "firm_critic" / "config.pbtxt").read_text())
@@ -279,7 +280,8 @@ def test_a_callers_flag_replaces_firms_default_and_the_servers_own_flags_are_ref
             "--disable-auto-complete-config"]  # fmt: skip
     srv = TritonServer(repo, extra_args=mine)
     try:
-        srv.repository = resolve_repository(srv.repository_uri)  # what start() does before building the command
+        # what start() does before building the command
+        srv.repository = resolve_repository(srv.repository_uri)
         argv = srv.command()
     finally:
         shutil.rmtree(srv._workdir, ignore_errors=True)

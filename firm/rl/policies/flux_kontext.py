@@ -114,7 +114,9 @@ class FluxKontextPolicy(DiffusionPolicy):
                 "embedding (guidance_embeds=false); set policy.options.guidance_scale=null"
             )
         pipe = ready_pipeline(
-            FluxKontextPipeline.from_pretrained(path, dtype=torch_dtype(cfg.dtype), **absent_components(path)),
+            FluxKontextPipeline.from_pretrained(
+                path, dtype=torch_dtype(cfg.dtype), **absent_components(path)
+            ),
             cfg,
             device,
         )
@@ -155,9 +157,8 @@ class FluxKontextPolicy(DiffusionPolicy):
         r = self.resolution
         if isinstance(src, torch.Tensor):
             return proc.preprocess(to_pil(src), r, r)
-        return proc.preprocess(
-            src.convert("RGB"), r, r, resize_mode="crop"
-        )  # the official dataset's centre crop
+        # the official dataset's centre crop
+        return proc.preprocess(src.convert("RGB"), r, r, resize_mode="crop")
 
     # ------------------------------------------------------------------ DiffusionPolicy
     @torch.no_grad()

@@ -131,7 +131,9 @@ class CriticApi(Api):
             imgs = [self._image(images[r, j], f"images[{r}][{j}]") for j in range(images.shape[1])]
             text = decode_text(texts[r, 0], f"text[{r}]", allow_empty=rubric.axis == "quality")
             field = "instruction" if rubric.task == "edit" else "prompt"
-            out.append(CriticRequest(task=rubric.task, axis=rubric.axis, images=imgs, **{field: text or None}))
+            out.append(
+                CriticRequest(task=rubric.task, axis=rubric.axis, images=imgs, **{field: text or None})
+            )
         return out
 
     def critic_requests(self, rows: list[Any]) -> list[Any]:
@@ -143,7 +145,9 @@ class CriticApi(Api):
         return js
 
     def encode(self, js: list[Judgement]) -> list[Any]:
-        scores = [j.score if isinstance(j.score, list) else (None if j.score is None else [j.score]) for j in js]
+        scores = [
+            j.score if isinstance(j.score, list) else (None if j.score is None else [j.score]) for j in js
+        ]
         return [
             self._tensor("score", f32(scores, cols=3)),
             self._tensor("expected_score", f32([j.expected_score for j in js])),
@@ -276,7 +280,9 @@ class GenRewardApi(_RewardApi):
         if img.shape[0] != prm.shape[0]:
             raise InputError(f"inputs disagree on batch size: image {img.shape[0]}, prompt {prm.shape[0]}")
         return [
-            GenInput(image=self._image(img[r, 0], f"image[{r}]"), prompt=decode_text(prm[r, 0], f"prompt[{r}]"))
+            GenInput(
+                image=self._image(img[r, 0], f"image[{r}]"), prompt=decode_text(prm[r, 0], f"prompt[{r}]")
+            )
             for r in range(img.shape[0])
         ]
 
@@ -288,7 +294,9 @@ class GenRewardApi(_RewardApi):
         from firm.critic.critic import CriticRequest
 
         return [
-            CriticRequest(task="gen", axis=a, images=[g.image], prompt=g.prompt) for g in rows for a in self.axes
+            CriticRequest(task="gen", axis=a, images=[g.image], prompt=g.prompt)
+            for g in rows
+            for a in self.axes
         ]
 
     def finish(self, rows: list[Any], js: list[Judgement]) -> list[RewardBreakdown]:

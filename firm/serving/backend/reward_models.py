@@ -34,7 +34,9 @@ class _VllmRewardModel:
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        return serve_requests(self.pb, requests, [self.api], lambda reqs: self.critic.judge(reqs, self.readout))
+        return serve_requests(
+            self.pb, requests, [self.api], lambda reqs: self.critic.judge(reqs, self.readout)
+        )
 
 
 class EditRewardModel(_VllmRewardModel):
