@@ -116,7 +116,9 @@ def test_stopping_the_launcher_step_cancels_its_job(tiny_critic_dir: Path, tmp_p
 # ----------------------------------------------------------------------------- deploy / exit handler
 
 
-@dsl.component(install_kfp_package=False)
+# the local runner runs it with this Python environment; the image is named only so that the KFP SDK does not warn
+# that its default image will change
+@dsl.component(install_kfp_package=False, base_image="python:3.11")
 def probe_endpoint(endpoint: str, fail: bool, repo: str) -> str:
     """Check that the reward service answers (its models are ready) and that the test's process filter sees its
     one tritonserver (so "none left behind" below is not vacuously true), then optionally fail the run."""
