@@ -21,10 +21,9 @@ from firm.errors import ConfigError, InputError
 from tests._threads_after_main import assert_no_backend_threads, recorded_threads, recording_env
 from tests.sft.helpers import read_metrics, sft_config, train_losses, write_config
 
-LEARN_STEPS = (
-    160  # the red-square count is learned by ~160 steps of batch 8 (lr 1e-3, constant, 112 px): val MAE
-)
-# 0.35 against the constant guess's 1.95 (120 steps at lr 2e-3: the loss falls but the count is not learned)
+# the red-square count is learned by ~160 steps of batch 8 (lr 1e-3, constant, 112 px): val MAE 0.35 against the
+# constant guess's 1.95 (120 steps at lr 2e-3: the loss falls but the count is not learned)
+LEARN_STEPS = 160
 LEARN = {"max_steps": LEARN_STEPS, "optim__lr": 1e-3, "log_every": 1}
 REPO = Path(__file__).resolve().parents[2]
 
@@ -257,9 +256,8 @@ def test_two_process_torchrun_trains_what_one_process_does_and_checkpoints_to_s3
         for ln in proc.stderr.splitlines()
         if ln.startswith("progress: critic sft ddp:") and "done in" in ln
     ]
-    assert len(closing) == 1 and f"step {PARITY_STEPS}/{PARITY_STEPS} (100%)" in closing[0], proc.stderr[
-        -2000:
-    ]
+    tail = proc.stderr[-2000:]
+    assert len(closing) == 1 and f"step {PARITY_STEPS}/{PARITY_STEPS} (100%)" in closing[0], tail
     assert any(p.name.startswith("events.out.tfevents") for p in (result.run_dir / "tb").iterdir())
     # the same training on 2 ranks as on 1: every step's loss and gradient norm (all-reduce order aside)
     two_metrics = [m for m in read_metrics(result.run_dir) if "train/loss" in m]
@@ -296,9 +294,8 @@ def test_cli_stdout_is_only_the_json_summary(
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("progress: critic sft t: ")]
     assert len(lines) >= 2 and lines[-1].startswith("progress: critic sft t: step 6/6 (100%)"), proc.stderr
     last = proc.stderr.strip().splitlines()[-1]  # what ran, and where the critic and its checkpoints are
-    assert last.startswith("done: critic SFT, 6 steps in ") and f"critic {summary['export_dir']}" in last, (
-        last
-    )
+    assert last.startswith("done: critic SFT, 6 steps in "), last
+    assert f"critic {summary['export_dir']}" in last, last
     assert f"run {summary['run_dir']}" in last
     for noise in ("Setting accelerator to CPU", "Loading weights", "Writing model shards"):
         assert noise not in proc.stdout + proc.stderr, proc.stderr
