@@ -123,17 +123,29 @@ def _flag(arg: str) -> str:
     return arg.split("=", 1)[0]
 
 
+def _names(given: str, flag: str) -> bool:
+    """Whether tritonserver reads the option `given` as `flag`: itself, or a prefix of it (getopt_long takes any
+    unambiguous prefix of a long option, `--model-repo=…` for `--model-repository=…`; measured with the bundled
+    tritonserver)."""
+    return given == flag or (len(given) > 2 and given.startswith("--") and flag.startswith(given))
+
+
 def _unless_given(args: list[str], extra_args: list[str]) -> list[str]:
-    """`args` (FIRM's defaults) less those whose flag the caller's `extra_args` set: every flag is passed once, and
-    the caller's value is the one Triton gets."""
+    """`args` (FIRM's defaults) less those whose flag the caller's `extra_args` set, abbreviated or not: every flag
+    is passed once, and the caller's value is the one Triton gets."""
     given = {_flag(a) for a in extra_args}
-    return [a for a in args if _flag(a) not in given]
+    return [a for a in args if not any(_names(g, _flag(a)) for g in given)]
 
 
 def check_extra_args(extra_args: list[str]) -> None:
-    """Refuse extra tritonserver arguments that set a flag TritonServer sets from its own arguments (`OWN_FLAGS`): a
-    port given there would make Triton listen where TritonServer never looks, and its start would time out."""
-    taken = sorted({_flag(a) for a in extra_args} & OWN_FLAGS)
+    """Refuse extra tritonserver arguments that set a flag TritonServer sets from its own arguments (`OWN_FLAGS`),
+    abbreviated or not: a port given there would make Triton listen where TritonServer never looks, and its start
+    would time out."""
+    taken = []
+    for given in sorted({_flag(a) for a in extra_args}):
+        meant = sorted(f for f in OWN_FLAGS if _names(given, f))
+        if meant:
+            taken.append(given if meant == [given] else f"{given} (read as {' or '.join(meant)})")
     if taken:
         raise InputError(
             f"extra_args: {', '.join(taken)}: set by TritonServer from its own arguments (the repository, host=, "

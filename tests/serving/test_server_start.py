@@ -269,7 +269,8 @@ def test_a_callers_flag_replaces_firms_default_and_the_servers_own_flags_are_ref
     """FIRM's default flags (GPU metrics off, exit on error, log verbosity, the metrics interval, the auto-complete)
     yield to the same flag in `extra_args`: each flag reaches tritonserver once, with the caller's value. A flag
     TritonServer sets from its own arguments (repository, addresses, ports, id) is refused before anything is made:
-    Triton would listen where TritonServer never looks for it."""
+    Triton would listen where TritonServer never looks for it. Both hold for a flag abbreviated as tritonserver reads
+    it (any unambiguous prefix)."""
     import tempfile
 
     from firm.serving.server import resolve_repository
@@ -278,22 +279,31 @@ def test_a_callers_flag_replaces_firms_default_and_the_servers_own_flags_are_ref
     (repo / "m" / "config.pbtxt").write_text('name: "m"\nbackend: "python"\ninput [ ]\noutput [ ]\n')
     mine = ["--exit-on-error=false", "--log-verbose=1", "--metrics-interval-ms=2000", "--allow-gpu-metrics=true",
             "--disable-auto-complete-config"]  # fmt: skip
-    srv = TritonServer(repo, extra_args=mine)
-    try:
-        # what start() does before building the command
-        srv.repository = resolve_repository(srv.repository_uri)
-        argv = srv.command()
-    finally:
-        shutil.rmtree(srv._workdir, ignore_errors=True)
+
+    def command(extra: list[str]) -> list[str]:
+        srv = TritonServer(repo, extra_args=extra)
+        try:
+            # what start() does before building the command
+            srv.repository = resolve_repository(srv.repository_uri)
+            return srv.command()
+        finally:
+            shutil.rmtree(srv._workdir, ignore_errors=True)
+
+    argv = command(mine)
     flags = [a.split("=", 1)[0] for a in argv[1:]]
     assert sorted(flags) == sorted(set(flags)), argv
     assert set(mine) <= set(argv), argv
+    # tritonserver reads an unambiguous prefix of a long option as the option (getopt_long): so does FIRM
+    argv = command(["--metrics-interval=2000", "--log-verb=1"])
+    assert not [a for a in argv if a.startswith(("--metrics-interval-ms", "--log-verbose"))], argv
 
     scratch = Path(tempfile.gettempdir())
     for extra, named in (
         (["--grpc-port=9000"], "--grpc-port"),
         (["--http-address", "0.0.0.0"], "--http-address"),
         (["--model-repository=/elsewhere", "--id=x"], "--id, --model-repository"),
+        (["--model-repo=/elsewhere"], r"--model-repo \(read as --model-repository\)"),
+        (["--grpc-p", "9000"], r"--grpc-p \(read as --grpc-port\)"),
     ):
         before = set(scratch.glob("firm-triton-*"))
         with pytest.raises(InputError, match=rf"^extra_args: {named}: set by TritonServer"):
