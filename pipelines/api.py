@@ -189,11 +189,12 @@ class LocalRunFailed(PipelineError):
 # Two warnings of the local runner that a local run cannot act on, each filtered by its exact text (any other
 # warning still reaches the run's log):
 # - every task whose image name lacks "python": FIRM's steps name the pipeline image a cluster runs, and the local
-#   runner runs them in this Python environment whatever their image is (that is what a local run is);
+#   runner runs them in this Python environment whatever their image is (that is what a local run is); its text is
+#   public (`IMAGE_WARNING`) for code that runs FIRM's steps on the local runner without `run_local`;
 # - every task with a display name (the name the KFP UI shows on a cluster) or a GPU (a step placed on the GPU pool):
 #   the pipeline's IR is built once, when `pipelines.dags` is imported, and the same IR runs locally and on a
 #   cluster. Other settings the local runner ignores (CPU or memory limits) still warn.
-_IMAGE_WARNING = "You may be attemping to run a task that uses custom or non-Python base image"
+IMAGE_WARNING = "You may be attemping to run a task that uses custom or non-Python base image"
 _NOOP = r"'(?:display_name|accelerator)'"
 _NOOP_WARNING = (
     rf"Task '[^']+': settings \[{_NOOP}(?:, {_NOOP})*\] have no effect in the current local runner"
@@ -237,7 +238,7 @@ def run_local(
     logs = StageLogs(root, con, names=stage_names, verbose=verbose, echo=sys.__stderr__)
     error: str | None = None
     with logs, contextlib.redirect_stdout(logs), contextlib.redirect_stderr(logs), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_IMAGE_WARNING, category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=IMAGE_WARNING, category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=_NOOP_WARNING, category=UserWarning)
         try:
             get_pipeline(name)(**args)

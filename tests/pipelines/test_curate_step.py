@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from firm.curation.dataset import read_sft_dataset
-from pipelines.api import _IMAGE_WARNING
+from pipelines.api import IMAGE_WARNING
 from tests.bench.openai_server import serve
 from tests.curation.helpers import EditScript, write_edit_manifest
 
@@ -53,7 +53,7 @@ def test_curation_parameters_are_checked_before_a_run() -> None:
 
 @pytest.mark.slow
 # the local runner warns that the step names FIRM's pipeline image; `run_local` filters the same text
-@pytest.mark.filterwarnings(f"ignore:{_IMAGE_WARNING}:RuntimeWarning")
+@pytest.mark.filterwarnings(f"ignore:{IMAGE_WARNING}:RuntimeWarning")
 def test_the_curate_step_curates_with_an_http_teacher(firm_home: Path, tmp_path: Path) -> None:
     from kfp import local
 

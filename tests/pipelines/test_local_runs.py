@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kfp import dsl
 
-from pipelines.api import _IMAGE_WARNING
+from pipelines.api import IMAGE_WARNING
 from pipelines.components.serve import deploy_reward_service, stop_reward_service
 from tests.pipelines.procs import tritonservers
 
@@ -154,7 +154,7 @@ def deploy_probe(repository: str, fail: bool, repo: str) -> None:
 
 
 # the local runner warns that the deploy step names FIRM's pipeline image; `run_local` filters the same text
-@pytest.mark.filterwarnings(f"ignore:{_IMAGE_WARNING}:RuntimeWarning")
+@pytest.mark.filterwarnings(f"ignore:{IMAGE_WARNING}:RuntimeWarning")
 @pytest.mark.slow
 def test_deploy_and_exit_handler_leave_no_tritonserver_behind(
     formatted_critic_dir: Path, tmp_path: Path
