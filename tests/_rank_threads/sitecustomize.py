@@ -27,3 +27,20 @@ if os.environ.get("THREADS_DIR") and os.environ.get("RANK") is not None:
             json.dump(names, f)
 
     atexit.register(_record_threads)
+
+
+def _chain() -> None:
+    """Run the sitecustomize this one shadows (a distribution's or an environment's, later on sys.path), as Python
+    would have without this folder first on PYTHONPATH."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    rest = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is not None and spec.loader is not None:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+_chain()
