@@ -3,6 +3,7 @@ the command lines below are the ones a suite run starts (read from /proc during 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "suite_cpu.py"
 
 
+@functools.cache  # loaded once for all cases
 def _script():
     spec = importlib.util.spec_from_file_location("suite_cpu", SCRIPT)
     assert spec is not None and spec.loader is not None
