@@ -1,7 +1,8 @@
 """Imported by Python at start-up in every process whose PYTHONPATH begins with this folder
 (`tests._threads_after_main.recording_env` puts it there). In a torchrun rank (RANK set) with THREADS_DIR set, it
 records at interpreter exit which of the process's threads still run — their names, from /proc/self/task — in
-$THREADS_DIR/rank-<RANK>.json. Other processes (the launcher, torchrun's agent) record nothing.
+$THREADS_DIR/rank-<RANK>.json. Other processes (the launcher, torchrun's agent) record nothing. Every process then
+runs the sitecustomize this one shadows, if there is one.
 
 Exit handlers run after the entry point's `main` has returned and its frame is gone, and before the interpreter
 tears anything down: a rank whose process group ended with the run has no gloo thread left here, one whose group
