@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 # 4, < 128 (not retried): an RL run stopped by a reward-hacking alarm, passed through as the workers' exit code
@@ -60,6 +61,14 @@ def killed_exit(rank: object, signum: int, name: str, oom: int | None = None) ->
     return 128 + signum
 
 
+def no_log_files(args: Namespace) -> None:
+    """Unless told where (`--log-dir`, `PET_LOG_DIR`) or asked to redirect the workers' output to files, torchrun
+    makes a `torchelastic_*` directory tree in the temporary directory for every run and leaves it there, empty (the
+    workers write to the launcher's stdout and stderr, and FIRM reads no `error.json`): `os.devnull` makes none."""
+    if args.log_dir is None and args.logs_specs is None and args.redirects == "0" and args.tee == "0":
+        args.log_dir = os.devnull
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging
 
@@ -70,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.run import parse_args, run
 
     args = parse_args(argv if argv is not None else sys.argv[1:])
+    no_log_files(args)
     name = args.training_script
     if not args.no_python and not args.run_path:
         # `python -u [-m] ENTRY` per rank becomes `python -m firm.launch.rank_main [-m] ENTRY` (see the module doc)

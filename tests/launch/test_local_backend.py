@@ -80,6 +80,29 @@ def test_local_nodes_get_the_environment_a_pytorchjob_pod_gets(tmp_path: Path) -
     assert sorted(done) == [f"rank {r} of 4 done" for r in range(4)], done
 
 
+def test_torchrun_makes_no_log_tree_unless_asked_for_one(monkeypatch) -> None:
+    """Every local run and every pod starts torchrun through `firm.launch.torchrun_quiet`, which tells it to make no
+    `torchelastic_*` log tree in the temporary directory (nothing would be written there; the 2-process RL CLI test
+    checks the directory after a real run). A log directory or files asked for are kept."""
+    from torch.distributed.run import parse_args
+
+    from firm.launch.torchrun_quiet import no_log_files
+
+    monkeypatch.delenv("PET_LOG_DIR", raising=False)
+
+    def log_dir(*argv: str) -> str | None:
+        args = parse_args([*argv, "--nproc_per_node", "2", "-m", "x"])
+        no_log_files(args)
+        return args.log_dir
+
+    assert log_dir() == os.devnull
+    assert log_dir("--log-dir", "/var/log/elastic") == "/var/log/elastic"
+    # output files asked for: torchrun's own log tree
+    assert log_dir("--redirects", "3") is None and log_dir("--tee", "3") is None
+    monkeypatch.setenv("PET_LOG_DIR", "/from/the/pod")
+    assert log_dir() == "/from/the/pod"
+
+
 @pytest.mark.slow
 def test_tiny_spec_runs_end_to_end_through_the_cli(job_cwd: Path) -> None:
     sub = _firmctl(

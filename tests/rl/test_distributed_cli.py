@@ -28,11 +28,15 @@ def test_two_process_torchrun_run(tiny_cfg, tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_cfg(as_dict=True, steps=2, reward__async_overlap=True)))
     threads = tmp_path / "threads"  # each rank's threads at exit (tests/_threads_after_main.py)
+    scratch = tmp_path / "scratch"  # the run's temporary directory
+    scratch.mkdir()
     res = _firmctl(
         "rl", "train", "--config", str(config), "--nproc", "2", "sampling.prompts_per_step=4",
-        env=recording_env(threads),
+        env={**recording_env(threads), "TMPDIR": str(scratch)},
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
+    # torchrun left no `torchelastic_*` log tree in the temporary directory (firm.launch.local.torchrun_command)
+    assert not list(scratch.glob("torchelastic_*")), sorted(p.name for p in scratch.iterdir())
     # the run ended its process group, gloo's backend threads included, before the ranks exited: diffusers' and
     # transformers' imports came after `init_process_group`, and the trainer held the group until its frame was
     # gone (firm.processes; the critic SFT's 2-process test checks the same)
