@@ -35,10 +35,10 @@ def _temporary_files_under_basetemp(tmp_path_factory: pytest.TempPathFactory) ->
     (pytest keeps the last 3 runs), not into /tmp for good: mostly from libraries — the KFP local runner's component
     files, a `torchelastic_*` log tree from each plain torchrun a test starts itself (FIRM's launches make none:
     `firm.launch.torchrun_quiet.no_log_files`) — and the logs of the Triton starts that tests make fail on purpose (a
-    failed start keeps its log, by design). Every process the tests start inherits TMPDIR; this
-    process's `tempfile` reads it again. One thing ignores TMPDIR: Triton's python backend makes an empty
-    `/tmp/python_env_*` directory (a fixed path) per server and removes it on a clean stop; a tritonserver that exits
-    on a start error (tests/serving/test_server_start.py's port taken under it) leaves that one behind."""
+    failed start keeps its log, by design). Every process the tests start inherits TMPDIR; this process's `tempfile`
+    reads it again. One thing ignores TMPDIR: Triton's python backend makes an empty `/tmp/python_env_*` directory (a
+    fixed path) per server and removes it on a clean stop; a tritonserver that exits on a start error
+    (tests/serving/test_server_start.py's port taken under it) leaves that one behind."""
     os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmp", numbered=False))
     tempfile.tempdir = None
     yield

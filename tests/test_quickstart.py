@@ -51,10 +51,8 @@ def test_quickstart_runs_the_firm_pipeline_and_its_report_holds(tmp_path: Path) 
         assert Path(s["log"]) == run_dir / "logs" / f"{s['task']}.log" and Path(s["log"]).is_file()
         assert f"Executing task '{s['task']}'" in Path(s["log"]).read_text()
     by_task = {s["task"]: s for s in edit["stages"]}
-    assert (
-        "val_mae" in by_task["train-critic"]["headline"]
-        and "mae_edit_overall" in by_task["bench-critic"]["headline"]
-    )
+    assert "val_mae" in by_task["train-critic"]["headline"]
+    assert "mae_edit_overall" in by_task["bench-critic"]["headline"]
     assert by_task["eval-policy"]["headline"].startswith("held-out reward")
     assert "Warning" not in proc.stderr and "Executing task" not in proc.stderr and "{" not in proc.stderr
     assert "Got executor_input" in (run_dir / "logs" / "train-critic.log").read_text()

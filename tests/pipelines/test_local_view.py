@@ -49,16 +49,13 @@ def test_each_task_gets_its_log_and_one_line(tmp_path: Path) -> None:
     assert lines[0].split() == ["✓", "curate", "0s", "file:///store/curate-dataset"]
     assert lines[1].startswith("✗ train-critic") and lines[1].endswith("failure")
     curate = (run_dir / "logs" / "curate-dataset.log").read_text()
-    assert (
-        "Executing task 'curate-dataset'" in curate and "curated 10 items" in curate and "\x1b" not in curate
-    )
+    assert "Executing task 'curate-dataset'" in curate and "curated 10 items" in curate
+    assert "\x1b" not in curate
     assert "step 0" not in curate
     every = (run_dir / "logs" / "run.log").read_text()
     assert every.startswith("21:29:35.821 - INFO - Running pipeline") and "step 29" in every
-    assert (
-        logs.failed == "train-critic"
-        and logs.failure_cause() == "job firm-sft-1 failed: error: no such critic"
-    )
+    assert logs.failed == "train-critic"
+    assert logs.failure_cause() == "job firm-sft-1 failed: error: no such critic"
 
     term.truncate(0)
     term.seek(0)

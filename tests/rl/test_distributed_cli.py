@@ -35,7 +35,7 @@ def test_two_process_torchrun_run(tiny_cfg, tmp_path: Path) -> None:
         env={**recording_env(threads), "TMPDIR": str(scratch)},
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    # torchrun left no `torchelastic_*` log tree in the temporary directory (firm.launch.local.torchrun_command)
+    # torchrun left no `torchelastic_*` log tree in the temporary directory (torchrun_quiet.no_log_files)
     assert not list(scratch.glob("torchelastic_*")), sorted(p.name for p in scratch.iterdir())
     # the run ended its process group, gloo's backend threads included, before the ranks exited: diffusers' and
     # transformers' imports came after `init_process_group`, and the trainer held the group until its frame was
